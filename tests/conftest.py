@@ -1,0 +1,62 @@
+"""Shared fixtures: real corpora from ../shared/data, small corpora written on the fly."""
+
+from __future__ import annotations
+
+import os
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+DEMO_CORPUS = REPO_ROOT / "data" / "demo_lyrics.zip"
+
+# Two cores: keep torch from oversubscribing them (tests also run beside other work).
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+def shared_file(name: str) -> Path:
+    """Path of a shared corpus in ``../shared/data``; skip (or fail, in CI) when absent."""
+    path = SHARED_DATA / name
+    if not path.is_file():
+        reason = f"shared corpus not found: {path}"
+        if os.environ.get("CHARLSTM_REQUIRE_SHARED") == "1":
+            pytest.fail(f"{reason} (CHARLSTM_REQUIRE_SHARED=1)")
+        pytest.skip(reason)
+    return path
+
+
+@pytest.fixture
+def jaychou() -> Path:
+    return shared_file("jaychou_lyrics.txt.zip")
+
+
+@pytest.fixture
+def shakespeare() -> Path:
+    return shared_file("tiny_shakespeare.txt")
+
+
+def write_zip(path: Path, members: dict[str, bytes]) -> Path:
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    return path
+
+
+@pytest.fixture
+def small_corpus(tmp_path: Path) -> Path:
+    """About 6,000 characters of repetitive lyrics: trains to recognisable text in seconds."""
+    lines = [
+        "我们说好不分开",
+        "分开以后的雨天",
+        "窗外的风吹过",
+        "你说的话还在耳边",
+        "不分开的夜晚",
+        "城市的灯亮了",
+        "我在这里等你",
+        "分开也会想念",
+    ]
+    text = "\n".join(lines[(i * 3) % len(lines)] for i in range(700)) + "\n"
+    return write_zip(tmp_path / "small.zip", {"small.txt": text.encode("utf-8")})
