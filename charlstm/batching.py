@@ -1,0 +1,117 @@
+"""Batches of ``(x, y)`` windows over a corpus, the way d2l samples them.
+
+Both samplers are indexable (``len(batches)``, ``batches[i]``) so that a run can resume
+in the middle of an epoch at the next batch; their order depends only on
+``(seed, epoch)``, never on a global random state.
+
+Shapes: ``x`` and ``y`` are ``(T, N)`` int64, time first; ``y`` is ``x`` shifted one
+character ahead.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from charlstm.errors import CharLSTMError
+
+
+def check_length(num_chars: int, batch_size: int, num_steps: int, what: str = "corpus") -> None:
+    """Raise ``CharLSTMError`` unless ``num_chars`` fills one batch: N x (T + 1) characters."""
+    need = batch_size * (num_steps + 1)
+    if num_chars < need:
+        raise CharLSTMError(
+            f"{what} too short: {num_chars} characters, but --batch-size {batch_size} x "
+            f"(--num-steps {num_steps} + 1) needs at least {need}; "
+            "use a longer text or smaller --batch-size/--num-steps"
+        )
+
+
+class ConsecutiveBatches:
+    """Adjacent windows: batch ``i + 1`` continues each row where batch ``i`` stopped.
+
+    The corpus is reshaped once into ``N = batch_size`` rows of ``L = n // N`` characters
+    (d2l's ``data_iter_consecutive``) and read left to right in windows of ``T`` steps::
+
+        row 0:  a b c d | e f g h | i j
+        row 1:  k l m n | o p q r | s t       x = batch 0 (T=4): columns 0..3
+                ^ x[0]  ^ x[1]    ^ last      y = columns 1..4, and so on
+
+    Windows ``0 .. (L - 1) // T - 1`` are exactly d2l's; one more, shorter window covers
+    what is left of each row, so within an epoch every character except each row's first
+    (and the ``n - N * L`` characters past the last row) is a target exactly once.
+    The hidden state is carried from one batch to the next (rows are continuous text).
+    """
+
+    carries_state = True
+
+    def __init__(self, indices: torch.Tensor, batch_size: int, num_steps: int) -> None:
+        check_length(len(indices), batch_size, num_steps)
+        self.batch_size, self.num_steps = batch_size, num_steps
+        row_len = len(indices) // batch_size
+        self.rows = indices[: batch_size * row_len].view(batch_size, row_len)  # (N, L)
+        full, rest = divmod(row_len - 1, num_steps)
+        self._starts = [i * num_steps for i in range(full)]
+        self._lengths = [num_steps] * full
+        if rest:
+            self._starts.append(full * num_steps)
+            self._lengths.append(rest)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Consecutive windows do not change between epochs."""
+
+    def __len__(self) -> int:
+        return len(self._starts)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        start, steps = self._starts[i], self._lengths[i]
+        x = self.rows[:, start : start + steps]
+        y = self.rows[:, start + 1 : start + steps + 1]
+        return x.t().contiguous(), y.t().contiguous()  # (T, N), (T, N)
+
+
+class RandomBatches:
+    """Random non-overlapping windows, a fresh order every epoch (d2l's ``data_iter_random``).
+
+    The corpus is cut into ``(n - 1) // T`` examples starting at multiples of ``T``; each
+    epoch shuffles them and groups ``N`` per batch. Windows are independent, so the hidden
+    state is reset for every batch.
+    """
+
+    carries_state = False
+
+    def __init__(
+        self, indices: torch.Tensor, batch_size: int, num_steps: int, seed: int = 0
+    ) -> None:
+        check_length(len(indices), batch_size, num_steps)
+        self.indices, self.batch_size, self.num_steps, self.seed = (
+            indices,
+            batch_size,
+            num_steps,
+            seed,
+        )
+        self.num_examples = (len(indices) - 1) // num_steps
+        self.set_epoch(0)
+
+    def set_epoch(self, epoch: int) -> None:
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        self.order = torch.randperm(self.num_examples, generator=generator)
+
+    def __len__(self) -> int:
+        return self.num_examples // self.batch_size
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        starts = self.order[i * self.batch_size : (i + 1) * self.batch_size] * self.num_steps
+        offsets = torch.arange(self.num_steps)
+        positions = offsets[:, None] + starts[None, :]  # (T, N)
+        return self.indices[positions], self.indices[positions + 1]
+
+
+def make_batches(
+    indices: torch.Tensor, batch_size: int, num_steps: int, sampling: str, seed: int = 0
+) -> ConsecutiveBatches | RandomBatches:
+    """The batcher named by ``sampling`` (``consecutive`` or ``random``)."""
+    if sampling == "consecutive":
+        return ConsecutiveBatches(indices, batch_size, num_steps)
+    if sampling == "random":
+        return RandomBatches(indices, batch_size, num_steps, seed)
+    raise CharLSTMError(f"unknown --sampling {sampling!r}; choose consecutive or random")

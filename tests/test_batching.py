@@ -1,0 +1,98 @@
+"""charlstm.batching: d2l's consecutive and random sampling, indexable for resume."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+
+import pytest
+import torch
+
+from charlstm.batching import ConsecutiveBatches, RandomBatches, make_batches
+from charlstm.errors import CharLSTMError
+
+
+def d2l_data_iter_consecutive(corpus_indices, batch_size, num_steps):
+    """d2l (zh, PyTorch) ``data_iter_consecutive``, as published: X, Y are (N, T)."""
+    corpus_indices = torch.tensor(corpus_indices)
+    data_len = len(corpus_indices)
+    batch_len = data_len // batch_size
+    indices = corpus_indices[0 : batch_size * batch_len].view(batch_size, batch_len)
+    epoch_size = (batch_len - 1) // num_steps
+    for i in range(epoch_size):
+        i = i * num_steps
+        yield indices[:, i : i + num_steps], indices[:, i + 1 : i + num_steps + 1]
+
+
+def d2l_data_iter_random(corpus_indices, batch_size, num_steps, order):
+    """d2l's ``data_iter_random`` with the shuffled example order passed in."""
+    num_examples = (len(corpus_indices) - 1) // num_steps
+    epoch_size = num_examples // batch_size
+    for i in range(epoch_size):
+        batch = order[i * batch_size : (i + 1) * batch_size]
+        xs = [corpus_indices[j * num_steps : j * num_steps + num_steps] for j in batch]
+        ys = [corpus_indices[j * num_steps + 1 : j * num_steps + 1 + num_steps] for j in batch]
+        yield torch.tensor(xs), torch.tensor(ys)
+
+
+@pytest.mark.parametrize(("n", "batch", "steps"), [(1000, 4, 7), (10_000, 32, 35), (999, 3, 10)])
+def test_consecutive_windows_are_d2ls_then_one_tail(n: int, batch: int, steps: int) -> None:
+    corpus = list(range(n))
+    batches = ConsecutiveBatches(torch.tensor(corpus), batch, steps)
+    reference = list(d2l_data_iter_consecutive(corpus, batch, steps))
+    for i, (X, Y) in enumerate(reference):
+        x, y = batches[i]
+        assert torch.equal(x, X.t()) and torch.equal(y, Y.t())  # ours are (T, N)
+    assert len(batches) in (len(reference), len(reference) + 1)
+
+
+@pytest.mark.parametrize(("n", "batch", "steps"), [(1000, 4, 7), (10_000, 32, 35), (1003, 5, 9)])
+def test_consecutive_every_character_is_a_target_once_per_epoch(n: int, batch: int, steps: int):
+    batches = ConsecutiveBatches(torch.arange(n), batch, steps)
+    targets = Counter(int(t) for i in range(len(batches)) for t in batches[i][1].flatten())
+    row_len = n // batch
+    expected = {p for p in range(batch * row_len) if p % row_len != 0}  # all but row starts
+    assert set(targets) == expected
+    assert set(targets.values()) == {1}
+    assert len(expected) >= n - 2 * batch  # at most N row starts and < N leftover characters
+
+
+def test_consecutive_rows_continue_across_batches() -> None:
+    batches = ConsecutiveBatches(torch.arange(500), 4, 10)
+    x0, _ = batches[0]
+    x1, _ = batches[1]
+    assert torch.equal(x1[0], x0[-1] + 1)  # each column resumes where it stopped
+
+
+def test_random_windows_match_d2l_for_the_same_order() -> None:
+    corpus = list(range(2000))
+    batches = RandomBatches(torch.tensor(corpus), 8, 12, seed=3)
+    order = batches.order.tolist()
+    for i, (X, Y) in enumerate(d2l_data_iter_random(corpus, 8, 12, order)):
+        x, y = batches[i]
+        assert torch.equal(x, X.t()) and torch.equal(y, Y.t())
+    assert len(batches) == ((2000 - 1) // 12) // 8
+
+
+def test_random_order_depends_on_seed_and_epoch_only() -> None:
+    data = torch.arange(3000)
+    a, b = RandomBatches(data, 4, 10, seed=1), RandomBatches(data, 4, 10, seed=1)
+    random.seed(99)
+    torch.manual_seed(99)  # the global random state must not matter
+    assert torch.equal(a[2][0], b[2][0])
+    a.set_epoch(1)
+    assert not torch.equal(a.order, b.order)
+    b.set_epoch(1)
+    assert torch.equal(a.order, b.order)
+    assert sorted(a.order.tolist()) == list(range(a.num_examples))
+
+
+@pytest.mark.parametrize("sampling", ["consecutive", "random"])
+def test_too_short_corpus_is_a_clear_error(sampling: str) -> None:
+    with pytest.raises(CharLSTMError, match="too short: 100 characters.*needs at least 1152"):
+        make_batches(torch.arange(100), 32, 35, sampling)
+
+
+def test_unknown_sampling() -> None:
+    with pytest.raises(CharLSTMError, match="unknown --sampling"):
+        make_batches(torch.arange(1000), 2, 5, "shuffled")
