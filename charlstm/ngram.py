@@ -1,0 +1,228 @@
+"""Interpolated Kneser-Ney character n-gram language model: the held-out yardstick.
+
+A character n-gram model predicts the next character ``w`` from the ``order - 1``
+characters before it (its *context* ``h``). This module implements interpolated
+Kneser-Ney smoothing as in Chen & Goodman (1998), "An Empirical Study of Smoothing
+Techniques for Language Modeling", section 2.7, with one absolute discount ``D`` for
+every order. Plain Python dictionaries keyed by strings do the counting; scoring looks
+up only the terms needed for the character that actually comes next, so it never loops
+over the vocabulary.
+
+Notation (``V`` = ``len(vocab)``, ``n`` = ``order``, ``k`` = context length, ``0 <= k < n``):
+
+* ``c(h w)``        raw count of the string ``h + w`` in the training text.
+* ``N1+(• h w)``    continuation count: the number of *distinct* characters ``v`` with
+  ``c(v h w) > 0`` (how many different left extensions ``h + w`` has).
+* ``a_k(h w)``      the count used at level ``k``: ``c(h w)`` at the top level
+  (``k = n - 1``), ``N1+(• h w)`` at every lower level.
+* ``T_k(h)  = sum_w a_k(h w)``          the context total (``c(h •)`` or ``N1+(• h •)``).
+* ``N_k(h)  = #{w : a_k(h w) > 0}``     distinct characters seen after ``h`` (``N1+(h •)``).
+
+The probability at level ``k`` is defined from the level below (``h'`` = ``h`` without its
+first character, so ``len(h') = k - 1``)::
+
+    P_k(w | h) = max(a_k(h w) - D, 0) / T_k(h)  +  gamma_k(h) * P_{k-1}(w | h')
+    gamma_k(h) = D * N_k(h) / T_k(h)            # the probability mass the discount freed
+
+    P_k(w | h) = P_{k-1}(w | h')                # if T_k(h) == 0: unseen context, full backoff
+
+    P_{-1}(w)  = 1 / V                          # uniform over the whole vocabulary
+
+so the unigram level (``k = 0``, empty context) mixes the continuation unigram with the
+uniform distribution, and a character that is in ``vocab`` but never seen in training
+still gets ``gamma_0 / V > 0``. Each level sums to one over the vocabulary because
+``sum_w max(a - D, 0) = T - D * N`` when every nonzero ``a >= 1 >= D``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from typing import Any
+
+import numpy as np
+
+from charlstm.corpus import Vocab, split_point
+from charlstm.errors import CharLSTMError
+
+
+class KneserNeyLM:
+    """Interpolated Kneser-Ney character n-gram model (Chen & Goodman), one discount ``D``.
+
+    ``order`` is ``n``: a character is predicted from the ``n - 1`` characters before it.
+    Call :meth:`fit` on the training text, then :meth:`score` (fast, whole text) or
+    :meth:`log_prob` / :meth:`distribution` (one context).
+    """
+
+    def __init__(self, order: int, discount: float = 0.75) -> None:
+        if not isinstance(order, int) or order < 1:
+            raise CharLSTMError(f"--order must be a positive integer, not {order!r}")
+        if not 0.0 < discount <= 1.0:
+            raise CharLSTMError(f"--discount must be in (0, 1], not {discount}")
+        self.order = order
+        self.discount = float(discount)
+        self.vocab: Vocab | None = None
+        # Per level k (context length 0 .. order-1), indexed by k:
+        #   counts[k][h + w] = a_k(h w)   (raw counts at k = order-1, continuation counts below)
+        #   totals[k][h]     = T_k(h)
+        #   types[k][h]      = N_k(h)
+        self.counts: list[dict[str, int]] = []
+        self.totals: list[dict[str, int]] = []
+        self.types: list[dict[str, int]] = []
+
+    # ------------------------------------------------------------------ fitting
+
+    def fit(self, text: str, vocab: Vocab) -> KneserNeyLM:
+        """Count n-grams of ``text`` (the training text only) and return ``self``.
+
+        Every character of ``text`` must be in ``vocab``; ``vocab`` may hold more
+        characters (they get probability through the uniform lowest level).
+        """
+        unknown = vocab.missing(text)
+        if unknown:
+            shown = " ".join(repr(ch) for ch in unknown[:20])
+            raise CharLSTMError(f"training text has characters not in the vocabulary: {shown}")
+        if not text:
+            raise CharLSTMError("cannot fit an n-gram model on an empty text")
+        n = self.order
+        self.vocab = vocab
+
+        # Top level: raw counts c(h w) of every n-gram (string of length n).
+        top = Counter(text[i : i + n] for i in range(len(text) - n + 1))
+        counts: list[dict[str, int]] = [{} for _ in range(n)]
+        counts[n - 1] = dict(top)
+
+        # Lower levels: a_k(g) = N1+(• g) for every (k+1)-gram g, i.e. the number of
+        # distinct (k+2)-grams that end in g. Walk down from the distinct n-grams.
+        longer: Any = top.keys()  # distinct (k+2)-grams, starting with k + 2 = n
+        for k in range(n - 2, -1, -1):
+            counts[k] = dict(Counter(gram[1:] for gram in longer))
+            # distinct (k+1)-grams of the text, for the next level down
+            longer = {text[i : i + k + 1] for i in range(len(text) - k)}
+
+        totals: list[dict[str, int]] = []
+        types: list[dict[str, int]] = []
+        for table in counts:
+            total: Counter[str] = Counter()
+            distinct: Counter[str] = Counter()
+            for gram, count in table.items():
+                total[gram[:-1]] += count
+                distinct[gram[:-1]] += 1
+            totals.append(dict(total))
+            types.append(dict(distinct))
+        self.counts, self.totals, self.types = counts, totals, types
+        return self
+
+    def _check_fitted(self) -> Vocab:
+        if self.vocab is None:
+            raise CharLSTMError("the n-gram model is not fitted yet (call fit first)")
+        return self.vocab
+
+    # ------------------------------------------------------------------ probabilities
+
+    def _prob(self, context: str, char: str) -> float:
+        """``P(char | context)``; ``context`` is the last ``<= order - 1`` characters.
+
+        Goes up from the uniform distribution one level at a time, using only the
+        counts of ``char`` itself: O(order) dictionary lookups.
+        """
+        prob = 1.0 / len(self.vocab)  # type: ignore[arg-type]  # P_{-1}(w) = 1 / V
+        d = self.discount
+        for k in range(len(context) + 1):
+            h = context[len(context) - k :]  # the last k characters
+            total = self.totals[k].get(h)
+            if not total:
+                continue  # unseen context: P_k = P_{k-1}
+            count = self.counts[k].get(h + char, 0)
+            prob = (max(count - d, 0.0) + d * self.types[k][h] * prob) / total
+        return prob
+
+    def log_prob(self, context: str, char: str) -> float:
+        """Natural log of ``P(char | context)``; only the last ``order - 1`` chars count."""
+        vocab = self._check_fitted()
+        if char not in vocab:
+            raise CharLSTMError(f"character not in the vocabulary: {char!r}")
+        return math.log(self._prob(self._context(context), char))
+
+    def distribution(self, context: str) -> np.ndarray:
+        """``(V,)`` float64 array: ``P(w | context)`` for every ``w`` in vocabulary order.
+
+        Loops over the vocabulary, so it is for inspection and tests, not for scoring.
+        """
+        vocab = self._check_fitted()
+        context = self._context(context)
+        return np.array([self._prob(context, ch) for ch in vocab.idx_to_char], dtype=np.float64)
+
+    def _context(self, text: str) -> str:
+        return text[max(0, len(text) - self.order + 1) :]
+
+    # ------------------------------------------------------------------ scoring
+
+    def score(self, text: str, history: str = "") -> tuple[float, int]:
+        """Return ``(total negative log-likelihood in nats, number of characters scored)``.
+
+        Character ``text[i]`` is predicted from the ``order - 1`` characters before it,
+        which may reach back into ``history`` (e.g. the training text just before a
+        held-out part). Near the start, with fewer characters available, the context is
+        shorter. Mean loss in nats/char is ``nll / count``; perplexity is ``exp`` of it.
+        """
+        vocab = self._check_fitted()
+        unknown = vocab.missing(text)
+        if unknown:
+            shown = " ".join(repr(ch) for ch in unknown[:20])
+            more = f" and {len(unknown) - 20} more" if len(unknown) > 20 else ""
+            raise CharLSTMError(f"characters not in the vocabulary: {shown}{more}")
+        width = self.order - 1
+        history = self._context(history)
+        full = history + text
+        offset = len(history)
+        nll = 0.0
+        prob = self._prob
+        log = math.log
+        for i in range(offset, len(full)):
+            nll -= log(prob(full[max(0, i - width) : i], full[i]))
+        return nll, len(text)
+
+
+def evaluate_ngram(
+    text: str,
+    order: int,
+    val_fraction: float = 0.1,
+    discount: float = 0.75,
+    vocab: Vocab | None = None,
+) -> dict[str, Any]:
+    """Fit a Kneser-Ney ``order``-gram on the first part of ``text``, score the held-out rest.
+
+    The vocabulary defaults to every character of the whole ``text`` (the rule charlstm's
+    LSTM uses); the split is :func:`charlstm.corpus.split_point`; the held-out part is
+    scored with the training text as history, so its first character is predicted from
+    the end of the training text.
+
+    Returns ``{"order", "discount", "vocab_size", "train_chars", "val_chars", "loss"
+    (nats/char), "bpc" (loss / ln 2), "perplexity" (exp loss), "unseen_chars" (held-out
+    characters never seen in training, counted with repeats), "unseen_distinct"}``.
+    """
+    vocab = vocab if vocab is not None else Vocab.from_text(text)
+    cut = split_point(len(text), val_fraction)
+    train, val = text[:cut], text[cut:]
+    if not train:
+        raise CharLSTMError("the training part is empty (the corpus is too short)")
+    if not val:
+        raise CharLSTMError("the held-out part is empty: use a val fraction > 0 or a longer text")
+    model = KneserNeyLM(order, discount).fit(train, vocab)
+    nll, count = model.score(val, history=train)
+    loss = nll / count
+    seen = set(train)
+    unseen = [ch for ch in val if ch not in seen]
+    return {
+        "order": order,
+        "discount": discount,
+        "vocab_size": len(vocab),
+        "train_chars": len(train),
+        "val_chars": count,
+        "loss": loss,
+        "bpc": loss / math.log(2),
+        "perplexity": math.exp(loss),
+        "unseen_chars": len(unseen),
+        "unseen_distinct": len(set(unseen)),
+    }

@@ -1,0 +1,144 @@
+"""Tests for charlstm.ngram (interpolated Kneser-Ney) and scripts/ngram_baseline.py."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import REPO_ROOT, shared_file
+
+from charlstm.corpus import Vocab, read_text
+from charlstm.errors import CharLSTMError
+from charlstm.ngram import KneserNeyLM, evaluate_ngram
+
+TEXT = "abracadabra, cadabra! abra kadabra.\nabracadabra arbaca.\n" * 3
+VOCAB = Vocab.from_text(TEXT + "xyz")  # x, y, z are in the vocabulary but never in TEXT
+D = 0.75
+
+
+@pytest.mark.parametrize("order", [1, 2, 3, 5])
+@pytest.mark.parametrize("context", ["", "a", "abra", "cad", "xyzq", "zz a", "kadab"])
+def test_distribution_sums_to_one(order: int, context: str) -> None:
+    model = KneserNeyLM(order, D).fit(TEXT, VOCAB)
+    probs = model.distribution(context)  # (V,)
+    assert probs.shape == (len(VOCAB),)
+    assert np.all(probs > 0)
+    assert probs.sum() == pytest.approx(1.0, abs=1e-12)
+
+
+def test_order_one_by_hand() -> None:
+    """Order 1: raw counts with discount, mixed with the uniform distribution."""
+    text = "abracadabra"  # a x5, b x2, r x2, c, d: 11 characters, 5 distinct
+    vocab = Vocab.from_text(text + "z")  # V = 6
+    model = KneserNeyLM(1, D).fit(text, vocab)
+    gamma = D * 5 / 11
+    assert math.exp(model.log_prob("", "a")) == pytest.approx((5 - D) / 11 + gamma / 6)
+    assert math.exp(model.log_prob("", "z")) == pytest.approx(gamma / 6)
+
+
+def test_order_two_by_hand() -> None:
+    """Order 2: raw bigram counts above continuation unigram counts above uniform."""
+    text = "abracadabra"
+    vocab = Vocab.from_text(text + "z")  # V = 6
+    model = KneserNeyLM(2, D).fit(text, vocab)
+    # Distinct bigrams: ab br ra ac ca ad da -> N1+(••) = 7; 'b' has one left
+    # extension (ab); 5 distinct characters have a left extension.
+    p_uni_b = (1 - D) / 7 + D * 5 / 7 / 6
+    # After 'a': ab x2, ac, ad -> c(a•) = 4, N1+(a•) = 3.
+    p_b_after_a = (2 - D) / 4 + D * 3 / 4 * p_uni_b
+    assert math.exp(model.log_prob("a", "b")) == pytest.approx(p_b_after_a)
+    # 'z' never follows anything: an unseen context backs off fully to the unigram level.
+    assert math.exp(model.log_prob("z", "b")) == pytest.approx(p_uni_b)
+
+
+@pytest.mark.parametrize("order", [1, 3, 5])
+@pytest.mark.parametrize("context", ["", "abra", "cad", "zzz"])
+def test_unseen_char_gets_small_positive_probability(order: int, context: str) -> None:
+    model = KneserNeyLM(order, D).fit(TEXT, VOCAB)
+    unseen = math.exp(model.log_prob(context, "x"))
+    seen = [math.exp(model.log_prob(context, ch)) for ch in sorted(set(TEXT))]
+    assert 0.0 < unseen < min(seen)
+
+
+def test_score_equals_sum_of_log_probs_and_uses_history() -> None:
+    order = 4
+    model = KneserNeyLM(order, D).fit(TEXT, VOCAB)
+    history, text = "abra ", "cadabra xyz"
+    nll, count = model.score(text, history=history)
+    full = history + text
+    expected = -sum(model.log_prob(full[: len(history) + i], ch) for i, ch in enumerate(text))
+    assert count == len(text)
+    assert nll == pytest.approx(expected)
+    # Without history the first characters have shorter contexts: a different score.
+    assert model.score(text)[0] != pytest.approx(nll)
+
+
+def test_higher_order_fits_training_text_better() -> None:
+    losses = {}
+    for order in (1, 3, 5):
+        nll, count = KneserNeyLM(order, D).fit(TEXT, VOCAB).score(TEXT)
+        losses[order] = nll / count
+    assert losses[5] < losses[3] < losses[1]
+
+
+def test_char_outside_vocab_raises() -> None:
+    model = KneserNeyLM(3, D).fit(TEXT, VOCAB)
+    with pytest.raises(CharLSTMError, match="not in the vocabulary"):
+        model.score("abra§")
+    with pytest.raises(CharLSTMError):
+        model.log_prob("abr", "§")
+    with pytest.raises(CharLSTMError):
+        KneserNeyLM(3, D).fit("abc§", VOCAB)
+
+
+@pytest.mark.parametrize("order, discount", [(0, 0.75), (3, 0.0), (3, 1.5)])
+def test_bad_settings_raise(order: int, discount: float) -> None:
+    with pytest.raises(CharLSTMError):
+        KneserNeyLM(order, discount)
+
+
+def test_jaychou_order6_matches_reference() -> None:
+    text = read_text(shared_file("jaychou_lyrics.txt.zip"))
+    result = evaluate_ngram(text, order=6)
+    assert result["vocab_size"] == 2583
+    assert result["val_chars"] == 6329
+    assert result["unseen_chars"] == 169
+    assert 195 <= result["perplexity"] <= 222  # reference: 208 (loss 5.34)
+    assert result["bpc"] == pytest.approx(result["loss"] / math.log(2))
+
+
+def run_script(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "scripts/ngram_baseline.py", *args],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_cli_json(tmp_path: Path) -> None:
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(TEXT * 5, encoding="utf-8")
+    proc = run_script(str(corpus), "--order", "3", "--json")
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    expected = evaluate_ngram(TEXT * 5, order=3)
+    assert result["order"] == 3
+    assert result["val_chars"] == expected["val_chars"]
+    assert result["loss"] == pytest.approx(expected["loss"])
+    assert result["perplexity"] == pytest.approx(math.exp(result["loss"]))
+
+
+def test_cli_missing_file_is_one_line_error(tmp_path: Path) -> None:
+    proc = run_script(str(tmp_path / "missing.zip"), "--order", "3")
+    assert proc.returncode == 2
+    assert proc.stdout == ""
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert "not found" in proc.stderr
+    assert "Traceback" not in proc.stderr
