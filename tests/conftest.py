@@ -45,8 +45,8 @@ def write_zip(path: Path, members: dict[str, bytes]) -> Path:
     return path
 
 
-@pytest.fixture
-def small_corpus(tmp_path: Path) -> Path:
+@pytest.fixture(scope="session")
+def small_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """About 6,000 characters of repetitive lyrics: trains to recognisable text in seconds."""
     lines = [
         "我们说好不分开",
@@ -59,4 +59,5 @@ def small_corpus(tmp_path: Path) -> Path:
         "分开也会想念",
     ]
     text = "\n".join(lines[(i * 3) % len(lines)] for i in range(700)) + "\n"
-    return write_zip(tmp_path / "small.zip", {"small.txt": text.encode("utf-8")})
+    path = tmp_path_factory.mktemp("corpus") / "small.zip"
+    return write_zip(path, {"small.txt": text.encode("utf-8")})

@@ -1,0 +1,516 @@
+"""The ``charlstm`` command line: parse, build configs, call the library, report.
+
+Commands only; the work happens in the library. A :class:`~charlstm.errors.CharLSTMError`
+becomes one line on stderr and a non-zero exit code, never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from functools import wraps
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from charlstm import checkpoint as ckpt
+from charlstm.errors import CharLSTMError
+
+app = typer.Typer(
+    name="charlstm",
+    help="Character-level LSTM lyrics generator: train, resume, evaluate, generate.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def fail(message: str, code: int = 2) -> typer.Exit:
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(code=code)
+
+
+def handle_errors(command: F) -> F:
+    """Turn ``CharLSTMError`` (and a stray Ctrl-C) into one line and an exit code."""
+
+    @wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except CharLSTMError as err:
+            raise fail(str(err), err.exit_code) from None
+        except KeyboardInterrupt:
+            raise fail("interrupted", 130) from None
+        except MemoryError:
+            raise fail("out of memory; try a smaller --batch-size or --hidden", 1) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+RunsRoot = Annotated[
+    Path, typer.Option("--runs-root", help="Where run directories are created and looked up.")
+]
+
+
+@app.command()
+@handle_errors
+def train(
+    corpus: Annotated[
+        Path | None,
+        typer.Argument(
+            help="Corpus: a .zip of text files or a .txt file. Default: the demo corpus in data/.",
+            show_default=False,
+        ),
+    ] = None,
+    # data
+    member: Annotated[
+        str | None,
+        typer.Option(
+            help="Zip member to read (default: every text member, in name order).",
+            rich_help_panel="Corpus",
+        ),
+    ] = None,
+    encoding: Annotated[
+        str | None,
+        typer.Option(
+            help="Text encoding (default: UTF-8, else GB18030).", rich_help_panel="Corpus"
+        ),
+    ] = None,
+    newlines: Annotated[
+        str | None,
+        typer.Option(
+            help="keep, or space (d2l's behaviour). [default: keep]", rich_help_panel="Corpus"
+        ),
+    ] = None,
+    max_chars: Annotated[
+        int | None,
+        typer.Option(
+            help="Use only the first N characters (d2l: 10000).", rich_help_panel="Corpus"
+        ),
+    ] = None,
+    val_fraction: Annotated[
+        float | None,
+        typer.Option(
+            help="Held-out part at the end of the corpus, never trained on. [default: 0.1]",
+            rich_help_panel="Corpus",
+        ),
+    ] = None,
+    # model
+    backend: Annotated[
+        str | None,
+        typer.Option(
+            help="scratch (LSTM written out gate by gate) or torch (nn.LSTM). [default: scratch]",
+            rich_help_panel="Model",
+        ),
+    ] = None,
+    hidden: Annotated[
+        int | None,
+        typer.Option(help="Hidden units per layer. [default: 256]", rich_help_panel="Model"),
+    ] = None,
+    layers: Annotated[
+        int | None, typer.Option(help="LSTM layers. [default: 1]", rich_help_panel="Model")
+    ] = None,
+    embedding_size: Annotated[
+        int | None,
+        typer.Option(help="Embedding size (default: --hidden).", rich_help_panel="Model"),
+    ] = None,
+    dropout: Annotated[
+        float | None,
+        typer.Option(
+            help="Dropout between layers and on the output. [default: 0.3]", rich_help_panel="Model"
+        ),
+    ] = None,
+    embed_dropout: Annotated[
+        float | None,
+        typer.Option(help="Dropout on the embeddings. [default: 0]", rich_help_panel="Model"),
+    ] = None,
+    weight_drop: Annotated[
+        float | None,
+        typer.Option(
+            help="DropConnect on hidden-to-hidden weights (scratch). [default: 0]",
+            rich_help_panel="Model",
+        ),
+    ] = None,
+    variational: Annotated[
+        bool | None,
+        typer.Option(
+            "--variational/--no-variational",
+            help="One dropout mask per sequence, shared across time steps. [default: off]",
+            rich_help_panel="Model",
+            show_default=False,
+        ),
+    ] = None,
+    tie_weights: Annotated[
+        bool | None,
+        typer.Option(
+            "--tie-weights/--no-tie-weights",
+            help="Output layer shares the embedding matrix. [default: off]",
+            rich_help_panel="Model",
+            show_default=False,
+        ),
+    ] = None,
+    scratch_impl: Annotated[
+        str | None,
+        typer.Option(
+            help="fused (hand-derived backward) or autograd (plain). [default: fused]",
+            rich_help_panel="Model",
+        ),
+    ] = None,
+    peephole: Annotated[
+        bool | None,
+        typer.Option(
+            "--peephole/--no-peephole",
+            help="Peephole connections (scratch only). [default: off]",
+            rich_help_panel="Model",
+            show_default=False,
+        ),
+    ] = None,
+    # training
+    preset: Annotated[
+        str | None,
+        typer.Option(
+            help="Named settings: small-corpus or large-corpus (options given override them).",
+            rich_help_panel="Training",
+        ),
+    ] = None,
+    epochs: Annotated[
+        int | None,
+        typer.Option(
+            help="Total epochs (on --resume: the new total). [default: 20]",
+            rich_help_panel="Training",
+        ),
+    ] = None,
+    batch_size: Annotated[
+        int | None,
+        typer.Option(help="Sequences per batch. [default: 32]", rich_help_panel="Training"),
+    ] = None,
+    num_steps: Annotated[
+        int | None,
+        typer.Option(
+            help="Characters per window (truncated BPTT length). [default: 35]",
+            rich_help_panel="Training",
+        ),
+    ] = None,
+    sampling: Annotated[
+        str | None,
+        typer.Option(
+            help="consecutive (state carried) or random windows. [default: consecutive]",
+            rich_help_panel="Training",
+        ),
+    ] = None,
+    optimizer: Annotated[
+        str | None,
+        typer.Option(help="sgd, adam or adamw. [default: adam]", rich_help_panel="Training"),
+    ] = None,
+    lr: Annotated[
+        float | None,
+        typer.Option(help="Learning rate. [default: 0.002]", rich_help_panel="Training"),
+    ] = None,
+    clip: Annotated[
+        float | None,
+        typer.Option(
+            help="Clip the global gradient norm to this (0: off). [default: 1.0]",
+            rich_help_panel="Training",
+        ),
+    ] = None,
+    weight_decay: Annotated[
+        float | None, typer.Option(help="Weight decay. [default: 0]", rich_help_panel="Training")
+    ] = None,
+    schedule: Annotated[
+        str | None,
+        typer.Option(
+            help="Learning-rate schedule: none, cosine or plateau. [default: none]",
+            rich_help_panel="Training",
+        ),
+    ] = None,
+    patience: Annotated[
+        int | None,
+        typer.Option(
+            help="Stop after N epochs without a better held-out loss (0: never). [default: 0]",
+            rich_help_panel="Training",
+        ),
+    ] = None,
+    seed: Annotated[
+        int | None,
+        typer.Option(
+            help="Seed for weights, dropout and data order. [default: 0]",
+            rich_help_panel="Training",
+        ),
+    ] = None,
+    device: Annotated[
+        str | None,
+        typer.Option(help="auto, cpu or cuda. [default: auto]", rich_help_panel="Training"),
+    ] = None,
+    # output
+    prefix: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Prefix to sample from during training (repeatable). [default: 分开, 不分开]",
+            rich_help_panel="Output",
+        ),
+    ] = None,
+    sample_every: Annotated[
+        int | None,
+        typer.Option(
+            help="Print samples every N epochs (0: never). [default: 1]", rich_help_panel="Output"
+        ),
+    ] = None,
+    sample_length: Annotated[
+        int | None,
+        typer.Option(
+            help="Characters per training sample. [default: 50]", rich_help_panel="Output"
+        ),
+    ] = None,
+    checkpoint_every: Annotated[
+        int | None,
+        typer.Option(
+            help="Also write last.pt every N optimizer steps (0: only each epoch). [default: 0]",
+            rich_help_panel="Output",
+        ),
+    ] = None,
+    run_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="Run directory (default: runs/<time>-<corpus>-<backend>).",
+            rich_help_panel="Output",
+            show_default=False,
+        ),
+    ] = None,
+    runs_root: RunsRoot = Path("runs"),
+    resume: Annotated[
+        Path | None,
+        typer.Option(
+            help="Continue a run: its directory or a checkpoint file.",
+            rich_help_panel="Output",
+            show_default=False,
+        ),
+    ] = None,
+    init_from: Annotated[
+        Path | None,
+        typer.Option(
+            help="Start a new run from a checkpoint's weights (fine-tuning).",
+            rich_help_panel="Output",
+            show_default=False,
+        ),
+    ] = None,
+    extend_vocab: Annotated[
+        bool,
+        typer.Option(
+            "--extend-vocab",
+            help="With --init-from: add rows for new characters.",
+            rich_help_panel="Output",
+        ),
+    ] = False,
+    overwrite: Annotated[
+        bool,
+        typer.Option(
+            "--overwrite", help="Replace an existing run in --run-dir.", rich_help_panel="Output"
+        ),
+    ] = False,
+) -> None:
+    """Train a model on CORPUS, printing perplexity and samples; writes runs/<name>/.
+
+    Example: charlstm train ../shared/data/jaychou_lyrics.txt.zip --backend scratch --epochs 20
+    """
+    from charlstm.pipeline import prepare_training
+
+    trainer = prepare_training(
+        corpus,
+        model_options={
+            "backend": backend,
+            "hidden_size": hidden,
+            "num_layers": layers,
+            "embedding_size": embedding_size,
+            "dropout": dropout,
+            "embed_dropout": embed_dropout,
+            "weight_drop": weight_drop,
+            "variational": variational,
+            "tie_weights": tie_weights,
+            "scratch_impl": scratch_impl,
+            "peephole": peephole,
+        },
+        train_options={
+            "epochs": epochs,
+            "batch_size": batch_size,
+            "num_steps": num_steps,
+            "sampling": sampling,
+            "optimizer": optimizer,
+            "lr": lr,
+            "clip": clip,
+            "weight_decay": weight_decay,
+            "schedule": schedule,
+            "patience": patience,
+            "val_fraction": val_fraction,
+            "seed": seed,
+            "device": device,
+            "sample_every": sample_every,
+            "sample_length": sample_length,
+            "prefixes": prefix or None,
+            "checkpoint_every": checkpoint_every,
+        },
+        data_options={
+            "member": member,
+            "encoding": encoding,
+            "newlines": newlines,
+            "max_chars": max_chars,
+        },
+        run_dir=run_dir,
+        runs_root=runs_root,
+        resume=resume,
+        init_from=init_from,
+        extend_vocab=extend_vocab,
+        overwrite=overwrite,
+        preset=preset,
+        log=typer.echo,
+    )
+    m = trainer.model_config
+    typer.echo(
+        f"run {trainer.run_dir}: {m.backend} LSTM {m.num_layers}x{m.hidden_size}, "
+        f"{trainer.model.num_parameters():,} parameters, vocabulary {m.vocab_size}, "
+        f"{trainer.cut:,} training / {len(trainer.corpus) - trainer.cut:,} held-out characters, "
+        f"{len(trainer.batches)} batches per epoch, device {trainer.device}"
+    )
+    result = trainer.fit()
+    best = trainer.progress.best_val_loss
+    summary = f"done: {trainer.run_dir}/best.pt"
+    if best < float("inf"):
+        import math
+
+        summary += f" (held-out perplexity {math.exp(best):.2f})"
+    typer.echo(
+        summary + f"; generate with: charlstm generate --checkpoint {trainer.run_dir} --prefix ..."
+    )
+    if result.stopped_early:
+        typer.echo("stopped early (--patience)")
+
+
+@app.command()
+@handle_errors
+def generate(
+    prefix: Annotated[list[str] | None, typer.Option(help="Text to continue (repeatable).")] = None,
+    checkpoint: Annotated[
+        Path | None,
+        typer.Option(
+            help="Run directory or checkpoint file (default: the newest run's best.pt).",
+            show_default=False,
+        ),
+    ] = None,
+    length: Annotated[int, typer.Option(help="Characters to generate after the prefix.")] = 100,
+    temperature: Annotated[float, typer.Option(help="Below 1: safer; above 1: wilder.")] = 1.0,
+    top_k: Annotated[
+        int | None, typer.Option(help="Sample only among the K likeliest characters.")
+    ] = None,
+    top_p: Annotated[
+        float | None,
+        typer.Option(
+            help="Sample only among the likeliest characters holding this much probability."
+        ),
+    ] = None,
+    greedy: Annotated[
+        bool, typer.Option("--greedy", help="Always take the likeliest character (tends to loop).")
+    ] = False,
+    seed: Annotated[
+        int | None, typer.Option(help="Seed: the same seed gives the same text.")
+    ] = None,
+    num_samples: Annotated[
+        int, typer.Option(help="Samples per prefix (generated as one batch).")
+    ] = 1,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "cpu",
+    runs_root: RunsRoot = Path("runs"),
+) -> None:
+    """Write text that continues each --prefix, from a trained checkpoint.
+
+    Example: charlstm generate --prefix 分开 --length 100 --temperature 0.8 --seed 1
+    """
+    from charlstm.api import load_model
+    from charlstm.sampling import SamplingConfig
+
+    if not prefix:
+        raise CharLSTMError("give a prefix to continue, e.g. --prefix 分开")
+    model = load_model(ckpt.resolve(checkpoint, prefer="best.pt", runs_root=runs_root), device)
+    texts = model.generate_many(
+        prefix,
+        length=length,
+        num_samples=num_samples,
+        seed=seed,
+        sampling=SamplingConfig(temperature=temperature, top_k=top_k, top_p=top_p, greedy=greedy),
+    )
+    for p, samples in zip(prefix, texts, strict=True):
+        for sample in samples:
+            typer.echo(p + sample)
+
+
+@app.command("eval")
+@handle_errors
+def evaluate(
+    corpus: Annotated[Path, typer.Argument(help="Text to score: a .zip or .txt file.")],
+    checkpoint: Annotated[
+        Path | None,
+        typer.Option(
+            help="Run directory or checkpoint file (default: the newest run's best.pt).",
+            show_default=False,
+        ),
+    ] = None,
+    val_fraction: Annotated[
+        float | None,
+        typer.Option(
+            help="Score only this last part of the text (default: the run's held-out "
+            "part if CORPUS is the run's corpus, else the whole text).",
+            show_default=False,
+        ),
+    ] = None,
+    member: Annotated[str | None, typer.Option(help="Zip member to read.")] = None,
+    encoding: Annotated[
+        str | None, typer.Option(help="Text encoding (default: UTF-8, else GB18030).")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "cpu",
+    runs_root: RunsRoot = Path("runs"),
+) -> None:
+    """Score a text with a trained model: loss (nats/char), bits per char, perplexity.
+
+    Example: charlstm eval ../shared/data/jaychou_lyrics.txt.zip --checkpoint runs/x
+    """
+    from charlstm.api import load_model
+
+    model = load_model(ckpt.resolve(checkpoint, prefer="best.pt", runs_root=runs_root), device)
+    report = model.evaluate_file(
+        corpus, val_fraction=val_fraction, member=member, encoding=encoding
+    )
+    if as_json:
+        typer.echo(json.dumps(report, ensure_ascii=False))
+        return
+    typer.echo(
+        f"{report['corpus']}: {report['chars']:,} characters scored "
+        f"({report['scope']}); loss {report['loss']:.4f} nats/char, "
+        f"{report['bpc']:.4f} bits/char, perplexity {report['perplexity']:.2f}"
+    )
+
+
+@app.command()
+@handle_errors
+def convert(
+    checkpoint: Annotated[Path, typer.Argument(help="Run directory or checkpoint file.")],
+    to: Annotated[str, typer.Option("--to", help="Target backend: torch or scratch.")],
+    out: Annotated[Path, typer.Option(help="Where to write the converted checkpoint.")],
+) -> None:
+    """Convert a checkpoint between the scratch and torch backends (same outputs).
+
+    Example: charlstm convert runs/x --to torch --out runs/x/best-torch.pt
+    """
+    from charlstm.convert import convert_checkpoint
+
+    path = convert_checkpoint(checkpoint, to, out)
+    typer.echo(f"wrote {path} ({to} backend)")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    try:
+        app()
+    except KeyboardInterrupt:  # pragma: no cover - Ctrl-C outside a command
+        sys.exit(130)

@@ -1,0 +1,185 @@
+"""Typed configuration: what to read, what to build, how to train.
+
+The CLI builds these dataclasses and passes them explicitly; nothing reads globals.
+Each config round-trips through plain dicts (``asdict`` / ``from_dict``) so that it can be
+stored in ``config.json`` and in every checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypeVar
+
+from charlstm.errors import CharLSTMError
+
+Backend = Literal["scratch", "torch"]
+ScratchImpl = Literal["fused", "autograd"]
+Sampling = Literal["consecutive", "random"]
+Optimizer = Literal["sgd", "adam", "adamw"]
+Schedule = Literal["none", "cosine", "plateau"]
+
+BACKENDS: tuple[str, ...] = ("scratch", "torch")
+SCRATCH_IMPLS: tuple[str, ...] = ("fused", "autograd")
+SAMPLINGS: tuple[str, ...] = ("consecutive", "random")
+OPTIMIZERS: tuple[str, ...] = ("sgd", "adam", "adamw")
+SCHEDULES: tuple[str, ...] = ("none", "cosine", "plateau")
+
+C = TypeVar("C")
+
+
+def _from_dict(cls: type[C], data: dict[str, Any]) -> C:
+    """Build dataclass ``cls`` from ``data``, ignoring unknown keys (newer files)."""
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    return cls(**{k: v for k, v in data.items() if k in names})
+
+
+def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise CharLSTMError(f"unknown {name} {value!r}; choose one of: {', '.join(allowed)}")
+
+
+def _positive(name: str, value: float) -> None:
+    if value <= 0:
+        raise CharLSTMError(f"{name} must be positive, not {value}")
+
+
+def _fraction(name: str, value: float, upper_open: bool = True) -> None:
+    ok = 0.0 <= value < 1.0 if upper_open else 0.0 <= value <= 1.0
+    if not ok:
+        raise CharLSTMError(f"{name} must be in [0, 1), not {value}")
+
+
+@dataclass
+class DataConfig:
+    """Where the text comes from and how it is normalised (see :mod:`charlstm.corpus`)."""
+
+    path: str
+    member: str | None = None
+    encoding: str | None = None
+    newlines: Literal["keep", "space"] = "keep"
+    max_chars: int | None = None
+
+    def validate(self) -> DataConfig:
+        _choice("--newlines", self.newlines, ("keep", "space"))
+        if self.max_chars is not None:
+            _positive("--max-chars", self.max_chars)
+        return self
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DataConfig:
+        return _from_dict(cls, data)
+
+
+@dataclass
+class ModelConfig:
+    """The network: embedding -> LSTM layers -> linear output over the vocabulary."""
+
+    vocab_size: int
+    backend: Backend = "scratch"
+    hidden_size: int = 256
+    num_layers: int = 1
+    embedding_size: int | None = None  # None: same as hidden_size
+    dropout: float = 0.3  # between LSTM layers and on the last layer's output
+    embed_dropout: float = 0.0  # on the embeddings (variational: one mask per sequence)
+    weight_drop: float = 0.0  # DropConnect on hidden-to-hidden weights (scratch only)
+    variational: bool = False  # dropout masks shared across time steps
+    tie_weights: bool = False  # output layer shares the embedding matrix
+    scratch_impl: ScratchImpl = "fused"  # hand-derived BPTT, or plain autograd
+    peephole: bool = False  # peephole connections (scratch only)
+
+    @property
+    def input_size(self) -> int:
+        return self.embedding_size or self.hidden_size
+
+    def validate(self) -> ModelConfig:
+        _choice("--backend", self.backend, BACKENDS)
+        _choice("--scratch-impl", self.scratch_impl, SCRATCH_IMPLS)
+        _positive("vocabulary size", self.vocab_size)
+        _positive("--hidden", self.hidden_size)
+        _positive("--layers", self.num_layers)
+        if self.embedding_size is not None:
+            _positive("--embedding-size", self.embedding_size)
+        for name, value in (
+            ("--dropout", self.dropout),
+            ("--embed-dropout", self.embed_dropout),
+            ("--weight-drop", self.weight_drop),
+        ):
+            _fraction(name, value)
+        if self.backend == "torch" and self.peephole:
+            raise CharLSTMError("--peephole needs --backend scratch (nn.LSTM has no peepholes)")
+        if self.backend == "torch" and self.weight_drop > 0:
+            raise CharLSTMError("--weight-drop needs --backend scratch")
+        if self.tie_weights and self.input_size != self.hidden_size:
+            raise CharLSTMError(
+                "--tie-weights needs --embedding-size equal to --hidden "
+                f"({self.input_size} != {self.hidden_size})"
+            )
+        return self
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
+        return _from_dict(cls, data)
+
+
+@dataclass
+class TrainConfig:
+    """How to train: batches, optimiser, schedule, logging, sampling and checkpoints."""
+
+    epochs: int = 20
+    batch_size: int = 32
+    num_steps: int = 35
+    sampling: Sampling = "consecutive"
+    optimizer: Optimizer = "adam"
+    lr: float = 2e-3
+    clip: float = 1.0  # global gradient-norm clipping; 0 disables
+    weight_decay: float = 0.0
+    schedule: Schedule = "none"
+    patience: int = 0  # early stopping after this many epochs without a better held-out loss
+    val_fraction: float = 0.1
+    seed: int = 0
+    device: str = "auto"
+    sample_every: int = 1  # epochs; 0 disables samples during training
+    sample_length: int = 50
+    prefixes: list[str] = field(default_factory=list)
+    checkpoint_every: int = 0  # optimizer steps; 0: only at the end of each epoch
+
+    def validate(self) -> TrainConfig:
+        _positive("--epochs", self.epochs)
+        _positive("--batch-size", self.batch_size)
+        _positive("--num-steps", self.num_steps)
+        _choice("--sampling", self.sampling, SAMPLINGS)
+        _choice("--optimizer", self.optimizer, OPTIMIZERS)
+        _choice("--schedule", self.schedule, SCHEDULES)
+        _positive("--lr", self.lr)
+        if self.clip < 0:
+            raise CharLSTMError(f"--clip must be >= 0 (0 disables), not {self.clip}")
+        if self.weight_decay < 0:
+            raise CharLSTMError(f"--weight-decay must be >= 0, not {self.weight_decay}")
+        for name, value in (
+            ("--patience", self.patience),
+            ("--sample-every", self.sample_every),
+            ("--checkpoint-every", self.checkpoint_every),
+        ):
+            if value < 0:
+                raise CharLSTMError(f"{name} must be >= 0, not {value}")
+        _positive("--sample-length", self.sample_length)
+        _fraction("--val-fraction", self.val_fraction)
+        return self
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        return _from_dict(cls, data)
+
+
+#: Named settings for common cases (``--preset``); explicit options override them.
+PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    "small-corpus": {
+        "model": {},
+        "train": {},
+    },
+    "large-corpus": {
+        "model": {},
+        "train": {},
+    },
+}

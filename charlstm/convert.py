@@ -1,0 +1,39 @@
+"""Convert a checkpoint between the scratch and torch backends (same function, new layout)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+from charlstm import checkpoint as ckpt
+from charlstm.errors import CharLSTMError
+from charlstm.model import convert_state_dict
+
+
+def convert_checkpoint(source: str | Path, to_backend: str, out: str | Path) -> Path:
+    """Write ``source``'s model as a ``to_backend`` checkpoint at ``out``.
+
+    The weights are mapped exactly (see :func:`charlstm.model.convert_state_dict`), so the
+    converted model gives the same logits and, with the same seed, the same text. The
+    optimizer state belongs to the old parameter layout and is dropped: the result is for
+    ``generate``, ``eval`` and ``--init-from``, not for ``--resume``.
+    """
+    checkpoint = ckpt.load(ckpt.resolve(source, prefer="best.pt"))
+    config = checkpoint.model_config
+    if to_backend not in ("scratch", "torch"):
+        raise CharLSTMError(f"unknown --to {to_backend!r}; choose scratch or torch")
+    if to_backend == "torch" and (config.weight_drop > 0 or config.peephole):
+        raise CharLSTMError("this scratch model uses --peephole or --weight-drop: no nn.LSTM twin")
+    out = Path(out)
+    if out.resolve() == Path(checkpoint.path).resolve():
+        raise CharLSTMError("--out must differ from the source checkpoint")
+    weights = convert_state_dict(checkpoint.model, config, to_backend)
+    converted = replace(
+        checkpoint,
+        model_config=replace(config, backend=to_backend),
+        model=weights,
+        optimizer=None,
+        scheduler=None,
+        progress={},
+    )
+    return ckpt.save(converted, out)

@@ -1,0 +1,269 @@
+"""The LSTM recurrence as one autograd node, with hand-written backpropagation through time.
+
+A scratch LSTM layer splits its work in two. The input projection for every time step at
+once, ``gx = x @ W_x + b`` of shape ``(T, N, 4H)``, is one large matmul that ordinary
+autograd differentiates well. What remains is the recurrence, ``T`` small steps that each
+depend on the one before; written with ordinary autograd it records a dozen nodes per step.
+:class:`LSTMRecurrence` runs those steps as a single node instead: forward writes into
+buffers allocated once, and backward is derived by hand.
+
+Gate columns follow ``nn.LSTM``: ``[i | f | g | o]``, blocks of ``H`` columns. With optional
+peephole vectors ``p_i, p_f, p_o`` (Gers & Schmidhuber), for ``t = 0 .. T-1``::
+
+    i_t = sigmoid(gx_i[t] + h_{t-1} @ W_hi + c_{t-1} * p_i)
+    f_t = sigmoid(gx_f[t] + h_{t-1} @ W_hf + c_{t-1} * p_f)
+    g_t = tanh(gx_g[t] + h_{t-1} @ W_hg)
+    c_t = f_t * c_{t-1} + i_t * g_t
+    o_t = sigmoid(gx_o[t] + h_{t-1} @ W_ho + c_t * p_o)
+    h_t = o_t * tanh(c_t)
+
+with ``h_{-1} = h0`` and ``c_{-1} = c0``; without peephole the ``p`` terms are absent.
+
+Two implementations with one signature, ``(gx, W_h, h0, c0, peephole) -> (hs, c_T)``:
+
+* :func:`lstm_recurrence`: the fast one, :class:`LSTMRecurrence`;
+* :func:`lstm_recurrence_autograd`: the same equations as a readable loop with ordinary
+  autograd. It is the oracle the tests hold the fast one to.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+Peephole = Tensor | Sequence[Tensor] | None
+
+
+class LSTMRecurrence(torch.autograd.Function):
+    """``(gx, W_h, h0, c0, peephole) -> (hs, c_T)`` with hand-derived backward through time.
+
+    Shapes: ``gx (T, N, 4H)``, ``W_h (H, 4H)``, ``h0, c0 (N, H)``, ``peephole`` ``None`` or
+    ``(3, H)`` holding the rows ``p_i, p_f, p_o``; outputs ``hs (T, N, H)`` (so
+    ``h_T = hs[-1]``) and ``c_T (N, H)``. All tensors share one dtype and device.
+
+    Call it through :func:`lstm_recurrence`, which checks arguments. Once differentiable:
+    the backward pass is not itself recorded, so double backward raises.
+    """
+
+    @staticmethod
+    def forward(
+        ctx: Any, gx: Tensor, W_h: Tensor, h0: Tensor, c0: Tensor, peephole: Tensor | None
+    ) -> tuple[Tensor, Tensor]:
+        T, N, H4 = gx.shape
+        H = H4 // 4
+        gates = gx.new_empty(T, N, H4)  # activations [i | f | g | o] after the nonlinearity
+        cells = gx.new_empty(T + 1, N, H)  # cells[0] = c0, cells[t + 1] = c_t
+        tanh_cells = gx.new_empty(T, N, H)  # tanh(c_t)
+        hiddens = gx.new_empty(T + 1, N, H)  # hiddens[0] = h0, hiddens[t + 1] = h_t
+        cells[0] = c0
+        hiddens[0] = h0
+        # Per-step views made once (unbind is one C++ call), not re-sliced inside the loop.
+        gate_rows = gates.unbind(0)  # (N, 4H) each
+        i_, f_, g_, o_ = (block.unbind(0) for block in gates.chunk(4, 2))  # (N, H) each
+        if_ = gates[:, :, : 2 * H].unbind(0)  # (N, 2H): i and f are adjacent, one sigmoid
+        c_ = cells.unbind(0)
+        tanh_c_ = tanh_cells.unbind(0)
+        h_ = hiddens.unbind(0)
+        gx_ = gx.unbind(0)
+        if peephole is not None:
+            if_pairs = gates.view(T, N, 4, H)[:, :, :2].unbind(0)  # (N, 2, H)
+            c_col = cells.unsqueeze(2).unbind(0)  # (N, 1, H)
+            p_if = peephole[:2]  # (2, H)
+            p_o = peephole[2]  # (H,)
+        for t in range(T):
+            torch.addmm(gx_[t], h_[t], W_h, out=gate_rows[t])  # pre-activations
+            if peephole is not None:
+                if_pairs[t].addcmul_(c_col[t], p_if)
+            if_[t].sigmoid_()
+            g_[t].tanh_()
+            c = c_[t + 1]
+            torch.mul(f_[t], c_[t], out=c)
+            c.addcmul_(i_[t], g_[t])
+            if peephole is not None:
+                o_[t].addcmul_(c, p_o)
+            o_[t].sigmoid_()
+            torch.tanh(c, out=tanh_c_[t])
+            torch.mul(o_[t], tanh_c_[t], out=h_[t + 1])
+        ctx.save_for_backward(W_h, peephole, gates, cells, tanh_cells, hiddens)
+        return hiddens[1:], cells[T]
+
+    @staticmethod
+    @once_differentiable
+    def backward(
+        ctx: Any, grad_hs: Tensor, grad_c_T: Tensor
+    ) -> tuple[Tensor | None, Tensor | None, Tensor | None, Tensor | None, Tensor | None]:
+        # Grads that autograd did not send arrive as zeros (materialize_grads is on).
+        # With a_* the pre-activations, step t of the backward pass is, given dh = dL/dh_t
+        # (from hs[t] and from step t + 1) and dc = dL/dc_t carried from step t + 1:
+        #   da_o  = dh * tanh(c_t) * o (1 - o)
+        #   dc   += dh * o (1 - tanh(c_t)^2) + da_o * p_o
+        #   da_i  = dc * g * i (1 - i)
+        #   da_f  = dc * c_{t-1} * f (1 - f)
+        #   da_g  = dc * i * (1 - g^2)
+        #   dc_{t-1} = dc * f + da_i * p_i + da_f * p_f
+        #   dh_{t-1} = dL/dh_{t-1} from hs[t-1] + da @ W_h^T
+        # The factors that multiply dh and dc depend on the forward pass only, so they are
+        # computed for all steps at once before the loop, leaving five small ops per step.
+        W_h, peephole, gates, cells, tanh_cells, hiddens = ctx.saved_tensors
+        need_gx, need_W_h, need_h0, need_c0, need_peephole = ctx.needs_input_grad
+        T, N, H4 = gates.shape
+        H = H4 // 4
+        i, f, g, o = gates.chunk(4, 2)  # (T, N, H) each
+        c_prev, c = cells[:-1], cells[1:]
+
+        # factor[t] = [g i(1-i) | c_{t-1} f(1-f) | i (1-g^2) | tanh(c_t) o(1-o)]   (T, N, 4H)
+        factor = torch.addcmul(gates, gates, gates, value=-1)  # s (1 - s): right for i, f, o
+        k_i, k_f, k_g, k_o = factor.chunk(4, 2)
+        k_i.mul_(g)
+        k_f.mul_(c_prev)
+        k_o.mul_(tanh_cells)
+        torch.mul(g, g, out=k_g)
+        torch.addcmul(i, i, k_g, value=-1, out=k_g)
+        # dc_from_h[t] = o (1 - tanh(c_t)^2)   (T, N, H)
+        dc_from_h = torch.mul(tanh_cells, tanh_cells)
+        torch.addcmul(o, o, dc_from_h, value=-1, out=dc_from_h)
+
+        grad_gates = gates.new_empty(T, N, H4)  # dL/da for every step: also dL/dgx
+        da_ = grad_gates.unbind(0)  # (N, 4H)
+        da_o_ = grad_gates[:, :, 3 * H :].unbind(0)  # (N, H)
+        da_ifg_ = grad_gates.view(T, N, 4, H)[:, :, :3].unbind(0)  # (N, 3, H)
+        k_ifg_ = factor.view(T, N, 4, H)[:, :, :3].unbind(0)  # (N, 3, H)
+        k_o_ = k_o.unbind(0)
+        dc_from_h_ = dc_from_h.unbind(0)
+        f_ = f.unbind(0)
+        grad_h_ = grad_hs.unbind(0)
+        W_h_T = W_h.t().contiguous()  # (4H, H): the per-step matmul runs faster on it
+        dh = grad_hs[T - 1].clone()
+        dc = grad_c_T.clone()
+        dc_col = dc.unsqueeze(1)  # (N, 1, H) view of dc, broadcast over i, f, g
+        if peephole is not None:
+            p_i, p_f, p_o = peephole.unbind(0)
+            da_i_ = grad_gates[:, :, :H].unbind(0)
+            da_f_ = grad_gates[:, :, H : 2 * H].unbind(0)
+        for t in range(T - 1, -1, -1):
+            torch.mul(dh, k_o_[t], out=da_o_[t])
+            dc.addcmul_(dh, dc_from_h_[t])
+            if peephole is not None:
+                dc.addcmul_(da_o_[t], p_o)
+            torch.mul(k_ifg_[t], dc_col, out=da_ifg_[t])
+            dc.mul_(f_[t])
+            if peephole is not None:
+                dc.addcmul_(da_i_[t], p_i)
+                dc.addcmul_(da_f_[t], p_f)
+            if t > 0:
+                torch.addmm(grad_h_[t - 1], da_[t], W_h_T, out=dh)
+
+        grad_W_h = grad_h0 = grad_peephole = None
+        if need_W_h:
+            # One matmul over all steps: sum_t h_{t-1}^T @ da_t.
+            grad_W_h = hiddens[:-1].reshape(T * N, H).t().mm(grad_gates.view(T * N, H4))
+        if need_h0:
+            grad_h0 = grad_gates[0].mm(W_h_T)
+        if need_peephole and peephole is not None:
+            grad_if = grad_gates.view(T, N, 4, H)[:, :, :2] * c_prev.unsqueeze(2)
+            grad_o = grad_gates[:, :, 3 * H :] * c
+            grad_peephole = torch.cat([grad_if.sum((0, 1)), grad_o.sum((0, 1)).unsqueeze(0)])
+        return (
+            grad_gates if need_gx else None,
+            grad_W_h,
+            grad_h0,
+            dc if need_c0 else None,
+            grad_peephole,
+        )
+
+
+def _check(gx: Tensor, W_h: Tensor, h0: Tensor, c0: Tensor, peephole: Tensor | None) -> None:
+    if gx.dim() != 3 or gx.shape[0] == 0 or gx.shape[2] % 4:
+        raise ValueError(f"gx must be (T, N, 4H) with T > 0, got {tuple(gx.shape)}")
+    T, N, H4 = gx.shape
+    H = H4 // 4
+    expected = {"W_h": (H, H4), "h0": (N, H), "c0": (N, H)}
+    if peephole is not None:
+        expected["peephole"] = (3, H)
+    given = {"W_h": W_h, "h0": h0, "c0": c0, "peephole": peephole}
+    for name, shape in expected.items():
+        tensor = given[name]
+        if tuple(tensor.shape) != shape:
+            raise ValueError(
+                f"{name} must be {shape} for gx {tuple(gx.shape)}, got {tuple(tensor.shape)}"
+            )
+        if tensor.dtype != gx.dtype or tensor.device != gx.device:
+            raise ValueError(
+                f"{name} is {tensor.dtype} on {tensor.device} but gx is {gx.dtype} on {gx.device}"
+            )
+
+
+def _prepare(
+    gx: Tensor, h0: Tensor | None, c0: Tensor | None, peephole: Peephole
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Zeros for a missing state; ``peephole`` as one ``(3, H)`` tensor or ``None``."""
+    if gx.dim() != 3:
+        raise ValueError(f"gx must be (T, N, 4H), got {tuple(gx.shape)}")
+    N, H = gx.shape[1], gx.shape[2] // 4
+    if h0 is None:
+        h0 = gx.new_zeros(N, H)
+    if c0 is None:
+        c0 = gx.new_zeros(N, H)
+    if peephole is not None and not isinstance(peephole, Tensor):
+        peephole = torch.stack(tuple(peephole))
+    return h0, c0, peephole
+
+
+def lstm_recurrence(
+    gx: Tensor,
+    W_h: Tensor,
+    h0: Tensor | None = None,
+    c0: Tensor | None = None,
+    peephole: Peephole = None,
+) -> tuple[Tensor, Tensor]:
+    """Run the LSTM recurrence over precomputed input projections (fast path).
+
+    Args:
+        gx: ``(T, N, 4H)`` input projections ``x @ W_x + b``, gate blocks ``[i | f | g | o]``.
+        W_h: ``(H, 4H)`` recurrent weights, same gate blocks.
+        h0, c0: ``(N, H)`` initial state; ``None`` means zeros.
+        peephole: ``None``, or ``(p_i, p_f, p_o)`` as three ``(H,)`` tensors or one ``(3, H)``.
+
+    Returns:
+        ``(hs, c_T)``: hidden states ``(T, N, H)`` (``h_T = hs[-1]``) and last cell ``(N, H)``.
+    """
+    h0, c0, peephole = _prepare(gx, h0, c0, peephole)
+    _check(gx, W_h, h0, c0, peephole)
+    return LSTMRecurrence.apply(gx, W_h, h0, c0, peephole)
+
+
+def lstm_recurrence_autograd(
+    gx: Tensor,
+    W_h: Tensor,
+    h0: Tensor | None = None,
+    c0: Tensor | None = None,
+    peephole: Peephole = None,
+) -> tuple[Tensor, Tensor]:
+    """The same computation as :func:`lstm_recurrence`, as a plain loop with ordinary autograd.
+
+    Slow, but it reads like the equations, supports double backward, and is the oracle the
+    fast :class:`LSTMRecurrence` is tested against.
+    """
+    h0, c0, peephole = _prepare(gx, h0, c0, peephole)
+    _check(gx, W_h, h0, c0, peephole)
+    h, c = h0, c0
+    hs = []
+    for t in range(gx.shape[0]):
+        a_i, a_f, a_g, a_o = (gx[t] + h @ W_h).chunk(4, -1)  # (N, H) each
+        if peephole is not None:
+            a_i = a_i + c * peephole[0]
+            a_f = a_f + c * peephole[1]
+        i = torch.sigmoid(a_i)
+        f = torch.sigmoid(a_f)
+        g = torch.tanh(a_g)
+        c = f * c + i * g
+        if peephole is not None:
+            a_o = a_o + c * peephole[2]
+        o = torch.sigmoid(a_o)
+        h = o * torch.tanh(c)
+        hs.append(h)
+    return torch.stack(hs), c

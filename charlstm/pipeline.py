@@ -1,0 +1,265 @@
+"""From command-line choices to a ready :class:`~charlstm.train.Trainer`.
+
+Settings are layered: dataclass defaults < ``--preset`` < the checkpoint (on ``--resume``)
+< options given explicitly. A resumed run keeps its architecture, corpus normalisation
+and data order; only the settings in :data:`RESUME_OVERRIDABLE` may change.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from charlstm import __version__, runs
+from charlstm import checkpoint as ckpt
+from charlstm.config import PRESETS, DataConfig, ModelConfig, TrainConfig
+from charlstm.corpus import Corpus, Vocab, read_text
+from charlstm.errors import CharLSTMError
+from charlstm.model import build_model
+from charlstm.train import Log, Trainer
+
+#: The demo corpus shipped in the repository (found next to the package in a source checkout).
+DEMO_CORPUS = Path(__file__).resolve().parent.parent / "data" / "demo_lyrics.zip"
+
+#: Training settings a resumed run may change; everything else must match the checkpoint.
+RESUME_OVERRIDABLE = frozenset(
+    {
+        "epochs",
+        "lr",
+        "clip",
+        "patience",
+        "sample_every",
+        "sample_length",
+        "prefixes",
+        "checkpoint_every",
+        "device",
+    }
+)
+
+
+def default_corpus() -> Path:
+    if not DEMO_CORPUS.is_file():
+        raise CharLSTMError(
+            f"no corpus given and the demo corpus {DEMO_CORPUS} is missing; "
+            "pass a corpus: charlstm train CORPUS.zip"
+        )
+    return DEMO_CORPUS
+
+
+def _given(values: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in values.items() if v is not None}
+
+
+def _preset(name: str | None) -> dict[str, dict[str, Any]]:
+    if name is None:
+        return {"model": {}, "train": {}}
+    if name not in PRESETS:
+        raise CharLSTMError(f"unknown --preset {name!r}; choose one of: {', '.join(PRESETS)}")
+    return PRESETS[name]
+
+
+def load_corpus(data: DataConfig, vocab: Vocab | None = None) -> Corpus:
+    text = read_text(data.path, data.member, data.encoding, data.newlines, data.max_chars)
+    return Corpus.from_text(text, vocab)
+
+
+def extend_vocab_weights(
+    weights: dict[str, torch.Tensor], config: ModelConfig, new_size: int, seed: int
+) -> dict[str, torch.Tensor]:
+    """Weights for a vocabulary grown to ``new_size``: old rows kept exactly, new rows fresh."""
+    torch.manual_seed(seed)
+    fresh = build_model(replace(config, vocab_size=new_size)).state_dict()
+    out = dict(weights)
+    old_size = config.vocab_size
+    for key in ("embedding.weight", "head.weight", "head.bias"):
+        grown = fresh[key].clone()
+        grown[:old_size] = weights[key]
+        out[key] = grown
+    return out
+
+
+def _write_run_files(trainer: Trainer, resumed_from: Path | None) -> None:
+    corpus = trainer.corpus
+    runs.write_config(
+        trainer.run_dir,
+        {
+            "charlstm_version": __version__,
+            "model": asdict(trainer.model_config),
+            "train": asdict(trainer.config),
+            "data": asdict(trainer.data_config),
+            "corpus_chars": len(corpus),
+            "train_chars": trainer.cut,
+            "val_chars": len(corpus) - trainer.cut,
+            "vocab_size": len(corpus.vocab),
+            "parameters": trainer.model.num_parameters(),
+            "resumed_from": None if resumed_from is None else str(resumed_from),
+        },
+    )
+    (trainer.run_dir / "vocab.json").write_text(
+        json.dumps(corpus.vocab.to_list(), ensure_ascii=False) + "\n", encoding="utf-8"
+    )
+
+
+def prepare_training(
+    corpus_path: str | Path | None,
+    model_options: dict[str, Any],
+    train_options: dict[str, Any],
+    data_options: dict[str, Any],
+    run_dir: str | Path | None = None,
+    runs_root: str | Path = "runs",
+    resume: str | Path | None = None,
+    init_from: str | Path | None = None,
+    extend_vocab: bool = False,
+    overwrite: bool = False,
+    preset: str | None = None,
+    log: Log = print,
+    progress_bar: bool | None = None,
+) -> Trainer:
+    """Build the configs, read the corpus and return a trainer (fresh, resumed or fine-tuned).
+
+    Options whose value is ``None`` were not given and fall back to the layer below.
+    """
+    model_options, train_options = _given(model_options), _given(train_options)
+    data_options = _given(data_options)
+    if resume is not None:
+        if init_from is not None:
+            raise CharLSTMError("--resume and --init-from exclude each other")
+        return _resume(
+            resume,
+            corpus_path,
+            model_options,
+            train_options,
+            data_options,
+            run_dir,
+            preset,
+            log,
+            progress_bar,
+        )
+
+    chosen = _preset(preset)
+    path = Path(corpus_path) if corpus_path is not None else default_corpus()
+    data = DataConfig(path=str(path), **data_options).validate()
+    train_config = TrainConfig(**{**chosen["train"], **train_options}).validate()
+    init_weights = None
+    if init_from is not None:
+        base = ckpt.load(ckpt.resolve(init_from, prefer="best.pt", runs_root=runs_root))
+        text = read_text(data.path, data.member, data.encoding, data.newlines, data.max_chars)
+        missing = base.vocab.missing(text)
+        vocab = base.vocab
+        if missing and not extend_vocab:
+            shown = " ".join(repr(ch) for ch in missing[:20])
+            more = f" and {len(missing) - 20} more" if len(missing) > 20 else ""
+            raise CharLSTMError(
+                f"{len(missing)} characters of the new corpus are not in the checkpoint's "
+                f"vocabulary: {shown}{more}; pass --extend-vocab to add them"
+            )
+        arch = {
+            k: v
+            for k, v in model_options.items()
+            if k not in ("dropout", "embed_dropout", "weight_drop", "variational")
+        }
+        _check_same(base.model_config, arch, "--init-from checkpoint")
+        model_config = replace(base.model_config, **model_options)
+        init_weights = base.model
+        if missing:
+            vocab = base.vocab.extend(missing)
+            init_weights = extend_vocab_weights(
+                base.model, base.model_config, len(vocab), train_config.seed
+            )
+            model_config = replace(model_config, vocab_size=len(vocab))
+        corpus = Corpus.from_text(text, vocab)
+    else:
+        corpus = load_corpus(data)
+        model_config = ModelConfig(
+            vocab_size=len(corpus.vocab), **{**chosen["model"], **model_options}
+        ).validate()
+    model_config.validate()
+    if run_dir is None:
+        run_dir = Path(runs_root) / runs.default_run_name(path, model_config.backend)
+    directory = runs.prepare_run_dir(run_dir, overwrite=overwrite)
+    trainer = Trainer(
+        corpus,
+        model_config,
+        train_config,
+        data,
+        directory,
+        init_weights=init_weights,
+        log=log,
+        progress_bar=progress_bar,
+    )
+    _write_run_files(trainer, None)
+    return trainer
+
+
+def _check_same(config: Any, options: dict[str, Any], what: str) -> None:
+    for key, value in options.items():
+        current = getattr(config, key)
+        if current != value:
+            flag = "--" + key.replace("_", "-")
+            raise CharLSTMError(
+                f"{flag} {value} differs from the {what}'s {current}; a resumed or fine-tuned "
+                "run keeps its architecture"
+            )
+
+
+def _resume(
+    resume: str | Path,
+    corpus_path: str | Path | None,
+    model_options: dict[str, Any],
+    train_options: dict[str, Any],
+    data_options: dict[str, Any],
+    run_dir: str | Path | None,
+    preset: str | None,
+    log: Log,
+    progress_bar: bool | None,
+) -> Trainer:
+    if preset is not None:
+        raise CharLSTMError("--preset applies to new runs; a resumed run keeps its settings")
+    source = ckpt.resolve(resume, prefer="last.pt")
+    checkpoint = ckpt.load(source)
+    _check_same(checkpoint.model_config, model_options, "checkpoint")
+    _check_same(checkpoint.data_config, data_options, "checkpoint")
+    fixed = {k: v for k, v in train_options.items() if k not in RESUME_OVERRIDABLE}
+    _check_same(checkpoint.train_config, fixed, "checkpoint")
+    overrides = {k: v for k, v in train_options.items() if k in RESUME_OVERRIDABLE}
+    train_config = replace(checkpoint.train_config, **overrides).validate()
+    data = checkpoint.data_config
+    if corpus_path is not None:
+        data = replace(data, path=str(corpus_path))
+    elif not Path(data.path).is_file():
+        raise CharLSTMError(
+            f"the run's corpus {data.path} is not here; pass it: charlstm train CORPUS --resume ..."
+        )
+    corpus = load_corpus(data, checkpoint.vocab)
+    directory = Path(run_dir) if run_dir is not None else source.parent
+    runs.prepare_run_dir(directory, overwrite=False) if not directory.exists() else None
+    if checkpoint.epoch >= train_config.epochs:
+        raise CharLSTMError(
+            f"the run has already trained {checkpoint.epoch} epochs; pass a larger --epochs "
+            "(the new total) to continue"
+        )
+    trainer = Trainer(
+        corpus,
+        checkpoint.model_config,
+        train_config,
+        data,
+        directory,
+        resume=checkpoint,
+        log=log,
+        progress_bar=progress_bar,
+    )
+    # metrics written after the checkpoint we resume from belong to a lost future
+    kept = [row for row in runs.read_metrics(directory) if row.get("epoch", 0) <= checkpoint.epoch]
+    (directory / runs.METRICS_FILE).write_text(
+        "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in kept), encoding="utf-8"
+    )
+    _write_run_files(trainer, source)
+    log(
+        f"resuming {source} at epoch {checkpoint.epoch + 1}, batch {checkpoint.batch}, "
+        f"step {checkpoint.step}"
+    )
+    return trainer

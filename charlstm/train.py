@@ -1,0 +1,448 @@
+"""The training loop: batches in, clipped gradient steps, perplexity out.
+
+The loop knows nothing about a particular model (anything with the
+``forward(x, state) -> (logits, state)`` / ``init_state(N)`` interface trains). Held-out
+scoring, samples, metrics and checkpoints plug in at the end of each epoch; a checkpoint
+can also be written every ``checkpoint_every`` optimizer steps, and is always written
+when the run is interrupted (SIGINT / SIGTERM), so a run directory is resumable at any time.
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from charlstm import checkpoint as ckpt
+from charlstm import runs
+from charlstm.batching import check_length, make_batches
+from charlstm.config import DataConfig, ModelConfig, TrainConfig
+from charlstm.corpus import Corpus, split_point
+from charlstm.errors import CharLSTMError
+from charlstm.evaluate import score_split
+from charlstm.model import CharLSTM, State, build_model, detach_state
+from charlstm.sampling import SamplingConfig, generate
+
+DEFAULT_PREFIXES = ("分开", "不分开")
+#: Warn (once per streak) when held-out loss has not improved for this many epochs.
+OVERFIT_WARNING_EPOCHS = 3
+
+Log = Callable[[str], None]
+
+
+class TrainingInterrupted(CharLSTMError):
+    """Raised after SIGINT/SIGTERM once ``last.pt`` holds the state of the last step."""
+
+    def __init__(self, signum: int, run_dir: Path) -> None:
+        name = signal.Signals(signum).name
+        super().__init__(
+            f"{name}: training stopped, state saved in {run_dir / runs.LAST}; continue with: "
+            f"charlstm train --resume {run_dir}",
+            exit_code=128 + signum,
+        )
+        self.signum = signum
+
+
+class NonFiniteLoss(CharLSTMError):
+    pass
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` is CUDA when available, else the CPU; asking for CUDA without one is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise CharLSTMError("--device cuda: no CUDA GPU is available here; use --device cpu")
+    if not (name == "cpu" or name.startswith("cuda")):
+        raise CharLSTMError(f"unknown --device {name!r}; choose auto, cpu or cuda")
+    return torch.device(name)
+
+
+def default_prefixes(corpus: Corpus) -> list[str]:
+    """分开 and 不分开 where the vocabulary has them, else the corpus's first word."""
+    chosen = [p for p in DEFAULT_PREFIXES if not corpus.vocab.missing(p)]
+    if chosen:
+        return chosen
+    first = corpus.text.strip().split()[0] if corpus.text.strip() else corpus.text[:1]
+    return [first[:8]]
+
+
+def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    params = model.parameters()
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=config.lr, weight_decay=config.weight_decay)
+    if config.optimizer == "adam":
+        return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    raise CharLSTMError(f"unknown --optimizer {config.optimizer!r}; choose sgd, adam or adamw")
+
+
+@dataclass
+class EpochMetrics:
+    """One line of ``metrics.jsonl``."""
+
+    epoch: int
+    step: int
+    train_loss: float
+    train_ppl: float
+    val_loss: float | None
+    val_ppl: float | None
+    lr: float
+    seconds: float
+    chars_per_sec: float
+    best: bool = False
+
+
+@dataclass
+class Progress:
+    """Where training stands; saved in every checkpoint so a resume continues exactly."""
+
+    epoch: int = 0  # completed epochs
+    batch: int = 0  # next batch of epoch ``epoch``
+    step: int = 0  # optimizer steps so far
+    best_val_loss: float = math.inf
+    loss_sum: float = 0.0  # this epoch so far: summed loss over targets
+    chars: int = 0  # this epoch so far: targets seen
+    bad_epochs: int = 0  # epochs since held-out loss last improved
+    lr_scale: float = 1.0  # reduce-on-plateau factor
+    seconds: float = 0.0  # this epoch so far: training time
+    carry: State | None = None  # consecutive sampling: state after the last batch
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        for key in ("epoch", "batch", "step", "best_val_loss", "carry"):
+            data.pop(key)
+        data["carry"] = None if self.carry is None else [t.cpu() for t in self.carry]
+        return data
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint: ckpt.Checkpoint) -> Progress:
+        extra = dict(checkpoint.progress)
+        carry = extra.pop("carry", None)
+        known = {k: v for k, v in extra.items() if k in cls.__dataclass_fields__}
+        return cls(
+            epoch=checkpoint.epoch,
+            batch=checkpoint.batch,
+            step=checkpoint.step,
+            best_val_loss=checkpoint.best_val_loss,
+            carry=None if carry is None else (carry[0], carry[1]),
+            **known,
+        )
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    metrics: list[EpochMetrics] = field(default_factory=list)
+    stopped_early: bool = False
+
+    @property
+    def final(self) -> EpochMetrics | None:
+        return self.metrics[-1] if self.metrics else None
+
+
+@contextmanager
+def _stop_on_signals(flag: dict[str, int | None]) -> Iterator[None]:
+    """SIGINT/SIGTERM set ``flag['signum']``; the loop saves and stops after the current step.
+
+    A second SIGINT while stopping raises ``KeyboardInterrupt`` at once.
+    """
+
+    def handler(signum: int, frame: object) -> None:
+        if flag["signum"] is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        flag["signum"] = signum
+
+    previous = {}
+    try:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous[sig] = signal.signal(sig, handler)
+    except ValueError:  # not the main thread: leave the default handlers
+        pass
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+class Trainer:
+    """Trains one model on one corpus into one run directory."""
+
+    def __init__(
+        self,
+        corpus: Corpus,
+        model_config: ModelConfig,
+        train_config: TrainConfig,
+        data_config: DataConfig,
+        run_dir: Path,
+        resume: ckpt.Checkpoint | None = None,
+        init_weights: dict[str, torch.Tensor] | None = None,
+        log: Log = print,
+        progress_bar: bool | None = None,
+        on_step: Callable[[Trainer], None] | None = None,
+    ) -> None:
+        self.corpus = corpus
+        self.on_step = on_step  # called after every optimizer step (progress, tests)
+        self.model_config = model_config.validate()
+        self.config = train_config.validate()
+        self.data_config = data_config
+        self.run_dir = Path(run_dir)
+        self.log = log
+        self.progress_bar = progress_bar
+        self.device = resolve_device(self.config.device)
+
+        cut = split_point(len(corpus), self.config.val_fraction)
+        self.cut = cut
+        self.train_indices = corpus.indices[:cut]
+        has_val = len(corpus) - cut > 0 and self.config.val_fraction > 0
+        self.has_val = has_val
+        check_length(
+            len(self.train_indices),
+            self.config.batch_size,
+            self.config.num_steps,
+            what="training text" if has_val else "corpus",
+        )
+        self.batches = make_batches(
+            self.train_indices,
+            self.config.batch_size,
+            self.config.num_steps,
+            self.config.sampling,
+            self.config.seed,
+        )
+        self.prefixes = list(self.config.prefixes) or default_prefixes(corpus)
+
+        torch.manual_seed(self.config.seed)
+        self.model: CharLSTM = build_model(self.model_config)
+        if init_weights is not None:
+            self.model.load_state_dict(init_weights)
+        self.model.to(self.device)
+        self.optimizer = make_optimizer(self.model, self.config)
+        self.progress = Progress()
+        if resume is not None:
+            self._restore(resume)
+
+    # -- state -----------------------------------------------------------------------------
+
+    def _restore(self, checkpoint: ckpt.Checkpoint) -> None:
+        self.model.load_state_dict(checkpoint.model)
+        if checkpoint.optimizer is not None:
+            self.optimizer.load_state_dict(checkpoint.optimizer)
+        for group in self.optimizer.param_groups:  # --lr may change on resume
+            group["initial_lr"] = self.config.lr
+        self.progress = Progress.from_checkpoint(checkpoint)
+        ckpt.restore_rng(checkpoint.rng)
+
+    def checkpoint(self) -> ckpt.Checkpoint:
+        return ckpt.Checkpoint(
+            model_config=self.model_config,
+            train_config=self.config,
+            data_config=self.data_config,
+            vocab=self.corpus.vocab,
+            model={k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+            optimizer=self.optimizer.state_dict(),
+            rng=ckpt.capture_rng(),
+            epoch=self.progress.epoch,
+            batch=self.progress.batch,
+            step=self.progress.step,
+            best_val_loss=self.progress.best_val_loss,
+            progress=self.progress.to_dict(),
+        )
+
+    def save(self, name: str = runs.LAST) -> Path:
+        return ckpt.save(self.checkpoint(), self.run_dir / name)
+
+    # -- schedule --------------------------------------------------------------------------
+
+    def current_lr(self) -> float:
+        base = self.config.lr * self.progress.lr_scale
+        if self.config.schedule == "cosine":
+            total = max(1, self.config.epochs * len(self.batches))
+            done = min(self.progress.step, total)
+            return base * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * done / total)))
+        return base
+
+    def _set_lr(self) -> float:
+        lr = self.current_lr()
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        return lr
+
+    # -- one step / one epoch ----------------------------------------------------------------
+
+    def _step(self, x: torch.Tensor, y: torch.Tensor, state: State | None) -> tuple[float, State]:
+        logits, state = self.model(x, state)  # (T, N, V)
+        loss = nn.functional.cross_entropy(logits.flatten(0, 1), y.flatten())
+        value = loss.item()
+        if not math.isfinite(value):
+            last = self.run_dir / runs.LAST
+            raise NonFiniteLoss(
+                f"loss became {value} at step {self.progress.step + 1} (epoch "
+                f"{self.progress.epoch + 1}); the last good checkpoint is {last}; resume it with "
+                f"a lower --lr or a smaller --clip: charlstm train --resume {self.run_dir} --lr ..."
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.config.clip > 0:
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.config.clip)
+        self.optimizer.step()
+        return value, state
+
+    def _train_epoch(self, flag: dict[str, int | None]) -> None:
+        p, config = self.progress, self.config
+        self.model.train()
+        self.batches.set_epoch(p.epoch)
+        carry = self.batches.carries_state
+        state: State | None = None
+        if carry and p.carry is not None:
+            state = (p.carry[0].to(self.device), p.carry[1].to(self.device))
+        bar = tqdm(
+            total=len(self.batches),
+            initial=p.batch,
+            desc=f"epoch {p.epoch + 1}/{config.epochs}",
+            leave=False,
+            disable=None if self.progress_bar is None else not self.progress_bar,
+            unit="batch",
+        )
+        start = time.perf_counter() - p.seconds
+        with bar:
+            for index in range(p.batch, len(self.batches)):
+                x, y = self.batches[index]
+                x, y = x.to(self.device), y.to(self.device)
+                if not carry:
+                    state = None
+                lr = self._set_lr()
+                loss, state = self._step(x, y, state)
+                state = detach_state(state)
+                p.step += 1
+                p.batch = index + 1
+                p.loss_sum += loss * y.numel()
+                p.chars += y.numel()
+                p.seconds = time.perf_counter() - start
+                p.carry = state if carry else None
+                bar.update(1)
+                if self.on_step is not None:
+                    self.on_step(self)
+                bar.set_postfix(
+                    loss=f"{loss:.3f}",
+                    ppl=f"{math.exp(min(loss, 50)):.1f}",
+                    chars_per_s=f"{p.chars / max(p.seconds, 1e-9):,.0f}",
+                    lr=f"{lr:.2g}",
+                )
+                if flag["signum"] is not None:
+                    self.save()
+                    raise TrainingInterrupted(flag["signum"], self.run_dir)
+                if config.checkpoint_every and p.step % config.checkpoint_every == 0:
+                    self.save()
+
+    def _end_epoch(self) -> EpochMetrics:
+        p = self.progress
+        train_loss = p.loss_sum / max(p.chars, 1)
+        val_loss = None
+        if self.has_val:
+            val_loss = score_split(self.model, self.corpus.indices.to(self.device), self.cut).loss
+        improved = val_loss is not None and val_loss < p.best_val_loss
+        if improved:
+            p.best_val_loss = val_loss
+            p.bad_epochs = 0
+        elif val_loss is not None:
+            p.bad_epochs += 1
+            if self.config.schedule == "plateau":
+                p.lr_scale *= 0.5
+        metrics = EpochMetrics(
+            epoch=p.epoch + 1,
+            step=p.step,
+            train_loss=train_loss,
+            train_ppl=math.exp(min(train_loss, 700)),
+            val_loss=val_loss,
+            val_ppl=None if val_loss is None else math.exp(min(val_loss, 700)),
+            lr=self.current_lr(),
+            seconds=p.seconds,
+            chars_per_sec=p.chars / max(p.seconds, 1e-9),
+            best=improved or val_loss is None,
+        )
+        p.epoch += 1
+        p.batch = 0
+        p.loss_sum, p.chars, p.seconds = 0.0, 0, 0.0
+        p.carry = None
+        return metrics
+
+    def sample(self, length: int | None = None) -> dict[str, str]:
+        """One sample per training prefix, from a generator seeded by (seed, epoch)."""
+        texts = generate(
+            self.model,
+            self.corpus.vocab,
+            self.prefixes,
+            length=length or self.config.sample_length,
+            config=SamplingConfig(temperature=0.8, top_k=None),
+            seed=self.config.seed * 7919 + self.progress.epoch,
+        )
+        self.model.train()
+        return {
+            prefix: prefix + sample[0] for prefix, sample in zip(self.prefixes, texts, strict=True)
+        }
+
+    # -- the whole run -----------------------------------------------------------------------
+
+    def fit(self) -> TrainResult:
+        """Train until ``epochs`` (the total, counting epochs before a resume) or early stop."""
+        config, p = self.config, self.progress
+        result = TrainResult(run_dir=self.run_dir)
+        flag: dict[str, int | None] = {"signum": None}
+        if p.step == 0 and p.epoch == 0:
+            self.save()  # resumable from the very start
+        with _stop_on_signals(flag):
+            while p.epoch < config.epochs:
+                try:
+                    self._train_epoch(flag)
+                except RuntimeError as err:  # numerical or memory failure inside torch
+                    first = str(err).strip().splitlines()[0] if str(err).strip() else repr(err)
+                    raise CharLSTMError(
+                        f"training failed at step {p.step + 1}: {first}; the last good "
+                        f"checkpoint is {self.run_dir / runs.LAST}"
+                    ) from err
+                metrics = self._end_epoch()
+                result.metrics.append(metrics)
+                runs.append_metrics(self.run_dir, asdict(metrics))
+                if metrics.best:
+                    self.save(runs.BEST)
+                self.save(runs.LAST)
+                self.log(format_epoch(metrics, config.epochs))
+                if config.sample_every and metrics.epoch % config.sample_every == 0:
+                    for text in self.sample().values():
+                        self.log("  " + text.replace("\n", " / "))
+                if p.bad_epochs and config.patience and p.bad_epochs >= config.patience:
+                    self.log(
+                        f"early stop: held-out loss has not improved for {p.bad_epochs} epochs "
+                        f"(--patience {config.patience}); best.pt holds the best model"
+                    )
+                    result.stopped_early = True
+                    break
+                if p.bad_epochs == OVERFIT_WARNING_EPOCHS and not config.patience:
+                    self.log(
+                        f"warning: held-out loss has risen for {p.bad_epochs} epochs while "
+                        "training loss falls: the model is memorising; best.pt keeps the best "
+                        "epoch (use --patience N to stop early, or more dropout)"
+                    )
+                if flag["signum"] is not None:
+                    raise TrainingInterrupted(flag["signum"], self.run_dir)
+        return result
+
+
+def format_epoch(m: EpochMetrics, epochs: int) -> str:
+    val = f"held-out ppl {m.val_ppl:8.2f}" if m.val_ppl is not None else "held-out ppl      n/a"
+    mark = " *" if m.best and m.val_ppl is not None else ""
+    return (
+        f"epoch {m.epoch:3d}/{epochs}  train ppl {m.train_ppl:8.2f}  {val}  "
+        f"lr {m.lr:.3g}  {m.seconds:5.1f}s  {m.chars_per_sec:,.0f} chars/s{mark}"
+    )

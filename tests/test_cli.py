@@ -1,0 +1,154 @@
+"""The charlstm command line end to end, through typer's CliRunner and as a real process."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from charlstm import checkpoint as ckpt
+from charlstm.cli import app
+from charlstm.corpus import read_text, split_point
+
+runner = CliRunner()
+FAST = [
+    "--hidden",
+    "32",
+    "--batch-size",
+    "8",
+    "--num-steps",
+    "20",
+    "--sample-every",
+    "1",
+    "--sample-length",
+    "12",
+    "--seed",
+    "1",
+]
+
+
+def invoke(*args: str):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def trained_run(small_corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One small run shared by the tests of this module (they only read it)."""
+    run = tmp_path_factory.mktemp("runs") / "small"
+    result = invoke("train", small_corpus, "--epochs", "2", "--lr", "0.01", "--run-dir", run, *FAST)
+    assert result.exit_code == 0, result.output
+    return run
+
+
+def test_train_then_resume_prints_perplexities_and_samples(small_corpus: Path, tmp_path: Path):
+    run = tmp_path / "run"
+    result = invoke("train", small_corpus, "--epochs", "1", "--run-dir", run, *FAST)
+    assert result.exit_code == 0, result.output
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 1
+    # resume to a new total, through the CLI
+    result = invoke("train", small_corpus, "--resume", run, "--epochs", "2")
+    assert result.exit_code == 0, result.output
+    assert "resuming" in result.output
+    assert "epoch   2/2" in result.output and "held-out ppl" in result.output
+    assert "分开" in result.output  # the default prefixes are sampled each epoch
+
+
+def test_generate_from_a_run_is_reproducible(trained_run: Path):
+    args = [
+        "generate",
+        "--checkpoint",
+        trained_run,
+        "--prefix",
+        "分开",
+        "--prefix",
+        "不分开",
+        "--length",
+        "30",
+        "--seed",
+        "7",
+        "--num-samples",
+        "2",
+    ]
+    first, second = invoke(*args), invoke(*args)
+    assert first.exit_code == 0, first.output
+    assert first.output == second.output
+    lines = first.output.strip("\n").split("\n")
+    starts = [line for line in lines if line.startswith(("分开", "不分开"))]
+    assert len(starts) >= 4
+
+
+def test_generate_uses_the_newest_run_by_default(trained_run: Path):
+    result = invoke(
+        "generate",
+        "--runs-root",
+        trained_run.parent,
+        "--prefix",
+        "分",
+        "--greedy",
+        "--length",
+        "10",
+    )
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("分")
+
+
+def test_eval_reports_held_out_perplexity_as_json(trained_run: Path, small_corpus: Path):
+    result = invoke("eval", small_corpus, "--checkpoint", trained_run, "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    n = len(read_text(small_corpus))
+    assert report["chars"] == n - split_point(n, 0.1)  # the held-out part, each char once
+    best = ckpt.load(trained_run / "best.pt")
+    assert report["loss"] == pytest.approx(best.best_val_loss, rel=1e-5)  # as in training
+    assert {"loss", "bpc", "perplexity", "chars"} <= report.keys()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["train", "missing.zip"], "corpus not found"),
+        (["train", "{corpus}", "--backend", "keras"], "unknown --backend 'keras'"),
+        (["train", "{corpus}", "--batch-size", "0"], "--batch-size must be positive"),
+        (["train", "{corpus}", "--lr", "-1"], "--lr must be positive"),
+        (["train", "{corpus}", "--batch-size", "64", "--num-steps", "200"], "too short"),
+        (["generate", "--checkpoint", "{run}", "--prefix", "xyz"], "not in the model's vocabulary"),
+        (["generate", "--checkpoint", "{run}", "--prefix", ""], "prefix is empty"),
+        (
+            ["generate", "--checkpoint", "{run}", "--prefix", "分", "--temperature", "0"],
+            "--temperature must be positive",
+        ),
+        (["generate", "--checkpoint", "{tmp}/nothing", "--prefix", "分"], "not found"),
+        (["eval", "{corpus}", "--checkpoint", "{corpus}"], "not a readable charlstm checkpoint"),
+    ],
+)
+def test_bad_input_is_one_line_and_non_zero(trained_run, small_corpus, tmp_path, args, message):
+    args = [a.format(corpus=small_corpus, run=trained_run, tmp=tmp_path) for a in args]
+    result = invoke(*args)
+    assert result.exit_code != 0
+    assert message in result.output
+    assert "Traceback" not in result.output
+    assert len(result.output.strip().splitlines()) == 1
+
+
+def test_module_entry_point_and_help():
+    result = subprocess.run(
+        [sys.executable, "-m", "charlstm", "--help"], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0
+    for command in ("train", "generate", "eval"):
+        assert command in result.stdout
+
+
+def test_real_process_error_has_no_traceback(tmp_path: Path):
+    result = subprocess.run(
+        [sys.executable, "-m", "charlstm", "train", str(tmp_path / "none.zip")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"error: corpus not found: {tmp_path / 'none.zip'}"

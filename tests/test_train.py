@@ -1,0 +1,153 @@
+"""charlstm.train / pipeline / checkpoint: training, run directories, exact resume."""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+
+import pytest
+import torch
+
+from charlstm import checkpoint as ckpt
+from charlstm.errors import CharLSTMError
+from charlstm.pipeline import prepare_training
+from charlstm.train import TrainingInterrupted
+
+SMALL_MODEL = {"hidden_size": 32, "dropout": 0.2}
+SMALL_TRAIN = {"batch_size": 8, "num_steps": 20, "sample_every": 0, "seed": 3}
+
+
+def train(corpus, run_dir, model=None, train_options=None, data=None, **kwargs):
+    trainer = prepare_training(
+        corpus,
+        {**SMALL_MODEL, **(model or {})},
+        {**SMALL_TRAIN, **(train_options or {})},
+        data or {},
+        run_dir=run_dir,
+        log=lambda _: None,
+        progress_bar=False,
+        **kwargs,
+    )
+    return trainer, trainer.fit()
+
+
+def losses(result) -> list[tuple[float, float]]:
+    return [(m.train_loss, m.val_loss) for m in result.metrics]
+
+
+def test_run_directory_holds_config_vocab_metrics_and_checkpoints(small_corpus, tmp_path):
+    trainer, result = train(small_corpus, tmp_path / "run", train_options={"epochs": 2})
+    run = tmp_path / "run"
+    assert {"config.json", "vocab.json", "metrics.jsonl", "last.pt", "best.pt"} <= {
+        p.name for p in run.iterdir()
+    }
+    config = json.loads((run / "config.json").read_text(encoding="utf-8"))
+    assert config["model"]["hidden_size"] == 32 and config["train"]["epochs"] == 2
+    assert json.loads((run / "vocab.json").read_text(encoding="utf-8")) == (
+        trainer.corpus.vocab.idx_to_char
+    )
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2]
+    assert all(r["val_ppl"] == pytest.approx(math.exp(r["val_loss"])) for r in rows)
+    last = ckpt.load(run / "last.pt")
+    assert last.epoch == 2 and last.vocab == trainer.corpus.vocab
+    assert last.step == 2 * len(trainer.batches)
+    best = ckpt.load(run / "best.pt")
+    assert best.best_val_loss == pytest.approx(min(r["val_loss"] for r in rows))
+
+
+def test_training_lowers_held_out_loss(small_corpus, tmp_path):
+    trainer, result = train(small_corpus, tmp_path / "run", train_options={"epochs": 4, "lr": 1e-2})
+    vocab_size = len(trainer.corpus.vocab)
+    first, last = result.metrics[0], result.metrics[-1]
+    assert first.val_loss < math.log(vocab_size) - 1  # far better than uniform after 1 epoch
+    assert last.val_loss <= first.val_loss
+    assert last.train_ppl < 1.5 and last.val_ppl < 1.5  # repetitive lines: easy to learn
+
+
+@pytest.mark.parametrize("sampling", ["consecutive", "random"])
+def test_two_epochs_plus_resume_equals_four_straight(small_corpus, tmp_path, sampling):
+    options = {"sampling": sampling}
+    _, straight = train(small_corpus, tmp_path / "a", train_options={**options, "epochs": 4})
+    train(small_corpus, tmp_path / "b", train_options={**options, "epochs": 2})
+    _, resumed = train(small_corpus, None, train_options={"epochs": 4}, resume=tmp_path / "b")
+    assert losses(straight)[2:] == losses(resumed)
+    rows = (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(r)["epoch"] for r in rows] == [1, 2, 3, 4]
+
+
+def test_interrupt_mid_epoch_saves_and_resume_continues_the_same_trajectory(small_corpus, tmp_path):
+    _, straight = train(small_corpus, tmp_path / "a", train_options={"epochs": 2})
+    trainer = prepare_training(
+        small_corpus,
+        SMALL_MODEL,
+        {**SMALL_TRAIN, "epochs": 2},
+        {},
+        run_dir=tmp_path / "b",
+        log=lambda _: None,
+        progress_bar=False,
+    )
+    stop_at = len(trainer.batches) + 3  # in the middle of epoch 2
+
+    def interrupt(t):
+        if t.progress.step == stop_at:
+            signal.raise_signal(signal.SIGINT)
+
+    trainer.on_step = interrupt
+    with pytest.raises(TrainingInterrupted, match="charlstm train --resume") as info:
+        trainer.fit()
+    assert info.value.exit_code == 130
+    saved = ckpt.load(tmp_path / "b" / "last.pt")
+    assert (saved.epoch, saved.batch, saved.step) == (1, 3, stop_at)
+    _, resumed = train(small_corpus, None, train_options={"epochs": 2}, resume=tmp_path / "b")
+    assert losses(resumed) == losses(straight)[1:]
+
+
+def test_resume_keeps_the_architecture(small_corpus, tmp_path):
+    train(small_corpus, tmp_path / "run", train_options={"epochs": 1})
+    with pytest.raises(CharLSTMError, match="--hidden-size 64 differs from the checkpoint's 32"):
+        train(
+            small_corpus,
+            None,
+            model={"hidden_size": 64},
+            train_options={"epochs": 2},
+            resume=tmp_path / "run",
+        )
+    with pytest.raises(CharLSTMError, match="already trained 1 epochs"):
+        train(small_corpus, None, train_options={"epochs": 1}, resume=tmp_path / "run")
+
+
+def test_existing_run_directory_is_not_overwritten(small_corpus, tmp_path):
+    train(small_corpus, tmp_path / "run", train_options={"epochs": 1})
+    before = (tmp_path / "run" / "last.pt").read_bytes()
+    with pytest.raises(CharLSTMError, match="already holds a run"):
+        train(small_corpus, tmp_path / "run", train_options={"epochs": 1})
+    assert (tmp_path / "run" / "last.pt").read_bytes() == before
+    train(small_corpus, tmp_path / "run", train_options={"epochs": 1, "seed": 9}, overwrite=True)
+    assert (tmp_path / "run" / "last.pt").read_bytes() != before
+
+
+def test_non_finite_loss_stops_with_a_clear_message(small_corpus, tmp_path):
+    with pytest.raises(CharLSTMError, match=r"loss became (nan|inf) at step \d+.*last good"):
+        train(
+            small_corpus,
+            tmp_path / "run",
+            train_options={"epochs": 3, "optimizer": "sgd", "lr": 1e36, "clip": 0},
+        )
+    assert ckpt.load(tmp_path / "run" / "last.pt").step >= 0  # still resumable
+
+
+def test_checkpoint_is_plain_data_and_written_atomically(small_corpus, tmp_path):
+    train(small_corpus, tmp_path / "run", train_options={"epochs": 1})
+    data = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
+    assert data["format_version"] == ckpt.FORMAT_VERSION
+    assert data["char_to_idx"] == {c: i for i, c in enumerate(data["idx_to_char"])}
+    assert not list((tmp_path / "run").glob("*.tmp"))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_checkpoint_loads_on_cpu(small_corpus, tmp_path):
+    train(small_corpus, tmp_path / "run", train_options={"epochs": 1, "device": "cuda"})
+    loaded = ckpt.load(tmp_path / "run" / "last.pt")
+    assert all(t.device.type == "cpu" for t in loaded.model.values())
