@@ -12,7 +12,14 @@ A checkpoint holds everything a run needs to continue exactly where it stopped::
     progress         {"loss_sum", "chars", "bad_epochs", "carry"}: mid-epoch training state
 
 It is read with ``torch.load(weights_only=True)``, so a file from elsewhere cannot run code,
-and always onto the CPU first (a GPU checkpoint loads on a machine without one).
+and always onto the CPU first (a GPU checkpoint loads on a machine without one). Whatever is
+wrong with a file (missing, empty, truncated, not a checkpoint, unsafe, from a newer
+charlstm, weights that do not fit the recorded architecture) becomes one ``CharLSTMError``
+line naming the file and the problem.
+
+Format versions: ``1`` is the layout above. ``0`` is the layout written before checkpoints
+carried a version: no ``format_version``, ``char_to_idx``, ``batch`` or ``progress`` (it
+was saved at epoch ends only); it is upgraded on load and resumes at the next epoch.
 """
 
 from __future__ import annotations
@@ -20,8 +27,11 @@ from __future__ import annotations
 import math
 import os
 import pickle
+import re
 import tempfile
+import warnings
 import zipfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -88,22 +98,45 @@ def save(checkpoint: Checkpoint, path: str | Path) -> Path:
 
     The data goes to a temporary file in the same directory, is flushed and fsync'ed, and
     only then renamed over ``path``: a crash at any moment leaves either the old file or
-    the new one, never a torn one.
+    the new one, never a torn one (at worst a stray ``.NAME.*.tmp`` file, which
+    :func:`remove_partial_writes` deletes). Weights that are NaN or infinite are refused,
+    so a diverged run never replaces its last good checkpoint.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    bad = [name for name, t in checkpoint.model.items() if not torch.isfinite(t).all()]
+    if bad:
+        raise CharLSTMError(
+            f"not writing {path}: the model's weights became NaN or infinite by step "
+            f"{checkpoint.step} (training diverged); the previous {path.name} is kept: "
+            "resume from it with a lower --lr or a smaller --clip"
+        )
+    tmp_name: str | None = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "wb") as handle:
             torch.save(checkpoint.to_dict(), handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    except OSError as err:
+        raise CharLSTMError(
+            f"cannot write checkpoint {path}: {err.strerror or err}"
+            + ("; the previous one is kept" if path.is_file() else "")
+        ) from err
+    finally:
+        if tmp_name is not None:
+            Path(tmp_name).unlink(missing_ok=True)  # gone already when the rename happened
     _fsync_dir(path.parent)
     return path
+
+
+def remove_partial_writes(directory: str | Path) -> list[Path]:
+    """Delete temporary files a crash left in the middle of :func:`save`; return them."""
+    stray = sorted(Path(directory).glob(".*.pt.*.tmp"))
+    for tmp in stray:
+        tmp.unlink(missing_ok=True)
+    return stray
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -119,50 +152,136 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def _from_v0(data: dict[str, Any]) -> dict[str, Any]:
+    """Version 0 was saved at epoch ends only and had no ``char_to_idx`` or progress."""
+    vocab = data.get("idx_to_char")
+    return {
+        **data,
+        "format_version": 1,
+        "char_to_idx": {ch: i for i, ch in enumerate(vocab)} if isinstance(vocab, list) else {},
+        "batch": 0,
+        "progress": {},
+    }
+
+
+#: ``version -> function`` turning that layout into the next one.
+_UPGRADES: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {0: _from_v0}
+
+
 def _upgrade(data: dict[str, Any], path: Path) -> dict[str, Any]:
-    version = data.get("format_version")
-    if not isinstance(version, int):
-        raise CharLSTMError(f"not a charlstm checkpoint (no format version): {path}")
+    if "format_version" not in data:
+        if not any(key in data for key in REQUIRED_KEYS):
+            raise CharLSTMError(
+                f"not a charlstm checkpoint: {path} holds a {type(data).__name__} without "
+                "format_version, model or model_config"
+            )
+        data = {**data, "format_version": 0}  # written before checkpoints had a version
+    version = data["format_version"]
+    if not isinstance(version, int) or isinstance(version, bool) or version < 0:
+        raise CharLSTMError(f"checkpoint {path} has an invalid format version {version!r}")
     if version > FORMAT_VERSION:
         raise CharLSTMError(
             f"checkpoint {path} has format version {version}, newer than this charlstm "
             f"reads ({FORMAT_VERSION}); upgrade charlstm"
         )
-    if version < 1:
-        raise CharLSTMError(f"checkpoint {path} has unsupported format version {version}")
+    while version < FORMAT_VERSION:
+        if version not in _UPGRADES:
+            raise CharLSTMError(f"checkpoint {path} has unsupported format version {version}")
+        data = _UPGRADES[version](data)
+        version = data["format_version"]
     return data
 
 
-def load(path: str | Path) -> Checkpoint:
-    """Read a checkpoint file onto the CPU; any problem is one ``CharLSTMError`` line."""
-    path = Path(path)
+def _read(path: Path) -> Any:
+    """``torch.load`` with ``weights_only=True``; every failure is one clear line."""
     if not path.exists():
         raise CharLSTMError(f"checkpoint not found: {path}")
     if path.is_dir():
         raise CharLSTMError(f"checkpoint is a directory: {path}")
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else "unsafe content"
+    if path.stat().st_size == 0:
+        raise CharLSTMError(f"checkpoint {path} is empty (0 bytes)")
+    # torch.save has written zip archives since PyTorch 1.6; anything else is not ours
+    # (and the legacy format is never unpickled).
+    if not zipfile.is_zipfile(path):
         raise CharLSTMError(
-            f"refusing to load {path}: not a plain-data charlstm checkpoint ({first[:120]})"
+            f"not a readable charlstm checkpoint: {path} is not a PyTorch checkpoint file "
+            "(truncated, corrupt, or some other kind of file)"
+        )
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except (zipfile.BadZipFile, OSError, EOFError) as err:
+        raise CharLSTMError(f"not a readable charlstm checkpoint (corrupt zip): {path}") from err
+    if not any(name.endswith("/data.pkl") for name in names):
+        raise CharLSTMError(
+            f"not a readable charlstm checkpoint: {path} is a zip archive without PyTorch data "
+            "(a corpus? pass a run directory or a .pt file)"
+        )
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch's warnings would add lines to stderr
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        found = re.search(r"GLOBAL ([\w.]+)", str(err))
+        what = f"unpickling it would import {found.group(1)}" if found else "it holds objects"
+        raise CharLSTMError(
+            f"refusing to load {path}: {what}, but a charlstm checkpoint holds only tensors "
+            "and plain data (nothing in the file was run)"
         ) from err
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, KeyError) as err:
         raise CharLSTMError(
             f"not a readable charlstm checkpoint (corrupt or truncated): {path}"
         ) from err
+
+
+def _check_weights(data: dict[str, Any], config: ModelConfig, vocab: Vocab, path: Path) -> None:
+    """The weights must be exactly those of the recorded architecture (names and shapes)."""
+    if len(vocab) != config.vocab_size:
+        raise CharLSTMError(
+            f"checkpoint {path} is inconsistent: {len(vocab)} characters in its vocabulary "
+            f"but a model for {config.vocab_size}"
+        )
+    weights = data["model"]
+    if not isinstance(weights, dict) or not all(
+        isinstance(t, torch.Tensor) for t in weights.values()
+    ):
+        raise CharLSTMError(f"checkpoint {path} is malformed: its model is not a state dict")
+    from charlstm.model import build_model
+
+    with torch.random.fork_rng(devices=[]):  # leave the caller's random state alone
+        expected = {k: tuple(v.shape) for k, v in build_model(config).state_dict().items()}
+    found = {k: tuple(v.shape) for k, v in weights.items()}
+    if found != expected:
+        wrong = sorted(set(found) ^ set(expected)) or sorted(
+            k for k in found if found[k] != expected[k]
+        )
+        raise CharLSTMError(
+            f"checkpoint {path} does not match its model configuration "
+            f"({len(wrong)} weights differ, e.g. {wrong[0]})"
+        )
+
+
+def load(path: str | Path) -> Checkpoint:
+    """Read a checkpoint file onto the CPU; any problem is one ``CharLSTMError`` line."""
+    path = Path(path)
+    data = _read(path)
     if not isinstance(data, dict):
-        raise CharLSTMError(f"not a charlstm checkpoint: {path}")
+        raise CharLSTMError(
+            f"not a charlstm checkpoint: {path} holds a {type(data).__name__}, not a checkpoint"
+        )
     data = _upgrade(data, path)
     missing = [key for key in REQUIRED_KEYS if key not in data]
     if missing:
         raise CharLSTMError(f"checkpoint {path} is missing {', '.join(missing)}")
     try:
+        model_config = ModelConfig.from_dict(data["model_config"]).validate()
+        vocab = Vocab(data["idx_to_char"])
+        _check_weights(data, model_config, vocab, path)
         return Checkpoint(
-            model_config=ModelConfig.from_dict(data["model_config"]),
+            model_config=model_config,
             train_config=TrainConfig.from_dict(data["train_config"]),
             data_config=DataConfig.from_dict(data["data_config"]),
-            vocab=Vocab(data["idx_to_char"]),
+            vocab=vocab,
             model=data["model"],
             optimizer=data.get("optimizer"),
             scheduler=data.get("scheduler"),
@@ -174,6 +293,10 @@ def load(path: str | Path) -> Checkpoint:
             progress=data.get("progress") or {},
             path=path,
         )
+    except CharLSTMError as err:
+        if str(path) in str(err):
+            raise
+        raise CharLSTMError(f"checkpoint {path} is malformed: {err}") from err
     except (TypeError, ValueError, AttributeError) as err:
         raise CharLSTMError(f"checkpoint {path} is malformed: {err}") from err
 

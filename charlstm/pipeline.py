@@ -20,7 +20,7 @@ from charlstm.config import PRESETS, DataConfig, ModelConfig, TrainConfig
 from charlstm.corpus import Corpus, Vocab, read_text
 from charlstm.errors import CharLSTMError
 from charlstm.model import build_model
-from charlstm.train import Log, Trainer
+from charlstm.train import Log, Trainer, resolve_device
 
 #: The demo corpus shipped in the repository (found next to the package in a source checkout).
 DEMO_CORPUS = Path(__file__).resolve().parent.parent / "data" / "demo_lyrics.zip"
@@ -35,10 +35,19 @@ RESUME_OVERRIDABLE = frozenset(
         "sample_every",
         "sample_length",
         "prefixes",
+        "time_limit",
         "checkpoint_every",
         "device",
     }
 )
+
+
+#: Config fields whose command-line option is not ``--`` + the field name with dashes.
+OPTION_NAMES = {"hidden_size": "--hidden", "num_layers": "--layers", "prefixes": "--prefix"}
+
+
+def option_name(field: str) -> str:
+    return OPTION_NAMES.get(field, "--" + field.replace("_", "-"))
 
 
 def default_corpus() -> Path:
@@ -138,12 +147,14 @@ def prepare_training(
             preset,
             log,
             progress_bar,
+            overwrite,
         )
 
     chosen = _preset(preset)
     path = Path(corpus_path) if corpus_path is not None else default_corpus()
     data = DataConfig(path=str(path), **data_options).validate()
     train_config = TrainConfig(**{**chosen["train"], **train_options}).validate()
+    resolve_device(train_config.device)  # before any file is read or written
     init_weights = None
     if init_from is not None:
         base = ckpt.load(ckpt.resolve(init_from, prefer="best.pt", runs_root=runs_root))
@@ -162,7 +173,9 @@ def prepare_training(
             for k, v in model_options.items()
             if k not in ("dropout", "embed_dropout", "weight_drop", "variational")
         }
-        _check_same(base.model_config, arch, "--init-from checkpoint")
+        _check_same(
+            base.model_config, arch, "--init-from checkpoint", "fine-tuning keeps the architecture"
+        )
         model_config = replace(base.model_config, **model_options)
         init_weights = base.model
         if missing:
@@ -180,29 +193,45 @@ def prepare_training(
     model_config.validate()
     if run_dir is None:
         run_dir = Path(runs_root) / runs.default_run_name(path, model_config.backend)
-    directory = runs.prepare_run_dir(run_dir, overwrite=overwrite)
+    _check_prefixes(train_config.prefixes, corpus.vocab)
+    runs.check_new_run_dir(run_dir, overwrite)  # refuse early, before any work
+    # Everything that can be wrong with the input is found while building the trainer;
+    # only then is the run directory created (or emptied, with --overwrite).
     trainer = Trainer(
         corpus,
         model_config,
         train_config,
         data,
-        directory,
+        Path(run_dir),
         init_weights=init_weights,
         log=log,
         progress_bar=progress_bar,
     )
+    runs.prepare_run_dir(run_dir, overwrite=overwrite)
     _write_run_files(trainer, None)
     return trainer
 
 
-def _check_same(config: Any, options: dict[str, Any], what: str) -> None:
+def _check_prefixes(prefixes: list[str], vocab: Vocab) -> None:
+    """Training samples continue each ``--prefix``: check them now, not after an epoch."""
+    for prefix in prefixes:
+        if not prefix:
+            raise CharLSTMError("--prefix is empty; give at least one character")
+        missing = vocab.missing(prefix)
+        if missing:
+            shown = " ".join(repr(ch) for ch in missing)
+            raise CharLSTMError(
+                f"--prefix {prefix!r} has characters not in the corpus's vocabulary: {shown}"
+            )
+
+
+def _check_same(config: Any, options: dict[str, Any], what: str, rule: str) -> None:
+    """Raise, naming the option and ``rule``, when an option differs from ``config``."""
     for key, value in options.items():
         current = getattr(config, key)
         if current != value:
-            flag = "--" + key.replace("_", "-")
             raise CharLSTMError(
-                f"{flag} {value} differs from the {what}'s {current}; a resumed or fine-tuned "
-                "run keeps its architecture"
+                f"{option_name(key)} {value} differs from the {what}'s {current}; {rule}"
             )
 
 
@@ -216,17 +245,40 @@ def _resume(
     preset: str | None,
     log: Log,
     progress_bar: bool | None,
+    overwrite: bool = False,
 ) -> Trainer:
+    """Continue the run in ``resume`` (a run directory: its ``last.pt``; or a checkpoint).
+
+    The run goes on in the checkpoint's directory, or in ``run_dir`` when given (a branch:
+    the logs up to the checkpoint are copied there). Nothing is written before every
+    setting has been checked.
+    """
     if preset is not None:
         raise CharLSTMError("--preset applies to new runs; a resumed run keeps its settings")
     source = ckpt.resolve(resume, prefer="last.pt")
     checkpoint = ckpt.load(source)
-    _check_same(checkpoint.model_config, model_options, "checkpoint")
-    _check_same(checkpoint.data_config, data_options, "checkpoint")
+    _check_same(
+        checkpoint.model_config, model_options, "checkpoint", "a resumed run keeps its architecture"
+    )
+    _check_same(
+        checkpoint.data_config, data_options, "checkpoint", "a resumed run reads its corpus alike"
+    )
     fixed = {k: v for k, v in train_options.items() if k not in RESUME_OVERRIDABLE}
-    _check_same(checkpoint.train_config, fixed, "checkpoint")
+    may_change = ", ".join(sorted(option_name(k) for k in RESUME_OVERRIDABLE))
+    _check_same(
+        checkpoint.train_config,
+        fixed,
+        "checkpoint",
+        f"a resumed run keeps it (these may change on --resume: {may_change})",
+    )
     overrides = {k: v for k, v in train_options.items() if k in RESUME_OVERRIDABLE}
     train_config = replace(checkpoint.train_config, **overrides).validate()
+    resolve_device(train_config.device)
+    if checkpoint.epoch >= train_config.epochs:
+        raise CharLSTMError(
+            f"the run has already trained {checkpoint.epoch} epochs; pass a larger --epochs "
+            "(the new total) to continue"
+        )
     data = checkpoint.data_config
     if corpus_path is not None:
         data = replace(data, path=str(corpus_path))
@@ -235,13 +287,11 @@ def _resume(
             f"the run's corpus {data.path} is not here; pass it: charlstm train CORPUS --resume ..."
         )
     corpus = load_corpus(data, checkpoint.vocab)
+    _check_prefixes(train_config.prefixes, corpus.vocab)
     directory = Path(run_dir) if run_dir is not None else source.parent
-    runs.prepare_run_dir(directory, overwrite=False) if not directory.exists() else None
-    if checkpoint.epoch >= train_config.epochs:
-        raise CharLSTMError(
-            f"the run has already trained {checkpoint.epoch} epochs; pass a larger --epochs "
-            "(the new total) to continue"
-        )
+    branch = not (directory.exists() and directory.resolve() == source.parent.resolve())
+    if branch:
+        runs.check_new_run_dir(directory, overwrite)  # never write over another run
     trainer = Trainer(
         corpus,
         checkpoint.model_config,
@@ -252,11 +302,14 @@ def _resume(
         log=log,
         progress_bar=progress_bar,
     )
-    # metrics written after the checkpoint we resume from belong to a lost future
-    kept = [row for row in runs.read_metrics(directory) if row.get("epoch", 0) <= checkpoint.epoch]
-    (directory / runs.METRICS_FILE).write_text(
-        "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in kept), encoding="utf-8"
-    )
+    if branch:
+        runs.prepare_run_dir(directory, overwrite=overwrite)
+    else:
+        runs.ensure_writable(directory)
+    for stray in ckpt.remove_partial_writes(directory):
+        log(f"removed {stray}, a checkpoint write cut short by a crash (the checkpoints are whole)")
+    # logs written after the checkpoint we resume from belong to a lost future
+    runs.rewind(source.parent, directory, checkpoint.epoch, checkpoint.step)
     _write_run_files(trainer, source)
     log(
         f"resuming {source} at epoch {checkpoint.epoch + 1}, batch {checkpoint.batch}, "

@@ -106,7 +106,7 @@ def test_interrupt_mid_epoch_saves_and_resume_continues_the_same_trajectory(smal
 
 def test_resume_keeps_the_architecture(small_corpus, tmp_path):
     train(small_corpus, tmp_path / "run", train_options={"epochs": 1})
-    with pytest.raises(CharLSTMError, match="--hidden-size 64 differs from the checkpoint's 32"):
+    with pytest.raises(CharLSTMError, match="--hidden 64 differs from the checkpoint's 32"):
         train(
             small_corpus,
             None,

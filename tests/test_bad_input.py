@@ -1,0 +1,315 @@
+"""Bad input, the whole surface: every mistake is one line, a non-zero exit and no damage.
+
+One table of bad invocations, each run twice: through typer's ``CliRunner`` and as a real
+``python -m charlstm`` process. Each must exit non-zero with exactly one line on stderr
+(``error: ...``, naming the problem), print no traceback, and leave every file as it was,
+in particular the run directory that already exists (hashed before and after), without
+creating any (no half-made run directory for a refused command).
+
+The real processes share one interpreter start: a runner process imports torch and
+charlstm once, then forks one child per case; the child points its stdout/stderr (file
+descriptors 1 and 2) at files, sets ``sys.argv`` and runs the ``charlstm`` package as
+``__main__`` exactly as ``python -m charlstm`` does; its exit status is the case's.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from charlstm.cli import app
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA GPU")
+NOT_ROOT = pytest.mark.skipif(
+    hasattr(os, "geteuid") and os.geteuid() == 0,
+    reason="root writes into read-only directories; the file-as-parent case covers it",
+)
+
+#: Valid options that keep a train command tiny in case a check failed to stop it.
+TINY = ["--epochs", "1", "--hidden", "8", "--batch-size", "2", "--num-steps", "5"]
+NEW = ["--run-dir", "{tmp}/new", "--sample-every", "0"]
+GEN = ["generate", "--checkpoint", "{run}", "--length", "5"]
+
+
+def case(name: str, args: list[str], message: str, *marks: pytest.MarkDecorator):
+    return pytest.param(args, message, id=name, marks=marks)
+
+
+T, C, R = "{tmp}", "{corpus}", "{run}"
+# fmt: off
+CASES = [
+    # -- the corpus ------------------------------------------------------------------------
+    case("missing-corpus", ["train", f"{T}/missing.zip", *TINY, *NEW], "corpus not found"),
+    case("directory-as-corpus", ["train", f"{T}/emptydir", *TINY, *NEW], "is a directory"),
+    case("zip-without-text", ["train", f"{T}/notext.zip", *TINY, *NEW], "no text member"),
+    case("binary-file", ["train", f"{T}/binary.txt", *TINY, *NEW], "looks like a binary file"),
+    case("undecodable-text", ["train", f"{T}/latin.txt", *TINY, *NEW], "cannot decode"),
+    case("empty-file", ["train", f"{T}/empty.txt", *TINY, *NEW], "is empty"),
+    case("shorter-than-a-batch", ["train", f"{T}/short.txt", "--epochs", "1", *NEW], "too short"),
+    case("missing-zip-member", ["train", C, "--member", "x.txt", *TINY, *NEW], "no member"),
+    case("unknown-encoding", ["train", C, "--encoding", "klingon", *TINY, *NEW], "encoding"),
+    # -- training settings -----------------------------------------------------------------
+    case("batch-size-0", ["train", C, *TINY, "--batch-size", "0", *NEW], "--batch-size"),
+    case("negative-lr", ["train", C, *TINY, "--lr", "-0.1", *NEW], "--lr must be positive"),
+    case("num-steps-0", ["train", C, *TINY, "--num-steps", "0", *NEW], "--num-steps"),
+    case("epochs-0", ["train", C, *TINY, "--epochs", "0", *NEW], "--epochs must be"),
+    case("dropout-1.5", ["train", C, *TINY, "--dropout", "1.5", *NEW], "--dropout"),
+    case("val-fraction-1", ["train", C, *TINY, "--val-fraction", "1", *NEW], "--val-fraction"),
+    case("unknown-backend", ["train", C, *TINY, "--backend", "keras", *NEW], "'keras'"),
+    case("unknown-optimizer", ["train", C, *TINY, "--optimizer", "rms", *NEW], "'rms'"),
+    case("unknown-preset", ["train", C, *TINY, "--preset", "huge", *NEW], "'huge'"),
+    case("unknown-device", ["train", C, *TINY, "--device", "tpu", *NEW], "--device"),
+    case("cuda-without-gpu", ["train", C, *TINY, "--device", "cuda", *NEW], "CUDA", NO_CUDA),
+    case("prefix-outside-corpus", ["train", C, *TINY, "--prefix", "xyz", *NEW], "'x' 'y' 'z'"),
+    case("empty-training-prefix", ["train", C, *TINY, "--prefix=", *NEW], "--prefix is empty"),
+    case("absurd-size", ["train", C, *TINY, "--embedding-size", "10" + "0" * 14, *NEW],
+         "out of memory"),  # fails at once: a 150-petabyte embedding
+    # -- the run directory -----------------------------------------------------------------
+    case("run-dir-under-a-file", ["train", C, *TINY, "--run-dir", f"{T}/afile/run"],
+         "cannot write to run directory"),
+    case("run-dir-read-only", ["train", C, *TINY, "--run-dir", f"{T}/readonly/run"],
+         "cannot write to run directory", NOT_ROOT),
+    case("existing-run-without-resume", ["train", C, *TINY, "--run-dir", R],
+         "already holds a run"),
+    case("resume-dir-without-checkpoint", ["train", "--resume", f"{T}/emptydir"],
+         "no checkpoint"),
+    case("resume-missing-path", ["train", "--resume", f"{T}/nothing"], "not found"),
+    case("resume-different-hidden", ["train", "--resume", R, "--epochs", "3", "--hidden", "64"],
+         "--hidden 64 differs"),
+    case("resume-different-batch-size",
+         ["train", "--resume", R, "--epochs", "3", "--batch-size", "4"], "--batch-size 4 differs"),
+    case("resume-already-done", ["train", "--resume", R, "--epochs", "1"], "already trained"),
+    case("resume-negative-lr", ["train", "--resume", R, "--epochs", "3", "--lr", "-1"],
+         "--lr must be positive"),
+    case("resume-cuda-without-gpu", ["train", "--resume", R, "--epochs", "3", "--device", "cuda"],
+         "CUDA", NO_CUDA),
+    case("resume-prefix-outside-corpus", ["train", "--resume", R, "--epochs", "3", "--prefix", "q"],
+         "not in the corpus's vocabulary"),
+    case("resume-with-preset", ["train", "--resume", R, "--preset", "small-corpus"], "--preset"),
+    case("resume-and-init-from", ["train", C, "--resume", R, "--init-from", R],
+         "exclude each other"),
+    case("resume-malicious-checkpoint", ["train", "--resume", f"{T}/evil.pt"],
+         "refusing to load"),
+    case("init-from-new-characters", ["train", f"{T}/english.txt", "--init-from", R, *TINY, *NEW],
+         "not in the checkpoint's vocabulary"),
+    case("init-from-random-bytes", ["train", C, "--init-from", f"{T}/random.pt", *TINY, *NEW],
+         "not a readable charlstm checkpoint"),
+    # -- generate --------------------------------------------------------------------------
+    case("temperature-0", [*GEN, "--prefix", "分", "--temperature", "0"], "--temperature"),
+    case("temperature-negative", [*GEN, "--prefix", "分", "--temperature", "-1"], "--temperature"),
+    case("length-negative", [*GEN, "--prefix", "分", "--length", "-1"], "--length"),
+    case("top-k-above-vocabulary", [*GEN, "--prefix", "分", "--top-k", "5000"], "vocabulary"),
+    case("prefix-outside-vocabulary", [*GEN, "--prefix", "xyz"], "not in the model's vocabulary"),
+    case("empty-prefix", [*GEN, "--prefix", ""], "prefix is empty"),
+    case("generate-cuda-without-gpu", [*GEN, "--prefix", "分", "--device", "cuda"], "CUDA",
+         NO_CUDA),
+    case("generate-missing-checkpoint", ["generate", "--checkpoint", f"{T}/nothing.pt",
+         "--prefix", "分"], "not found"),
+    case("generate-malicious-checkpoint", ["generate", "--checkpoint", f"{T}/evil.pt",
+         "--prefix", "分"], "refusing to load"),
+    # -- eval and convert ------------------------------------------------------------------
+    case("eval-missing-corpus", ["eval", f"{T}/missing.txt", "--checkpoint", R],
+         "corpus not found"),
+    case("eval-one-character", ["eval", f"{T}/one.txt", "--checkpoint", R], "too short"),
+    case("eval-corpus-as-checkpoint", ["eval", C, "--checkpoint", C],
+         "zip archive without PyTorch data"),
+    case("eval-new-characters", ["eval", f"{T}/english.txt", "--checkpoint", R],
+         "not in the model's vocabulary"),
+    case("eval-truncated-checkpoint", ["eval", C, "--checkpoint", f"{T}/truncated.pt"],
+         "not a readable charlstm checkpoint"),
+    case("convert-unknown-backend", ["convert", R, "--to", "keras", "--out", f"{T}/x.pt"],
+         "unknown --to"),
+    case("convert-onto-its-source", ["convert", R, "--to", "torch", "--out", f"{R}/best.pt"],
+         "--out must differ"),
+]
+# fmt: on
+
+
+def snapshot(root: Path) -> dict[str, str]:
+    """Every path under ``root``: a file's SHA-256, or ``dir`` for a directory."""
+    out = {}
+    for path in sorted(root.rglob("*")):
+        key = str(path.relative_to(root))
+        out[key] = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else "dir"
+    return out
+
+
+@pytest.fixture(scope="module")
+def world(small_corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A workspace with bad inputs of every kind and one existing run, ``run/``."""
+    tmp = tmp_path_factory.mktemp("bad-input")
+    (tmp / "emptydir").mkdir()
+    with zipfile.ZipFile(tmp / "notext.zip", "w") as archive:
+        archive.writestr("cover.png", b"\x89PNG\r\n\x1a\n")
+    (tmp / "binary.txt").write_bytes(b"\x7fELF\x02\x01\x01\x00\x00\x00" * 50)
+    (tmp / "latin.txt").write_bytes(b"\xff\xfe caf\xe9 " * 50)  # neither UTF-8 nor GB18030
+    (tmp / "empty.txt").write_bytes(b"")
+    (tmp / "one.txt").write_text("分", encoding="utf-8")
+    (tmp / "short.txt").write_text("我们说好不分开\n" * 3, encoding="utf-8")
+    (tmp / "english.txt").write_text("hello, world\n" * 100, encoding="utf-8")
+    (tmp / "afile").write_text("a file, not a directory\n")
+    (tmp / "readonly").mkdir()
+    (tmp / "random.pt").write_bytes(os.urandom(4096))
+    torch.save({"format_version": 1, "model": Payload(str(tmp / "MARKER"))}, tmp / "evil.pt")
+    run = tmp / "run"
+    result = CliRunner().invoke(
+        app,
+        ["train", str(small_corpus), "--run-dir", str(run), "--epochs", "1", "--hidden", "16"]
+        + ["--batch-size", "8", "--num-steps", "20", "--sample-every", "0"],
+    )
+    assert result.exit_code == 0, result.output
+    whole = (run / "last.pt").read_bytes()
+    (tmp / "truncated.pt").write_bytes(whole[: len(whole) // 2])
+    (tmp / "readonly").chmod(0o555)
+    yield {"tmp": tmp, "run": run, "corpus": small_corpus}
+    (tmp / "readonly").chmod(0o755)
+
+
+class Payload:
+    """Unpickling this would create a marker file (it must never happen)."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def argv(args: list[str], world: dict[str, Path]) -> list[str]:
+    return [a.format(**{k: str(v) for k, v in world.items()}) for a in args]
+
+
+RUNNER = r"""
+import hashlib, json, os, runpy, sys, tempfile, traceback
+from pathlib import Path
+import contextlib, io
+import torch, charlstm.cli, charlstm.pipeline, charlstm.api, charlstm.convert
+
+SNAPSHOT
+
+cases, root = json.load(sys.stdin), Path(sys.argv[1])
+# Warm up once (imports, typer's command tree); every case then runs in a fresh fork.
+sys.argv = ["charlstm", "train", "--help"]
+with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):
+    runpy.run_module("charlstm", run_name="__main__", alter_sys=True)
+
+results = {}
+for name, args in cases.items():
+    out, err = tempfile.TemporaryFile(), tempfile.TemporaryFile()
+    sys.stdout.flush(); sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:
+        os.dup2(out.fileno(), 1); os.dup2(err.fileno(), 2)
+        sys.argv = ["charlstm", *args]
+        code = 0
+        try:
+            runpy.run_module("charlstm", run_name="__main__", alter_sys=True)
+        except SystemExit as exit:
+            if isinstance(exit.code, str):
+                print(exit.code, file=sys.stderr)
+            code = exit.code if isinstance(exit.code, int) else int(exit.code is not None)
+        except BaseException:
+            traceback.print_exc()  # what the interpreter would print on its way out
+            code = 1
+        sys.stdout.flush(); sys.stderr.flush()
+        os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    out.seek(0); err.seek(0)
+    results[name] = {
+        "code": os.waitstatus_to_exitcode(status),
+        "stdout": out.read().decode("utf-8", "replace"),
+        "stderr": err.read().decode("utf-8", "replace"),
+        "after": snapshot(root),
+    }
+json.dump(results, sys.stdout)
+"""
+
+
+@pytest.fixture(scope="module")
+def real_processes(world: dict[str, Path]) -> dict[str, dict]:
+    """Every case of the table run as ``python -m charlstm`` (one fork each)."""
+    cases = {}
+    for param in CASES:
+        if any(m.name == "skipif" and m.args[0] for m in param.marks):
+            continue
+        cases[param.id] = argv(param.values[0], world)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+    before = snapshot(world["tmp"])
+    if not hasattr(os, "fork"):  # one interpreter per case: slower, the same checks
+        results = {}
+        for name, args in cases.items():
+            done = subprocess.run(
+                [sys.executable, "-m", "charlstm", *args],
+                capture_output=True,
+                text=True,
+                cwd=world["tmp"],
+                env=env,
+                timeout=120,
+                check=False,
+            )
+            results[name] = {"code": done.returncode, "stdout": done.stdout}
+            results[name].update(stderr=done.stderr, after=snapshot(world["tmp"]), before=before)
+        return results
+    done = subprocess.run(
+        [sys.executable, "-c", RUNNER.replace("SNAPSHOT", inspect.getsource(snapshot))]
+        + [str(world["tmp"])],
+        input=json.dumps(cases),
+        capture_output=True,
+        text=True,
+        cwd=world["tmp"],
+        env=env,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads(done.stdout)
+    for result in results.values():
+        result["before"] = before
+    return results
+
+
+def check(code: int, stdout: str, stderr: str, message: str) -> None:
+    assert code != 0, f"exit code 0; output: {stdout}{stderr}"
+    assert "Traceback" not in stderr + stdout
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1, f"expected one line on stderr, got: {stderr!r}"
+    assert lines[0].startswith("error: ") and message in lines[0], lines[0]
+    assert stdout == "", f"nothing on stdout for a refused command, got: {stdout!r}"
+
+
+@pytest.mark.parametrize(("args", "message"), CASES)
+def test_bad_invocation_is_one_line_non_zero_and_harmless(
+    args, message, world, real_processes, request, monkeypatch
+):
+    name = request.node.callspec.id
+    monkeypatch.chdir(world["tmp"])  # a stray default runs/ directory would show up here
+    before = snapshot(world["tmp"])
+
+    result = CliRunner().invoke(app, argv(args, world))
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(
+        result.exception
+    )
+    check(result.exit_code, result.stdout, result.stderr, message)
+    assert snapshot(world["tmp"]) == before
+
+    process = real_processes[name]
+    check(process["code"], process["stdout"], process["stderr"], message)
+    assert process["after"] == process["before"]
+    assert process["stderr"] == result.stderr  # the same line either way
+    assert not (world["tmp"] / "MARKER").exists()
+
+
+def test_the_table_is_large_enough():
+    assert len(CASES) >= 25
