@@ -134,6 +134,7 @@ class TrainConfig:
     lr: float = 2e-3
     clip: float = 1.0  # global gradient-norm clipping; 0 disables
     weight_decay: float = 0.0
+    label_smoothing: float = 0.0  # training targets keep 1 - s, the rest spread over all chars
     schedule: Schedule = "none"
     patience: int = 0  # early stopping after this many epochs without a better held-out loss
     val_fraction: float = 0.1
@@ -143,6 +144,7 @@ class TrainConfig:
     sample_length: int = 50
     prefixes: list[str] = field(default_factory=list)
     checkpoint_every: int = 0  # optimizer steps; 0: only at the end of each epoch
+    time_limit: float = 0.0  # minutes of training; stop after the epoch that passes it (0: none)
 
     def validate(self) -> TrainConfig:
         _positive("--epochs", self.epochs)
@@ -154,6 +156,7 @@ class TrainConfig:
         _positive("--lr", self.lr)
         if self.clip < 0:
             raise CharLSTMError(f"--clip must be >= 0 (0 disables), not {self.clip}")
+        _fraction("--label-smoothing", self.label_smoothing)
         if self.weight_decay < 0:
             raise CharLSTMError(f"--weight-decay must be >= 0, not {self.weight_decay}")
         for name, value in (
@@ -164,6 +167,8 @@ class TrainConfig:
             if value < 0:
                 raise CharLSTMError(f"{name} must be >= 0, not {value}")
         _positive("--sample-length", self.sample_length)
+        if self.time_limit < 0:
+            raise CharLSTMError(f"--time-limit must be >= 0 minutes, not {self.time_limit}")
         _fraction("--val-fraction", self.val_fraction)
         return self
 

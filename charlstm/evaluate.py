@@ -8,6 +8,7 @@ are given (for held-out text: the end of the training text, as the n-gram baseli
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import asdict, dataclass
 
@@ -94,3 +95,140 @@ def score_split(
     if cut <= 0:
         return score(model, indices[1:], indices[:1])
     return score(model, indices[cut:], indices[max(0, cut - history) : cut])
+
+
+@dataclass
+class CacheConfig:
+    """Continuous cache (Grave et al., 2017): recent hidden states vote for what followed them.
+
+    ``p(c | h_t) = (1 - mix) * p_model(c | h_t) + mix * p_cache(c | h_t)`` with
+    ``p_cache(c) ∝ Σ_{i in window, i < t} [x_{i+1} = c] exp(flatness * h_t · h_i)``.
+    """
+
+    window: int = 2000
+    flatness: float = 2.0
+    mix: float = 0.45
+
+    def validate(self) -> CacheConfig:
+        from charlstm.errors import CharLSTMError
+
+        if self.window <= 0:
+            raise CharLSTMError(f"--cache-window must be positive, not {self.window}")
+        if not 0 < self.mix < 1:
+            raise CharLSTMError(f"--cache-mix must be in (0, 1), not {self.mix}")
+        if self.flatness <= 0:
+            raise CharLSTMError(f"--cache-flatness must be positive, not {self.flatness}")
+        return self
+
+
+@dataclass
+class DynamicConfig:
+    """Dynamic evaluation (Krause et al., 2018): after scoring each segment, one SGD step
+    on it, pulled back towards the trained weights by ``decay``."""
+
+    lr: float = 0.05
+    segment: int = 50
+    decay: float = 0.0
+
+    def validate(self) -> DynamicConfig:
+        from charlstm.errors import CharLSTMError
+
+        if self.lr <= 0:
+            raise CharLSTMError(f"--dynamic-lr must be positive, not {self.lr}")
+        if self.segment <= 0:
+            raise CharLSTMError(f"--dynamic-segment must be positive, not {self.segment}")
+        if not 0 <= self.decay < 1:
+            raise CharLSTMError(f"--dynamic-decay must be in [0, 1), not {self.decay}")
+        return self
+
+
+def _cache_log_probs(
+    log_p: torch.Tensor,
+    queries: torch.Tensor,
+    keys: torch.Tensor,
+    key_next: torch.Tensor,
+    cache: CacheConfig,
+) -> torch.Tensor:
+    """Mix model log-probabilities (S, V) with the cache over ``keys`` seen before each query.
+
+    ``queries`` (S, H) are the hidden states of the S positions being scored, in order;
+    ``keys`` (K + S, H) are the K cached states followed by these S states, and
+    ``key_next`` (K + S,) the character that followed each key. Query ``s`` may only use
+    keys ``< K + s`` (strictly before it) and at most ``cache.window`` of them.
+    """
+    steps = queries.shape[0]
+    past = keys.shape[0] - steps
+    scores = cache.flatness * (queries @ keys.t())  # (S, K + S)
+    query_pos = past + torch.arange(steps, device=keys.device)[:, None]
+    key_pos = torch.arange(keys.shape[0], device=keys.device)[None, :]
+    visible = (key_pos < query_pos) & (key_pos >= query_pos - cache.window)
+    scores = scores.masked_fill(~visible, float("-inf"))
+    weights = torch.softmax(scores, dim=-1).nan_to_num(0.0)  # rows with no key: all zero
+    p_cache = torch.zeros_like(log_p).scatter_add_(1, key_next.expand(steps, -1), weights)
+    has_keys = visible.any(dim=-1, keepdim=True)
+    mix = torch.where(has_keys, cache.mix, 0.0)
+    p = (1 - mix) * log_p.exp() + mix * p_cache
+    return p.clamp_min(1e-30).log()
+
+
+def score_adaptive(
+    model: CharLSTM,
+    targets: torch.Tensor,
+    context: torch.Tensor,
+    cache: CacheConfig | None = None,
+    dynamic: DynamicConfig | None = None,
+    segment: int = 256,
+) -> EvalResult:
+    """Score ``targets`` as one stream, adapting causally to the text already scored.
+
+    Each segment is scored first; only then does the model see it: its hidden states and
+    the characters that followed them join the cache, and (dynamic evaluation) one SGD
+    step on its loss updates a private copy of the weights. ``model`` is left unchanged.
+    """
+    cache = cache.validate() if cache is not None else None
+    dynamic = dynamic.validate() if dynamic is not None else None
+    if dynamic is not None:
+        model = copy.deepcopy(model)
+        segment = dynamic.segment
+        params = list(model.parameters())
+        originals = [p.detach().clone() for p in params]
+    model.eval()
+    device = model.head.weight.device
+    n = len(targets)
+    if n == 0:
+        return EvalResult(loss=float("nan"), chars=0)
+    inputs = torch.cat([context[-1:], targets[:-1]]).to(device)
+    targets = targets.to(device)
+    with torch.no_grad():
+        state = model.init_state(1)
+        if len(context) > 1:
+            _, state = model.features(context[:-1].view(-1, 1).to(device), state)
+    hidden = model.config.hidden_size
+    keys = torch.empty(0, hidden, device=device)
+    key_next = torch.empty(0, dtype=torch.long, device=device)
+    total = 0.0
+    for start in range(0, n, segment):
+        x = inputs[start : start + segment].view(-1, 1)  # (S, 1)
+        y = targets[start : start + segment]  # (S,)
+        with torch.set_grad_enabled(dynamic is not None):
+            features, new_state = model.features(x, state)  # (S, 1, H)
+            log_p = torch.log_softmax(model.head(features[:, 0]).float(), dim=-1)  # (S, V)
+            if dynamic is not None:
+                loss = nn.functional.nll_loss(log_p, y)
+                grads = torch.autograd.grad(loss, params)
+        with torch.no_grad():
+            log_p = log_p.detach()
+            if cache is not None:
+                queries = features[:, 0].detach().float()
+                keys = torch.cat([keys, queries])
+                key_next = torch.cat([key_next, y])
+                log_p = _cache_log_probs(log_p, queries, keys, key_next, cache)
+                keys, key_next = keys[-cache.window :], key_next[-cache.window :]
+            total -= log_p.gather(1, y[:, None]).sum().item()
+            if dynamic is not None:
+                for param, grad, original in zip(params, grads, originals, strict=True):
+                    param -= dynamic.lr * grad
+                    if dynamic.decay:
+                        param += dynamic.decay * (original - param)
+        state = (new_state[0].detach(), new_state[1].detach())
+    return EvalResult(loss=total / n, chars=n)

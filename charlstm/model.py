@@ -148,6 +148,9 @@ class CharLSTM(nn.Module):
         self.drop = SequenceDropout(config.dropout, config.variational)
         self.head = nn.Linear(H, V)
         if config.tie_weights:
+            # The shared matrix also scores the output, so it starts small (AWD-LSTM's
+            # +-0.1) rather than N(0, 1), which would make the first logits huge.
+            nn.init.uniform_(self.embedding.weight, -0.1, 0.1)
             self.head.weight = self.embedding.weight  # (V, H) shared
 
     def init_state(self, batch_size: int) -> State:
@@ -158,6 +161,11 @@ class CharLSTM(nn.Module):
 
     def forward(self, x: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
         """``x`` (T, N) int64 -> logits (T, N, V) and the state after the last step."""
+        out, state = self.features(x, state)
+        return self.head(out), state
+
+    def features(self, x: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
+        """The last layer's output (T, N, H) before the vocabulary layer, and the state."""
         h0, c0 = self.init_state(x.shape[1]) if state is None else state
         out = self.embed_drop(self.embedding(x))  # (T, N, D)
         h_last, c_last = [], []
@@ -166,7 +174,7 @@ class CharLSTM(nn.Module):
             out = self.drop(out)
             h_last.append(h)
             c_last.append(c)
-        return self.head(out), (torch.stack(h_last), torch.stack(c_last))
+        return out, (torch.stack(h_last), torch.stack(c_last))
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

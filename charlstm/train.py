@@ -13,7 +13,7 @@ import math
 import signal
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -116,6 +116,7 @@ class Progress:
     bad_epochs: int = 0  # epochs since held-out loss last improved
     lr_scale: float = 1.0  # reduce-on-plateau factor
     seconds: float = 0.0  # this epoch so far: training time
+    total_seconds: float = 0.0  # whole run so far: training time of finished epochs
     carry: State | None = None  # consecutive sampling: state after the last batch
 
     def to_dict(self) -> dict[str, Any]:
@@ -229,6 +230,7 @@ class Trainer:
         self.model.to(self.device)
         self.optimizer = make_optimizer(self.model, self.config)
         self.progress = Progress()
+        self.step_log = runs.StepLog(self.run_dir)  # steps.jsonl: loss of every step
         if resume is not None:
             self._restore(resume)
 
@@ -260,6 +262,7 @@ class Trainer:
         )
 
     def save(self, name: str = runs.LAST) -> Path:
+        self.step_log.flush()  # the log covers at least the steps the checkpoint holds
         return ckpt.save(self.checkpoint(), self.run_dir / name)
 
     # -- schedule --------------------------------------------------------------------------
@@ -282,8 +285,13 @@ class Trainer:
 
     def _step(self, x: torch.Tensor, y: torch.Tensor, state: State | None) -> tuple[float, State]:
         logits, state = self.model(x, state)  # (T, N, V)
-        loss = nn.functional.cross_entropy(logits.flatten(0, 1), y.flatten())
-        value = loss.item()
+        flat_logits, flat_y = logits.flatten(0, 1), y.flatten()
+        smoothing = self.config.label_smoothing
+        loss = nn.functional.cross_entropy(flat_logits, flat_y, label_smoothing=smoothing)
+        if smoothing:  # optimise the smoothed loss, but report the true one
+            value = nn.functional.cross_entropy(flat_logits.detach(), flat_y).item()
+        else:
+            value = loss.item()
         if not math.isfinite(value):
             last = self.run_dir / runs.LAST
             raise NonFiniteLoss(
@@ -330,6 +338,7 @@ class Trainer:
                 p.chars += y.numel()
                 p.seconds = time.perf_counter() - start
                 p.carry = state if carry else None
+                self.step_log.write(p.step, p.epoch + 1, p.batch, loss, lr)
                 bar.update(1)
                 if self.on_step is not None:
                     self.on_step(self)
@@ -371,6 +380,7 @@ class Trainer:
             chars_per_sec=p.chars / max(p.seconds, 1e-9),
             best=improved or val_loss is None,
         )
+        p.total_seconds += p.seconds
         p.epoch += 1
         p.batch = 0
         p.loss_sum, p.chars, p.seconds = 0.0, 0, 0.0
@@ -401,7 +411,7 @@ class Trainer:
         flag: dict[str, int | None] = {"signum": None}
         if p.step == 0 and p.epoch == 0:
             self.save()  # resumable from the very start
-        with _stop_on_signals(flag):
+        with _stop_on_signals(flag), closing(self.step_log):
             while p.epoch < config.epochs:
                 try:
                     self._train_epoch(flag)
@@ -436,6 +446,14 @@ class Trainer:
                     )
                 if flag["signum"] is not None:
                     raise TrainingInterrupted(flag["signum"], self.run_dir)
+                if config.time_limit and p.total_seconds >= 60 * config.time_limit:
+                    self.log(
+                        f"time limit: {p.total_seconds / 60:.1f} minutes of training "
+                        f"(--time-limit {config.time_limit:g}); resume with a larger --epochs "
+                        "to go on"
+                    )
+                    result.stopped_early = True
+                    break
         return result
 
 
