@@ -24,6 +24,12 @@ Two implementations with one signature, ``(gx, W_h, h0, c0, peephole) -> (hs, c_
 * :func:`lstm_recurrence`: the fast one, :class:`LSTMRecurrence`;
 * :func:`lstm_recurrence_autograd`: the same equations as a readable loop with ordinary
   autograd. It is the oracle the tests hold the fast one to.
+
+Where the time goes (2 CPU threads, T=35, N=32, H=256, float32, with the projection):
+forward + backward takes about 27 ms against 41 ms for the autograd loop and 24 ms for
+``nn.LSTM``, whose oneDNN kernel fuses the whole layer. About 20 ms of it is matmul (the
+projection, 35 small matmuls each way, and the weight gradients); the rest is one
+Python-level dispatch per elementwise op, which only a fused kernel avoids.
 """
 
 from __future__ import annotations
@@ -58,16 +64,15 @@ class LSTMRecurrence(torch.autograd.Function):
         gates = gx.new_empty(T, N, H4)  # activations [i | f | g | o] after the nonlinearity
         cells = gx.new_empty(T + 1, N, H)  # cells[0] = c0, cells[t + 1] = c_t
         tanh_cells = gx.new_empty(T, N, H)  # tanh(c_t)
-        hiddens = gx.new_empty(T + 1, N, H)  # hiddens[0] = h0, hiddens[t + 1] = h_t
+        hs = gx.new_empty(T, N, H)  # output; h_t = hs[t]
         cells[0] = c0
-        hiddens[0] = h0
         # Per-step views made once (unbind is one C++ call), not re-sliced inside the loop.
         gate_rows = gates.unbind(0)  # (N, 4H) each
         i_, f_, g_, o_ = (block.unbind(0) for block in gates.chunk(4, 2))  # (N, H) each
         if_ = gates[:, :, : 2 * H].unbind(0)  # (N, 2H): i and f are adjacent, one sigmoid
         c_ = cells.unbind(0)
         tanh_c_ = tanh_cells.unbind(0)
-        h_ = hiddens.unbind(0)
+        h_ = (h0, *hs.unbind(0))  # h_[t] = h_{t-1}
         gx_ = gx.unbind(0)
         if peephole is not None:
             if_pairs = gates.view(T, N, 4, H)[:, :, :2].unbind(0)  # (N, 2, H)
@@ -88,8 +93,10 @@ class LSTMRecurrence(torch.autograd.Function):
             o_[t].sigmoid_()
             torch.tanh(c, out=tanh_c_[t])
             torch.mul(o_[t], tanh_c_[t], out=h_[t + 1])
-        ctx.save_for_backward(W_h, peephole, gates, cells, tanh_cells, hiddens)
-        return hiddens[1:], cells[T]
+        ctx.save_for_backward(W_h, peephole, h0, gates, cells, tanh_cells, hs)
+        # Outputs are tensors of their own, not views, so callers may modify them in place
+        # (autograd then reports that a saved tensor changed, as for any other op).
+        return hs, cells[T].clone()
 
     @staticmethod
     @once_differentiable
@@ -108,7 +115,7 @@ class LSTMRecurrence(torch.autograd.Function):
         #   dh_{t-1} = dL/dh_{t-1} from hs[t-1] + da @ W_h^T
         # The factors that multiply dh and dc depend on the forward pass only, so they are
         # computed for all steps at once before the loop, leaving five small ops per step.
-        W_h, peephole, gates, cells, tanh_cells, hiddens = ctx.saved_tensors
+        W_h, peephole, h0, gates, cells, tanh_cells, hs = ctx.saved_tensors
         need_gx, need_W_h, need_h0, need_c0, need_peephole = ctx.needs_input_grad
         T, N, H4 = gates.shape
         H = H4 // 4
@@ -137,8 +144,9 @@ class LSTMRecurrence(torch.autograd.Function):
         f_ = f.unbind(0)
         grad_h_ = grad_hs.unbind(0)
         W_h_T = W_h.t().contiguous()  # (4H, H): the per-step matmul runs faster on it
-        dh = grad_hs[T - 1].clone()
-        dc = grad_c_T.clone()
+        # Own, dense buffers: the incoming grads may be expanded views that must not be written.
+        dh = grad_hs[T - 1].clone(memory_format=torch.contiguous_format)
+        dc = grad_c_T.clone(memory_format=torch.contiguous_format)
         dc_col = dc.unsqueeze(1)  # (N, 1, H) view of dc, broadcast over i, f, g
         if peephole is not None:
             p_i, p_f, p_o = peephole.unbind(0)
@@ -159,8 +167,12 @@ class LSTMRecurrence(torch.autograd.Function):
 
         grad_W_h = grad_h0 = grad_peephole = None
         if need_W_h:
-            # One matmul over all steps: sum_t h_{t-1}^T @ da_t.
-            grad_W_h = hiddens[:-1].reshape(T * N, H).t().mm(grad_gates.view(T * N, H4))
+            # sum_t h_{t-1}^T @ da_t: h0's term, then one matmul over steps 1 .. T-1.
+            grad_W_h = torch.addmm(
+                h0.t().mm(grad_gates[0]),
+                hs[:-1].reshape((T - 1) * N, H).t(),
+                grad_gates[1:].view((T - 1) * N, H4),
+            )
         if need_h0:
             grad_h0 = grad_gates[0].mm(W_h_T)
         if need_peephole and peephole is not None:
