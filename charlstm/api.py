@@ -4,11 +4,16 @@
 >>> model = load_model("runs/x")                      # a run directory or a .pt file
 >>> model.generate("分开", length=100, temperature=0.8)
 >>> model.perplexity("一段新的歌词")
+
+The generation controls (``temperature``, ``top_k``, ``top_p``, ``greedy``,
+``repetition_penalty``, ``penalty_window``, ``stop_at``, ``lines``, ``seed``) are keyword
+arguments with the meaning of the ``charlstm generate`` options of the same names.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +22,9 @@ import torch
 from charlstm import checkpoint as ckpt
 from charlstm.corpus import Vocab, read_text, split_point
 from charlstm.errors import CharLSTMError
-from charlstm.evaluate import EvalResult, score
+from charlstm.evaluate import CacheConfig, DynamicConfig, EvalResult, score, score_adaptive
 from charlstm.model import CharLSTM, build_model
-from charlstm.sampling import SamplingConfig, generate
+from charlstm.sampling import DEFAULT_PENALTY_WINDOW, SamplingConfig, generate
 
 
 @dataclass
@@ -43,21 +48,60 @@ class LanguageModel:
         top_p: float | None = None,
         greedy: bool = False,
         seed: int | None = None,
+        *,
+        repetition_penalty: float = 1.0,
+        penalty_window: int = DEFAULT_PENALTY_WINDOW,
+        stop_at: str | None = None,
+        lines: int | None = None,
     ) -> str:
-        """``prefix`` followed by ``length`` generated characters."""
-        sampling = SamplingConfig(temperature, top_k, top_p, greedy)
-        return prefix + self.generate_many([prefix], length, sampling=sampling, seed=seed)[0][0]
+        """``prefix`` followed by up to ``length`` generated characters.
+
+        The controls are those of ``charlstm generate`` (see :mod:`charlstm.sampling`):
+        ``stop_at`` ends the text with the first such character, ``lines`` with its N-th
+        newline; ``seed`` makes the text repeatable on the same backend and device.
+        """
+        sampling = SamplingConfig(
+            temperature, top_k, top_p, greedy, repetition_penalty, penalty_window
+        )
+        texts = self.generate_many(
+            [prefix], length, sampling=sampling, seed=seed, stop_at=stop_at, lines=lines
+        )
+        return prefix + texts[0][0]
 
     def generate_many(
         self,
-        prefixes: list[str],
+        prefixes: Sequence[str],
         length: int = 100,
         num_samples: int = 1,
         sampling: SamplingConfig | None = None,
         seed: int | None = None,
+        *,
+        stop_at: str | None = None,
+        lines: int | None = None,
+        on_step: Callable[[list[str]], None] | None = None,
+        **controls: Any,
     ) -> list[list[str]]:
-        """Continuations (without the prefix) ``[prefix][sample]``, all in one batch."""
-        return generate(self.model, self.vocab, prefixes, length, sampling, num_samples, seed)
+        """Continuations (without the prefix) ``[prefix][sample]``, all in one batch.
+
+        Sampling controls come as a :class:`SamplingConfig` or as its fields by keyword
+        (``temperature=0.8, top_p=0.9``); keywords override ``sampling``. ``on_step``
+        streams: it gets one string per sequence and step (see :func:`generate`).
+        """
+        if isinstance(prefixes, str):
+            prefixes = [prefixes]
+        sampling = replace(sampling or SamplingConfig(), **controls)
+        return generate(
+            self.model,
+            self.vocab,
+            list(prefixes),
+            length,
+            sampling,
+            num_samples,
+            seed,
+            on_step=on_step,
+            stop_at=stop_at,
+            lines=lines,
+        )
 
     def score_text(self, text: str, context: str = "") -> EvalResult:
         """Loss of every character of ``text`` after the first (or all, given ``context``)."""
@@ -68,6 +112,7 @@ class LanguageModel:
         return score(self.model, self.vocab.encode(text), self.vocab.encode(context))
 
     def perplexity(self, text: str) -> float:
+        """``exp`` of the mean loss of each character of ``text`` after the first."""
         return self.score_text(text).perplexity
 
     def evaluate_file(
@@ -76,11 +121,15 @@ class LanguageModel:
         val_fraction: float | None = None,
         member: str | None = None,
         encoding: str | None = None,
+        cache: CacheConfig | None = None,
+        dynamic: DynamicConfig | None = None,
     ) -> dict[str, Any]:
         """Score a corpus file, normalised as the model's training corpus was.
 
         When ``path`` is the model's own corpus and ``val_fraction`` is not given, only its
         held-out part is scored (after the end of the training text, as during training).
+        ``cache`` / ``dynamic`` adapt causally to the scored text as it is read (see
+        :func:`charlstm.evaluate.score_adaptive`); the model itself is not changed.
         """
         data = self.checkpoint.data_config
         text = read_text(path, member, encoding, data.newlines, data.max_chars)
@@ -96,16 +145,22 @@ class LanguageModel:
         cut = split_point(len(text), val_fraction) if val_fraction > 0 else 0
         indices = self.vocab.encode(text)
         if cut > 0:
-            result = score(self.model, indices[cut:], indices[max(0, cut - 256) : cut])
+            targets, context = indices[cut:], indices[max(0, cut - 256) : cut]
             scope = f"last {val_fraction:g} of the text"
         else:
-            result = score(self.model, indices[1:], indices[:1])
+            targets, context = indices[1:], indices[:1]
             scope = "whole text after its first character"
+        if cache is None and dynamic is None:
+            result = score(self.model, targets, context)
+        else:
+            result = score_adaptive(self.model, targets, context, cache=cache, dynamic=dynamic)
         return {
             "corpus": str(path),
             "checkpoint": str(self.checkpoint.path),
             "scope": scope,
             "val_fraction": val_fraction,
+            "cache": None if cache is None else asdict(cache),
+            "dynamic": None if dynamic is None else asdict(dynamic),
             **result.as_dict(),
         }
 
@@ -124,3 +179,20 @@ def load_model(path: str | Path | None = None, device: str = "cpu") -> LanguageM
         ) from err
     model.to(resolve_device(device)).eval()
     return LanguageModel(model=model, vocab=checkpoint.vocab, checkpoint=checkpoint)
+
+
+def read_prefix_file(path: str | Path) -> list[str]:
+    """Prefixes from a UTF-8 text file, one per line; empty lines are skipped."""
+    path = Path(path)
+    if not path.is_file():
+        raise CharLSTMError(f"prefix file not found: {path}")
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise CharLSTMError(f"prefix file {path} is not UTF-8 text") from err
+    except OSError as err:
+        raise CharLSTMError(f"cannot read prefix file {path}: {err.strerror}") from err
+    prefixes = [line for line in text.splitlines() if line.strip()]
+    if not prefixes:
+        raise CharLSTMError(f"prefix file {path} has no prefixes (one per line)")
+    return prefixes

@@ -17,6 +17,7 @@ import typer
 
 from charlstm import checkpoint as ckpt
 from charlstm.errors import CharLSTMError
+from charlstm.evaluate import CacheConfig, DynamicConfig
 
 app = typer.Typer(
     name="charlstm",
@@ -24,6 +25,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # help texts show "[default: ...]" literally
 )
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -35,7 +37,11 @@ def fail(message: str, code: int = 2) -> typer.Exit:
 
 
 def handle_errors(command: F) -> F:
-    """Turn ``CharLSTMError`` (and a stray Ctrl-C) into one line and an exit code."""
+    """Turn ``CharLSTMError`` (and a stray Ctrl-C) into one line and an exit code.
+
+    A file-system failure nobody anticipated (a full disk while writing a log, say) is
+    the environment's, not a bug: it too is one line, naming the file.
+    """
 
     @wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -47,6 +53,14 @@ def handle_errors(command: F) -> F:
             raise fail("interrupted", 130) from None
         except MemoryError:
             raise fail("out of memory; try a smaller --batch-size or --hidden", 1) from None
+        except RuntimeError as err:  # torch reports a failed allocation as a RuntimeError
+            text = str(err).lower()
+            if "out of memory" not in text and "can't allocate memory" not in text:
+                raise
+            raise fail("out of memory; try a smaller --batch-size or --hidden", 1) from None
+        except OSError as err:
+            where = f": {err.filename}" if err.filename else ""
+            raise fail(f"{err.strerror or err}{where}", 1) from None
 
     return wrapper  # type: ignore[return-value]
 
@@ -220,6 +234,14 @@ def train(
     weight_decay: Annotated[
         float | None, typer.Option(help="Weight decay. [default: 0]", rich_help_panel="Training")
     ] = None,
+    label_smoothing: Annotated[
+        float | None,
+        typer.Option(
+            help="Label smoothing of the training targets (held-out loss is unsmoothed). "
+            "[default: 0]",
+            rich_help_panel="Training",
+        ),
+    ] = None,
     schedule: Annotated[
         str | None,
         typer.Option(
@@ -265,6 +287,13 @@ def train(
             help="Characters per training sample. [default: 50]", rich_help_panel="Output"
         ),
     ] = None,
+    time_limit: Annotated[
+        float | None,
+        typer.Option(
+            help="Stop after the epoch during which N minutes of training pass. [default: none]",
+            rich_help_panel="Training",
+        ),
+    ] = None,
     checkpoint_every: Annotated[
         int | None,
         typer.Option(
@@ -284,7 +313,8 @@ def train(
     resume: Annotated[
         Path | None,
         typer.Option(
-            help="Continue a run: its directory or a checkpoint file.",
+            help="Continue a run: its directory (its last.pt) or a checkpoint file, e.g. "
+            "RUN/best.pt. With --run-dir: continue in a new directory, leaving RUN as it is.",
             rich_help_panel="Output",
             show_default=False,
         ),
@@ -314,6 +344,10 @@ def train(
 ) -> None:
     """Train a model on CORPUS, printing perplexity and samples; writes runs/<name>/.
 
+    Ctrl-C or SIGTERM saves last.pt and prints the command that continues the run.
+
+    After a crash, --resume RUN continues from the newest checkpoint (see --checkpoint-every).
+
     Example: charlstm train ../shared/data/jaychou_lyrics.txt.zip --backend scratch --epochs 20
     """
     from charlstm.pipeline import prepare_training
@@ -342,6 +376,7 @@ def train(
             "lr": lr,
             "clip": clip,
             "weight_decay": weight_decay,
+            "label_smoothing": label_smoothing,
             "schedule": schedule,
             "patience": patience,
             "val_fraction": val_fraction,
@@ -351,6 +386,7 @@ def train(
             "sample_length": sample_length,
             "prefixes": prefix or None,
             "checkpoint_every": checkpoint_every,
+            "time_limit": time_limit,
         },
         data_options={
             "member": member,
@@ -380,7 +416,12 @@ def train(
     if best < float("inf"):
         import math
 
-        summary += f" (held-out perplexity {math.exp(best):.2f})"
+        ppl = math.exp(min(best, 700.0))  # a diverged run's loss can overflow exp
+        summary += (
+            f" (held-out perplexity {ppl:.2f})"
+            if ppl < 1e6
+            else f" (held-out perplexity {ppl:.3g})"
+        )
     typer.echo(
         summary + f"; generate with: charlstm generate --checkpoint {trainer.run_dir} --prefix ..."
     )
@@ -391,57 +432,182 @@ def train(
 @app.command()
 @handle_errors
 def generate(
-    prefix: Annotated[list[str] | None, typer.Option(help="Text to continue (repeatable).")] = None,
+    prefix: Annotated[
+        list[str] | None,
+        typer.Option(help="Text to continue (repeatable).", rich_help_panel="Input"),
+    ] = None,
+    prefix_file: Annotated[
+        Path | None,
+        typer.Option(
+            help="A UTF-8 file of prefixes, one per line (after any --prefix).",
+            rich_help_panel="Input",
+            show_default=False,
+        ),
+    ] = None,
     checkpoint: Annotated[
         Path | None,
         typer.Option(
             help="Run directory or checkpoint file (default: the newest run's best.pt).",
             show_default=False,
+            rich_help_panel="Input",
         ),
     ] = None,
-    length: Annotated[int, typer.Option(help="Characters to generate after the prefix.")] = 100,
-    temperature: Annotated[float, typer.Option(help="Below 1: safer; above 1: wilder.")] = 1.0,
+    length: Annotated[
+        int,
+        typer.Option(
+            help="Characters to generate after the prefix (at most, with --stop-at/--lines).",
+            rich_help_panel="Length",
+        ),
+    ] = 100,
+    temperature: Annotated[
+        float, typer.Option(help="Below 1: safer; above 1: wilder.", rich_help_panel="Sampling")
+    ] = 1.0,
     top_k: Annotated[
-        int | None, typer.Option(help="Sample only among the K likeliest characters.")
+        int | None,
+        typer.Option(
+            help="Sample only among the K likeliest characters.", rich_help_panel="Sampling"
+        ),
     ] = None,
     top_p: Annotated[
         float | None,
         typer.Option(
-            help="Sample only among the likeliest characters holding this much probability."
+            help="Sample only among the likeliest characters holding this much probability.",
+            rich_help_panel="Sampling",
         ),
     ] = None,
     greedy: Annotated[
-        bool, typer.Option("--greedy", help="Always take the likeliest character (tends to loop).")
+        bool,
+        typer.Option(
+            "--greedy",
+            help="Always take the likeliest character (tends to loop).",
+            rich_help_panel="Sampling",
+        ),
     ] = False,
+    repetition_penalty: Annotated[
+        float,
+        typer.Option(
+            help="Divide the probability of characters generated in the last --penalty-window "
+            "characters by this (1: off; try 1.5 to 3).",
+            rich_help_panel="Sampling",
+        ),
+    ] = 1.0,
+    penalty_window: Annotated[
+        int,
+        typer.Option(
+            help="How many generated characters back --repetition-penalty looks.",
+            rich_help_panel="Sampling",
+        ),
+    ] = 32,
     seed: Annotated[
-        int | None, typer.Option(help="Seed: the same seed gives the same text.")
+        int | None,
+        typer.Option(
+            help="Seed: the same seed gives the same text (default: a random one, "
+            "recorded by --format jsonl).",
+            rich_help_panel="Sampling",
+        ),
     ] = None,
     num_samples: Annotated[
-        int, typer.Option(help="Samples per prefix (generated as one batch).")
+        int,
+        typer.Option(
+            help="Samples per prefix (all generated as one batch).", rich_help_panel="Sampling"
+        ),
     ] = 1,
+    stop_at: Annotated[
+        str | None,
+        typer.Option(
+            help="End each sample with the first CHAR it generates ('\\n' for a newline).",
+            rich_help_panel="Length",
+            metavar="CHAR",
+        ),
+    ] = None,
+    lines: Annotated[
+        int | None,
+        typer.Option(
+            help="End each sample at its N-th newline.", rich_help_panel="Length", metavar="N"
+        ),
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            help="Write the samples to FILE instead of the terminal.",
+            rich_help_panel="Output",
+            show_default=False,
+        ),
+    ] = None,
+    output_format: Annotated[
+        str,
+        typer.Option(
+            "--format",
+            help="text, or jsonl: one JSON object per sample (prefix, text, settings, "
+            "checkpoint, seed).",
+            rich_help_panel="Output",
+        ),
+    ] = "text",
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "cpu",
     runs_root: RunsRoot = Path("runs"),
 ) -> None:
-    """Write text that continues each --prefix, from a trained checkpoint.
+    """Write text that continues each prefix, streamed as it is generated.
 
     Example: charlstm generate --prefix 分开 --length 100 --temperature 0.8 --seed 1
     """
-    from charlstm.api import load_model
-    from charlstm.sampling import SamplingConfig
+    from charlstm.api import load_model, read_prefix_file
+    from charlstm.display import SampleStream, render_samples, use_style
+    from charlstm.sampling import SamplingConfig, new_seed, parse_char
 
-    if not prefix:
-        raise CharLSTMError("give a prefix to continue, e.g. --prefix 分开")
+    if output_format not in ("text", "jsonl"):
+        raise CharLSTMError(f"unknown --format {output_format!r}; choose text or jsonl")
+    prefixes = list(prefix or []) + (read_prefix_file(prefix_file) if prefix_file else [])
+    if not prefixes:
+        raise CharLSTMError("give a prefix to continue, e.g. --prefix 分开, or --prefix-file")
+    sampling = SamplingConfig(
+        temperature, top_k, top_p, greedy, repetition_penalty, penalty_window
+    ).validate()
+    stop_char = parse_char(stop_at) if stop_at is not None else None
+    if lines is not None and lines <= 0:
+        raise CharLSTMError(f"--lines must be positive, not {lines}")
     model = load_model(ckpt.resolve(checkpoint, prefer="best.pt", runs_root=runs_root), device)
-    texts = model.generate_many(
-        prefix,
-        length=length,
-        num_samples=num_samples,
-        seed=seed,
-        sampling=SamplingConfig(temperature=temperature, top_k=top_k, top_p=top_p, greedy=greedy),
+    seed = new_seed() if seed is None else seed
+    stream = None
+    if out is None and output_format == "text":
+        rows = [p for p in prefixes for _ in range(num_samples)]
+        stream = SampleStream(rows, lambda s: typer.echo(s, nl=False), use_style(sys.stdout))
+    try:
+        texts = model.generate_many(
+            prefixes,
+            length,
+            num_samples,
+            sampling,
+            seed,
+            stop_at=stop_char,
+            lines=lines,
+            on_step=stream.on_step if stream else None,
+        )
+    except KeyboardInterrupt:
+        if stream is not None and stream.started:
+            typer.echo("")  # end the half-written line before the message
+        raise
+    if stream is not None:
+        stream.close()
+        return
+    settings = {
+        "length": length,
+        **sampling.as_dict(),
+        "stop_at": stop_char,
+        "lines": lines,
+        "num_samples": num_samples,
+        "device": str(model.device),
+    }
+    body = render_samples(
+        prefixes, texts, output_format, settings, str(model.checkpoint.path), seed
     )
-    for p, samples in zip(prefix, texts, strict=True):
-        for sample in samples:
-            typer.echo(p + sample)
+    if out is None:
+        typer.echo(body, nl=False)
+        return
+    try:
+        out.write_text(body, encoding="utf-8")
+    except OSError as err:
+        raise CharLSTMError(f"cannot write {out}: {err.strerror}") from err
+    typer.echo(f"wrote {len(prefixes) * num_samples} samples to {out}", err=True)
 
 
 @app.command("eval")
@@ -467,20 +633,64 @@ def evaluate(
     encoding: Annotated[
         str | None, typer.Option(help="Text encoding (default: UTF-8, else GB18030).")
     ] = None,
+    cache: Annotated[
+        bool,
+        typer.Option(
+            "--cache",
+            help="Mix in a continuous cache of the text already scored.",
+            rich_help_panel="Adaptation",
+        ),
+    ] = False,
+    cache_window: Annotated[
+        int, typer.Option(help="Cache: hidden states kept.", rich_help_panel="Adaptation")
+    ] = CacheConfig.window,
+    cache_flatness: Annotated[
+        float, typer.Option(help="Cache: sharpness of the match.", rich_help_panel="Adaptation")
+    ] = CacheConfig.flatness,
+    cache_mix: Annotated[
+        float, typer.Option(help="Cache: its weight in the mixture.", rich_help_panel="Adaptation")
+    ] = CacheConfig.mix,
+    dynamic: Annotated[
+        bool,
+        typer.Option(
+            "--dynamic",
+            help="Dynamic evaluation: learn from the text already scored.",
+            rich_help_panel="Adaptation",
+        ),
+    ] = False,
+    dynamic_lr: Annotated[
+        float, typer.Option(help="Dynamic evaluation: SGD step size.", rich_help_panel="Adaptation")
+    ] = DynamicConfig.lr,
+    dynamic_segment: Annotated[
+        int,
+        typer.Option(
+            help="Dynamic evaluation: characters per update.", rich_help_panel="Adaptation"
+        ),
+    ] = DynamicConfig.segment,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "cpu",
     runs_root: RunsRoot = Path("runs"),
 ) -> None:
     """Score a text with a trained model: loss (nats/char), bits per char, perplexity.
 
-    Example: charlstm eval ../shared/data/jaychou_lyrics.txt.zip --checkpoint runs/x
+    --cache and --dynamic adapt to the text as it is read; each character is still scored
+    before the model sees it.
+
+    Example: charlstm eval ../shared/data/jaychou_lyrics.txt.zip --checkpoint runs/x --cache
     """
     from charlstm.api import load_model
 
     model = load_model(ckpt.resolve(checkpoint, prefer="best.pt", runs_root=runs_root), device)
     report = model.evaluate_file(
-        corpus, val_fraction=val_fraction, member=member, encoding=encoding
+        corpus,
+        val_fraction=val_fraction,
+        member=member,
+        encoding=encoding,
+        cache=CacheConfig(cache_window, cache_flatness, cache_mix) if cache else None,
+        dynamic=DynamicConfig(dynamic_lr, dynamic_segment) if dynamic else None,
     )
+    if report["chars"] == 0:
+        raise CharLSTMError(f"nothing to score: {corpus} ({report['scope']}) is too short")
     if as_json:
         typer.echo(json.dumps(report, ensure_ascii=False))
         return
@@ -488,6 +698,7 @@ def evaluate(
         f"{report['corpus']}: {report['chars']:,} characters scored "
         f"({report['scope']}); loss {report['loss']:.4f} nats/char, "
         f"{report['bpc']:.4f} bits/char, perplexity {report['perplexity']:.2f}"
+        + "".join(f" [{name}]" for name in ("cache", "dynamic") if report[name])
     )
 
 
@@ -506,6 +717,49 @@ def convert(
 
     path = convert_checkpoint(checkpoint, to, out)
     typer.echo(f"wrote {path} ({to} backend)")
+
+
+@app.command()
+@handle_errors
+def info(
+    checkpoint: Annotated[
+        Path | None,
+        typer.Argument(
+            help="Run directory or checkpoint file (default: the newest run).",
+            show_default=False,
+        ),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    runs_root: RunsRoot = Path("runs"),
+) -> None:
+    """Describe a trained model: backend, sizes, parameters, vocabulary, corpus, epochs,
+    best held-out perplexity, and its metrics as a table and loss sparklines.
+
+    Example: charlstm info runs/x
+    """
+    from charlstm.report import describe, render_info
+
+    path = checkpoint if checkpoint is not None else ckpt.resolve(None, runs_root=runs_root)
+    report = describe(path)
+    typer.echo(json.dumps(report, ensure_ascii=False) if as_json else render_info(report))
+
+
+@app.command()
+@handle_errors
+def plot(
+    run: Annotated[Path, typer.Argument(help="Run directory (or a checkpoint file in one).")],
+    out: Annotated[
+        Path | None,
+        typer.Option(help="PNG file to write (default: RUN/perplexity.png).", show_default=False),
+    ] = None,
+) -> None:
+    """Plot training and held-out perplexity per epoch as a PNG.
+
+    Needs matplotlib: pip install 'charlstm[plot]'. Example: charlstm plot runs/x
+    """
+    from charlstm.report import plot_perplexity
+
+    typer.echo(f"wrote {plot_perplexity(run, out)}")
 
 
 def main() -> None:

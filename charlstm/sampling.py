@@ -1,33 +1,61 @@
 """Writing text: warm the state on a prefix, then feed back one character at a time.
 
-Decoding rules, applied to the logits of each step in this order: temperature, top-k,
-top-p (nucleus), then a draw from the remaining distribution (or its arg max, greedy).
-All samples of all prefixes advance together as one batch.
+Each step turns every sequence's logits into one character by these rules, in this order:
+
+1. repetition penalty: each character found among the last ``penalty_window`` characters
+   that this sequence generated has its probability divided by ``repetition_penalty``
+   (its logit lowered by ``log(repetition_penalty)``; the rest renormalise). The prefix
+   does not count. 1 turns it off; values below 1 (which would favour repeats) are refused;
+2. temperature: logits divided by ``temperature`` (below 1: safer, above 1: wilder);
+3. top-k: only the ``top_k`` likeliest characters stay;
+4. top-p (nucleus): a character stays while the likelier characters before it hold less
+   than ``top_p`` of the probability, so the smallest set holding ``top_p`` stays;
+5. a draw from what is left (one uniform number per sequence, inverse CDF), or the arg
+   max with ``greedy`` (after the penalty; temperature, top-k and top-p cannot change it).
+
+A sequence ends after ``length`` characters, or earlier with (and including) the first
+``stop_at`` character it generates, or its ``lines``-th newline, whichever comes first.
+
+All samples of all prefixes advance together as one batch of ``N = P * S`` rows (P
+prefixes, S samples each). Prefixes are read in one pass per prefix length; the steps
+after that run through :class:`Stepper`, one time step of the model as a few fused tensor
+operations, and the chosen indices stay in tensors until the end: nothing per character
+goes through Python lists unless a streaming callback asks for the characters.
 """
 
 from __future__ import annotations
 
+import math
+import secrets
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 
 from charlstm.corpus import Vocab
 from charlstm.errors import CharLSTMError
-from charlstm.model import CharLSTM
+from charlstm.model import CharLSTM, ScratchLSTMLayer, State, TorchLSTMLayer
+
+#: How many characters back the repetition penalty looks by default.
+DEFAULT_PENALTY_WINDOW = 32
+
+LayerStates = list[tuple[torch.Tensor, torch.Tensor]]  # per layer (h, c), each (N, H)
 
 
 @dataclass
 class SamplingConfig:
-    """How the next character is chosen."""
+    """How the next character is chosen (see the module docstring for the exact rules)."""
 
     temperature: float = 1.0
     top_k: int | None = None
     top_p: float | None = None
     greedy: bool = False
+    repetition_penalty: float = 1.0
+    penalty_window: int = DEFAULT_PENALTY_WINDOW
 
     def validate(self, vocab_size: int | None = None) -> SamplingConfig:
-        if not self.temperature > 0:
+        if not (self.temperature > 0 and math.isfinite(self.temperature)):
             raise CharLSTMError(
                 f"--temperature must be positive, not {self.temperature} (use --greedy for arg max)"
             )
@@ -40,19 +68,34 @@ class SamplingConfig:
                 )
         if self.top_p is not None and not 0 < self.top_p <= 1:
             raise CharLSTMError(f"--top-p must be in (0, 1], not {self.top_p}")
+        if not (self.repetition_penalty >= 1 and math.isfinite(self.repetition_penalty)):
+            raise CharLSTMError(
+                f"--repetition-penalty must be at least 1 (1: off), not {self.repetition_penalty}"
+            )
+        if self.penalty_window <= 0:
+            raise CharLSTMError(f"--penalty-window must be positive, not {self.penalty_window}")
         return self
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def new_seed() -> int:
+    """A fresh random seed, to be reported so that a run can be repeated."""
+    return secrets.randbelow(2**31)
 
 
 def filter_logits(logits: torch.Tensor, config: SamplingConfig) -> torch.Tensor:
-    """Temperature, then top-k and top-p masking (masked entries become -inf). ``(B, V)``."""
-    logits = logits / config.temperature
+    """Temperature, then top-k and top-p masking (masked entries become -inf). ``(N, V)``."""
+    if config.temperature != 1.0:
+        logits = logits / config.temperature
     if config.top_k is not None and config.top_k < logits.shape[-1]:
         kth = torch.topk(logits, config.top_k, dim=-1).values[..., -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
     if config.top_p is not None and config.top_p < 1.0:
         sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
         probs = torch.softmax(sorted_logits, dim=-1)
-        # drop a token when the mass strictly before it already reaches top_p
+        # drop a character when the mass strictly before it already reaches top_p
         before = torch.cumsum(probs, dim=-1) - probs
         drop_sorted = before >= config.top_p
         drop = drop_sorted.scatter(-1, order, drop_sorted)
@@ -60,17 +103,167 @@ def filter_logits(logits: torch.Tensor, config: SamplingConfig) -> torch.Tensor:
     return logits
 
 
+def draw(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """One index per row of ``probs`` (N, V) -> (N,), by inverse CDF.
+
+    One uniform number ``u`` in [0, 1) per row; the index is the first whose cumulative
+    probability reaches ``(1 - u) * total``, a value in (0, total]. A zero-probability
+    entry never is that first index, so masked characters are never drawn. (Much faster
+    than ``torch.multinomial`` for a batch of rows on a CPU.)
+    """
+    cdf = probs.cumsum(dim=-1)  # (N, V)
+    u = torch.rand((probs.shape[0], 1), generator=generator, device=probs.device, dtype=cdf.dtype)
+    target = (1.0 - u).mul_(cdf[:, -1:])  # (N, 1)
+    return torch.searchsorted(cdf, target).squeeze_(1).clamp_(max=probs.shape[-1] - 1)
+
+
 def next_chars(
     logits: torch.Tensor, config: SamplingConfig, generator: torch.Generator | None
 ) -> torch.Tensor:
-    """Choose one index per row of ``logits`` (B, V) -> (B,)."""
+    """Choose one index per row of ``logits`` (N, V) -> (N,) (no repetition penalty)."""
     if config.greedy:
         return logits.argmax(dim=-1)
     probs = torch.softmax(filter_logits(logits.float(), config), dim=-1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    return draw(probs, generator)
 
 
-@torch.no_grad()
+class RepetitionPenalty:
+    """Lowers the logits of characters among each row's last ``window`` generated ones.
+
+    ``recent`` (N, W) is a ring of the last W indices per row, ``V`` marking an empty slot.
+    """
+
+    def __init__(self, config: SamplingConfig, batch: int, vocab_size: int, device: Any) -> None:
+        self.log_penalty = math.log(config.repetition_penalty)
+        self.window = config.penalty_window
+        self.vocab_size = vocab_size
+        self.recent = torch.full((batch, self.window), vocab_size, dtype=torch.long, device=device)
+        self.seen = torch.zeros((batch, vocab_size + 1), dtype=torch.bool, device=device)
+        self.count = 0
+
+    def push(self, chosen: torch.Tensor) -> None:
+        """Record the characters (N,) just generated."""
+        self.recent[:, self.count % self.window] = chosen
+        self.count += 1
+
+    def __call__(self, logits: torch.Tensor) -> torch.Tensor:
+        seen = self.seen.zero_().scatter_(1, self.recent, True)[:, : self.vocab_size]
+        return torch.where(seen, logits - self.log_penalty, logits)
+
+
+class Stepper:
+    """One time step of a :class:`CharLSTM` for N sequences: ``(N,)`` indices -> ``(N, V)``.
+
+    The same function as ``model(x.view(1, N), state)`` in eval mode (no dropout), without
+    the machinery for T steps: an embedding row lookup, per layer one ``torch.lstm_cell``
+    (a fused C++ LSTM step; the scratch layer's ``W_x``, ``W_h``, ``b`` are its transposed
+    ``w_ih``, ``w_hh`` and ``b_ih``), then the output layer. Scratch layers with peepholes
+    take the written-out equations. State is a list of per-layer ``(h, c)``, each (N, H).
+
+    ``fold=True`` precomputes the first layer's input term for every character, the table
+    ``embedding @ W_x + b`` (V, 4H), so that each step looks up a row instead of multiplying
+    by ``W_x``: a third fewer multiply-adds per step for a one-layer model, for a one-off
+    cost of V rows. :func:`generate` folds when the run computes at least V rows anyway.
+    """
+
+    def __init__(self, model: CharLSTM, fold: bool = False) -> None:
+        self.embedding = model.embedding.weight  # (V, D)
+        self.head = model.head
+        self.table: torch.Tensor | None = None  # (V, 4H) with fold
+        self.layers: list[tuple[torch.Tensor, torch.Tensor, Any, Any]] = []
+        self.peephole: list[torch.Tensor | None] = []
+        for layer in model.layers:
+            if isinstance(layer, TorchLSTMLayer):
+                lstm = layer.lstm
+                w_ih, w_hh = lstm.weight_ih_l0, lstm.weight_hh_l0  # (4H, D), (4H, H)
+                b_ih, b_hh = lstm.bias_ih_l0, lstm.bias_hh_l0
+                peephole = None
+            elif isinstance(layer, ScratchLSTMLayer):
+                w_ih, w_hh = layer.W_x.t().contiguous(), layer.W_h.t().contiguous()
+                b_ih, b_hh, peephole = layer.b, None, layer.peephole
+            else:
+                raise CharLSTMError(f"cannot step a layer of type {type(layer).__name__}")
+            self.layers.append((w_ih, w_hh, b_ih, b_hh))
+            self.peephole.append(peephole)
+        if fold:
+            w_ih, _, b_ih, b_hh = self.layers[0]
+            bias = b_ih if b_hh is None else b_ih + b_hh
+            self.table = torch.addmm(bias, self.embedding, w_ih.t())  # (V, 4H)
+
+    @staticmethod
+    def split(state: State) -> LayerStates:
+        """Stacked ``(h, c)`` (L, N, H) -> per-layer list."""
+        return list(zip(state[0].unbind(0), state[1].unbind(0), strict=True))
+
+    def __call__(self, x: torch.Tensor, state: LayerStates) -> torch.Tensor:
+        """Advance ``state`` in place by one character per row; return the logits (N, V)."""
+        out = None
+        for index, (w_ih, w_hh, b_ih, b_hh) in enumerate(self.layers):
+            h, c = state[index]
+            peephole = self.peephole[index]
+            if index == 0 and self.table is not None:
+                gates = torch.addmm(self.table.index_select(0, x), h, w_hh.t())  # (N, 4H)
+                h, c = lstm_pointwise(gates, c, peephole)
+            else:
+                if out is None:
+                    out = self.embedding.index_select(0, x)  # (N, D)
+                if peephole is None:
+                    h, c = torch.lstm_cell(out, (h, c), w_ih, w_hh, b_ih, b_hh)
+                else:
+                    gates = torch.addmm(b_ih, out, w_ih.t()).addmm_(h, w_hh.t())
+                    h, c = lstm_pointwise(gates, c, peephole)
+            state[index] = (h, c)
+            out = h
+        return self.head(out)
+
+
+def lstm_pointwise(
+    gates: torch.Tensor, c: torch.Tensor, peephole: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """From pre-activations ``gates`` (N, 4H), blocks ``[i | f | g | o]``, and ``c`` (N, H)
+    to the new ``(h, c)``: the equations of :class:`~charlstm.model.ScratchLSTMLayer`."""
+    a_i, a_f, a_g, a_o = gates.chunk(4, 1)  # (N, H) each
+    if peephole is None:
+        i, f = a_i.sigmoid_(), a_f.sigmoid_()
+    else:
+        i = torch.sigmoid(a_i + c * peephole[0])
+        f = torch.sigmoid(a_f + c * peephole[1])
+    c = torch.addcmul(f * c, i, a_g.tanh_())
+    o = a_o.sigmoid_() if peephole is None else torch.sigmoid(a_o + c * peephole[2])
+    return o * torch.tanh(c), c
+
+
+ESCAPES = {"\\n": "\n", "\\t": "\t", "\\r": "\r", "\\\\": "\\"}
+
+
+def parse_char(text: str, option: str = "--stop-at") -> str:
+    """One character from the command line, where ``\\n``, ``\\t``, ``\\r`` and ``\\\\`` are
+    accepted for a newline, a tab, a carriage return and a backslash."""
+    char = ESCAPES.get(text, text)
+    if len(char) != 1:
+        raise CharLSTMError(f"{option} takes one character (or \\n, \\t), not {text!r}")
+    return char
+
+
+def check_stop(vocab: Vocab, stop_at: str | None, lines: int | None) -> None:
+    if stop_at is not None:
+        if len(stop_at) != 1:
+            raise CharLSTMError(f"--stop-at takes one character, not {stop_at!r}")
+        if stop_at not in vocab:
+            raise CharLSTMError(
+                f"--stop-at {stop_at!r} is not in the model's vocabulary, so it never appears"
+            )
+    if lines is not None:
+        if lines <= 0:
+            raise CharLSTMError(f"--lines must be positive, not {lines}")
+        if "\n" not in vocab:
+            raise CharLSTMError(
+                "--lines needs newlines, but this model's vocabulary has none "
+                "(it was trained with --newlines space)"
+            )
+
+
+@torch.inference_mode()
 def generate(
     model: CharLSTM,
     vocab: Vocab,
@@ -80,12 +273,16 @@ def generate(
     num_samples: int = 1,
     seed: int | None = None,
     on_step: Callable[[list[str]], None] | None = None,
+    stop_at: str | None = None,
+    lines: int | None = None,
 ) -> list[list[str]]:
-    """Continue each prefix ``num_samples`` times by ``length`` characters.
+    """Continue each prefix ``num_samples`` times by up to ``length`` characters.
 
     Returns ``texts[p][s]``: the continuation (without the prefix) of prefix ``p``, sample
-    ``s``. All ``P * S`` sequences run as one batch. ``on_step`` receives the characters
-    chosen at each step (one per sequence), for streaming.
+    ``s``. All ``P * S`` sequences run as one batch, row ``p * S + s``. ``seed`` seeds a
+    generator of its own (``None``: torch's global one); the same seed gives the same text
+    for the same prefixes, settings, backend and device. ``on_step`` receives, at each step,
+    one string per row: the character chosen, or ``""`` for a row that has already ended.
     """
     config = (config or SamplingConfig()).validate(len(vocab))
     if length < 0:
@@ -98,35 +295,103 @@ def generate(
     if unknown:
         shown = " ".join(repr(ch) for ch in unknown[:20])
         raise CharLSTMError(f"prefix has characters not in the model's vocabulary: {shown}")
+    check_stop(vocab, stop_at, lines)
+    was_training = model.training
     model.eval()
+    try:
+        rows = _run(
+            model, vocab, prefixes, length, config, num_samples, seed, on_step, stop_at, lines
+        )
+    finally:
+        model.train(was_training)
+    texts = [vocab.decode(row) for row in rows]
+    return [texts[p * num_samples : (p + 1) * num_samples] for p in range(len(prefixes))]
+
+
+def _run(
+    model: CharLSTM,
+    vocab: Vocab,
+    prefixes: Sequence[str],
+    length: int,
+    config: SamplingConfig,
+    num_samples: int,
+    seed: int | None,
+    on_step: Callable[[list[str]], None] | None,
+    stop_at: str | None,
+    lines: int | None,
+) -> list[list[int]]:
+    """The generation loop; returns the generated indices of every row."""
     device = model.head.weight.device
     generator = None
     if seed is not None:
         generator = torch.Generator(device=device).manual_seed(seed)
-
     batch = len(prefixes) * num_samples
+    if length == 0:
+        return [[] for _ in range(batch)]
     sequences = [p for p in prefixes for _ in range(num_samples)]
-    state = model.init_state(batch)
+    penalty = (
+        RepetitionPenalty(config, batch, len(vocab), device)
+        if config.repetition_penalty != 1.0
+        else None
+    )
+
+    def choose(logits: torch.Tensor) -> torch.Tensor:
+        if penalty is not None:
+            logits = penalty(logits)
+        return next_chars(logits, config, generator)
+
+    # Read each prefix in one pass; prefixes of different lengths are run one group each.
+    state = model.init_state(batch)  # (L, N, H) each
     last = torch.empty(batch, dtype=torch.long, device=device)
-    # Warm the state on each prefix; prefixes of different lengths are run one group each.
-    for length_group in sorted({len(p) for p in prefixes}):
-        rows = [i for i, p in enumerate(sequences) if len(p) == length_group]
-        x = torch.stack([vocab.encode(sequences[i]) for i in rows], dim=1).to(device)  # (T, B')
-        h = state[0][:, rows]
-        c = state[1][:, rows]
+    for group_length in sorted({len(p) for p in prefixes}):
+        rows = [i for i, p in enumerate(sequences) if len(p) == group_length]
+        x = torch.stack([vocab.encode(sequences[i]) for i in rows], dim=1).to(device)  # (T, N')
+        index = torch.tensor(rows, device=device)
+        h, c = state[0][:, index], state[1][:, index]
         logits, (h, c) = model(x, (h, c))
-        state[0][:, rows], state[1][:, rows] = h, c
-        last[rows] = next_chars(logits[-1], config, generator)
-    out: list[list[int]] = [[] for _ in range(batch)]
-    for step in range(length):
-        chosen = last.tolist()
-        for row, idx in enumerate(chosen):
-            out[row].append(idx)
+        state[0][:, index], state[1][:, index] = h, c
+        last[index] = next_chars(logits[-1], config, generator)  # nothing to penalise yet
+
+    step = Stepper(model, fold=batch * length >= len(vocab))
+    layer_states = Stepper.split(state)
+    out = torch.empty((batch, length), dtype=torch.long, device=device)  # (N, length)
+    stopping = stop_at is not None or lines is not None
+    if stopping:
+        stop_index = vocab.char_to_idx[stop_at] if stop_at is not None else -1
+        newline = vocab.char_to_idx["\n"] if lines is not None else -1
+        newlines = torch.zeros(batch, dtype=torch.long, device=device)
+        done = torch.zeros(batch, dtype=torch.bool, device=device)
+        ends = torch.full((batch,), length, dtype=torch.long, device=device)
+    chars = vocab.idx_to_char
+    steps = length
+    for t in range(length):
+        out[:, t] = last
         if on_step is not None:
-            on_step([vocab.idx_to_char[i] for i in chosen])
-        if step == length - 1:
+            if stopping:
+                on_step(
+                    [
+                        "" if ended else chars[i]
+                        for i, ended in zip(last.tolist(), done.tolist(), strict=True)
+                    ]
+                )
+            else:
+                on_step([chars[i] for i in last.tolist()])
+        if stopping:
+            hit = last == stop_index
+            if lines is not None:
+                newlines += last == newline
+                hit |= newlines >= lines
+            ends = torch.where(hit & ~done, t + 1, ends)
+            done |= hit
+            if bool(done.all()):
+                steps = t + 1
+                break
+        if t == length - 1:
             break
-        logits, state = model(last.view(1, batch), state)
-        last = next_chars(logits[0], config, generator)
-    texts = [vocab.decode(row) for row in out]
-    return [texts[p * num_samples : (p + 1) * num_samples] for p in range(len(prefixes))]
+        if penalty is not None:
+            penalty.push(last)
+        last = choose(step(last, layer_states))
+    rows = out[:, :steps].tolist()
+    if stopping:
+        return [row[:end] for row, end in zip(rows, ends.tolist(), strict=True)]
+    return rows

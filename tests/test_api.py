@@ -1,0 +1,117 @@
+"""The Python API: ``from charlstm import load_model``, generation keywords, perplexity."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from charlstm import checkpoint as ckpt
+from charlstm import load_model
+from charlstm.api import LanguageModel, read_prefix_file
+from charlstm.config import DataConfig, ModelConfig, TrainConfig
+from charlstm.corpus import Vocab
+from charlstm.errors import CharLSTMError
+from charlstm.model import build_model
+from charlstm.sampling import SamplingConfig
+
+PROBS = {"\n": 0.1, "a": 0.4, "b": 0.3, "c": 0.2}
+
+
+def save_known_model(path: Path, probs: dict[str, float] = PROBS) -> Path:
+    """A checkpoint whose model predicts ``probs`` after any text."""
+    vocab = Vocab(list(probs))
+    config = ModelConfig(vocab_size=len(vocab), hidden_size=8, dropout=0.0)
+    model = build_model(config)
+    with torch.no_grad():
+        model.head.weight.zero_()
+        model.head.bias.copy_(torch.tensor(list(probs.values())).log())
+    checkpoint = ckpt.Checkpoint(
+        model_config=config,
+        train_config=TrainConfig(epochs=1),
+        data_config=DataConfig(path="corpus.txt"),
+        vocab=vocab,
+        model=model.state_dict(),
+        epoch=1,
+    )
+    return ckpt.save(checkpoint, path / "best.pt")
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    run = tmp_path_factory.mktemp("api") / "run"
+    save_known_model(run)
+    return run
+
+
+@pytest.fixture(scope="module")
+def model(run_dir: Path) -> LanguageModel:
+    return load_model(run_dir)
+
+
+def test_load_model_from_a_run_directory_or_file(run_dir: Path, model: LanguageModel):
+    assert model.checkpoint.path == run_dir / "best.pt"
+    assert load_model(run_dir / "best.pt").vocab == model.vocab
+    assert not model.model.training
+    with pytest.raises(CharLSTMError, match="checkpoint not found"):
+        load_model(run_dir / "missing.pt")
+
+
+def test_generate_returns_the_prefix_and_length_characters(model: LanguageModel):
+    text = model.generate("ab", length=30, temperature=0.8, seed=1)
+    assert text.startswith("ab") and len(text) == 32
+    assert set(text) <= set(PROBS)
+    assert model.generate("ab", length=30, temperature=0.8, seed=1) == text
+    assert model.generate("ab", length=30, temperature=0.8, seed=2) != text
+
+
+def test_generate_keyword_controls(model: LanguageModel):
+    assert model.generate("c", 6, greedy=True) == "caaaaaa"
+    assert model.generate("c", 6, greedy=True, repetition_penalty=100, penalty_window=2) == (
+        "cabcabc"
+    )
+    assert set(model.generate("c", 200, top_k=2, seed=0)[1:]) == {"a", "b"}
+    assert set(model.generate("c", 200, top_p=0.5, seed=0)[1:]) == {"a", "b"}
+    stopped = model.generate("c", 200, stop_at="b", seed=3)
+    assert stopped.endswith("b") and stopped.count("b") == 1
+    two_lines = model.generate("c", 500, lines=2, seed=3)
+    assert two_lines.count("\n") == 2 and two_lines.endswith("\n")
+
+
+def test_generate_many_is_one_call_for_every_prefix_and_sample(model: LanguageModel):
+    texts = model.generate_many(["a", "bc"], 12, num_samples=3, temperature=0.5, seed=4)
+    assert [len(group) for group in texts] == [3, 3]
+    assert all(len(text) == 12 for group in texts for text in group)
+    config = SamplingConfig(temperature=0.5)
+    assert model.generate_many(["a", "bc"], 12, 3, config, seed=4) == texts
+    # keywords override the config
+    greedy = model.generate_many(["a"], 5, sampling=config, greedy=True)
+    assert greedy == [["aaaaa"]]
+    with pytest.raises(TypeError):
+        model.generate_many(["a"], 5, temprature=0.5)
+
+
+def test_perplexity_of_a_known_distribution(model: LanguageModel):
+    text = "abca\nb"
+    # every character after the first is predicted with PROBS, whatever came before
+    expected = math.exp(-sum(math.log(PROBS[ch]) for ch in text[1:]) / (len(text) - 1))
+    assert model.perplexity(text) == pytest.approx(expected, rel=1e-5)
+    assert model.score_text(text).chars == len(text) - 1
+    with pytest.raises(CharLSTMError, match="at least two characters"):
+        model.perplexity("a")
+
+
+def test_read_prefix_file(tmp_path: Path):
+    path = tmp_path / "prefixes.txt"
+    path.write_text("\ufeff分开\n\n 我们\r\n不分开\n", encoding="utf-8")
+    assert read_prefix_file(path) == ["分开", " 我们", "不分开"]
+    (tmp_path / "empty.txt").write_text("\n \n", encoding="utf-8")
+    with pytest.raises(CharLSTMError, match="has no prefixes"):
+        read_prefix_file(tmp_path / "empty.txt")
+    with pytest.raises(CharLSTMError, match="prefix file not found"):
+        read_prefix_file(tmp_path / "none.txt")
+    (tmp_path / "latin1.txt").write_bytes("caf\xe9\n".encode("latin-1"))
+    with pytest.raises(CharLSTMError, match="not UTF-8"):
+        read_prefix_file(tmp_path / "latin1.txt")

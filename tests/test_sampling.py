@@ -1,0 +1,240 @@
+"""Generation: seeds, the decoding rules on a model with a known distribution, stopping,
+batched against sequential decoding, and the one-step path against the model's forward."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+import torch
+
+from charlstm.config import ModelConfig
+from charlstm.corpus import Vocab
+from charlstm.errors import CharLSTMError
+from charlstm.model import CharLSTM, build_model
+from charlstm.sampling import SamplingConfig, Stepper, draw, generate, parse_char
+
+LYRICS = "我们说好不分开\n分开以后的雨天\n窗外的风吹过\n你说的话还在耳边\n"
+
+
+def known_model(probs: dict[str, float], backend: str = "scratch") -> tuple[CharLSTM, Vocab]:
+    """A model whose next-character distribution is ``probs`` whatever it has read:
+    output weights zero, output bias the log-probabilities."""
+    vocab = Vocab(list(probs))
+    model = build_model(
+        ModelConfig(vocab_size=len(vocab), hidden_size=4, dropout=0.0, backend=backend)
+    )
+    with torch.no_grad():
+        model.head.weight.zero_()
+        model.head.bias.copy_(torch.tensor(list(probs.values())).log())
+    return model.eval(), vocab
+
+
+def random_model(**options) -> tuple[CharLSTM, Vocab]:
+    torch.manual_seed(0)
+    vocab = Vocab.from_text(LYRICS)
+    config = ModelConfig(vocab_size=len(vocab), hidden_size=24, **options)
+    return build_model(config).eval(), vocab
+
+
+def sample_counts(model, vocab, config, draws=4000, seed=0) -> Counter:
+    texts = generate(model, vocab, ["a"], 20, config, num_samples=draws // 20, seed=seed)
+    return Counter("".join(texts[0]))
+
+
+SIX = {"a": 0.3, "b": 0.25, "c": 0.2, "d": 0.12, "e": 0.08, "f": 0.05}
+
+
+def test_same_seed_same_text_other_seed_other_text():
+    model, vocab = random_model()
+    config = SamplingConfig(temperature=0.9, top_k=10, top_p=0.95, repetition_penalty=1.5)
+    runs = [
+        generate(model, vocab, ["分开", "我"], 40, config, num_samples=3, seed=s) for s in (5, 5, 6)
+    ]
+    assert runs[0] == runs[1]
+    assert runs[0] != runs[2]
+    torch.manual_seed(11)
+    first = generate(model, vocab, ["分开"], 40)
+    torch.manual_seed(11)
+    assert generate(model, vocab, ["分开"], 40) == first  # no seed: torch's global generator
+
+
+def test_samples_follow_the_distribution():
+    model, vocab = known_model(SIX)
+    counts = sample_counts(model, vocab, SamplingConfig())
+    total = sum(counts.values())
+    for ch, p in SIX.items():
+        assert counts[ch] / total == pytest.approx(p, abs=0.025)
+
+
+def test_temperature_sharpens_the_distribution():
+    model, vocab = known_model(SIX)
+    counts = sample_counts(model, vocab, SamplingConfig(temperature=0.5))
+    squared = {ch: p**2 for ch, p in SIX.items()}  # p^(1/T), renormalised
+    for ch, weight in squared.items():
+        expected = weight / sum(squared.values())
+        assert counts[ch] / sum(counts.values()) == pytest.approx(expected, abs=0.025)
+
+
+@pytest.mark.parametrize(
+    ("config", "allowed"),
+    [
+        (SamplingConfig(top_k=1), "a"),
+        (SamplingConfig(top_k=2), "ab"),
+        (SamplingConfig(top_k=4, temperature=3.0), "abcd"),
+        (SamplingConfig(top_p=0.5), "ab"),  # mass before c is 0.55 >= 0.5
+        (SamplingConfig(top_p=0.7), "abc"),  # mass before d is 0.75
+        (SamplingConfig(top_p=0.9, temperature=0.7), "abcd"),  # p^(1/0.7): d needed for 0.9
+        (SamplingConfig(top_k=3, top_p=0.5), "ab"),
+    ],
+)
+def test_top_k_and_top_p_never_leave_the_allowed_set(config, allowed):
+    for backend in ("scratch", "torch"):
+        model, vocab = known_model(SIX, backend)
+        counts = sample_counts(model, vocab, config, draws=2000)
+        assert set(counts) == set(allowed)  # nothing outside, and every allowed one occurs
+
+
+def test_draw_never_picks_a_zero_probability_entry():
+    probs = torch.tensor([[0.0, 0.5, 0.0, 0.5, 0.0], [0.0, 0.0, 0.0, 0.0, 1.0]]).repeat(5000, 1)
+    picked = draw(probs, torch.Generator().manual_seed(0))
+    assert set(picked[0::2].tolist()) == {1, 3}
+    assert set(picked[1::2].tolist()) == {4}
+
+
+@pytest.mark.parametrize(
+    ("penalty", "window", "expected"),
+    [
+        (1.0, 3, "aaaaaaaa"),
+        (100.0, 3, "abcdabcd"),  # every character seen in the last 3 is out of the running
+        (100.0, 1, "abababab"),
+        (1.3, 1, "aaaaaaaa"),  # 0.4 / 1.3 = 0.308 still beats b's 0.3
+        (1.4, 1, "abababab"),  # 0.4 / 1.4 = 0.286 does not
+    ],
+)
+def test_repetition_penalty_divides_the_probability_of_recent_characters(penalty, window, expected):
+    model, vocab = known_model({"a": 0.4, "b": 0.3, "c": 0.2, "d": 0.1})
+    config = SamplingConfig(greedy=True, repetition_penalty=penalty, penalty_window=window)
+    assert generate(model, vocab, ["d"], 8, config) == [[expected]]
+
+
+def test_stop_at_ends_each_sample_with_its_first_stop_character():
+    model, vocab = known_model({"a": 0.5, "b": 0.3, "\n": 0.2})
+    texts = generate(model, vocab, ["a"], 30, num_samples=60, seed=1, stop_at="\n")[0]
+    for text in texts:
+        assert text.count("\n") <= 1
+        assert text.endswith("\n") or len(text) == 30
+    assert sum(text.endswith("\n") for text in texts) > 50  # most stop early
+    assert len({len(text) for text in texts}) > 5  # each row stops on its own
+
+
+def test_lines_ends_each_sample_at_its_nth_newline():
+    model, vocab = known_model({"a": 0.5, "b": 0.3, "\n": 0.2})
+    texts = generate(model, vocab, ["a"], 40, num_samples=60, seed=2, lines=2)[0]
+    for text in texts:
+        assert text.count("\n") <= 2
+        assert text.count("\n") == 2 and text.endswith("\n") or len(text) == 40
+    both = generate(model, vocab, ["a"], 40, num_samples=60, seed=2, lines=2, stop_at="b")[0]
+    for text in both:  # whichever comes first
+        assert text.endswith("b") or text.count("\n") == 2 or len(text) == 40
+        assert text.count("b") <= 1 and text.count("\n") <= 2
+
+
+def test_streamed_characters_are_the_text():
+    model, vocab = known_model({"a": 0.5, "b": 0.3, "\n": 0.2})
+    steps: list[list[str]] = []
+    texts = generate(
+        model, vocab, ["a", "ba"], 25, num_samples=3, seed=4, lines=1, on_step=steps.append
+    )
+    streamed = ["".join(step[row] for step in steps) for row in range(6)]
+    assert streamed == [t for group in texts for t in group]
+    assert texts == generate(model, vocab, ["a", "ba"], 25, num_samples=3, seed=4, lines=1)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"backend": "scratch"},
+        {"backend": "torch"},
+        {"backend": "scratch", "num_layers": 2, "peephole": True},
+    ],
+)
+def test_batched_greedy_equals_sequential_greedy(options):
+    model, vocab = random_model(**options)
+    prefixes = ["分开", "我", "你说的话"]
+    for config in (
+        SamplingConfig(greedy=True),
+        SamplingConfig(greedy=True, repetition_penalty=2.0, penalty_window=4),
+    ):
+        batched = generate(model, vocab, prefixes, 40, config, num_samples=2)
+        for prefix, samples in zip(prefixes, batched, strict=True):
+            alone = generate(model, vocab, [prefix], 40, config)[0][0]
+            assert samples == [alone, alone]
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"backend": "scratch"},
+        {"backend": "torch", "num_layers": 2},
+        {"backend": "scratch", "num_layers": 2, "embedding_size": 8},
+        {"backend": "scratch", "peephole": True},
+    ],
+)
+@pytest.mark.parametrize("fold", [False, True])
+def test_one_step_path_equals_the_model_forward(options, fold):
+    model, vocab = random_model(**options)
+    x = torch.randint(0, len(vocab), (9, 3))  # (T, N)
+    with torch.no_grad():
+        expected, (h, c) = model(x)
+        step = Stepper(model, fold=fold)
+        state = Stepper.split(model.init_state(3))
+        logits = torch.stack([step(x[t], state) for t in range(9)])
+    torch.testing.assert_close(logits, expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(state[-1][0], h[-1], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(state[-1][1], c[-1], rtol=1e-5, atol=1e-5)
+
+
+def test_generate_restores_training_mode():
+    model, vocab = random_model()
+    model.train()
+    generate(model, vocab, ["分"], 5, seed=0)
+    assert model.training
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"config": SamplingConfig(top_p=0.0)}, "--top-p must be in (0, 1]"),
+        ({"config": SamplingConfig(top_p=1.5)}, "--top-p must be in (0, 1]"),
+        ({"config": SamplingConfig(top_k=0)}, "--top-k must be positive"),
+        ({"config": SamplingConfig(temperature=0.0)}, "--temperature must be positive"),
+        ({"config": SamplingConfig(repetition_penalty=0.5)}, "--repetition-penalty must be at"),
+        ({"config": SamplingConfig(penalty_window=0)}, "--penalty-window must be positive"),
+        ({"lines": 0}, "--lines must be positive"),
+        ({"stop_at": "ab"}, "--stop-at takes one character"),
+        ({"stop_at": "x"}, "'x' is not in the model's vocabulary"),
+        ({"prefixes": ["分开xy"]}, "not in the model's vocabulary: 'x' 'y'"),
+        ({"prefixes": [""]}, "prefix is empty"),
+        ({"length": -1}, "--length must be >= 0"),
+        ({"num_samples": 0}, "--num-samples must be positive"),
+    ],
+)
+def test_bad_settings_raise_one_line_errors(kwargs, message):
+    model, vocab = random_model()
+    kwargs = {"prefixes": ["分开"], **kwargs}
+    with pytest.raises(CharLSTMError, match="^[^\n]*$") as err:
+        generate(model, vocab, **kwargs)
+    assert message in str(err.value)
+
+
+def test_lines_needs_a_newline_in_the_vocabulary():
+    model, vocab = known_model({"a": 0.5, "b": 0.5})
+    with pytest.raises(CharLSTMError, match="--newlines space"):
+        generate(model, vocab, ["a"], 5, lines=1)
+
+
+def test_stop_character_escapes():
+    assert parse_char("\\n") == "\n" and parse_char("\\t") == "\t" and parse_char("。") == "。"
+    with pytest.raises(CharLSTMError, match="one character"):
+        parse_char("ab")
