@@ -1,0 +1,145 @@
+"""Held-out quality table: charlstm presets against the Kneser-Ney n-gram, one command.
+
+For each corpus: train the preset (or reuse a finished run with --reuse), score the held-out
+split with ``charlstm.evaluate`` (plain, continuous cache, dynamic evaluation, both), score
+the n-gram baseline on the same split with the same vocabulary, and write a markdown table
+with samples for 分开 to ``--out``.
+
+    python scripts/quality.py --corpus ../shared/data/jaychou_lyrics.txt.zip \\
+        --preset small-corpus --order 6 --out docs/quality.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from charlstm.api import load_model
+from charlstm.corpus import read_text, split_point
+from charlstm.errors import CharLSTMError
+from charlstm.evaluate import CacheConfig, DynamicConfig, score_adaptive, score_split
+from charlstm.ngram import evaluate_ngram
+from charlstm.pipeline import prepare_training
+from charlstm.runs import read_metrics
+
+
+def train_preset(corpus: Path, preset: str, run_dir: Path, reuse: bool, extra: dict) -> float:
+    """Train ``preset`` into ``run_dir``; return training minutes (from metrics.jsonl)."""
+    if not (reuse and (run_dir / "best.pt").exists()):
+        trainer = prepare_training(
+            corpus,
+            {},
+            {"sample_every": 0, **extra},
+            {},
+            run_dir=run_dir,
+            preset=preset,
+            overwrite=True,
+            log=print,
+            progress_bar=False,
+        )
+        trainer.fit()
+    return sum(row["seconds"] for row in read_metrics(run_dir)) / 60
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--corpus", type=Path, required=True)
+    parser.add_argument("--preset", default="small-corpus")
+    parser.add_argument("--order", type=int, default=6, help="n-gram order of the baseline")
+    parser.add_argument("--runs-root", type=Path, default=Path("runs/quality"))
+    parser.add_argument("--reuse", action="store_true", help="reuse a finished run")
+    parser.add_argument("--epochs", type=int, default=None, help="override the preset's epochs")
+    parser.add_argument("--out", type=Path, default=None, help="append the table here")
+    parser.add_argument("--samples", type=int, default=3)
+    args = parser.parse_args()
+    try:
+        extra = {} if args.epochs is None else {"epochs": args.epochs}
+        run_dir = args.runs_root / f"{args.corpus.name.split('.')[0]}-{args.preset}"
+        minutes = train_preset(args.corpus, args.preset, run_dir, args.reuse, extra)
+        model = load_model(run_dir)
+        metrics = read_metrics(run_dir)
+        best = min(metrics, key=lambda r: r["val_loss"])
+        text = read_text(args.corpus, newlines=model.checkpoint.data_config.newlines)
+        indices = model.vocab.encode(text)
+        cut = split_point(len(text), model.checkpoint.train_config.val_fraction)
+        targets, context = indices[cut:], indices[max(0, cut - 256) : cut]
+        rows = []
+        t0 = time.perf_counter()
+        plain = score_split(model.model, indices, cut)
+        rows.append(("LSTM", plain, time.perf_counter() - t0))
+        cache, dynamic = CacheConfig(), DynamicConfig()
+        for name, options in (
+            ("LSTM + cache", {"cache": cache}),
+            ("LSTM + dynamic eval", {"dynamic": dynamic}),
+            ("LSTM + cache + dynamic eval", {"cache": cache, "dynamic": dynamic}),
+        ):
+            t0 = time.perf_counter()
+            rows.append(
+                (
+                    name,
+                    score_adaptive(model.model, targets, context, **options),
+                    time.perf_counter() - t0,
+                )
+            )
+        t0 = time.perf_counter()
+        ngram = evaluate_ngram(
+            text,
+            args.order,
+            val_fraction=model.checkpoint.train_config.val_fraction,
+            vocab=model.vocab,
+        )
+        ngram_seconds = time.perf_counter() - t0
+    except CharLSTMError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+    config = model.checkpoint.model_config
+    lines = [
+        f"### {args.corpus.name}, preset `{args.preset}`",
+        "",
+        f"Model: {config.backend} LSTM {config.num_layers}x{config.hidden_size}, "
+        f"{model.model.num_parameters():,} parameters; trained {len(metrics)} epochs in "
+        f"{minutes:.1f} min ({torch.get_num_threads()} threads); best epoch {best['epoch']} "
+        f"(training perplexity there {best['train_ppl']:.2f}). Held-out: the last "
+        f"{len(targets):,} characters, vocabulary of the whole file ({len(model.vocab):,}).",
+        "",
+        "| model | held-out loss (nats/char) | bits/char | held-out perplexity | scoring time |",
+        "|---|---|---|---|---|",
+    ]
+    for name, result, seconds in rows:
+        lines.append(
+            f"| {name} | {result.loss:.4f} | {result.bpc:.3f} | "
+            f"{result.perplexity:.1f} | {seconds:.1f} s |"
+        )
+    lines.append(
+        f"| Kneser-Ney {args.order}-gram (D = 0.75) | {ngram['loss']:.4f} | "
+        f"{ngram['bpc']:.3f} | {ngram['perplexity']:.1f} | {ngram_seconds:.1f} s |"
+    )
+    lines += [
+        "",
+        f"Cache: {json.dumps(cache.__dict__)}; dynamic evaluation: {json.dumps(dynamic.__dict__)}.",
+        "",
+        "Samples (temperature 0.8, seeds 1..):",
+        "",
+    ]
+    prefix = "分开" if not model.vocab.missing("分开") else text[:4]
+    for seed in range(1, args.samples + 1):
+        sample = model.generate(prefix, length=80, temperature=0.8, seed=seed)
+        lines.append(f"- seed {seed}: " + sample.replace("\n", " / "))
+    report = "\n".join(lines) + "\n"
+    print(report)
+    if args.out:
+        with open(args.out, "a", encoding="utf-8") as handle:
+            handle.write("\n" + report)
+    print(f"perplexity {math.exp(plain.loss):.1f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
