@@ -297,7 +297,8 @@ class Trainer:
             raise NonFiniteLoss(
                 f"loss became {value} at step {self.progress.step + 1} (epoch "
                 f"{self.progress.epoch + 1}); the last good checkpoint is {last}; resume it with "
-                f"a lower --lr or a smaller --clip: charlstm train --resume {self.run_dir} --lr ..."
+                f"a lower --lr or a smaller --clip: charlstm train --resume {self.run_dir} "
+                f"--lr ... (if it diverges again, resume from {self.run_dir / runs.BEST})"
             )
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -457,10 +458,16 @@ class Trainer:
         return result
 
 
+def _ppl(value: float | None) -> str:
+    if value is None:
+        return "     n/a"
+    return f"{value:8.2f}" if value < 1e6 else f"{value:8.2e}"
+
+
 def format_epoch(m: EpochMetrics, epochs: int) -> str:
-    val = f"held-out ppl {m.val_ppl:8.2f}" if m.val_ppl is not None else "held-out ppl      n/a"
+    val = f"held-out ppl {_ppl(m.val_ppl)}"
     mark = " *" if m.best and m.val_ppl is not None else ""
     return (
-        f"epoch {m.epoch:3d}/{epochs}  train ppl {m.train_ppl:8.2f}  {val}  "
+        f"epoch {m.epoch:3d}/{epochs}  train ppl {_ppl(m.train_ppl)}  {val}  "
         f"lr {m.lr:.3g}  {m.seconds:5.1f}s  {m.chars_per_sec:,.0f} chars/s{mark}"
     )
