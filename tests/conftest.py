@@ -9,6 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from charlstm import checkpoint as ckpt
+from charlstm.config import DataConfig, ModelConfig, TrainConfig
+from charlstm.corpus import Vocab
+from charlstm.model import build_model
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 DEMO_CORPUS = REPO_ROOT / "data" / "demo_lyrics.zip"
@@ -61,3 +66,27 @@ def small_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
     text = "\n".join(lines[(i * 3) % len(lines)] for i in range(700)) + "\n"
     path = tmp_path_factory.mktemp("corpus") / "small.zip"
     return write_zip(path, {"small.txt": text.encode("utf-8")})
+
+
+def save_known_model(path: Path, probs: dict[str, float], **fields: object) -> Path:
+    """Save a checkpoint at ``path`` whose model predicts ``probs`` after any text.
+
+    The output layer's weights are zero and its bias is ``log(probs)``, so the next-character
+    distribution is known exactly. ``fields`` go to the :class:`Checkpoint` (epoch, step...).
+    """
+    vocab = Vocab(list(probs))
+    config = ModelConfig(vocab_size=len(vocab), hidden_size=8, dropout=0.0)
+    model = build_model(config)
+    with torch.no_grad():
+        model.head.weight.zero_()
+        model.head.bias.copy_(torch.tensor(list(probs.values())).log())
+    fields = {
+        "train_config": TrainConfig(epochs=1),
+        "data_config": DataConfig("corpus.txt"),
+        "epoch": 1,
+        **fields,
+    }
+    checkpoint = ckpt.Checkpoint(
+        model_config=config, vocab=vocab, model=model.state_dict(), **fields
+    )
+    return ckpt.save(checkpoint, path)

@@ -5,38 +5,20 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import conftest
 import pytest
-import torch
 
-from charlstm import checkpoint as ckpt
 from charlstm import load_model
 from charlstm.api import LanguageModel, read_prefix_file
-from charlstm.config import DataConfig, ModelConfig, TrainConfig
-from charlstm.corpus import Vocab
 from charlstm.errors import CharLSTMError
-from charlstm.model import build_model
 from charlstm.sampling import SamplingConfig
 
 PROBS = {"\n": 0.1, "a": 0.4, "b": 0.3, "c": 0.2}
 
 
 def save_known_model(path: Path, probs: dict[str, float] = PROBS) -> Path:
-    """A checkpoint whose model predicts ``probs`` after any text."""
-    vocab = Vocab(list(probs))
-    config = ModelConfig(vocab_size=len(vocab), hidden_size=8, dropout=0.0)
-    model = build_model(config)
-    with torch.no_grad():
-        model.head.weight.zero_()
-        model.head.bias.copy_(torch.tensor(list(probs.values())).log())
-    checkpoint = ckpt.Checkpoint(
-        model_config=config,
-        train_config=TrainConfig(epochs=1),
-        data_config=DataConfig(path="corpus.txt"),
-        vocab=vocab,
-        model=model.state_dict(),
-        epoch=1,
-    )
-    return ckpt.save(checkpoint, path / "best.pt")
+    """A run directory whose ``best.pt`` predicts ``probs`` after any text."""
+    return conftest.save_known_model(path / "best.pt", probs)
 
 
 @pytest.fixture(scope="module")

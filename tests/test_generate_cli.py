@@ -9,15 +9,13 @@ import math
 import sys
 from pathlib import Path
 
+import conftest
 import pytest
-import torch
 from typer.testing import CliRunner
 
-from charlstm import checkpoint as ckpt
 from charlstm import load_model, runs
 from charlstm.cli import app
 from charlstm.config import DataConfig, ModelConfig, TrainConfig
-from charlstm.corpus import Vocab
 from charlstm.display import BOLD, RESET, SampleStream, format_sample, sparkline, use_style
 from charlstm.model import build_model
 
@@ -33,23 +31,15 @@ def invoke(*args: object):
 def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A run whose model predicts PROBS after any text, with four epochs of metrics."""
     run = tmp_path_factory.mktemp("cli") / "run"
-    vocab = Vocab(list(PROBS))
-    config = ModelConfig(vocab_size=len(vocab), hidden_size=8)
-    model = build_model(config)
-    with torch.no_grad():
-        model.head.weight.zero_()
-        model.head.bias.copy_(torch.tensor(list(PROBS.values())).log())
-    checkpoint = ckpt.Checkpoint(
-        model_config=config,
+    conftest.save_known_model(
+        run / "best.pt",
+        PROBS,
         train_config=TrainConfig(epochs=4),
         data_config=DataConfig(path="lyrics.zip"),
-        vocab=vocab,
-        model=model.state_dict(),
         epoch=3,
         step=30,
         best_val_loss=1.5,
     )
-    ckpt.save(checkpoint, run / "best.pt")
     for epoch, (train, val) in enumerate([(3.0, 2.5), (2.0, 1.8), (1.6, 1.5), (1.2, 1.7)], 1):
         runs.append_metrics(
             run,
