@@ -763,8 +763,25 @@ def plot(
 
 
 def main() -> None:
-    """Console-script entry point."""
+    """Console-script entry point.
+
+    Runs the app outside click's standalone mode so that a malformed command line (an
+    unknown option, ``--batch-size abc``) is one ``error:`` line, like every other mistake,
+    instead of a usage block. Typer raises click's exception types (vendored in recent
+    versions), recognised here by their interface: ``format_message()`` and ``exit_code``.
+    """
     try:
-        app()
-    except KeyboardInterrupt:  # pragma: no cover - Ctrl-C outside a command
-        sys.exit(130)
+        code = app(standalone_mode=False)
+    except (KeyboardInterrupt, typer.Abort):  # Ctrl-C outside a command
+        code = 130
+    except Exception as err:
+        if not (hasattr(err, "format_message") and hasattr(err, "exit_code")):
+            raise
+        if type(err).__name__ == "NoArgsIsHelpError":  # bare `charlstm`: show the help
+            err.show()
+        else:
+            ctx = getattr(err, "ctx", None)
+            hint = f" (see: {ctx.command_path} --help)" if ctx is not None else ""
+            typer.echo(f"error: {err.format_message()}{hint}", err=True)
+        code = err.exit_code
+    sys.exit(code if isinstance(code, int) else 0)

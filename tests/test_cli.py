@@ -152,3 +152,21 @@ def test_real_process_error_has_no_traceback(tmp_path: Path):
     )
     assert result.returncode == 2
     assert result.stderr.strip() == f"error: corpus not found: {tmp_path / 'none.zip'}"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["train", "--batch-size", "abc"], "Invalid value for '--batch-size'"),
+        (["train", "--nope"], "No such option: --nope"),
+        (["eval"], "Missing argument 'corpus'"),
+    ],
+)
+def test_malformed_command_line_is_one_line_in_a_real_process(args, message):
+    result = subprocess.run(
+        [sys.executable, "-m", "charlstm", *args], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0]
+    assert result.stdout == ""
