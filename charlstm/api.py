@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from charlstm import checkpoint as ckpt
-from charlstm.corpus import Vocab, read_text, split_point
+from charlstm.corpus import Vocab, read_text, show_chars, split_point
 from charlstm.errors import CharLSTMError
 from charlstm.evaluate import CacheConfig, DynamicConfig, EvalResult, score, score_adaptive
 from charlstm.model import CharLSTM, build_model
@@ -135,9 +135,9 @@ class LanguageModel:
         text = read_text(path, member, encoding, data.newlines, data.max_chars)
         missing = self.vocab.missing(text)
         if missing:
-            shown = " ".join(repr(ch) for ch in missing[:20])
             raise CharLSTMError(
-                f"{len(missing)} characters of {path} are not in the model's vocabulary: {shown}"
+                f"{len(missing)} characters of {path} are not in the model's vocabulary: "
+                f"{show_chars(missing)}"
             )
         same_corpus = Path(path).resolve() == Path(data.path).resolve()
         if val_fraction is None:

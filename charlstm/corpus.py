@@ -124,6 +124,12 @@ def read_text(
     return text
 
 
+def show_chars(chars: list[str], limit: int = 20) -> str:
+    """``'a' 'b' 'c' and 5 more``: characters for an error message, the first ``limit``."""
+    shown = " ".join(repr(ch) for ch in chars[:limit])
+    return shown + (f" and {len(chars) - limit} more" if len(chars) > limit else "")
+
+
 class Vocab:
     """Characters <-> indices. The order is sorted, so it is the same in every process."""
 
@@ -159,9 +165,7 @@ class Vocab:
         """``text`` -> ``(len(text),)`` int64 tensor; unknown characters raise ``CharLSTMError``."""
         unknown = self.missing(text)
         if unknown:
-            shown = " ".join(repr(ch) for ch in unknown[:20])
-            more = f" and {len(unknown) - 20} more" if len(unknown) > 20 else ""
-            raise CharLSTMError(f"characters not in the vocabulary: {shown}{more}")
+            raise CharLSTMError(f"characters not in the vocabulary: {show_chars(unknown)}")
         lookup = self.char_to_idx
         return torch.tensor([lookup[ch] for ch in text], dtype=torch.long)
 

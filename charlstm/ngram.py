@@ -42,7 +42,7 @@ from typing import Any
 
 import numpy as np
 
-from charlstm.corpus import Vocab, split_point
+from charlstm.corpus import Vocab, show_chars, split_point
 from charlstm.errors import CharLSTMError
 
 
@@ -80,8 +80,9 @@ class KneserNeyLM:
         """
         unknown = vocab.missing(text)
         if unknown:
-            shown = " ".join(repr(ch) for ch in unknown[:20])
-            raise CharLSTMError(f"training text has characters not in the vocabulary: {shown}")
+            raise CharLSTMError(
+                f"training text has characters not in the vocabulary: {show_chars(unknown)}"
+            )
         if not text:
             raise CharLSTMError("cannot fit an n-gram model on an empty text")
         n = self.order
@@ -169,9 +170,7 @@ class KneserNeyLM:
         vocab = self._check_fitted()
         unknown = vocab.missing(text)
         if unknown:
-            shown = " ".join(repr(ch) for ch in unknown[:20])
-            more = f" and {len(unknown) - 20} more" if len(unknown) > 20 else ""
-            raise CharLSTMError(f"characters not in the vocabulary: {shown}{more}")
+            raise CharLSTMError(f"characters not in the vocabulary: {show_chars(unknown)}")
         width = self.order - 1
         history = self._context(history)
         full = history + text

@@ -17,7 +17,7 @@ import torch
 from charlstm import __version__, runs
 from charlstm import checkpoint as ckpt
 from charlstm.config import PRESETS, DataConfig, ModelConfig, TrainConfig
-from charlstm.corpus import Corpus, Vocab, read_text
+from charlstm.corpus import Corpus, Vocab, read_text, show_chars
 from charlstm.errors import CharLSTMError
 from charlstm.model import build_model
 from charlstm.train import Log, Trainer, resolve_device
@@ -162,11 +162,9 @@ def prepare_training(
         missing = base.vocab.missing(text)
         vocab = base.vocab
         if missing and not extend_vocab:
-            shown = " ".join(repr(ch) for ch in missing[:20])
-            more = f" and {len(missing) - 20} more" if len(missing) > 20 else ""
             raise CharLSTMError(
                 f"{len(missing)} characters of the new corpus are not in the checkpoint's "
-                f"vocabulary: {shown}{more}; pass --extend-vocab to add them"
+                f"vocabulary: {show_chars(missing)}; pass --extend-vocab to add them"
             )
         arch = {
             k: v
@@ -219,9 +217,9 @@ def _check_prefixes(prefixes: list[str], vocab: Vocab) -> None:
             raise CharLSTMError("--prefix is empty; give at least one character")
         missing = vocab.missing(prefix)
         if missing:
-            shown = " ".join(repr(ch) for ch in missing)
             raise CharLSTMError(
-                f"--prefix {prefix!r} has characters not in the corpus's vocabulary: {shown}"
+                f"--prefix {prefix!r} has characters not in the corpus's vocabulary: "
+                f"{show_chars(missing)}"
             )
 
 

@@ -33,7 +33,7 @@ from typing import Any
 
 import torch
 
-from charlstm.corpus import Vocab
+from charlstm.corpus import Vocab, show_chars
 from charlstm.errors import CharLSTMError
 from charlstm.model import CharLSTM, ScratchLSTMLayer, State, TorchLSTMLayer
 
@@ -293,8 +293,9 @@ def generate(
         raise CharLSTMError("the prefix is empty; give at least one character with --prefix")
     unknown = list(dict.fromkeys(ch for p in prefixes for ch in vocab.missing(p)))
     if unknown:
-        shown = " ".join(repr(ch) for ch in unknown[:20])
-        raise CharLSTMError(f"prefix has characters not in the model's vocabulary: {shown}")
+        raise CharLSTMError(
+            f"prefix has characters not in the model's vocabulary: {show_chars(unknown)}"
+        )
     check_stop(vocab, stop_at, lines)
     was_training = model.training
     model.eval()
