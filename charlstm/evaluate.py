@@ -4,6 +4,10 @@ Every character of the scored text is predicted exactly once from the characters
 it. The text is cut into ``C`` contiguous columns that run side by side as a batch; each
 column starts from a zero state, warmed on the ``history`` characters before it when they
 are given (for held-out text: the end of the training text, as the n-gram baseline does).
+
+Evaluation-time adaptation lives here too, for scoring (:func:`score_adaptive`) and for
+generation (:mod:`charlstm.sampling` reads its streams with :class:`StreamCache` and
+:class:`DynamicEvaluation`): the continuous cache and dynamic evaluation, both causal.
 """
 
 from __future__ import annotations
@@ -15,7 +19,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from charlstm.model import CharLSTM
+from charlstm.errors import CharLSTMError
+from charlstm.model import CharLSTM, State
 
 
 @dataclass
@@ -109,6 +114,7 @@ class CacheConfig:
 
     ``p(c | h_t) = (1 - mix) * p_model(c | h_t) + mix * p_cache(c | h_t)`` with
     ``p_cache(c) ∝ Σ_{i in window, i < t} [x_{i+1} = c] exp(flatness * h_t · h_i)``.
+    ``mix = 0`` leaves the model's distribution as it is.
     """
 
     # Defaults tuned with scripts/tune_adaptation.py on a split inside jaychou's training
@@ -118,13 +124,11 @@ class CacheConfig:
     mix: float = 0.45
 
     def validate(self) -> CacheConfig:
-        from charlstm.errors import CharLSTMError
-
         if self.window <= 0:
             raise CharLSTMError(f"--cache-window must be positive, not {self.window}")
-        if not 0 < self.mix < 1:
-            raise CharLSTMError(f"--cache-mix must be in (0, 1), not {self.mix}")
-        if self.flatness <= 0:
+        if not 0 <= self.mix < 1:
+            raise CharLSTMError(f"--cache-mix must be in [0, 1), not {self.mix}")
+        if not (self.flatness > 0 and math.isfinite(self.flatness)):
             raise CharLSTMError(f"--cache-flatness must be positive, not {self.flatness}")
         return self
 
@@ -132,22 +136,44 @@ class CacheConfig:
 @dataclass
 class DynamicConfig:
     """Dynamic evaluation (Krause et al., 2018): after scoring each segment, one SGD step
-    on it, pulled back towards the trained weights by ``decay``."""
+    on it, pulled back towards the trained weights by ``decay``. ``lr = 0`` never changes
+    the weights."""
 
     lr: float = 0.1  # tuned together with the cache (alone, 0.3 scored better)
     segment: int = 50
     decay: float = 0.0
 
     def validate(self) -> DynamicConfig:
-        from charlstm.errors import CharLSTMError
-
-        if self.lr <= 0:
-            raise CharLSTMError(f"--dynamic-lr must be positive, not {self.lr}")
+        if not (self.lr >= 0 and math.isfinite(self.lr)):
+            raise CharLSTMError(f"--dynamic-lr must be >= 0, not {self.lr}")
         if self.segment <= 0:
             raise CharLSTMError(f"--dynamic-segment must be positive, not {self.segment}")
         if not 0 <= self.decay < 1:
             raise CharLSTMError(f"--dynamic-decay must be in [0, 1), not {self.decay}")
         return self
+
+
+def cache_mixture(
+    log_p: torch.Tensor,
+    scores: torch.Tensor,
+    visible: torch.Tensor,
+    key_next: torch.Tensor,
+    mix: float,
+) -> torch.Tensor:
+    """``log((1 - mix) * p_model + mix * p_cache)`` for R rows: (R, V).
+
+    ``log_p`` (R, V) are the model's log-probabilities; ``scores`` (R, K) are
+    ``flatness * h · h_i`` of each row's query against K keys, ``visible`` (R, K) says
+    which keys a row may use and ``key_next`` (R, K) is the character that followed each
+    key. ``p_cache`` is the softmax of the visible scores, summed per character; a row
+    with no visible key keeps the model's distribution.
+    """
+    scores = scores.masked_fill(~visible, float("-inf"))
+    weights = torch.softmax(scores, dim=-1).nan_to_num(0.0)  # rows with no key: all zero
+    p_cache = torch.zeros_like(log_p).scatter_add_(1, key_next, weights)
+    mix = torch.where(visible.any(dim=-1, keepdim=True), mix, 0.0)
+    p = (1 - mix) * log_p.exp() + mix * p_cache
+    return p.clamp_min(1e-30).log()
 
 
 def _cache_log_probs(
@@ -170,13 +196,91 @@ def _cache_log_probs(
     query_pos = past + torch.arange(steps, device=keys.device)[:, None]
     key_pos = torch.arange(keys.shape[0], device=keys.device)[None, :]
     visible = (key_pos < query_pos) & (key_pos >= query_pos - cache.window)
-    scores = scores.masked_fill(~visible, float("-inf"))
-    weights = torch.softmax(scores, dim=-1).nan_to_num(0.0)  # rows with no key: all zero
-    p_cache = torch.zeros_like(log_p).scatter_add_(1, key_next.expand(steps, -1), weights)
-    has_keys = visible.any(dim=-1, keepdim=True)
-    mix = torch.where(has_keys, cache.mix, 0.0)
-    p = (1 - mix) * log_p.exp() + mix * p_cache
-    return p.clamp_min(1e-30).log()
+    return cache_mixture(log_p, scores, visible, key_next.expand(steps, -1), cache.mix)
+
+
+class StreamCache:
+    """The continuous cache of N streams that are read side by side, for generation.
+
+    Each stream keeps a ring of its last ``window`` pairs (hidden state, the character that
+    followed it): ``keys`` (N, W, H), ``key_next`` (N, W), ``filled`` (N, W); ``slot`` (N,)
+    is where a stream writes next, its oldest pair once the ring is full. A query sees
+    exactly the pairs :func:`score_adaptive` would let it see: the ``window`` latest ones
+    before it, each pair added only once its next character is known.
+    """
+
+    def __init__(
+        self, config: CacheConfig, batch: int, hidden_size: int, device: torch.device
+    ) -> None:
+        self.config = config
+        window = config.window
+        self.keys = torch.zeros((batch, window, hidden_size), device=device)  # (N, W, H)
+        self.key_next = torch.zeros((batch, window), dtype=torch.long, device=device)
+        self.filled = torch.zeros((batch, window), dtype=torch.bool, device=device)
+        self.slot = torch.zeros(batch, dtype=torch.long, device=device)
+
+    def fill(self, rows: torch.Tensor, keys: torch.Tensor, key_next: torch.Tensor) -> None:
+        """Start the empty streams ``rows`` (R,) with T pairs each, oldest first:
+        ``keys`` (T, R, H), ``key_next`` (T, R). Only the last ``window`` are kept."""
+        count = min(keys.shape[0], self.config.window)
+        if count:
+            self.keys[rows, :count] = keys[-count:].transpose(0, 1).float()
+            self.key_next[rows, :count] = key_next[-count:].t()
+            self.filled[rows, :count] = True
+        self.slot[rows] = count % self.config.window
+
+    def add(self, keys: torch.Tensor, key_next: torch.Tensor) -> None:
+        """One pair per stream: ``keys`` (N, H), ``key_next`` (N,)."""
+        rows = torch.arange(len(self.slot), device=self.slot.device)
+        self.keys[rows, self.slot] = keys.float()
+        self.key_next[rows, self.slot] = key_next
+        self.filled[rows, self.slot] = True
+        self.slot = (self.slot + 1) % self.config.window
+
+    def mix(
+        self, log_p: torch.Tensor, queries: torch.Tensor, rows: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The mixture's log-probabilities (R, V) for ``queries`` (R, H) of ``rows`` (all
+        streams when ``None``), from the model's ``log_p`` (R, V)."""
+        keys, key_next, filled = self.keys, self.key_next, self.filled
+        if rows is not None:
+            keys, key_next, filled = keys[rows], key_next[rows], filled[rows]
+        scores = torch.bmm(keys, queries.float().unsqueeze(-1)).squeeze(-1)  # (R, W)
+        return cache_mixture(
+            log_p, self.config.flatness * scores, filled, key_next, self.config.mix
+        )
+
+
+class DynamicEvaluation:
+    """A private copy of ``model`` that learns from what it reads: :meth:`learn` takes one
+    SGD step on a segment's loss, pulled back towards the original weights by ``decay``.
+    The model given is never changed."""
+
+    def __init__(self, model: CharLSTM, config: DynamicConfig) -> None:
+        self.config = config
+        self.model = copy.deepcopy(model).eval()
+        self.params = list(self.model.parameters())
+        self.originals = [p.detach().clone() for p in self.params] if config.decay else []
+
+    def learn(self, loss: torch.Tensor) -> None:
+        """One step down the gradient of ``loss``, a function of this copy's weights."""
+        grads = torch.autograd.grad(loss, self.params)
+        with torch.no_grad():
+            for param, grad in zip(self.params, grads, strict=True):
+                param -= self.config.lr * grad
+            if self.config.decay:
+                for param, original in zip(self.params, self.originals, strict=True):
+                    param += self.config.decay * (original - param)
+
+
+def read_log_probs(
+    model: CharLSTM, x: torch.Tensor, state: State
+) -> tuple[torch.Tensor, torch.Tensor, State]:
+    """Read ``x`` (T,) as one stream from ``state``: the last layer's output (T, H), the
+    log-probabilities of the next character after each step (T, V) and the new state."""
+    features, state = model.features(x.view(-1, 1), state)  # (T, 1, H)
+    features = features[:, 0]
+    return features, torch.log_softmax(model.head(features).float(), dim=-1), state
 
 
 def score_adaptive(
@@ -194,12 +298,10 @@ def score_adaptive(
     step on its loss updates a private copy of the weights. ``model`` is left unchanged.
     """
     cache = cache.validate() if cache is not None else None
-    dynamic = dynamic.validate() if dynamic is not None else None
-    if dynamic is not None:
-        model = copy.deepcopy(model)
-        segment = dynamic.segment
-        params = list(model.parameters())
-        originals = [p.detach().clone() for p in params]
+    learner = DynamicEvaluation(model, dynamic.validate()) if dynamic is not None else None
+    if learner is not None:
+        model = learner.model
+        segment = learner.config.segment
     model.eval()
     device = model.head.weight.device
     n = len(targets)
@@ -216,28 +318,22 @@ def score_adaptive(
     key_next = torch.empty(0, dtype=torch.long, device=device)
     nll = []
     for start in range(0, n, segment):
-        x = inputs[start : start + segment].view(-1, 1)  # (S, 1)
         y = targets[start : start + segment]  # (S,)
-        with torch.set_grad_enabled(dynamic is not None):
-            features, new_state = model.features(x, state)  # (S, 1, H)
-            log_p = torch.log_softmax(model.head(features[:, 0]).float(), dim=-1)  # (S, V)
-            if dynamic is not None:
-                loss = nn.functional.nll_loss(log_p, y)
-                grads = torch.autograd.grad(loss, params)
+        with torch.set_grad_enabled(learner is not None):
+            features, log_p, new_state = read_log_probs(
+                model, inputs[start : start + segment], state
+            )  # (S, H), (S, V)
+            if learner is not None:
+                learner.learn(nn.functional.nll_loss(log_p, y))
         with torch.no_grad():
             log_p = log_p.detach()
             if cache is not None:
-                queries = features[:, 0].detach().float()
+                queries = features.detach().float()
                 keys = torch.cat([keys, queries])
                 key_next = torch.cat([key_next, y])
                 log_p = _cache_log_probs(log_p, queries, keys, key_next, cache)
                 keys, key_next = keys[-cache.window :], key_next[-cache.window :]
             nll.append(-log_p.gather(1, y[:, None])[:, 0])
-            if dynamic is not None:
-                for param, grad, original in zip(params, grads, originals, strict=True):
-                    param -= dynamic.lr * grad
-                    if dynamic.decay:
-                        param += dynamic.decay * (original - param)
         state = (new_state[0].detach(), new_state[1].detach())
     per_char = torch.cat(nll).cpu()
     return EvalResult(loss=per_char.sum().item() / n, chars=n, per_char=per_char)

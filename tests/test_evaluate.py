@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 import torch
 
 from charlstm.config import ModelConfig
 from charlstm.errors import CharLSTMError
-from charlstm.evaluate import CacheConfig, DynamicConfig, score, score_adaptive
+from charlstm.evaluate import CacheConfig, DynamicConfig, StreamCache, score, score_adaptive
 from charlstm.model import build_model
 
 V = 30
@@ -76,18 +77,62 @@ def test_dynamic_evaluation_leaves_the_model_unchanged(model):
         assert torch.equal(value, before[key])
 
 
+def test_zero_mix_and_zero_learning_rate_change_nothing(model):
+    targets, context = torch.randint(0, V, (160,)), torch.randint(0, V, (4,))
+    plain = score_adaptive(model, targets, context).per_char
+    for options in (
+        {"cache": CacheConfig(mix=0.0)},
+        {"dynamic": DynamicConfig(lr=0.0, segment=20)},
+        {"cache": CacheConfig(mix=0.0), "dynamic": DynamicConfig(lr=0.0, segment=20)},
+    ):
+        torch.testing.assert_close(
+            score_adaptive(model, targets, context, **options).per_char, plain
+        )
+
+
+def test_stream_cache_votes_for_what_followed_the_most_similar_state():
+    """Two streams, hand-built hidden states: the mass goes where the query points."""
+    config = CacheConfig(window=3, flatness=20.0, mix=0.5)
+    cache = StreamCache(config, batch=2, hidden_size=2, device=torch.device("cpu"))
+    east, north = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0])
+    # stream 0 read (east -> 1), (north -> 2); stream 1 only (east -> 3)
+    cache.fill(torch.tensor([0]), torch.stack([east, north])[:, None], torch.tensor([[1], [2]]))
+    cache.fill(torch.tensor([1]), east[None, None], torch.tensor([[3]]))
+    log_p = torch.full((2, 4), 0.25).log()  # the model: uniform over 4 characters
+    p = cache.mix(log_p, torch.stack([north, north])).exp()
+    near = 1 / (1 + math.exp(-20.0))  # softmax of scores 20 (north) and 0 (east)
+    expected = torch.tensor(
+        [
+            [0.125, 0.125 + 0.5 * (1 - near), 0.125 + 0.5 * near, 0.125],
+            [0.125, 0.125, 0.125, 0.625],  # one pair: all its votes go to 3
+        ]
+    )
+    torch.testing.assert_close(p, expected)
+    assert p[0].argmax() == 2 and p[1].argmax() == 3
+    # a ring of 3: after three more pairs stream 0 has forgotten (east -> 1), (north -> 2)
+    for _ in range(3):
+        cache.add(torch.stack([east, east]), torch.tensor([0, 0]))
+    p = cache.mix(log_p, torch.stack([north, north])).exp()
+    torch.testing.assert_close(p[:, 0], torch.tensor([0.625, 0.625]))
+    empty = StreamCache(config, batch=1, hidden_size=2, device=torch.device("cpu"))
+    torch.testing.assert_close(empty.mix(log_p[:1], north[None]), log_p[:1])  # nothing yet
+
+
 @pytest.mark.parametrize(
     ("config", "message"),
     [
-        (CacheConfig(mix=1.0), "--cache-mix"),
+        (CacheConfig(mix=1.0), "--cache-mix must be in [0, 1)"),
+        (CacheConfig(mix=-0.1), "--cache-mix"),
         (CacheConfig(window=0), "--cache-window"),
-        (DynamicConfig(lr=0), "--dynamic-lr"),
+        (CacheConfig(flatness=float("nan")), "--cache-flatness"),
+        (DynamicConfig(lr=-0.1), "--dynamic-lr must be >= 0"),
+        (DynamicConfig(lr=float("inf")), "--dynamic-lr"),
         (DynamicConfig(segment=0), "--dynamic-segment"),
     ],
 )
 def test_bad_adaptation_settings(model, config, message):
     key = "cache" if isinstance(config, CacheConfig) else "dynamic"
-    with pytest.raises(CharLSTMError, match=message):
+    with pytest.raises(CharLSTMError, match=re.escape(message)):
         score_adaptive(
             model, torch.randint(0, V, (50,)), torch.randint(0, V, (3,)), **{key: config}
         )
