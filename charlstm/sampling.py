@@ -2,6 +2,12 @@
 
 Each step turns every sequence's logits into one character by these rules, in this order:
 
+0. adaptation (only with ``cache`` / ``dynamic``, see :class:`AdaptiveStreams`): the
+   model's distribution comes from weights that have learnt from this sequence's text so
+   far (dynamic evaluation), and is mixed with the continuous cache of that text,
+   ``p = (1 - mix) * p_model + mix * p_cache``; ``log p`` then takes the place of the
+   logits in every rule below. At temperature 1 without filters, a character is drawn
+   from exactly the distribution ``charlstm eval --cache/--dynamic`` scores;
 1. repetition penalty: each character found among the last ``penalty_window`` characters
    that this sequence generated has its probability divided by ``repetition_penalty``
    (its logit lowered by ``log(repetition_penalty)``; the rest renormalise). The prefix
@@ -20,7 +26,8 @@ All samples of all prefixes advance together as one batch of ``N = P * S`` rows 
 prefixes, S samples each). Prefixes are read in one pass per prefix length; the steps
 after that run through :class:`Stepper`, one time step of the model as a few fused tensor
 operations, and the chosen indices stay in tensors until the end: nothing per character
-goes through Python lists unless a streaming callback asks for the characters.
+goes through Python lists unless a streaming callback asks for the characters. With
+dynamic evaluation every row has weights of its own, so each step loops over the rows.
 """
 
 from __future__ import annotations
@@ -35,6 +42,13 @@ import torch
 
 from charlstm.corpus import Vocab, show_chars
 from charlstm.errors import CharLSTMError
+from charlstm.evaluate import (
+    CacheConfig,
+    DynamicConfig,
+    DynamicEvaluation,
+    StreamCache,
+    read_log_probs,
+)
 from charlstm.model import CharLSTM, ScratchLSTMLayer, State, TorchLSTMLayer
 
 #: How many characters back the repetition penalty looks by default.
@@ -195,6 +209,11 @@ class Stepper:
         """Stacked ``(h, c)`` (L, N, H) -> per-layer list."""
         return list(zip(state[0].unbind(0), state[1].unbind(0), strict=True))
 
+    @staticmethod
+    def stack(state: LayerStates) -> State:
+        """Per-layer list -> stacked ``(h, c)`` (L, N, H)."""
+        return torch.stack([h for h, _ in state]), torch.stack([c for _, c in state])
+
     def __call__(self, x: torch.Tensor, state: LayerStates) -> torch.Tensor:
         """Advance ``state`` in place by one character per row; return the logits (N, V)."""
         out = None
@@ -233,6 +252,157 @@ def lstm_pointwise(
     return o * torch.tanh(c), c
 
 
+class Streams:
+    """N sequences read by the model as it is: each prefix in one pass, then one
+    :class:`Stepper` step per character for all rows at once.
+
+    Both methods return the last layer's output (the hidden state the cache keys on) and
+    the logits of the next character: :meth:`read` ``(T, N', H)`` and ``(N', V)`` for the
+    rows ``rows`` reading ``x`` (T, N'); :meth:`step` ``(N, H)`` and ``(N, V)``.
+    """
+
+    def __init__(self, model: CharLSTM, batch: int, fold: bool = False) -> None:
+        self.model = model
+        self.device = model.head.weight.device
+        self.fold = fold
+        self.state = model.init_state(batch)  # (L, N, H) each
+        self.stepper: Stepper | None = None  # built after the prefixes
+        self.layer_states: LayerStates = []
+
+    def read(self, rows: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h, c = self.state[0][:, rows], self.state[1][:, rows]
+        features, (h, c) = self.model.features(x, (h, c))  # (T, N', H)
+        self.state[0][:, rows], self.state[1][:, rows] = h, c
+        return features, self.model.head(features)[-1]
+
+    def step(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.stepper is None:
+            self.stepper = Stepper(self.model, fold=self.fold)
+            self.layer_states = Stepper.split(self.state)
+        logits = self.stepper(x, self.layer_states)
+        return self.layer_states[-1][0], logits
+
+
+class LearningStream:
+    """One sequence read by a private copy of the model that learns as it reads.
+
+    The text (prefix, then each character generated) is cut into segments of
+    ``config.segment`` characters, each predicted from the ones before it, exactly as
+    :func:`~charlstm.evaluate.score_adaptive` cuts it: once a segment's last character is
+    known, one SGD step on the segment's loss (from the state at its start) updates the
+    copy, which reads everything after it. ``segment`` holds the inputs read since the
+    current segment began, ``start_state`` the state before them.
+    """
+
+    def __init__(self, model: CharLSTM, config: DynamicConfig) -> None:
+        self.learner = DynamicEvaluation(model, config)
+        self.model = self.learner.model
+        self.layer_states = Stepper.split(self.model.init_state(1))
+        self.start_state = Stepper.stack(self.layer_states)
+        self.segment: list[int] = []
+        self.stepper = Stepper(self.model)
+
+    def _arrive(self, char: int) -> None:
+        """``char`` is the next character of the text: learn from a segment it completes."""
+        size = self.learner.config.segment
+        if len(self.segment) < size:
+            return
+        x = torch.tensor(self.segment, device=self.model.head.weight.device)
+        y = torch.cat([x[1:], x.new_tensor([char])])
+        with torch.enable_grad():
+            _, log_p, _ = read_log_probs(self.model, x, self.start_state)
+            self.learner.learn(torch.nn.functional.nll_loss(log_p, y))
+        self.stepper = Stepper(self.model)  # it holds copies of the old weights
+        self.start_state = Stepper.stack(self.layer_states)
+        self.segment = []
+
+    def read(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Read ``x`` (T,): outputs (T, 1, H) and the next character's logits (1, V)."""
+        features = []
+        start = 0
+        while start < len(x):
+            self._arrive(int(x[start]))
+            chunk = x[start : start + self.learner.config.segment - len(self.segment)]
+            out, _, state = read_log_probs(self.model, chunk, Stepper.stack(self.layer_states))
+            self.layer_states = Stepper.split(state)
+            self.segment += chunk.tolist()
+            features.append(out)
+            start += len(chunk)
+        features_all = torch.cat(features)[:, None]  # (T, 1, H)
+        return features_all, self.model.head(features_all[-1])
+
+    def step(self, char: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Read one character: output (1, H) and the next character's logits (1, V)."""
+        self._arrive(char)
+        x = torch.tensor([char], device=self.model.head.weight.device)
+        logits = self.stepper(x, self.layer_states)
+        self.segment.append(char)
+        return self.layer_states[-1][0], logits
+
+
+class LearningStreams:
+    """N :class:`LearningStream` rows behind the interface of :class:`Streams`; every row
+    starts from a fresh copy of the weights."""
+
+    def __init__(self, model: CharLSTM, batch: int, config: DynamicConfig) -> None:
+        self.rows = [LearningStream(model, config) for _ in range(batch)]
+
+    def read(self, rows: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        outs = [self.rows[row].read(x[:, i]) for i, row in enumerate(rows.tolist())]
+        return torch.cat([f for f, _ in outs], dim=1), torch.cat([g for _, g in outs])
+
+    def step(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        outs = [row.step(char) for row, char in zip(self.rows, x.tolist(), strict=True)]
+        return torch.cat([h for h, _ in outs]), torch.cat([g for _, g in outs])
+
+
+class AdaptiveStreams:
+    """Streams that adapt to their own text, causally; returns log-probabilities.
+
+    ``dynamic``: every row is a :class:`LearningStream`. ``cache``: a
+    :class:`~charlstm.evaluate.StreamCache` holds each row's (hidden state, next character)
+    pairs, the prefix's included, and the model's distribution is mixed with it. A pair
+    joins the cache when its next character is read, so a query never sees its own answer.
+    """
+
+    def __init__(
+        self,
+        model: CharLSTM,
+        batch: int,
+        cache: CacheConfig | None = None,
+        dynamic: DynamicConfig | None = None,
+        fold: bool = False,
+    ) -> None:
+        self.streams: Streams | LearningStreams = (
+            LearningStreams(model, batch, dynamic)
+            if dynamic is not None
+            else Streams(model, batch, fold)
+        )
+        self.device = device = model.head.weight.device
+        hidden = model.config.hidden_size
+        self.cache = StreamCache(cache, batch, hidden, device) if cache is not None else None
+        self.query = torch.zeros((batch, hidden), device=device)  # each row's last output
+
+    def read(self, rows: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features, logits = self.streams.read(rows, x)
+        log_p = torch.log_softmax(logits.float(), dim=-1)
+        if self.cache is None:
+            return features, log_p
+        self.cache.fill(rows, features[:-1], x[1:])
+        self.query[rows] = features[-1].float()
+        return features, self.cache.mix(log_p, features[-1], rows)
+
+    def step(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.cache is not None:
+            self.cache.add(self.query, x)
+        features, logits = self.streams.step(x)
+        log_p = torch.log_softmax(logits.float(), dim=-1)
+        if self.cache is None:
+            return features, log_p
+        self.query = features.float()
+        return features, self.cache.mix(log_p, features)
+
+
 ESCAPES = {"\\n": "\n", "\\t": "\t", "\\r": "\r", "\\\\": "\\"}
 
 
@@ -263,7 +433,6 @@ def check_stop(vocab: Vocab, stop_at: str | None, lines: int | None) -> None:
             )
 
 
-@torch.inference_mode()
 def generate(
     model: CharLSTM,
     vocab: Vocab,
@@ -275,6 +444,9 @@ def generate(
     on_step: Callable[[list[str]], None] | None = None,
     stop_at: str | None = None,
     lines: int | None = None,
+    *,
+    cache: CacheConfig | None = None,
+    dynamic: DynamicConfig | None = None,
 ) -> list[list[str]]:
     """Continue each prefix ``num_samples`` times by up to ``length`` characters.
 
@@ -283,8 +455,12 @@ def generate(
     generator of its own (``None``: torch's global one); the same seed gives the same text
     for the same prefixes, settings, backend and device. ``on_step`` receives, at each step,
     one string per row: the character chosen, or ``""`` for a row that has already ended.
+    ``cache`` / ``dynamic`` adapt each row to its own text as it is written (rule 0 of the
+    module docstring); ``model`` itself is never changed.
     """
     config = (config or SamplingConfig()).validate(len(vocab))
+    cache = cache.validate() if cache is not None else None
+    dynamic = dynamic.validate() if dynamic is not None else None
     if length < 0:
         raise CharLSTMError(f"--length must be >= 0, not {length}")
     if num_samples <= 0:
@@ -299,18 +475,26 @@ def generate(
     check_stop(vocab, stop_at, lines)
     was_training = model.training
     model.eval()
-    try:
-        rows = _run(
-            model, vocab, prefixes, length, config, num_samples, seed, on_step, stop_at, lines
-        )
-    finally:
-        model.train(was_training)
+    batch = len(prefixes) * num_samples
+    fold = batch * length >= len(vocab)  # the fold pays for itself (see Stepper)
+    # Dynamic evaluation needs gradients; otherwise nothing here does.
+    with torch.no_grad() if dynamic is not None else torch.inference_mode():
+        try:
+            if cache is None and dynamic is None:
+                streams: Streams | AdaptiveStreams = Streams(model, batch, fold)
+            else:
+                streams = AdaptiveStreams(model, batch, cache, dynamic, fold)
+            rows = _run(
+                streams, vocab, prefixes, length, config, num_samples, seed, on_step, stop_at, lines
+            )
+        finally:
+            model.train(was_training)
     texts = [vocab.decode(row) for row in rows]
     return [texts[p * num_samples : (p + 1) * num_samples] for p in range(len(prefixes))]
 
 
 def _run(
-    model: CharLSTM,
+    streams: Streams | AdaptiveStreams,
     vocab: Vocab,
     prefixes: Sequence[str],
     length: int,
@@ -322,7 +506,7 @@ def _run(
     lines: int | None,
 ) -> list[list[int]]:
     """The generation loop; returns the generated indices of every row."""
-    device = model.head.weight.device
+    device = streams.device
     generator = None
     if seed is not None:
         generator = torch.Generator(device=device).manual_seed(seed)
@@ -342,19 +526,14 @@ def _run(
         return next_chars(logits, config, generator)
 
     # Read each prefix in one pass; prefixes of different lengths are run one group each.
-    state = model.init_state(batch)  # (L, N, H) each
     last = torch.empty(batch, dtype=torch.long, device=device)
     for group_length in sorted({len(p) for p in prefixes}):
         rows = [i for i, p in enumerate(sequences) if len(p) == group_length]
         x = torch.stack([vocab.encode(sequences[i]) for i in rows], dim=1).to(device)  # (T, N')
         index = torch.tensor(rows, device=device)
-        h, c = state[0][:, index], state[1][:, index]
-        logits, (h, c) = model(x, (h, c))
-        state[0][:, index], state[1][:, index] = h, c
-        last[index] = next_chars(logits[-1], config, generator)  # nothing to penalise yet
+        _, logits = streams.read(index, x)
+        last[index] = next_chars(logits, config, generator)  # nothing to penalise yet
 
-    step = Stepper(model, fold=batch * length >= len(vocab))
-    layer_states = Stepper.split(state)
     out = torch.empty((batch, length), dtype=torch.long, device=device)  # (N, length)
     stopping = stop_at is not None or lines is not None
     if stopping:
@@ -391,7 +570,7 @@ def _run(
             break
         if penalty is not None:
             penalty.push(last)
-        last = choose(step(last, layer_states))
+        last = choose(streams.step(last)[1])
     rows = out[:, :steps].tolist()
     if stopping:
         return [row[:end] for row, end in zip(rows, ends.tolist(), strict=True)]

@@ -1,5 +1,6 @@
 """Generation: seeds, the decoding rules on a model with a known distribution, stopping,
-batched against sequential decoding, and the one-step path against the model's forward."""
+batched against sequential decoding, the one-step path against the model's forward, and
+adaptive generation (cache, dynamic evaluation) against the scoring it mirrors."""
 
 from __future__ import annotations
 
@@ -11,8 +12,16 @@ import torch
 from charlstm.config import ModelConfig
 from charlstm.corpus import Vocab
 from charlstm.errors import CharLSTMError
+from charlstm.evaluate import CacheConfig, DynamicConfig, score_adaptive
 from charlstm.model import CharLSTM, build_model
-from charlstm.sampling import SamplingConfig, Stepper, draw, generate, parse_char
+from charlstm.sampling import (
+    AdaptiveStreams,
+    SamplingConfig,
+    Stepper,
+    draw,
+    generate,
+    parse_char,
+)
 
 LYRICS = "我们说好不分开\n分开以后的雨天\n窗外的风吹过\n你说的话还在耳边\n"
 
@@ -218,6 +227,10 @@ def test_generate_restores_training_mode():
         ({"prefixes": [""]}, "prefix is empty"),
         ({"length": -1}, "--length must be >= 0"),
         ({"num_samples": 0}, "--num-samples must be positive"),
+        ({"cache": CacheConfig(mix=2.0)}, "--cache-mix must be in [0, 1)"),
+        ({"cache": CacheConfig(window=0)}, "--cache-window must be positive"),
+        ({"dynamic": DynamicConfig(lr=-1.0)}, "--dynamic-lr must be >= 0"),
+        ({"dynamic": DynamicConfig(segment=0)}, "--dynamic-segment must be positive"),
     ],
 )
 def test_bad_settings_raise_one_line_errors(kwargs, message):
@@ -238,3 +251,130 @@ def test_stop_character_escapes():
     assert parse_char("\\n") == "\n" and parse_char("\\t") == "\t" and parse_char("。") == "。"
     with pytest.raises(CharLSTMError, match="one character"):
         parse_char("ab")
+
+
+# -- adaptive generation ---------------------------------------------------------------------
+
+CACHE = CacheConfig(window=12, flatness=3.0, mix=0.5)  # sharp: an untrained model's states
+DYNAMIC = DynamicConfig(lr=1.0, segment=5)  # short segments: several updates in a test
+ADAPTATIONS = [
+    pytest.param({"cache": CACHE}, id="cache"),
+    pytest.param({"dynamic": DYNAMIC}, id="dynamic"),
+    pytest.param({"cache": CACHE, "dynamic": DYNAMIC}, id="both"),
+]
+
+
+@pytest.mark.parametrize("backend", ["scratch", "torch"])
+@pytest.mark.parametrize(
+    "config",
+    [
+        SamplingConfig(temperature=0.9, top_k=10, top_p=0.95, repetition_penalty=1.5),
+        SamplingConfig(greedy=True),
+    ],
+)
+def test_zero_mix_and_zero_learning_rate_give_the_plain_text(backend, config):
+    """The adaptive path with nothing to add writes exactly what plain generation writes."""
+    model, vocab = random_model(backend=backend)
+    prefixes = ["分开", "我", "你说的话还在耳边"]
+    plain = generate(model, vocab, prefixes, 40, config, num_samples=2, seed=7)
+    for options in (
+        {"cache": CacheConfig(mix=0.0)},
+        {"dynamic": DynamicConfig(lr=0.0, segment=3)},
+        {"cache": CacheConfig(mix=0.0), "dynamic": DynamicConfig(lr=0.0, segment=3)},
+    ):
+        assert generate(model, vocab, prefixes, 40, config, 2, seed=7, **options) == plain
+
+
+@pytest.mark.parametrize("options", ADAPTATIONS)
+def test_adaptive_streams_predict_what_score_adaptive_scores(options):
+    """Read a text through the streams (prefix, then one character at a time, three rows
+    of different prefix lengths side by side): each next-character distribution is the
+    one ``score_adaptive`` scores for that text, the prefix in the cache and learnt from."""
+    model, vocab = random_model()
+    text = LYRICS * 2
+    starts = [1, 4, 12]  # prefix lengths: segments of 5 end inside and after the prefixes
+    streams = AdaptiveStreams(model, len(starts), **options)
+    encoded = vocab.encode(text)
+    nll = [[] for _ in starts]
+    with torch.no_grad():
+        for row, start in enumerate(starts):
+            _, log_p = streams.read(torch.tensor([row]), encoded[:start, None])
+            nll[row].append(-log_p[0, encoded[start]])
+        for step in range(40):
+            chars = torch.stack([encoded[start + step] for start in starts])
+            _, log_p = streams.step(chars)
+            for row, start in enumerate(starts):
+                nll[row].append(-log_p[row, encoded[start + step + 1]])
+    for row, start in enumerate(starts):
+        scored = score_adaptive(model, encoded[1 : start + 41], encoded[:1], **options)
+        torch.testing.assert_close(torch.stack(nll[row]), scored.per_char[start - 1 :])
+
+
+@pytest.mark.parametrize("options", ADAPTATIONS)
+def test_adaptive_samples_are_draws_from_the_scored_distribution(options):
+    """End to end: with a seed, each character is the draw that the same random number
+    makes from the distribution ``score_adaptive`` gives every candidate character."""
+    model, vocab = random_model()
+    prefix = "我们说好不分开"
+    text = prefix + generate(model, vocab, [prefix], 12, seed=3, **options)[0][0]
+    generator = torch.Generator().manual_seed(3)
+    for end in range(len(prefix), len(text)):
+        nll = torch.stack(
+            [
+                score_adaptive(
+                    model, vocab.encode(text[1:end] + ch), vocab.encode(text[0]), **options
+                ).per_char[-1]
+                for ch in vocab.idx_to_char
+            ]
+        )
+        assert vocab.idx_to_char[int(draw((-nll).exp()[None], generator))] == text[end]
+
+
+def test_the_cache_mixture_comes_before_temperature_and_filters():
+    """Prefix "ad" puts one pair in the cache, (state after a, d): the first character is
+    drawn from ``0.5 * p_model + 0.5 * [d]``, and temperature and top-k act on that."""
+    model, vocab = known_model({"a": 0.4, "b": 0.3, "c": 0.2, "d": 0.1})
+    cache = CacheConfig(mix=0.5)
+    mixed = {"a": 0.2, "b": 0.15, "c": 0.1, "d": 0.55}
+
+    def counts(config: SamplingConfig) -> Counter:
+        texts = generate(model, vocab, ["ad"], 1, config, num_samples=4000, seed=0, cache=cache)
+        return Counter(texts[0])
+
+    for config, expected in (
+        (SamplingConfig(), mixed),
+        (SamplingConfig(temperature=0.5), {ch: p**2 for ch, p in mixed.items()}),
+        (SamplingConfig(top_k=2), {"d": 0.55, "a": 0.2}),  # plain top-2 would be a and b
+    ):
+        got = counts(config)
+        assert set(got) == set(expected)
+        for ch, weight in expected.items():
+            share = weight / sum(expected.values())
+            assert got[ch] / 4000 == pytest.approx(share, abs=0.025)
+    greedy = generate(model, vocab, ["ad"], 1, SamplingConfig(greedy=True), cache=cache)
+    assert greedy == [["d"]]
+
+
+@pytest.mark.parametrize("options", ADAPTATIONS)
+def test_adaptive_rows_are_independent_and_seeded(options):
+    """Batched rows equal each prefix alone (each row learns from its own text only)."""
+    model, vocab = random_model()
+    config = SamplingConfig(greedy=True, repetition_penalty=2.0, penalty_window=4)
+    prefixes = ["分开", "我", "你说的话"]
+    batched = generate(model, vocab, prefixes, 30, config, num_samples=2, **options)
+    for prefix, samples in zip(prefixes, batched, strict=True):
+        alone = generate(model, vocab, [prefix], 30, config, **options)[0][0]
+        assert samples == [alone, alone]
+    sampled = generate(model, vocab, prefixes, 30, num_samples=2, seed=5, **options)
+    assert generate(model, vocab, prefixes, 30, num_samples=2, seed=5, **options) == sampled
+    assert generate(model, vocab, prefixes, 30, num_samples=2, seed=5) != sampled
+
+
+def test_dynamic_generation_leaves_the_model_unchanged():
+    model, vocab = random_model()
+    model.train()
+    before = {key: value.clone() for key, value in model.state_dict().items()}
+    generate(model, vocab, ["分开"], 30, seed=1, dynamic=DynamicConfig(lr=5.0, segment=4))
+    assert model.training
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, before[key]), key
