@@ -7,7 +7,8 @@
 
 The generation controls (``temperature``, ``top_k``, ``top_p``, ``greedy``,
 ``repetition_penalty``, ``penalty_window``, ``stop_at``, ``lines``, ``seed``) are keyword
-arguments with the meaning of the ``charlstm generate`` options of the same names.
+arguments with the meaning of the ``charlstm generate`` options of the same names;
+``cache=CacheConfig()`` and ``dynamic=DynamicConfig()`` are ``--cache`` and ``--dynamic``.
 """
 
 from __future__ import annotations
@@ -53,18 +54,29 @@ class LanguageModel:
         penalty_window: int = DEFAULT_PENALTY_WINDOW,
         stop_at: str | None = None,
         lines: int | None = None,
+        cache: CacheConfig | None = None,
+        dynamic: DynamicConfig | None = None,
     ) -> str:
         """``prefix`` followed by up to ``length`` generated characters.
 
         The controls are those of ``charlstm generate`` (see :mod:`charlstm.sampling`):
         ``stop_at`` ends the text with the first such character, ``lines`` with its N-th
         newline; ``seed`` makes the text repeatable on the same backend and device.
+        ``cache`` / ``dynamic`` adapt to the text as it is written, as ``--cache`` /
+        ``--dynamic`` do; this model's weights are never changed.
         """
         sampling = SamplingConfig(
             temperature, top_k, top_p, greedy, repetition_penalty, penalty_window
         )
         texts = self.generate_many(
-            [prefix], length, sampling=sampling, seed=seed, stop_at=stop_at, lines=lines
+            [prefix],
+            length,
+            sampling=sampling,
+            seed=seed,
+            stop_at=stop_at,
+            lines=lines,
+            cache=cache,
+            dynamic=dynamic,
         )
         return prefix + texts[0][0]
 
@@ -79,6 +91,8 @@ class LanguageModel:
         stop_at: str | None = None,
         lines: int | None = None,
         on_step: Callable[[list[str]], None] | None = None,
+        cache: CacheConfig | None = None,
+        dynamic: DynamicConfig | None = None,
         **controls: Any,
     ) -> list[list[str]]:
         """Continuations (without the prefix) ``[prefix][sample]``, all in one batch.
@@ -86,6 +100,8 @@ class LanguageModel:
         Sampling controls come as a :class:`SamplingConfig` or as its fields by keyword
         (``temperature=0.8, top_p=0.9``); keywords override ``sampling``. ``on_step``
         streams: it gets one string per sequence and step (see :func:`generate`).
+        ``cache`` / ``dynamic`` adapt every sample to its own text (dynamic evaluation:
+        each from a fresh copy of the weights).
         """
         if isinstance(prefixes, str):
             prefixes = [prefixes]
@@ -101,6 +117,8 @@ class LanguageModel:
             on_step=on_step,
             stop_at=stop_at,
             lines=lines,
+            cache=cache,
+            dynamic=dynamic,
         )
 
     def score_text(self, text: str, context: str = "") -> EvalResult:

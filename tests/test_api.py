@@ -1,4 +1,5 @@
-"""The Python API: ``from charlstm import load_model``, generation keywords, perplexity."""
+"""The Python API: ``from charlstm import load_model``, generation keywords (adaptive
+generation included), perplexity."""
 
 from __future__ import annotations
 
@@ -7,10 +8,12 @@ from pathlib import Path
 
 import conftest
 import pytest
+import torch
 
 from charlstm import load_model
 from charlstm.api import LanguageModel, read_prefix_file
 from charlstm.errors import CharLSTMError
+from charlstm.evaluate import CacheConfig, DynamicConfig
 from charlstm.sampling import SamplingConfig
 
 PROBS = {"\n": 0.1, "a": 0.4, "b": 0.3, "c": 0.2}
@@ -73,6 +76,26 @@ def test_generate_many_is_one_call_for_every_prefix_and_sample(model: LanguageMo
     assert greedy == [["aaaaa"]]
     with pytest.raises(TypeError):
         model.generate_many(["a"], 5, temprature=0.5)
+
+
+def test_adaptive_generation_keywords(model: LanguageModel):
+    before = {key: value.clone() for key, value in model.model.state_dict().items()}
+    dynamic = DynamicConfig(lr=2.0, segment=5)
+    first = model.generate("abc\nab", 60, seed=2, dynamic=dynamic)
+    assert model.generate("abc\nab", 60, seed=2, dynamic=dynamic) == first  # the same again
+    assert first != model.generate("abc\nab", 60, seed=2)  # it learnt from its text
+    for key, value in model.model.state_dict().items():
+        assert torch.equal(value, before[key]), key  # the loaded model never changes
+    # the known model always says a; a cache of "cb" (one pair: c -> b) makes it say b
+    assert model.generate("cb", 3, greedy=True, cache=CacheConfig(mix=0.9)) == "cbbbb"
+    texts = model.generate_many(
+        ["a", "bc"], 12, 2, seed=4, cache=CacheConfig(), dynamic=dynamic, temperature=0.5
+    )
+    assert texts == model.generate_many(
+        ["a", "bc"], 12, 2, SamplingConfig(temperature=0.5), 4, cache=CacheConfig(), dynamic=dynamic
+    )
+    with pytest.raises(CharLSTMError, match=r"--cache-mix must be in \[0, 1\)"):
+        model.generate("a", 5, cache=CacheConfig(mix=2.0))
 
 
 def test_perplexity_of_a_known_distribution(model: LanguageModel):
