@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Callable
+from dataclasses import asdict
 from functools import wraps
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -29,6 +30,7 @@ app = typer.Typer(
 )
 
 F = TypeVar("F", bound=Callable[..., Any])
+C = TypeVar("C", CacheConfig, DynamicConfig)
 
 
 def fail(message: str, code: int = 2) -> typer.Exit:
@@ -68,6 +70,82 @@ def handle_errors(command: F) -> F:
 RunsRoot = Annotated[
     Path, typer.Option("--runs-root", help="Where run directories are created and looked up.")
 ]
+
+
+# Evaluation-time adaptation, the same options for eval and generate. The settings default
+# to None ("not given") so that one given without its switch is an error, not ignored.
+def _adaptation_option(name: str, help: str, default: object = None) -> Any:
+    """A typer option of the Adaptation panel; a setting's help shows the library default."""
+    if default is not None:
+        help += f" [default: {default}]"
+    return typer.Option(name, help=help, rich_help_panel="Adaptation", show_default=False)
+
+
+CacheSwitch = Annotated[
+    bool,
+    _adaptation_option(
+        "--cache", "Mix the model's distribution with a continuous cache of the text read so far."
+    ),
+]
+CacheWindow = Annotated[
+    int | None,
+    _adaptation_option("--cache-window", "Cache: hidden states kept.", CacheConfig.window),
+]
+CacheFlatness = Annotated[
+    float | None,
+    _adaptation_option("--cache-flatness", "Cache: sharpness of the match.", CacheConfig.flatness),
+]
+CacheMix = Annotated[
+    float | None,
+    _adaptation_option(
+        "--cache-mix", "Cache: its weight in the mixture, in [0, 1).", CacheConfig.mix
+    ),
+]
+DynamicSwitch = Annotated[
+    bool,
+    _adaptation_option(
+        "--dynamic", "Dynamic evaluation: learn from the text read so far, one SGD step a segment."
+    ),
+]
+DynamicLr = Annotated[
+    float | None,
+    _adaptation_option("--dynamic-lr", "Dynamic evaluation: SGD step size.", DynamicConfig.lr),
+]
+DynamicSegment = Annotated[
+    int | None,
+    _adaptation_option(
+        "--dynamic-segment", "Dynamic evaluation: characters per update.", DynamicConfig.segment
+    ),
+]
+
+
+def adaptation(
+    cache: bool,
+    cache_window: int | None,
+    cache_flatness: float | None,
+    cache_mix: float | None,
+    dynamic: bool,
+    dynamic_lr: float | None,
+    dynamic_segment: int | None,
+) -> tuple[CacheConfig | None, DynamicConfig | None]:
+    """The validated configs of ``--cache`` and ``--dynamic`` (``None`` when off)."""
+    cache_settings = {"window": cache_window, "flatness": cache_flatness, "mix": cache_mix}
+    dynamic_settings = {"lr": dynamic_lr, "segment": dynamic_segment}
+    return (
+        _switched(CacheConfig, "--cache", cache, cache_settings),
+        _switched(DynamicConfig, "--dynamic", dynamic, dynamic_settings),
+    )
+
+
+def _switched(kind: type[C], switch: str, on: bool, settings: dict[str, Any]) -> C | None:
+    """``kind`` from the settings given (the rest: its defaults) when ``switch`` is on."""
+    given = {name: value for name, value in settings.items() if value is not None}
+    if not on:
+        if given:
+            option = f"{switch}-{next(iter(given))}"
+            raise CharLSTMError(f"{option} is a setting of {switch}; add {switch}")
+        return None
+    return kind(**given).validate()
 
 
 @app.command()
@@ -543,10 +621,21 @@ def generate(
             rich_help_panel="Output",
         ),
     ] = "text",
+    cache: CacheSwitch = False,
+    cache_window: CacheWindow = None,
+    cache_flatness: CacheFlatness = None,
+    cache_mix: CacheMix = None,
+    dynamic: DynamicSwitch = False,
+    dynamic_lr: DynamicLr = None,
+    dynamic_segment: DynamicSegment = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "cpu",
     runs_root: RunsRoot = Path("runs"),
 ) -> None:
     """Write text that continues each prefix, streamed as it is generated.
+
+    --cache and --dynamic adapt each sample to its own text (the prefix, then every
+    character written) as eval does; the sampling controls apply to the adapted
+    distribution.
 
     Example: charlstm generate --prefix 分开 --length 100 --temperature 0.8 --seed 1
     """
@@ -565,6 +654,9 @@ def generate(
     stop_char = parse_char(stop_at) if stop_at is not None else None
     if lines is not None and lines <= 0:
         raise CharLSTMError(f"--lines must be positive, not {lines}")
+    cache_config, dynamic_config = adaptation(
+        cache, cache_window, cache_flatness, cache_mix, dynamic, dynamic_lr, dynamic_segment
+    )
     model = load_model(ckpt.resolve(checkpoint, prefer="best.pt", runs_root=runs_root), device)
     seed = new_seed() if seed is None else seed
     stream = None
@@ -581,6 +673,8 @@ def generate(
             stop_at=stop_char,
             lines=lines,
             on_step=stream.on_step if stream else None,
+            cache=cache_config,
+            dynamic=dynamic_config,
         )
     except KeyboardInterrupt:
         if stream is not None and stream.started:
@@ -595,6 +689,8 @@ def generate(
         "stop_at": stop_char,
         "lines": lines,
         "num_samples": num_samples,
+        "cache": None if cache_config is None else asdict(cache_config),
+        "dynamic": None if dynamic_config is None else asdict(dynamic_config),
         "device": str(model.device),
     }
     body = render_samples(
@@ -633,40 +729,13 @@ def evaluate(
     encoding: Annotated[
         str | None, typer.Option(help="Text encoding (default: UTF-8, else GB18030).")
     ] = None,
-    cache: Annotated[
-        bool,
-        typer.Option(
-            "--cache",
-            help="Mix in a continuous cache of the text already scored.",
-            rich_help_panel="Adaptation",
-        ),
-    ] = False,
-    cache_window: Annotated[
-        int, typer.Option(help="Cache: hidden states kept.", rich_help_panel="Adaptation")
-    ] = CacheConfig.window,
-    cache_flatness: Annotated[
-        float, typer.Option(help="Cache: sharpness of the match.", rich_help_panel="Adaptation")
-    ] = CacheConfig.flatness,
-    cache_mix: Annotated[
-        float, typer.Option(help="Cache: its weight in the mixture.", rich_help_panel="Adaptation")
-    ] = CacheConfig.mix,
-    dynamic: Annotated[
-        bool,
-        typer.Option(
-            "--dynamic",
-            help="Dynamic evaluation: learn from the text already scored.",
-            rich_help_panel="Adaptation",
-        ),
-    ] = False,
-    dynamic_lr: Annotated[
-        float, typer.Option(help="Dynamic evaluation: SGD step size.", rich_help_panel="Adaptation")
-    ] = DynamicConfig.lr,
-    dynamic_segment: Annotated[
-        int,
-        typer.Option(
-            help="Dynamic evaluation: characters per update.", rich_help_panel="Adaptation"
-        ),
-    ] = DynamicConfig.segment,
+    cache: CacheSwitch = False,
+    cache_window: CacheWindow = None,
+    cache_flatness: CacheFlatness = None,
+    cache_mix: CacheMix = None,
+    dynamic: DynamicSwitch = False,
+    dynamic_lr: DynamicLr = None,
+    dynamic_segment: DynamicSegment = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "cpu",
     runs_root: RunsRoot = Path("runs"),
@@ -680,14 +749,17 @@ def evaluate(
     """
     from charlstm.api import load_model
 
+    cache_config, dynamic_config = adaptation(
+        cache, cache_window, cache_flatness, cache_mix, dynamic, dynamic_lr, dynamic_segment
+    )
     model = load_model(ckpt.resolve(checkpoint, prefer="best.pt", runs_root=runs_root), device)
     report = model.evaluate_file(
         corpus,
         val_fraction=val_fraction,
         member=member,
         encoding=encoding,
-        cache=CacheConfig(cache_window, cache_flatness, cache_mix) if cache else None,
-        dynamic=DynamicConfig(dynamic_lr, dynamic_segment) if dynamic else None,
+        cache=cache_config,
+        dynamic=dynamic_config,
     )
     if report["chars"] == 0:
         raise CharLSTMError(f"nothing to score: {corpus} ({report['scope']}) is too short")

@@ -7,6 +7,7 @@ import io
 import json
 import math
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import conftest
@@ -17,6 +18,7 @@ from charlstm import load_model, runs
 from charlstm.cli import app
 from charlstm.config import DataConfig, ModelConfig, TrainConfig
 from charlstm.display import BOLD, RESET, SampleStream, format_sample, sparkline, use_style
+from charlstm.evaluate import CacheConfig, DynamicConfig
 from charlstm.model import build_model
 
 runner = CliRunner()
@@ -128,9 +130,60 @@ def test_out_file_and_prefix_file(run_dir: Path, tmp_path: Path):
     assert len(lines) == 2 and lines[0].startswith("分开") and lines[1].startswith("我们")
 
 
+@pytest.fixture(scope="module")
+def trained_run(small_corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small model trained for one epoch: hidden states worth caching."""
+    run = tmp_path_factory.mktemp("trained") / "run"
+    result = invoke(
+        "train", small_corpus, "--run-dir", run, "--epochs", "1", "--hidden", "32", "--lr", "0.01",
+        "--batch-size", "8", "--num-steps", "20", "--sample-every", "0", "--seed", "1",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    return run
+
+
+def test_cache_and_dynamic_adapt_each_sample_and_are_recorded(trained_run: Path):
+    args = ["--checkpoint", trained_run, "--prefix", "分开", "--prefix", "我们说好不分开"]
+    args += ["--num-samples", "2", "--length", "60", "--seed", "3"]
+    adapt = ["--cache", "--cache-window", "200", "--dynamic", "--dynamic-segment", "10"]
+    result = invoke("generate", *args, *adapt, "--format", "jsonl")
+    assert result.exit_code == 0, result.output
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    cache, dynamic = CacheConfig(window=200), DynamicConfig(segment=10)
+    for record in records:
+        assert record["settings"]["cache"] == asdict(cache) == {
+            "window": 200, "flatness": 0.5, "mix": 0.45,
+        }  # fmt: skip
+        assert record["settings"]["dynamic"] == {"lr": 0.1, "segment": 10, "decay": 0.0}
+    model = load_model(trained_run)
+    prefixes = ["分开", "我们说好不分开"]
+    texts = model.generate_many(prefixes, 60, 2, seed=3, cache=cache, dynamic=dynamic)
+    expected = [p + t for p, group in zip(prefixes, texts, strict=True) for t in group]
+    assert [r["text"] for r in records] == expected
+    assert invoke("generate", *args, *adapt, "--format", "jsonl").stdout == result.stdout
+    text = invoke("generate", *args, *adapt)  # streamed text: the same samples
+    assert text.stdout == "".join(
+        format_sample(r["prefix"], r["text"][len(r["prefix"]) :]) for r in records
+    )
+    plain = invoke("generate", *args, "--format", "jsonl")
+    plain_records = [json.loads(line) for line in plain.stdout.splitlines()]
+    assert {r["settings"]["cache"] for r in plain_records} == {None}
+    assert {r["settings"]["dynamic"] for r in plain_records} == {None}
+    assert [r["text"] for r in plain_records] != [r["text"] for r in records]
+    for off in (["--cache", "--cache-mix", "0"], ["--dynamic", "--dynamic-lr", "0"]):
+        assert invoke("generate", *args, *off).stdout == invoke("generate", *args).stdout
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
+        (["--cache", "--cache-mix", "2"], "--cache-mix must be in [0, 1), not 2.0"),
+        (["--cache", "--cache-window", "0"], "--cache-window must be positive, not 0"),
+        (["--cache", "--cache-flatness", "-1"], "--cache-flatness must be positive"),
+        (["--cache-mix", "0.2"], "--cache-mix is a setting of --cache; add --cache"),
+        (["--dynamic", "--dynamic-lr", "-1"], "--dynamic-lr must be >= 0, not -1.0"),
+        (["--dynamic", "--dynamic-segment", "0"], "--dynamic-segment must be positive"),
+        (["--dynamic-segment", "5"], "--dynamic-segment is a setting of --dynamic; add --dynamic"),
         (["--top-p", "0"], "--top-p must be in (0, 1], not 0.0"),
         (["--top-p", "1.5"], "--top-p must be in (0, 1], not 1.5"),
         (["--repetition-penalty", "0.8"], "--repetition-penalty must be at least 1"),
@@ -164,7 +217,8 @@ def test_generate_help_lists_the_controls():
     assert result.exit_code == 0
     for option in (
         "--prefix-file", "--repetition-penalty", "--penalty-window", "--stop-at", "--lines",
-        "--format", "--out", "--num-samples", "--top-p",
+        "--format", "--out", "--num-samples", "--top-p", "--cache", "--cache-window",
+        "--cache-flatness", "--cache-mix", "--dynamic", "--dynamic-lr", "--dynamic-segment",
     ):  # fmt: skip
         assert option in result.output
 
