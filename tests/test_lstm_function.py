@@ -5,7 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from charlstm.lstm_function import LSTMRecurrence, lstm_recurrence, lstm_recurrence_autograd
+from charlstm.lstm_function import (
+    LSTMRecurrence,
+    lstm_recurrence,
+    lstm_recurrence_autograd,
+    use_cuda_graphs,
+)
 
 TOLERANCE = {torch.float32: 1e-5, torch.float64: 1e-10}
 
@@ -214,3 +219,33 @@ def test_cuda_matches_cpu(peephole):
     torch.testing.assert_close(c_T_cuda.cpu(), c_T)
     for grad, grad_cuda in zip(grads, grads_cuda, strict=True):
         torch.testing.assert_close(grad_cuda.cpu(), grad)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("peephole", [False, True], ids=["plain", "peephole"])
+def test_cuda_graphs_equal_plain_launches(peephole):
+    """Graph replay gives what launching the loop op by op gives, call after call.
+
+    Two recurrences of one shape run forward before either runs backward (two layers of a
+    model), with fresh values each round: a stale or shared graph buffer would show.
+    """
+
+    def two_layers(seed):
+        shape = {"T": 9, "N": 4, "H": 8, "dtype": torch.float32, "peephole": peephole}
+        leaves = [make_inputs(**shape, seed=seed + k, device="cuda") for k in (0, 1)]
+        outs = [lstm_recurrence(*inputs) for inputs in leaves]
+        loss = sum(loss_of(hs, c_T) for hs, c_T in outs)
+        tensors = [t for inputs in leaves for t in inputs if t is not None]
+        grads = torch.autograd.grad(loss, tensors)
+        return [o for pair in outs for o in pair] + list(grads)
+
+    previous = use_cuda_graphs(False)
+    try:
+        plain = [two_layers(seed) for seed in (0, 10, 20)]
+        use_cuda_graphs(True)
+        graphed = [two_layers(seed) for seed in (0, 10, 20)]
+    finally:
+        use_cuda_graphs(previous)
+    for plain_round, graphed_round in zip(plain, graphed, strict=True):
+        for a, b in zip(plain_round, graphed_round, strict=True):
+            torch.testing.assert_close(b, a, rtol=1e-6, atol=1e-6)
