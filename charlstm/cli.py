@@ -265,7 +265,8 @@ def train(
     preset: Annotated[
         str | None,
         typer.Option(
-            help="Named settings: small-corpus or large-corpus (options given override them).",
+            help="Named settings: small-corpus, large-corpus or large-corpus-gpu (options "
+            "given override them).",
             rich_help_panel="Training",
         ),
     ] = None,
@@ -488,7 +489,7 @@ def train(
         f"{trainer.cut:,} training / {len(trainer.corpus) - trainer.cut:,} held-out characters, "
         f"{len(trainer.batches)} batches per epoch, device {trainer.device}"
     )
-    result = trainer.fit()
+    trainer.fit()
     best = trainer.progress.best_val_loss
     summary = f"done: {trainer.run_dir}/best.pt"
     if best < float("inf"):
@@ -503,8 +504,6 @@ def train(
     typer.echo(
         summary + f"; generate with: charlstm generate --checkpoint {trainer.run_dir} --prefix ..."
     )
-    if result.stopped_early:
-        typer.echo("stopped early (--patience)")
 
 
 @app.command()

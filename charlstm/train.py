@@ -145,7 +145,7 @@ class Progress:
 class TrainResult:
     run_dir: Path
     metrics: list[EpochMetrics] = field(default_factory=list)
-    stopped_early: bool = False
+    stopped_early: bool = False  # by --patience or --time-limit (the log says which)
 
     @property
     def final(self) -> EpochMetrics | None:
@@ -202,6 +202,9 @@ class Trainer:
         self.log = log
         self.progress_bar = progress_bar
         self.device = resolve_device(self.config.device)
+        if self.device.type == "cuda":
+            # TensorFloat-32 for float32 matrix products, as cuDNN's LSTM already uses.
+            torch.backends.cuda.matmul.allow_tf32 = True
 
         cut = split_point(len(corpus), self.config.val_fraction)
         self.cut = cut
@@ -271,8 +274,13 @@ class Trainer:
         base = self.config.lr * self.progress.lr_scale
         if self.config.schedule == "cosine":
             total = max(1, self.config.epochs * len(self.batches))
-            done = min(self.progress.step, total)
-            return base * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * done / total)))
+            done = min(self.progress.step, total) / total
+            if self.config.time_limit:
+                # Under a time budget the schedule follows whichever runs out first, the
+                # epochs or the minutes, so a run cut short by the clock still ends annealed.
+                spent = self.progress.total_seconds + self.progress.seconds
+                done = max(done, min(1.0, spent / (60 * self.config.time_limit)))
+            return base * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * done)))
         return base
 
     def _set_lr(self) -> float:

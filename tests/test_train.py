@@ -133,7 +133,9 @@ def test_non_finite_loss_stops_with_a_clear_message(small_corpus, tmp_path):
         train(
             small_corpus,
             tmp_path / "run",
-            train_options={"epochs": 3, "optimizer": "sgd", "lr": 1e36, "clip": 0},
+            # Adam moves every weight by about lr at once: products overflow whatever the
+            # device (SGD's step follows the gradient, and on a GPU could stay finite).
+            train_options={"epochs": 3, "optimizer": "adam", "lr": 1e36, "clip": 0},
         )
     assert ckpt.load(tmp_path / "run" / "last.pt").step >= 0  # still resumable
 
@@ -151,3 +153,23 @@ def test_gpu_checkpoint_loads_on_cpu(small_corpus, tmp_path):
     train(small_corpus, tmp_path / "run", train_options={"epochs": 1, "device": "cuda"})
     loaded = ckpt.load(tmp_path / "run" / "last.pt")
     assert all(t.device.type == "cpu" for t in loaded.model.values())
+
+
+def test_cosine_schedule_under_a_time_limit_follows_the_clock(small_corpus, tmp_path):
+    """A run stopped by --time-limit reaches the end of its cosine, whatever its --epochs."""
+    options = {"schedule": "cosine", "epochs": 1000, "lr": 1.0, "time_limit": 2.0}
+    trainer = prepare_training(
+        small_corpus,
+        SMALL_MODEL,
+        {**SMALL_TRAIN, **options},
+        {},
+        run_dir=tmp_path / "run",
+        log=lambda _: None,
+        progress_bar=False,
+    )
+    assert trainer.current_lr() == pytest.approx(1.0)
+    trainer.progress.total_seconds = 45.0  # one epoch of 45 s, then 15 s into the next
+    trainer.progress.seconds = 15.0
+    assert trainer.current_lr() == pytest.approx(0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi / 2)))
+    trainer.progress.total_seconds = 200.0  # past the limit: the floor, 5 % of the rate
+    assert trainer.current_lr() == pytest.approx(0.05)
