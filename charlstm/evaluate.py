@@ -259,6 +259,13 @@ class DynamicEvaluation:
     def __init__(self, model: CharLSTM, config: DynamicConfig) -> None:
         self.config = config
         self.model = copy.deepcopy(model).eval()
+        for module in self.model.modules():
+            if isinstance(module, nn.LSTM):
+                # cuDNN differentiates an LSTM only in training mode. charlstm's nn.LSTM
+                # layers have no dropout of their own (it lives in separate modules, which
+                # stay in evaluation mode), so training mode computes the same function.
+                module.train()
+                module.flatten_parameters()  # the copy's weights, in cuDNN's one buffer
         self.params = list(self.model.parameters())
         self.originals = [p.detach().clone() for p in self.params] if config.decay else []
 
@@ -300,9 +307,10 @@ def score_adaptive(
     cache = cache.validate() if cache is not None else None
     learner = DynamicEvaluation(model, dynamic.validate()) if dynamic is not None else None
     if learner is not None:
-        model = learner.model
+        model = learner.model  # set up for learning by DynamicEvaluation
         segment = learner.config.segment
-    model.eval()
+    else:
+        model.eval()
     device = model.head.weight.device
     n = len(targets)
     if n == 0:

@@ -136,3 +136,19 @@ def test_bad_adaptation_settings(model, config, message):
         score_adaptive(
             model, torch.randint(0, V, (50,)), torch.randint(0, V, (3,)), **{key: config}
         )
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("backend", ["scratch", "torch"])
+def test_adaptation_on_cuda_equals_cpu(backend):
+    """cuDNN's LSTM (torch backend) learns during dynamic evaluation as the CPU does."""
+    torch.manual_seed(0)
+    config = ModelConfig(vocab_size=V, hidden_size=16, dropout=0.0, backend=backend)
+    cpu = build_model(config).double().eval()
+    gpu = build_model(config).double().cuda().eval()
+    gpu.load_state_dict(cpu.state_dict())
+    targets, context = torch.randint(0, V, (200,)), torch.randint(0, V, (5,))
+    options = {"cache": CacheConfig(), "dynamic": DynamicConfig(lr=0.5, segment=25)}
+    expected = score_adaptive(cpu, targets, context, **options)
+    got = score_adaptive(gpu, targets, context, **options)
+    torch.testing.assert_close(got.per_char.cpu(), expected.per_char, rtol=1e-5, atol=1e-5)
