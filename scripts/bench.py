@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from charlstm.config import ModelConfig
+from charlstm.lstm_function import use_cuda_graphs
 from charlstm.model import build_model
 
 
@@ -101,6 +102,21 @@ def charlstm_model(backend: str, impl: str, vocab: int, hidden: int) -> nn.Modul
     return Wrapped()
 
 
+class WithoutGraphs(nn.Module):
+    """Runs the wrapped model with CUDA-graph replay of the scratch loops turned off."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        previous = use_cuda_graphs(False)
+        try:
+            return self.inner(x)
+        finally:
+            use_cuda_graphs(previous)
+
+
 def make_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Callable[[], None]:
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
 
@@ -140,6 +156,13 @@ def main() -> None:
         "charlstm scratch (hand BPTT, default)": charlstm_model("scratch", "fused", V, H),
         "charlstm scratch (autograd)": charlstm_model("scratch", "autograd", V, H),
     }
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True  # as `charlstm train` runs on a GPU
+        # The scratch loops replay captured CUDA graphs by default; this row launches them
+        # op by op, to show what the graphs buy.
+        models["charlstm scratch (hand BPTT, no CUDA graphs)"] = WithoutGraphs(
+            charlstm_model("scratch", "fused", V, H)
+        )
     steps = {name: make_step(m.to(device), x, y) for name, m in models.items()}
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     for step in steps.values():  # warm-up: allocator, oneDNN/cuDNN plans

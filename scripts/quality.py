@@ -54,15 +54,21 @@ def main() -> int:
     parser.add_argument("--order", type=int, default=6, help="n-gram order of the baseline")
     parser.add_argument("--runs-root", type=Path, default=Path("runs/quality"))
     parser.add_argument("--reuse", action="store_true", help="reuse a finished run")
+    parser.add_argument(
+        "--run-dir", type=Path, default=None, help="the run (default: RUNS_ROOT/CORPUS-PRESET)"
+    )
     parser.add_argument("--epochs", type=int, default=None, help="override the preset's epochs")
     parser.add_argument("--out", type=Path, default=None, help="append the table here")
     parser.add_argument("--samples", type=int, default=3)
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda (train and score)")
     args = parser.parse_args()
     try:
-        extra = {} if args.epochs is None else {"epochs": args.epochs}
-        run_dir = args.runs_root / f"{args.corpus.name.split('.')[0]}-{args.preset}"
+        extra = {"device": args.device}
+        if args.epochs is not None:
+            extra["epochs"] = args.epochs
+        run_dir = args.run_dir or args.runs_root / f"{args.corpus.name.split('.')[0]}-{args.preset}"
         minutes = train_preset(args.corpus, args.preset, run_dir, args.reuse, extra)
-        model = load_model(run_dir)
+        model = load_model(run_dir, args.device)
         metrics = read_metrics(run_dir)
         best = min(metrics, key=lambda r: r["val_loss"])
         text = read_text(args.corpus, newlines=model.checkpoint.data_config.newlines)
@@ -100,12 +106,16 @@ def main() -> int:
         return 2
 
     config = model.checkpoint.model_config
+    if model.device.type == "cuda":
+        where = torch.cuda.get_device_name(model.device)
+    else:
+        where = f"CPU, {torch.get_num_threads()} threads"
     lines = [
         f"### {args.corpus.name}, preset `{args.preset}`",
         "",
         f"Model: {config.backend} LSTM {config.num_layers}x{config.hidden_size}, "
         f"{model.model.num_parameters():,} parameters; trained {len(metrics)} epochs in "
-        f"{minutes:.1f} min ({torch.get_num_threads()} threads); best epoch {best['epoch']} "
+        f"{minutes:.1f} min ({where}); best epoch {best['epoch']} "
         f"(training perplexity there {best['train_ppl']:.2f}). Held-out: the last "
         f"{len(targets):,} characters, vocabulary of the whole file ({len(model.vocab):,}).",
         "",
