@@ -40,6 +40,16 @@ def pair(
     return reference, scratch
 
 
+def grads_by_scratch_name(reference: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The torch-backend model's gradients under the scratch model's parameter names."""
+    grads = {name: p.grad for name, p in reference.named_parameters()}
+    mapped = convert_state_dict(grads, reference.config, "scratch")
+    for layer in range(reference.config.num_layers):
+        # b = bias_ih + bias_hh, so its gradient is either one's (not their sum)
+        mapped[f"layers.{layer}.b"] = grads[f"layers.{layer}.lstm.bias_ih_l0"]
+    return mapped
+
+
 @pytest.mark.parametrize("impl", ["fused", "autograd"])
 @pytest.mark.parametrize("with_state", [False, True])
 def test_scratch_equals_nn_lstm_outputs_and_gradients(impl: str, with_state: bool) -> None:
@@ -59,10 +69,7 @@ def test_scratch_equals_nn_lstm_outputs_and_gradients(impl: str, with_state: boo
     target = torch.randint(0, V, (9 * 5,))
     for output in (logits_ref, logits):
         torch.nn.functional.cross_entropy(output.flatten(0, 1), target).backward()
-    ref_grads = {k: p.grad for k, p in reference.named_parameters()}
-    grads_ref = convert_state_dict(ref_grads, reference.config, "scratch")
-    for layer in range(2):  # b = bias_ih + bias_hh, so its gradient is either one's
-        grads_ref[f"layers.{layer}.b"] = ref_grads[f"layers.{layer}.lstm.bias_ih_l0"]
+    grads_ref = grads_by_scratch_name(reference)
     for name, param in scratch.named_parameters():
         torch.testing.assert_close(param.grad, grads_ref[name], atol=1e-5, rtol=1e-4)
 
@@ -191,9 +198,6 @@ def test_scratch_equals_cudnn_lstm_on_cuda() -> None:
         results.append((logits, h, c, model.embedding.weight.grad, model.head.weight.grad))
     for ours, theirs in zip(results[1], results[0], strict=True):
         torch.testing.assert_close(ours, theirs, atol=1e-7, rtol=1e-5)
-    ref_grads = {name: p.grad for name, p in reference.named_parameters()}
-    grads = convert_state_dict(ref_grads, reference.config, "scratch")
-    for layer in range(2):  # b = bias_ih + bias_hh, so its gradient is either one's
-        grads[f"layers.{layer}.b"] = ref_grads[f"layers.{layer}.lstm.bias_ih_l0"]
+    grads = grads_by_scratch_name(reference)
     for name, param in scratch.named_parameters():
         torch.testing.assert_close(param.grad, grads[name], atol=1e-7, rtol=1e-5)
