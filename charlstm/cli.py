@@ -101,6 +101,14 @@ CacheMix = Annotated[
         "--cache-mix", "Cache: its weight in the mixture, in [0, 1).", CacheConfig.mix
     ),
 ]
+GenerateCacheMix = Annotated[  # writing feeds the cache its own text: a lighter default
+    float | None,
+    _adaptation_option(
+        "--cache-mix",
+        "Cache: its weight in the mixture, in [0, 1).",
+        CacheConfig.for_generation().mix,
+    ),
+]
 DynamicSwitch = Annotated[
     bool,
     _adaptation_option(
@@ -127,17 +135,22 @@ def adaptation(
     dynamic: bool,
     dynamic_lr: float | None,
     dynamic_segment: int | None,
+    generating: bool = False,
 ) -> tuple[CacheConfig | None, DynamicConfig | None]:
-    """The validated configs of ``--cache`` and ``--dynamic`` (``None`` when off)."""
+    """The validated configs of ``--cache`` and ``--dynamic`` (``None`` when off).
+
+    ``generating``: the cache's defaults for writing (:meth:`CacheConfig.for_generation`).
+    """
     cache_settings = {"window": cache_window, "flatness": cache_flatness, "mix": cache_mix}
     dynamic_settings = {"lr": dynamic_lr, "segment": dynamic_segment}
+    cache_kind = CacheConfig.for_generation if generating else CacheConfig
     return (
-        _switched(CacheConfig, "--cache", cache, cache_settings),
+        _switched(cache_kind, "--cache", cache, cache_settings),
         _switched(DynamicConfig, "--dynamic", dynamic, dynamic_settings),
     )
 
 
-def _switched(kind: type[C], switch: str, on: bool, settings: dict[str, Any]) -> C | None:
+def _switched(kind: Callable[..., C], switch: str, on: bool, settings: dict[str, Any]) -> C | None:
     """``kind`` from the settings given (the rest: its defaults) when ``switch`` is on."""
     given = {name: value for name, value in settings.items() if value is not None}
     if not on:
@@ -623,7 +636,7 @@ def generate(
     cache: CacheSwitch = False,
     cache_window: CacheWindow = None,
     cache_flatness: CacheFlatness = None,
-    cache_mix: CacheMix = None,
+    cache_mix: GenerateCacheMix = None,
     dynamic: DynamicSwitch = False,
     dynamic_lr: DynamicLr = None,
     dynamic_segment: DynamicSegment = None,
@@ -654,7 +667,14 @@ def generate(
     if lines is not None and lines <= 0:
         raise CharLSTMError(f"--lines must be positive, not {lines}")
     cache_config, dynamic_config = adaptation(
-        cache, cache_window, cache_flatness, cache_mix, dynamic, dynamic_lr, dynamic_segment
+        cache,
+        cache_window,
+        cache_flatness,
+        cache_mix,
+        dynamic,
+        dynamic_lr,
+        dynamic_segment,
+        generating=True,
     )
     model = load_model(ckpt.resolve(checkpoint, prefer="best.pt", runs_root=runs_root), device)
     seed = new_seed() if seed is None else seed

@@ -149,10 +149,10 @@ def test_cache_and_dynamic_adapt_each_sample_and_are_recorded(trained_run: Path)
     result = invoke("generate", *args, *adapt, "--format", "jsonl")
     assert result.exit_code == 0, result.output
     records = [json.loads(line) for line in result.stdout.splitlines()]
-    cache, dynamic = CacheConfig(window=200), DynamicConfig(segment=10)
+    cache, dynamic = CacheConfig.for_generation(window=200), DynamicConfig(segment=10)
     for record in records:
         assert record["settings"]["cache"] == asdict(cache) == {
-            "window": 200, "flatness": 0.5, "mix": 0.45,
+            "window": 200, "flatness": 0.5, "mix": 0.05,  # generation's own default mix
         }  # fmt: skip
         assert record["settings"]["dynamic"] == {"lr": 0.1, "segment": 10, "decay": 0.0}
     model = load_model(trained_run)
