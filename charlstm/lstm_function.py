@@ -85,12 +85,8 @@ class LSTMRecurrence(torch.autograd.Function):
         # Grads that autograd did not send arrive as zeros (materialize_grads is on).
         saved = (*ctx.saved_tensors, grad_hs, grad_c_T)
         if ctx.graphs is None:
-            grads = _backward_steps(*saved, ctx.needs_input_grad)
-        else:
-            grads = ctx.graphs.backward(saved)
-        return tuple(
-            grad if need else None for grad, need in zip(grads, ctx.needs_input_grad, strict=True)
-        )
+            return _backward_steps(*saved, ctx.needs_input_grad)
+        return ctx.graphs.backward(saved)  # captured with the same needs_input_grad
 
 
 def _forward_steps(
