@@ -157,6 +157,79 @@ class KneserNeyLM:
     def _context(self, text: str) -> str:
         return text[max(0, len(text) - self.order + 1) :]
 
+    # ------------------------------------------------------------------ whole distributions
+
+    def base_distribution(self) -> np.ndarray:
+        """``(V,)`` float64: ``P_0(w)``, the unigram level every context backs off to."""
+        vocab = self._check_fitted()
+        d, total = self.discount, self.totals[0].get("", 0)
+        uniform = np.full(len(vocab), 1.0 / len(vocab))
+        if not total:
+            return uniform
+        counts = np.zeros(len(vocab))
+        for gram, count in self.counts[0].items():
+            counts[vocab.char_to_idx[gram]] = max(count - d, 0.0)
+        return counts / total + d * self.types[0][""] / total * uniform
+
+    def _followers(self) -> list[dict[str, tuple[np.ndarray, np.ndarray]]]:
+        """Per level ``k >= 1``: context ``h`` -> (indices of ``w``, ``max(a_k(h w) - D, 0)``)."""
+        vocab = self._check_fitted()
+        levels: list[dict[str, tuple[np.ndarray, np.ndarray]]] = [{}]
+        for k in range(1, self.order):
+            grouped: dict[str, tuple[list[int], list[float]]] = {}
+            for gram, count in self.counts[k].items():
+                ids, values = grouped.setdefault(gram[:-1], ([], []))
+                ids.append(vocab.char_to_idx[gram[-1]])
+                values.append(max(count - self.discount, 0.0))
+            levels.append(
+                {h: (np.array(i, dtype=np.int64), np.array(v)) for h, (i, v) in grouped.items()}
+            )
+        return levels
+
+    def sparse_distributions(
+        self, text: str, start: int, stop: int, top: int
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The distributions that predict ``text[i]``, ``start <= i < stop``, in compact form.
+
+        ``P(w | h) = base[i] * P_0(w) + sum_j values[i, j] * [w == ids[i, j]]``: every level
+        above the unigram adds probability to the few characters seen after its context, and
+        the rest is the unigram level scaled by the backoff weights (:meth:`base_distribution`
+        is ``P_0``). Only the ``top`` largest additions are kept; the mass of any dropped
+        ones moves to the unigram term, so each row still sums to one. Returns ``base``
+        (P,), ``ids`` (P, top) int64 and ``values`` (P, top), zero-padded.
+        """
+        vocab = self._check_fitted()
+        followers = self._followers()
+        count = stop - start
+        base = np.ones(count)
+        ids = np.zeros((count, top), dtype=np.int64)
+        values = np.zeros((count, top))
+        scratch = np.zeros(len(vocab))
+        d, width = self.discount, self.order - 1
+        for row, i in enumerate(range(start, stop)):
+            context = text[max(0, i - width) : i]
+            touched: list[np.ndarray] = []
+            scale = 1.0  # product of the backoff weights of the levels above
+            for k in range(len(context), 0, -1):
+                h = context[len(context) - k :]
+                total = self.totals[k].get(h)
+                if not total:
+                    continue
+                idx, discounted = followers[k][h]
+                scratch[idx] += scale * discounted / total
+                touched.append(idx)
+                scale *= d * self.types[k][h] / total
+            if touched:
+                seen = np.unique(np.concatenate(touched))
+                mass = scratch[seen]
+                if len(seen) > top:
+                    keep = np.argpartition(mass, -top)[-top:]
+                    seen, mass = seen[keep], mass[keep]
+                ids[row, : len(seen)], values[row, : len(seen)] = seen, mass
+                scratch[np.concatenate(touched)] = 0.0
+            base[row] = 1.0 - values[row].sum()
+        return base, ids, values
+
     # ------------------------------------------------------------------ scoring
 
     def score(self, text: str, history: str = "") -> tuple[float, int]:

@@ -78,6 +78,37 @@ def test_score_equals_sum_of_log_probs_and_uses_history() -> None:
     assert model.score(text)[0] != pytest.approx(nll)
 
 
+@pytest.mark.parametrize("order", [1, 2, 4])
+def test_sparse_distributions_are_the_full_distributions(order: int) -> None:
+    """``base * P_0 + sparse additions`` is exactly :meth:`distribution`, position by position."""
+    model = KneserNeyLM(order, D).fit(TEXT, VOCAB)
+    text = "xyz abracadabra kadabra zz"  # unseen characters and contexts included
+    base, ids, values = model.sparse_distributions(text, 0, len(text), top=len(VOCAB))
+    unigram = model.base_distribution()
+    for i in range(len(text)):
+        dense = base[i] * unigram
+        np.add.at(dense, ids[i], values[i])
+        np.testing.assert_allclose(dense, model.distribution(text[:i]), rtol=0, atol=1e-12)
+
+
+def test_sparse_distributions_keep_the_top_entries_and_sum_to_one() -> None:
+    model = KneserNeyLM(3, D).fit(TEXT, VOCAB)
+    text = "abracadabra"
+    base, ids, values = model.sparse_distributions(text, 1, len(text), top=2)
+    _, all_ids, all_values = model.sparse_distributions(text, 1, len(text), top=len(VOCAB))
+    unigram = model.base_distribution()
+    assert ids.shape == values.shape == (len(text) - 1, 2)
+    for row in range(len(text) - 1):
+        dense = base[row] * unigram
+        np.add.at(dense, ids[row], values[row])
+        assert dense.sum() == pytest.approx(1.0, abs=1e-12)
+        # the two kept are the two largest additions; the dropped ones went to the base
+        largest = np.sort(all_values[row])[-2:]
+        np.testing.assert_allclose(np.sort(values[row]), largest)
+        assert base[row] == pytest.approx(1.0 - largest.sum())
+        assert set(ids[row][values[row] > 0]) <= set(all_ids[row][all_values[row] > 0])
+
+
 def test_higher_order_fits_training_text_better() -> None:
     losses = {}
     for order in (1, 3, 5):
