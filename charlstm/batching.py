@@ -68,6 +68,13 @@ class ConsecutiveBatches:
         y = self.rows[:, start + 1 : start + steps + 1]
         return x.t().contiguous(), y.t().contiguous()  # (T, N), (T, N)
 
+    def positions(self, i: int) -> torch.Tensor:
+        """(T, N) int64: where batch ``i``'s targets sit in the indices: ``y = indices[pos]``."""
+        start, steps = self._starts[i], self._lengths[i]
+        row_len = self.rows.shape[1]
+        rows = torch.arange(self.batch_size)[None, :] * row_len  # (1, N)
+        return rows + torch.arange(start + 1, start + steps + 1)[:, None]
+
 
 class RandomBatches:
     """Random non-overlapping windows, a fresh order every epoch (d2l's ``data_iter_random``).
@@ -104,6 +111,11 @@ class RandomBatches:
         offsets = torch.arange(self.num_steps)
         positions = offsets[:, None] + starts[None, :]  # (T, N)
         return self.indices[positions], self.indices[positions + 1]
+
+    def positions(self, i: int) -> torch.Tensor:
+        """(T, N) int64: where batch ``i``'s targets sit in the indices: ``y = indices[pos]``."""
+        starts = self.order[i * self.batch_size : (i + 1) * self.batch_size] * self.num_steps
+        return torch.arange(self.num_steps)[:, None] + starts[None, :] + 1
 
 
 def make_batches(

@@ -57,6 +57,16 @@ def test_consecutive_every_character_is_a_target_once_per_epoch(n: int, batch: i
     assert len(expected) >= n - 2 * batch  # at most N row starts and < N leftover characters
 
 
+@pytest.mark.parametrize("sampling", ["consecutive", "random"])
+def test_positions_locate_every_target(sampling: str) -> None:
+    indices = torch.randint(0, 50, (1003,))
+    batches = make_batches(indices, 5, 9, sampling, seed=4)
+    batches.set_epoch(2)
+    for i in range(len(batches)):
+        _, y = batches[i]
+        assert torch.equal(indices[batches.positions(i)], y)
+
+
 def test_consecutive_rows_continue_across_batches() -> None:
     batches = ConsecutiveBatches(torch.arange(500), 4, 10)
     x0, _ = batches[0]
