@@ -334,6 +334,21 @@ def train(
             rich_help_panel="Training",
         ),
     ] = None,
+    ngram_teacher: Annotated[
+        int | None,
+        typer.Option(
+            help="Distil a Kneser-Ney n-gram of this order into the model: it supplies soft "
+            "training targets, cross-fitted on folds of the training text (0: off). [default: 0]",
+            rich_help_panel="Training",
+        ),
+    ] = None,
+    teacher_weight: Annotated[
+        float | None,
+        typer.Option(
+            help="Weight of the n-gram teacher's targets in the training loss. [default: 0.5]",
+            rich_help_panel="Training",
+        ),
+    ] = None,
     schedule: Annotated[
         str | None,
         typer.Option(
@@ -469,6 +484,8 @@ def train(
             "clip": clip,
             "weight_decay": weight_decay,
             "label_smoothing": label_smoothing,
+            "ngram_teacher": ngram_teacher,
+            "teacher_weight": teacher_weight,
             "schedule": schedule,
             "patience": patience,
             "val_fraction": val_fraction,

@@ -135,6 +135,10 @@ class TrainConfig:
     clip: float = 1.0  # global gradient-norm clipping; 0 disables
     weight_decay: float = 0.0
     label_smoothing: float = 0.0  # training targets keep 1 - s, the rest spread over all chars
+    # Distillation from a cross-fitted Kneser-Ney n-gram of this order (0: off); the
+    # training loss mixes its distribution in with this weight (see charlstm.distill).
+    ngram_teacher: int = 0
+    teacher_weight: float = 0.5
     schedule: Schedule = "none"
     patience: int = 0  # early stopping after this many epochs without a better held-out loss
     val_fraction: float = 0.1
@@ -159,6 +163,12 @@ class TrainConfig:
         if self.clip < 0:
             raise CharLSTMError(f"--clip must be >= 0 (0 disables), not {self.clip}")
         _fraction("--label-smoothing", self.label_smoothing)
+        if self.ngram_teacher < 0 or self.ngram_teacher == 1:
+            raise CharLSTMError(
+                f"--ngram-teacher must be an n-gram order >= 2 (0: off), not {self.ngram_teacher}"
+            )
+        if not 0.0 < self.teacher_weight <= 1.0:
+            raise CharLSTMError(f"--teacher-weight must be in (0, 1], not {self.teacher_weight}")
         if self.weight_decay < 0:
             raise CharLSTMError(f"--weight-decay must be >= 0, not {self.weight_decay}")
         for name, value in (

@@ -27,6 +27,7 @@ from charlstm import runs
 from charlstm.batching import check_length, make_batches
 from charlstm.config import DataConfig, ModelConfig, TrainConfig
 from charlstm.corpus import Corpus, split_point
+from charlstm.distill import NgramTeacher
 from charlstm.errors import CharLSTMError
 from charlstm.evaluate import score_split
 from charlstm.model import CharLSTM, State, build_model, detach_state
@@ -225,6 +226,17 @@ class Trainer:
             self.config.seed,
         )
         self.prefixes = list(self.config.prefixes) or default_prefixes(corpus)
+        self.teacher: NgramTeacher | None = None
+        if self.config.ngram_teacher:
+            started = time.perf_counter()
+            text = corpus.vocab.decode(self.train_indices)
+            self.teacher = NgramTeacher(text, corpus.vocab, self.config.ngram_teacher)
+            self.teacher.to(self.device)
+            log(
+                f"n-gram teacher: Kneser-Ney {self.config.ngram_teacher}-gram, cross-fitted on "
+                f"{self.teacher.folds} folds of the training text "
+                f"({time.perf_counter() - started:.1f} s)"
+            )
 
         torch.manual_seed(self.config.seed)
         self.model: CharLSTM = build_model(self.model_config)
@@ -291,12 +303,21 @@ class Trainer:
 
     # -- one step / one epoch ----------------------------------------------------------------
 
-    def _step(self, x: torch.Tensor, y: torch.Tensor, state: State | None) -> tuple[float, State]:
+    def _step(
+        self, x: torch.Tensor, y: torch.Tensor, state: State | None, positions: torch.Tensor | None
+    ) -> tuple[float, State]:
+        """One optimizer step on batch ``(x, y)``; ``positions`` (T, N) locate ``y`` in the
+        training text for the n-gram teacher. Returns the batch's true (unsmoothed) loss."""
         logits, state = self.model(x, state)  # (T, N, V)
         flat_logits, flat_y = logits.flatten(0, 1), y.flatten()
         smoothing = self.config.label_smoothing
         loss = nn.functional.cross_entropy(flat_logits, flat_y, label_smoothing=smoothing)
-        if smoothing:  # optimise the smoothed loss, but report the true one
+        if self.teacher is not None and positions is not None:
+            weight = self.config.teacher_weight
+            log_probs = torch.log_softmax(flat_logits, dim=-1)
+            soft = self.teacher.cross_entropy(log_probs, positions.flatten()).mean()
+            loss = (1 - weight) * loss + weight * soft
+        if smoothing or self.teacher is not None:  # optimise the mixed loss, report the true one
             value = nn.functional.cross_entropy(flat_logits.detach(), flat_y).item()
         else:
             value = loss.item()
@@ -336,10 +357,13 @@ class Trainer:
             for index in range(p.batch, len(self.batches)):
                 x, y = self.batches[index]
                 x, y = x.to(self.device), y.to(self.device)
+                positions = None
+                if self.teacher is not None:
+                    positions = self.batches.positions(index).to(self.device)
                 if not carry:
                     state = None
                 lr = self._set_lr()
-                loss, state = self._step(x, y, state)
+                loss, state = self._step(x, y, state, positions)
                 state = detach_state(state)
                 p.step += 1
                 p.batch = index + 1
