@@ -349,6 +349,14 @@ def train(
             rich_help_panel="Training",
         ),
     ] = None,
+    teacher_folds: Annotated[
+        int | None,
+        typer.Option(
+            help="Folds of the training text for the n-gram teacher: each fold's targets come "
+            "from an n-gram fitted on the others. [default: 5]",
+            rich_help_panel="Training",
+        ),
+    ] = None,
     schedule: Annotated[
         str | None,
         typer.Option(
@@ -486,6 +494,7 @@ def train(
             "label_smoothing": label_smoothing,
             "ngram_teacher": ngram_teacher,
             "teacher_weight": teacher_weight,
+            "teacher_folds": teacher_folds,
             "schedule": schedule,
             "patience": patience,
             "val_fraction": val_fraction,

@@ -139,6 +139,7 @@ class TrainConfig:
     # training loss mixes its distribution in with this weight (see charlstm.distill).
     ngram_teacher: int = 0
     teacher_weight: float = 0.5
+    teacher_folds: int = 5  # the teacher of each fold is fitted on the other folds
     schedule: Schedule = "none"
     patience: int = 0  # early stopping after this many epochs without a better held-out loss
     val_fraction: float = 0.1
@@ -167,6 +168,8 @@ class TrainConfig:
             raise CharLSTMError(
                 f"--ngram-teacher must be an n-gram order >= 2 (0: off), not {self.ngram_teacher}"
             )
+        if self.teacher_folds < 2:
+            raise CharLSTMError(f"--teacher-folds must be at least 2, not {self.teacher_folds}")
         if not 0.0 < self.teacher_weight <= 1.0:
             raise CharLSTMError(f"--teacher-weight must be in (0, 1], not {self.teacher_weight}")
         if self.weight_decay < 0:

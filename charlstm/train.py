@@ -230,7 +230,9 @@ class Trainer:
         if self.config.ngram_teacher:
             started = time.perf_counter()
             text = corpus.vocab.decode(self.train_indices)
-            self.teacher = NgramTeacher(text, corpus.vocab, self.config.ngram_teacher)
+            self.teacher = NgramTeacher(
+                text, corpus.vocab, self.config.ngram_teacher, self.config.teacher_folds
+            )
             self.teacher.to(self.device)
             log(
                 f"n-gram teacher: Kneser-Ney {self.config.ngram_teacher}-gram, cross-fitted on "

@@ -23,7 +23,7 @@ import torch
 from charlstm.api import load_model
 from charlstm.corpus import read_text, split_point
 from charlstm.errors import CharLSTMError
-from charlstm.evaluate import CacheConfig, DynamicConfig, score_adaptive, score_split
+from charlstm.evaluate import CacheConfig, DynamicConfig, score, score_adaptive, score_split
 from charlstm.ngram import evaluate_ngram
 from charlstm.pipeline import prepare_training
 from charlstm.runs import read_metrics
@@ -79,6 +79,8 @@ def main() -> int:
         t0 = time.perf_counter()
         plain = score_split(model.model, indices, cut)
         rows.append(("LSTM", plain, time.perf_counter() - t0))
+        # The same model on the text it trained on (dropout off): the memorisation gap.
+        on_training = score(model.model, indices[1:cut], indices[:1])
         cache, dynamic = CacheConfig(), DynamicConfig()
         for name, options in (
             ("LSTM + cache", {"cache": cache}),
@@ -106,17 +108,35 @@ def main() -> int:
         return 2
 
     config = model.checkpoint.model_config
+    train_config = model.checkpoint.train_config
+    teacher = (
+        f", Kneser-Ney {train_config.ngram_teacher}-gram teacher at weight "
+        f"{train_config.teacher_weight}"
+        if train_config.ngram_teacher
+        else ""
+    )
     if model.device.type == "cuda":
         where = torch.cuda.get_device_name(model.device)
     else:
         where = f"CPU, {torch.get_num_threads()} threads"
+    both = rows[-1][1]
     lines = [
         f"### {args.corpus.name}, preset `{args.preset}`",
         "",
-        f"Model: {config.backend} LSTM {config.num_layers}x{config.hidden_size}, "
+        "| corpus | preset | training time | training perplexity | held-out perplexity "
+        "| + cache + dynamic eval | Kneser-Ney n-gram |",
+        "|---|---|---|---|---|---|---|",
+        f"| {args.corpus.name} | {args.preset} | {minutes:.1f} min, {len(metrics)} epochs | "
+        f"{on_training.perplexity:.1f} | **{plain.perplexity:.1f}** ({plain.loss:.4f} nats) | "
+        f"{both.perplexity:.1f} | {ngram['perplexity']:.1f} ({args.order}-gram) |",
+        "",
+        "Training perplexity: the best model on its own training text, dropout off.",
+        "",
+        f"Model: {config.backend} LSTM {config.num_layers}x{config.hidden_size}{teacher}, "
         f"{model.model.num_parameters():,} parameters; trained {len(metrics)} epochs in "
         f"{minutes:.1f} min ({where}); best epoch {best['epoch']} "
-        f"(training perplexity there {best['train_ppl']:.2f}). Held-out: the last "
+        f"(running training perplexity there, dropout on: {best['train_ppl']:.2f}). "
+        "Held-out: the last "
         f"{len(targets):,} characters, vocabulary of the whole file ({len(model.vocab):,}).",
         "",
         "| model | held-out loss (nats/char) | bits/char | held-out perplexity | scoring time |",

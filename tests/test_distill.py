@@ -65,15 +65,17 @@ def test_bad_teacher_order_is_a_clear_error(small_corpus, tmp_path, order: int) 
         train(small_corpus, tmp_path / "run", train_options={"ngram_teacher": order})
     with pytest.raises(CharLSTMError, match="--teacher-weight"):
         train(small_corpus, tmp_path / "run", train_options={"teacher_weight": 1.5})
+    with pytest.raises(CharLSTMError, match="--teacher-folds must be at least 2"):
+        train(small_corpus, tmp_path / "run", train_options={"teacher_folds": 1})
 
 
 def test_teacher_changes_training_and_resume_stays_exact(small_corpus, tmp_path) -> None:
-    options = {"ngram_teacher": 4, "teacher_weight": 0.5, "epochs": 4}
+    options = {"ngram_teacher": 4, "teacher_weight": 0.5, "teacher_folds": 3, "epochs": 4}
     _, plain = train(small_corpus, tmp_path / "plain", train_options={"epochs": 4})
     _, straight = train(small_corpus, tmp_path / "a", train_options=options)
     assert losses(straight) != losses(plain)  # the option is used, not parsed and ignored
     config = json.loads((tmp_path / "a" / "config.json").read_text(encoding="utf-8"))
-    assert config["train"]["ngram_teacher"] == 4
+    assert config["train"]["ngram_teacher"] == 4 and config["train"]["teacher_folds"] == 3
     train(small_corpus, tmp_path / "b", train_options={**options, "epochs": 2})
     _, resumed = train(small_corpus, None, train_options={"epochs": 4}, resume=tmp_path / "b")
     assert losses(resumed) == losses(straight)[2:]

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from charlstm import checkpoint as ckpt
+from charlstm.config import PRESETS
 from charlstm.errors import CharLSTMError
 from charlstm.pipeline import prepare_training
 from charlstm.train import TrainingInterrupted
@@ -173,3 +174,28 @@ def test_cosine_schedule_under_a_time_limit_follows_the_clock(small_corpus, tmp_
     assert trainer.current_lr() == pytest.approx(0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi / 2)))
     trainer.progress.total_seconds = 200.0  # past the limit: the floor, 5 % of the rate
     assert trainer.current_lr() == pytest.approx(0.05)
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_presets_apply_and_given_options_override_them(small_corpus, tmp_path, name):
+    preset = PRESETS[name]
+    trainer = prepare_training(
+        small_corpus,
+        {"hidden_size": 16},
+        {"device": "cpu", "batch_size": 4, "num_steps": 10, "sample_every": 0},
+        {},
+        run_dir=tmp_path / "run",
+        preset=name,
+        log=lambda _: None,
+        progress_bar=False,
+    )
+    for key, value in preset["model"].items():
+        if key != "hidden_size":
+            assert getattr(trainer.model_config, key) == value
+    for key, value in preset["train"].items():
+        if key not in ("device", "batch_size", "num_steps"):
+            assert getattr(trainer.config, key) == value
+    assert trainer.model_config.hidden_size == 16 and trainer.config.batch_size == 4
+    assert (trainer.teacher is not None) == bool(preset["train"].get("ngram_teacher"))
+    saved = json.loads((tmp_path / "run" / "config.json").read_text(encoding="utf-8"))
+    assert saved["train"]["num_steps"] == 10
