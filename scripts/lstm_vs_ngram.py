@@ -2,7 +2,9 @@
 
 Scores the run's held-out split with both models (same split, same vocabulary) and prints
 perplexity on the characters the training text contains, the mean loss on those it never
-shows, and the perplexity of the two models' linear interpolation for a sweep of weights.
+shows, the mean loss by how long a string ending at the character the training text also
+holds (1: only the character, 2: the character and the one before it, ...), and the
+perplexity of the two models' linear interpolation for a sweep of weights.
 The sweep runs on the held-out text itself: it locates the gap, it does not pick a model.
 
     python scripts/lstm_vs_ngram.py runs/quality/jaychou_lyrics-small-corpus \\
@@ -23,6 +25,18 @@ from charlstm.corpus import read_text, split_point
 from charlstm.errors import CharLSTMError
 from charlstm.evaluate import score_adaptive
 from charlstm.ngram import KneserNeyLM
+
+
+def longest_match(train: str, text: str, cut: int, order: int) -> np.ndarray:
+    """For each ``i >= cut``: the largest ``k <= order`` with ``text[i-k+1 : i+1]`` in ``train``."""
+    grams = [{train[i : i + k] for i in range(len(train) - k + 1)} for k in range(order + 1)]
+    lengths = np.zeros(len(text) - cut, dtype=np.int64)
+    for row, i in enumerate(range(cut, len(text))):
+        k = 0
+        while k < order and text[i - k : i + 1] in grams[k + 1]:
+            k += 1
+        lengths[row] = k
+    return lengths
 
 
 def main() -> int:
@@ -65,6 +79,17 @@ def main() -> int:
             f"{'nats per unseen character':34s} {lstm_nats[unseen].mean():9.2f} "
             f"{ngram_nats[unseen].mean():9.2f}"
         )
+    match = longest_match(text[:cut], text, cut, args.order)
+    print("by the longest string ending here that training also holds (mean nats):")
+    for k in range(args.order + 1):
+        rows = match == k
+        if rows.any():
+            gap = (lstm_nats[rows] - ngram_nats[rows]).sum() / len(lstm_nats)
+            print(
+                f"  {k} chars: {int(rows.sum()):5d} positions  LSTM {lstm_nats[rows].mean():5.2f}"
+                f"  {args.order}-gram {ngram_nats[rows].mean():5.2f}"
+                f"  (LSTM - n-gram, per held-out char: {gap:+.3f})"
+            )
     print("interpolation  w * p_LSTM + (1 - w) * p_ngram:")
     for weight in (0.3, 0.4, 0.5, 0.6, 0.7):
         mixed = -np.log(weight * np.exp(-lstm_nats) + (1 - weight) * np.exp(-ngram_nats))
