@@ -17,7 +17,9 @@ A teacher that has seen the character it predicts would only repeat the one-hot 
 (its top-order counts include that very occurrence). So the teacher is *cross-fitted*:
 the training text is cut into ``folds`` contiguous parts, and the positions of part ``f``
 get their ``q`` from an n-gram fitted on the other parts. The held-out split is never
-read. ``q`` is stored compactly (:meth:`charlstm.ngram.KneserNeyLM.sparse_distributions`):
+read. Building the teacher takes seconds for lyrics and grows with the text (200,000
+characters of Tiny Shakespeare, order 7: 26 s on one core, 0.5 GB). ``q`` is stored
+compactly (:meth:`charlstm.ngram.KneserNeyLM.sparse_distributions`):
 a scaled copy of the fold's unigram level plus at most ``top`` characters with extra
 probability.
 """
@@ -56,8 +58,8 @@ class NgramTeacher:
         edges = [round(n * f / folds) for f in range(folds + 1)]
         fold = np.zeros(n, dtype=np.int64)
         base = np.zeros(n)
-        ids = np.zeros((n, top), dtype=np.int64)
-        values = np.zeros((n, top))
+        ids = np.zeros((n, top), dtype=np.int32)  # int32 / float32: 8 bytes per entry
+        values = np.zeros((n, top), dtype=np.float32)
         unigram = np.zeros((folds, len(vocab)))
         for f in range(folds):
             start, stop = edges[f], edges[f + 1]
@@ -73,7 +75,7 @@ class NgramTeacher:
         self.fold = torch.from_numpy(fold)
         self.base = torch.from_numpy(base).float()
         self.ids = torch.from_numpy(ids)
-        self.values = torch.from_numpy(values).float()
+        self.values = torch.from_numpy(values)
         self.unigram = torch.from_numpy(unigram).float()  # (folds, V)
 
     def to(self, device: torch.device) -> NgramTeacher:
@@ -87,7 +89,7 @@ class NgramTeacher:
     def dense(self, positions: torch.Tensor) -> torch.Tensor:
         """The teacher's distributions ``q`` (M, V) at ``positions`` (M,), for inspection."""
         q = self.base[positions, None] * self.unigram[self.fold[positions]]
-        return q.scatter_add(1, self.ids[positions], self.values[positions])
+        return q.scatter_add(1, self.ids[positions].long(), self.values[positions])
 
     def cross_entropy(self, log_probs: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """``-sum_v q(v) log p(v)`` per row: ``log_probs`` (M, V), ``positions`` (M,) -> (M,).
@@ -96,5 +98,6 @@ class NgramTeacher:
         matrix product over the folds' unigram levels, the rest a gather of ``top`` entries.
         """
         unigram_term = (log_probs @ self.unigram.t()).gather(1, self.fold[positions, None])
-        sparse = (self.values[positions] * log_probs.gather(1, self.ids[positions])).sum(1)
+        ids = self.ids[positions].long()
+        sparse = (self.values[positions] * log_probs.gather(1, ids)).sum(1)
         return -(self.base[positions] * unigram_term.squeeze(1) + sparse)
