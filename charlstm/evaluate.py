@@ -132,7 +132,7 @@ class CacheConfig:
         are alike, so a strong cache votes for the character just written: at the scoring
         mix (0.45) a sample stutters. 0.05 is the largest mix tried (0.03, 0.05, 0.075,
         0.1, 0.2, 0.3, 0.45) whose samples repeat a character no more often than the model
-        alone (jaychou small-corpus run, 16 samples x 300 characters, T = 0.8; see
+        alone (jaychou, the 1x512 small-corpus run, 16 samples x 300 characters, T = 0.8; see
         docs/generation.md).
         """
         return cls(**{"mix": 0.05, **settings})
