@@ -314,7 +314,8 @@ class Trainer:
         flat_logits, flat_y = logits.flatten(0, 1), y.flatten()
         smoothing = self.config.label_smoothing
         loss = nn.functional.cross_entropy(flat_logits, flat_y, label_smoothing=smoothing)
-        if self.teacher is not None and positions is not None:
+        if self.teacher is not None:
+            assert positions is not None, "the n-gram teacher needs the targets' positions"
             weight = self.config.teacher_weight
             log_probs = torch.log_softmax(flat_logits, dim=-1)
             soft = self.teacher.cross_entropy(log_probs, positions.flatten()).mean()
