@@ -311,19 +311,19 @@ class Trainer:
         """One optimizer step on batch ``(x, y)``; ``positions`` (T, N) locate ``y`` in the
         training text for the n-gram teacher. Returns the batch's true (unsmoothed) loss."""
         logits, state = self.model(x, state)  # (T, N, V)
-        flat_logits, flat_y = logits.flatten(0, 1), y.flatten()
+        flat_y = y.flatten()
+        log_probs = torch.log_softmax(logits.flatten(0, 1), dim=-1)  # one softmax for all terms
+        true_loss = nn.functional.nll_loss(log_probs, flat_y)  # what is reported
+        loss = true_loss
         smoothing = self.config.label_smoothing
-        loss = nn.functional.cross_entropy(flat_logits, flat_y, label_smoothing=smoothing)
+        if smoothing:  # as cross_entropy(label_smoothing=s): 1 - s on the target, s spread evenly
+            loss = (1 - smoothing) * true_loss - smoothing * log_probs.mean(dim=-1).mean()
         if self.teacher is not None:
             assert positions is not None, "the n-gram teacher needs the targets' positions"
             weight = self.config.teacher_weight
-            log_probs = torch.log_softmax(flat_logits, dim=-1)
             soft = self.teacher.cross_entropy(log_probs, positions.flatten()).mean()
             loss = (1 - weight) * loss + weight * soft
-        if smoothing or self.teacher is not None:  # optimise the mixed loss, report the true one
-            value = nn.functional.cross_entropy(flat_logits.detach(), flat_y).item()
-        else:
-            value = loss.item()
+        value = true_loss.item()
         if not math.isfinite(value):
             last = self.run_dir / runs.LAST
             raise NonFiniteLoss(
