@@ -10,6 +10,8 @@ A checkpoint holds everything a run needs to continue exactly where it stopped::
     epoch            completed epochs          batch         next batch within epoch ``epoch``
     step             optimizer steps so far    best_val_loss float (inf when none)
     progress         {"loss_sum", "chars", "bad_epochs", "carry"}: mid-epoch training state
+    training_model   state dict or None: with ``--ema``, the weights being trained (``model``
+                     then holds their moving average, the weights to score and sample with)
 
 It is read with ``torch.load(weights_only=True)``, so a file from elsewhere cannot run code,
 and always onto the CPU first (a GPU checkpoint loads on a machine without one). Whatever is
@@ -71,6 +73,8 @@ class Checkpoint:
     step: int = 0
     best_val_loss: float = math.inf
     progress: dict[str, Any] = field(default_factory=dict)
+    # With --ema: the trained weights; ``model`` is then their average (see train.Trainer).
+    training_model: dict[str, torch.Tensor] | None = None
     path: Path | None = None  # where it was loaded from
 
     def to_dict(self) -> dict[str, Any]:
@@ -90,6 +94,7 @@ class Checkpoint:
             "step": self.step,
             "best_val_loss": float(self.best_val_loss),
             "progress": self.progress,
+            "training_model": self.training_model,
         }
 
 
@@ -103,7 +108,8 @@ def save(checkpoint: Checkpoint, path: str | Path) -> Path:
     so a diverged run never replaces its last good checkpoint.
     """
     path = Path(path)
-    bad = [name for name, t in checkpoint.model.items() if not torch.isfinite(t).all()]
+    weights = [checkpoint.model, checkpoint.training_model or {}]
+    bad = [name for w in weights for name, t in w.items() if not torch.isfinite(t).all()]
     if bad:
         raise CharLSTMError(
             f"not writing {path}: the model's weights became NaN or infinite by step "
@@ -241,24 +247,27 @@ def _check_weights(data: dict[str, Any], config: ModelConfig, vocab: Vocab, path
             f"checkpoint {path} is inconsistent: {len(vocab)} characters in its vocabulary "
             f"but a model for {config.vocab_size}"
         )
-    weights = data["model"]
-    if not isinstance(weights, dict) or not all(
-        isinstance(t, torch.Tensor) for t in weights.values()
-    ):
-        raise CharLSTMError(f"checkpoint {path} is malformed: its model is not a state dict")
     from charlstm.model import build_model
 
     with torch.random.fork_rng(devices=[]):  # leave the caller's random state alone
         expected = {k: tuple(v.shape) for k, v in build_model(config).state_dict().items()}
-    found = {k: tuple(v.shape) for k, v in weights.items()}
-    if found != expected:
-        wrong = sorted(set(found) ^ set(expected)) or sorted(
-            k for k in found if found[k] != expected[k]
-        )
-        raise CharLSTMError(
-            f"checkpoint {path} does not match its model configuration "
-            f"({len(wrong)} weights differ, e.g. {wrong[0]})"
-        )
+    for key in ("model", "training_model"):
+        weights = data.get(key)
+        if key == "training_model" and weights is None:
+            continue
+        if not isinstance(weights, dict) or not all(
+            isinstance(t, torch.Tensor) for t in weights.values()
+        ):
+            raise CharLSTMError(f"checkpoint {path} is malformed: its {key} is not a state dict")
+        found = {k: tuple(v.shape) for k, v in weights.items()}
+        if found != expected:
+            wrong = sorted(set(found) ^ set(expected)) or sorted(
+                k for k in found if found[k] != expected[k]
+            )
+            raise CharLSTMError(
+                f"checkpoint {path} does not match its model configuration "
+                f"({len(wrong)} weights differ, e.g. {wrong[0]})"
+            )
 
 
 def load(path: str | Path) -> Checkpoint:
@@ -291,6 +300,7 @@ def load(path: str | Path) -> Checkpoint:
             step=int(data.get("step", 0)),
             best_val_loss=float(data.get("best_val_loss", math.inf)),
             progress=data.get("progress") or {},
+            training_model=data.get("training_model"),
             path=path,
         )
     except CharLSTMError as err:

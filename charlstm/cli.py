@@ -357,6 +357,15 @@ def train(
             rich_help_panel="Training",
         ),
     ] = None,
+    ema: Annotated[
+        float | None,
+        typer.Option(
+            help="Keep an exponential moving average of the weights with this decay per "
+            "optimizer step (e.g. 0.995); held-out scores, samples and saved models use the "
+            "average (0: off). [default: 0]",
+            rich_help_panel="Training",
+        ),
+    ] = None,
     schedule: Annotated[
         str | None,
         typer.Option(
@@ -495,6 +504,7 @@ def train(
             "ngram_teacher": ngram_teacher,
             "teacher_weight": teacher_weight,
             "teacher_folds": teacher_folds,
+            "ema": ema,
             "schedule": schedule,
             "patience": patience,
             "val_fraction": val_fraction,

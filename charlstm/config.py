@@ -140,6 +140,9 @@ class TrainConfig:
     ngram_teacher: int = 0
     teacher_weight: float = 0.5
     teacher_folds: int = 5  # the teacher of each fold is fitted on the other folds
+    # Polyak averaging: an exponential moving average of the weights with this decay per
+    # optimizer step (0: off) is what is scored, sampled and saved as the model.
+    ema: float = 0.0
     schedule: Schedule = "none"
     patience: int = 0  # early stopping after this many epochs without a better held-out loss
     val_fraction: float = 0.1
@@ -172,6 +175,8 @@ class TrainConfig:
             raise CharLSTMError(f"--teacher-folds must be at least 2, not {self.teacher_folds}")
         if not 0.0 < self.teacher_weight <= 1.0:
             raise CharLSTMError(f"--teacher-weight must be in (0, 1], not {self.teacher_weight}")
+        if not 0.0 <= self.ema < 1.0:
+            raise CharLSTMError(f"--ema must be a decay in [0, 1) (0: off), not {self.ema}")
         if self.weight_decay < 0:
             raise CharLSTMError(f"--weight-decay must be >= 0, not {self.weight_decay}")
         for name, value in (

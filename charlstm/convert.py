@@ -13,10 +13,11 @@ from charlstm.model import convert_state_dict
 def convert_checkpoint(source: str | Path, to_backend: str, out: str | Path) -> Path:
     """Write ``source``'s model as a ``to_backend`` checkpoint at ``out``.
 
-    The weights are mapped exactly (see :func:`charlstm.model.convert_state_dict`), so the
-    converted model gives the same logits and, with the same seed, the same text. The
-    optimizer state belongs to the old parameter layout and is dropped: the result is for
-    ``generate``, ``eval`` and ``--init-from``, not for ``--resume``.
+    The weights (for a run trained with ``--ema``, their moving average) are mapped exactly
+    (see :func:`charlstm.model.convert_state_dict`), so the converted model gives the same
+    logits and, with the same seed, the same text. The optimizer state and the trained
+    weights behind an average belong to the training run and are dropped: the result is
+    for ``generate``, ``eval`` and ``--init-from``, not for ``--resume``.
     """
     checkpoint = ckpt.load(ckpt.resolve(source, prefer="best.pt"))
     config = checkpoint.model_config
@@ -35,5 +36,6 @@ def convert_checkpoint(source: str | Path, to_backend: str, out: str | Path) -> 
         optimizer=None,
         scheduler=None,
         progress={},
+        training_model=None,
     )
     return ckpt.save(converted, out)

@@ -50,6 +50,7 @@ def describe(path: str | Path) -> dict[str, Any]:
         "dropout": m.dropout,
         "peephole": m.peephole,
         "tie_weights": m.tie_weights,
+        "ema": t.ema,
         "parameters": model.num_parameters(),
         "vocab_size": m.vocab_size,
         "corpus": d.path,
@@ -79,6 +80,8 @@ def render_info(info: dict[str, Any]) -> str:
         extras.append("peepholes")
     if info["tie_weights"]:
         extras.append("tied weights")
+    if info.get("ema"):
+        extras.append(f"weights averaged (--ema {info['ema']:g})")
     corpus = info["corpus"]
     details = [f"newlines {info['newlines']}"]
     if info["member"]:

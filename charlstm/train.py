@@ -5,6 +5,11 @@ The loop knows nothing about a particular model (anything with the
 scoring, samples, metrics and checkpoints plug in at the end of each epoch; a checkpoint
 can also be written every ``checkpoint_every`` optimizer steps, and is always written
 when the run is interrupted (SIGINT / SIGTERM), so a run directory is resumable at any time.
+
+With ``ema`` (Polyak averaging) the trainer also keeps an exponential moving average of the
+weights, updated after every optimizer step; held-out scores, samples and the ``model`` of
+every checkpoint are the average's, while the checkpoint's ``training_model`` keeps the
+trained weights so that a resume continues exactly.
 """
 
 from __future__ import annotations
@@ -246,6 +251,9 @@ class Trainer:
             self.model.load_state_dict(init_weights)
         self.model.to(self.device)
         self.optimizer = make_optimizer(self.model, self.config)
+        self.average: dict[str, torch.Tensor] | None = None  # the moving average (--ema)
+        if self.config.ema:
+            self.average = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         self.progress = Progress()
         self.step_log = runs.StepLog(self.run_dir)  # steps.jsonl: loss of every step
         if resume is not None:
@@ -254,7 +262,12 @@ class Trainer:
     # -- state -----------------------------------------------------------------------------
 
     def _restore(self, checkpoint: ckpt.Checkpoint) -> None:
-        self.model.load_state_dict(checkpoint.model)
+        if checkpoint.training_model is not None:  # trained with --ema: model is the average
+            self.model.load_state_dict(checkpoint.training_model)
+        else:
+            self.model.load_state_dict(checkpoint.model)
+        if self.average is not None:
+            self.average = {k: v.to(self.device).clone() for k, v in checkpoint.model.items()}
         if checkpoint.optimizer is not None:
             self.optimizer.load_state_dict(checkpoint.optimizer)
         for group in self.optimizer.param_groups:  # --lr may change on resume
@@ -263,12 +276,17 @@ class Trainer:
         ckpt.restore_rng(checkpoint.rng)
 
     def checkpoint(self) -> ckpt.Checkpoint:
+        trained = {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
+        average = None
+        if self.average is not None:
+            average = {k: v.cpu() for k, v in self.average.items()}
         return ckpt.Checkpoint(
             model_config=self.model_config,
             train_config=self.config,
             data_config=self.data_config,
             vocab=self.corpus.vocab,
-            model={k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+            model=trained if average is None else average,
+            training_model=None if average is None else trained,
             optimizer=self.optimizer.state_dict(),
             rng=ckpt.capture_rng(),
             epoch=self.progress.epoch,
@@ -281,6 +299,35 @@ class Trainer:
     def save(self, name: str = runs.LAST) -> Path:
         self.step_log.flush()  # the log covers at least the steps the checkpoint holds
         return ckpt.save(self.checkpoint(), self.run_dir / name)
+
+    # -- weight averaging ------------------------------------------------------------------
+
+    def _update_average(self) -> None:
+        """``average += (1 - d) * (weights - average)`` after optimizer step ``step``.
+
+        The decay warms up as ``min(ema, (1 + step) / (10 + step))``, so the first steps'
+        average follows the weights rather than the random initialisation.
+        """
+        if self.average is None:
+            return
+        step = self.progress.step
+        weight = 1.0 - min(self.config.ema, (1 + step) / (10 + step))
+        with torch.no_grad():
+            for key, value in self.model.state_dict().items():
+                self.average[key].lerp_(value, weight)
+
+    @contextmanager
+    def averaged(self) -> Iterator[None]:
+        """Inside the block the model holds the averaged weights (unchanged without --ema)."""
+        if self.average is None:
+            yield
+            return
+        trained = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        self.model.load_state_dict(self.average)
+        try:
+            yield
+        finally:
+            self.model.load_state_dict(trained)
 
     # -- schedule --------------------------------------------------------------------------
 
@@ -368,6 +415,7 @@ class Trainer:
                 lr = self._set_lr()
                 loss, state = self._step(x, y, state, positions)
                 state = detach_state(state)
+                self._update_average()
                 p.step += 1
                 p.batch = index + 1
                 p.loss_sum += loss * y.numel()
@@ -395,7 +443,9 @@ class Trainer:
         train_loss = p.loss_sum / max(p.chars, 1)
         val_loss = None
         if self.has_val:
-            val_loss = score_split(self.model, self.corpus.indices.to(self.device), self.cut).loss
+            with self.averaged():
+                indices = self.corpus.indices.to(self.device)
+                val_loss = score_split(self.model, indices, self.cut).loss
         improved = val_loss is not None and val_loss < p.best_val_loss
         if improved:
             p.best_val_loss = val_loss
@@ -425,14 +475,15 @@ class Trainer:
 
     def sample(self, length: int | None = None) -> dict[str, str]:
         """One sample per training prefix, from a generator seeded by (seed, epoch)."""
-        texts = generate(
-            self.model,
-            self.corpus.vocab,
-            self.prefixes,
-            length=length or self.config.sample_length,
-            config=SamplingConfig(temperature=0.8, top_k=None),
-            seed=self.config.seed * 7919 + self.progress.epoch,
-        )
+        with self.averaged():
+            texts = generate(
+                self.model,
+                self.corpus.vocab,
+                self.prefixes,
+                length=length or self.config.sample_length,
+                config=SamplingConfig(temperature=0.8, top_k=None),
+                seed=self.config.seed * 7919 + self.progress.epoch,
+            )
         self.model.train()
         return {
             prefix: prefix + sample[0] for prefix, sample in zip(self.prefixes, texts, strict=True)

@@ -71,6 +71,7 @@ CASES = [
     case("unknown-preset", ["train", C, *TINY, "--preset", "huge", *NEW], "'huge'"),
     case("teacher-order-1", ["train", C, *TINY, "--ngram-teacher", "1", *NEW], "order >= 2"),
     case("teacher-weight-0", ["train", C, *TINY, "--teacher-weight", "0", *NEW], "(0, 1]"),
+    case("ema-1", ["train", C, *TINY, "--ema", "1", *NEW], "--ema must be a decay in [0, 1)"),
     case("unknown-device", ["train", C, *TINY, "--device", "tpu", *NEW], "--device"),
     case("cuda-without-gpu", ["train", C, *TINY, "--device", "cuda", *NEW], "CUDA", NO_CUDA),
     case("prefix-outside-corpus", ["train", C, *TINY, "--prefix", "xyz", *NEW], "'x' 'y' 'z'"),

@@ -116,6 +116,8 @@ BROKEN = [
     ("newer-version", _save(lambda d: {**d, "format_version": 99}), "newer than this charlstm"),
     ("bad-version", _save(lambda d: {**d, "format_version": "1"}), "invalid format version"),
     ("weights-misfit", _save(_other_architecture), "does not match its model configuration"),
+    ("averaged-misfit", _save(lambda d: {**d, "training_model": {"w": torch.zeros(2)}}),
+     "does not match its model configuration"),
     ("vocab-misfit", _save(lambda d: {**d, "idx_to_char": d["idx_to_char"][:-1]}), "characters"),
     ("bad-config", _save(lambda d: {**d, "model_config": "big"}), "is malformed"),
     ("bad-backend", _save(lambda d: {**d, "model_config": {**d["model_config"], "backend": "x"}}),

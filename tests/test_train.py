@@ -12,7 +12,9 @@ import torch
 from charlstm import checkpoint as ckpt
 from charlstm.config import PRESETS
 from charlstm.errors import CharLSTMError
+from charlstm.evaluate import score_split
 from charlstm.pipeline import prepare_training
+from charlstm.report import describe, render_info
 from charlstm.train import TrainingInterrupted
 
 SMALL_MODEL = {"hidden_size": 32, "dropout": 0.2}
@@ -103,6 +105,51 @@ def test_interrupt_mid_epoch_saves_and_resume_continues_the_same_trajectory(smal
     assert (saved.epoch, saved.batch, saved.step) == (1, 3, stop_at)
     _, resumed = train(small_corpus, None, train_options={"epochs": 2}, resume=tmp_path / "b")
     assert losses(resumed) == losses(straight)[1:]
+
+
+def test_ema_scores_and_saves_the_average_and_resumes_exactly(small_corpus, tmp_path):
+    options = {"ema": 0.9, "epochs": 4}
+    trainer = prepare_training(
+        small_corpus,
+        SMALL_MODEL,
+        {**SMALL_TRAIN, **options},
+        {},
+        run_dir=tmp_path / "a",
+        log=lambda _: None,
+        progress_bar=False,
+    )
+    average = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+
+    def follow(t):  # the documented update, step by step
+        step = t.progress.step - 1
+        decay = min(0.9, (1 + step) / (10 + step))
+        for key, value in t.model.state_dict().items():
+            average[key] = decay * average[key] + (1 - decay) * value
+
+    trainer.on_step = follow
+    straight = trainer.fit()
+    last = ckpt.load(tmp_path / "a" / "last.pt")
+    for key, value in last.model.items():
+        torch.testing.assert_close(value, average[key])
+    assert last.training_model is not None
+    assert all(
+        torch.equal(last.training_model[k], v) for k, v in trainer.model.state_dict().items()
+    )
+    assert not torch.equal(last.model["head.weight"], last.training_model["head.weight"])
+    assert "weights averaged (--ema 0.9)" in render_info(describe(tmp_path / "a"))
+    # What was scored at the last epoch is the average, and it is what eval reads.
+    model = trainer.model
+    model.load_state_dict(last.model)
+    val = score_split(model, trainer.corpus.indices, trainer.cut).loss
+    assert val == pytest.approx(straight.metrics[-1].val_loss, rel=1e-6)
+    # The average changes what is scored, not the training trajectory.
+    _, plain = train(small_corpus, tmp_path / "plain", train_options={"epochs": 4})
+    assert [m.train_loss for m in plain.metrics] == [m.train_loss for m in straight.metrics]
+    assert [m.val_loss for m in plain.metrics] != [m.val_loss for m in straight.metrics]
+    assert ckpt.load(tmp_path / "plain" / "last.pt").training_model is None
+    train(small_corpus, tmp_path / "b", train_options={**options, "epochs": 2})
+    _, resumed = train(small_corpus, None, train_options={"epochs": 4}, resume=tmp_path / "b")
+    assert losses(resumed) == losses(straight)[2:]
 
 
 def test_resume_keeps_the_architecture(small_corpus, tmp_path):
