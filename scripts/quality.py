@@ -115,6 +115,10 @@ def main() -> int:
         if train_config.ngram_teacher
         else ""
     )
+    if train_config.label_smoothing:
+        teacher += f", label smoothing {train_config.label_smoothing:g}"
+    if train_config.ema:
+        teacher += f", weights averaged (--ema {train_config.ema:g})"
     if model.device.type == "cuda":
         where = torch.cuda.get_device_name(model.device)
     else:
