@@ -21,8 +21,8 @@ SMALL_MODEL = {"hidden_size": 32, "dropout": 0.2}
 SMALL_TRAIN = {"batch_size": 8, "num_steps": 20, "sample_every": 0, "seed": 3}
 
 
-def train(corpus, run_dir, model=None, train_options=None, data=None, **kwargs):
-    trainer = prepare_training(
+def make_trainer(corpus, run_dir, model=None, train_options=None, data=None, **kwargs):
+    return prepare_training(
         corpus,
         {**SMALL_MODEL, **(model or {})},
         {**SMALL_TRAIN, **(train_options or {})},
@@ -32,6 +32,10 @@ def train(corpus, run_dir, model=None, train_options=None, data=None, **kwargs):
         progress_bar=False,
         **kwargs,
     )
+
+
+def train(corpus, run_dir, model=None, train_options=None, data=None, **kwargs):
+    trainer = make_trainer(corpus, run_dir, model, train_options, data, **kwargs)
     return trainer, trainer.fit()
 
 
@@ -82,15 +86,7 @@ def test_two_epochs_plus_resume_equals_four_straight(small_corpus, tmp_path, sam
 
 def test_interrupt_mid_epoch_saves_and_resume_continues_the_same_trajectory(small_corpus, tmp_path):
     _, straight = train(small_corpus, tmp_path / "a", train_options={"epochs": 2})
-    trainer = prepare_training(
-        small_corpus,
-        SMALL_MODEL,
-        {**SMALL_TRAIN, "epochs": 2},
-        {},
-        run_dir=tmp_path / "b",
-        log=lambda _: None,
-        progress_bar=False,
-    )
+    trainer = make_trainer(small_corpus, tmp_path / "b", train_options={"epochs": 2})
     stop_at = len(trainer.batches) + 3  # in the middle of epoch 2
 
     def interrupt(t):
@@ -109,15 +105,7 @@ def test_interrupt_mid_epoch_saves_and_resume_continues_the_same_trajectory(smal
 
 def test_ema_scores_and_saves_the_average_and_resumes_exactly(small_corpus, tmp_path):
     options = {"ema": 0.9, "epochs": 4}
-    trainer = prepare_training(
-        small_corpus,
-        SMALL_MODEL,
-        {**SMALL_TRAIN, **options},
-        {},
-        run_dir=tmp_path / "a",
-        log=lambda _: None,
-        progress_bar=False,
-    )
+    trainer = make_trainer(small_corpus, tmp_path / "a", train_options=options)
     average = {k: v.clone() for k, v in trainer.model.state_dict().items()}
 
     def follow(t):  # the documented update, step by step
@@ -206,15 +194,7 @@ def test_gpu_checkpoint_loads_on_cpu(small_corpus, tmp_path):
 def test_cosine_schedule_under_a_time_limit_follows_the_clock(small_corpus, tmp_path):
     """A run stopped by --time-limit reaches the end of its cosine, whatever its --epochs."""
     options = {"schedule": "cosine", "epochs": 1000, "lr": 1.0, "time_limit": 2.0}
-    trainer = prepare_training(
-        small_corpus,
-        SMALL_MODEL,
-        {**SMALL_TRAIN, **options},
-        {},
-        run_dir=tmp_path / "run",
-        log=lambda _: None,
-        progress_bar=False,
-    )
+    trainer = make_trainer(small_corpus, tmp_path / "run", train_options=options)
     assert trainer.current_lr() == pytest.approx(1.0)
     trainer.progress.total_seconds = 45.0  # one epoch of 45 s, then 15 s into the next
     trainer.progress.seconds = 15.0
