@@ -38,6 +38,8 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from collections.abc import Callable
+from itertools import pairwise
 from typing import Any
 
 import numpy as np
@@ -256,11 +258,69 @@ class KneserNeyLM:
         return nll, len(text)
 
 
+def cross_fitted_loss(
+    text: str, vocab: Vocab, order: int, folds: int = 5, max_scored: int = 100_000
+) -> Callable[[float], float]:
+    """``loss(D)``: nats/char of ``text``'s folds, each scored by a model fitted without it.
+
+    ``text`` is cut into ``folds`` contiguous parts; part ``f`` is scored (with the text
+    before it as history) by a Kneser-Ney model fitted on the other parts, so characters
+    and strings that only part ``f`` holds are as new to it as a held-out text's are. The
+    models are fitted once; the discount only enters when probabilities are computed, so
+    ``loss`` can be called for many ``D``. At most ``max_scored`` characters are scored in
+    all (the start of each part), which keeps a megabyte corpus to seconds per call.
+    """
+    if folds < 2 or len(text) < 2 * folds:
+        raise CharLSTMError(f"cannot cut {len(text)} characters into {folds} folds")
+    edges = [round(len(text) * f / folds) for f in range(folds + 1)]
+    per_fold = max(1, max_scored // folds)
+    parts = []
+    for start, stop in pairwise(edges):
+        model = KneserNeyLM(order).fit(text[:start] + text[stop:], vocab)
+        parts.append((model, text[:start], text[start : min(stop, start + per_fold)]))
+    scored = sum(len(part) for _, _, part in parts)
+
+    def loss(discount: float) -> float:
+        nll = 0.0
+        for model, history, part in parts:
+            model.discount = discount
+            nll += model.score(part, history=history)[0]
+        return nll / scored
+
+    return loss
+
+
+def choose_discount(
+    text: str, vocab: Vocab, order: int, folds: int = 5, tolerance: float = 0.005
+) -> float:
+    """The discount ``D`` in (0, 1] that minimises :func:`cross_fitted_loss` on ``text``.
+
+    Chosen on the training text alone, never on held-out text: a golden-section search,
+    which finds the minimum of a loss with one minimum in the interval (the cross-fitted
+    loss of Kneser-Ney smoothing in ``D`` is such a curve) to within ``tolerance``.
+    """
+    loss = cross_fitted_loss(text, vocab, order, folds)
+    ratio = (math.sqrt(5) - 1) / 2
+    low, high = 0.05, 1.0
+    a, b = high - ratio * (high - low), low + ratio * (high - low)
+    loss_a, loss_b = loss(a), loss(b)
+    while high - low > tolerance:
+        if loss_a <= loss_b:
+            high, b, loss_b = b, a, loss_a
+            a = high - ratio * (high - low)
+            loss_a = loss(a)
+        else:
+            low, a, loss_a = a, b, loss_b
+            b = low + ratio * (high - low)
+            loss_b = loss(b)
+    return round((low + high) / 2, 3)
+
+
 def evaluate_ngram(
     text: str,
     order: int,
     val_fraction: float = 0.1,
-    discount: float = 0.75,
+    discount: float | None = 0.75,
     vocab: Vocab | None = None,
 ) -> dict[str, Any]:
     """Fit a Kneser-Ney ``order``-gram on the first part of ``text``, score the held-out rest.
@@ -268,11 +328,13 @@ def evaluate_ngram(
     The vocabulary defaults to every character of the whole ``text`` (the rule charlstm's
     LSTM uses); the split is :func:`charlstm.corpus.split_point`; the held-out part is
     scored with the training text as history, so its first character is predicted from
-    the end of the training text.
+    the end of the training text. ``discount=None`` chooses it on the training part by
+    cross-fitting (:func:`choose_discount`).
 
-    Returns ``{"order", "discount", "vocab_size", "train_chars", "val_chars", "loss"
-    (nats/char), "bpc" (loss / ln 2), "perplexity" (exp loss), "unseen_chars" (held-out
-    characters never seen in training, counted with repeats), "unseen_distinct"}``.
+    Returns ``{"order", "discount", "discount_chosen" (whether it was), "vocab_size",
+    "train_chars", "val_chars", "loss" (nats/char), "bpc" (loss / ln 2), "perplexity"
+    (exp loss), "unseen_chars" (held-out characters never seen in training, counted with
+    repeats), "unseen_distinct"}``.
     """
     vocab = vocab if vocab is not None else Vocab.from_text(text)
     cut = split_point(len(text), val_fraction)
@@ -281,6 +343,9 @@ def evaluate_ngram(
         raise CharLSTMError("the training part is empty (the corpus is too short)")
     if not val:
         raise CharLSTMError("the held-out part is empty: use a val fraction > 0 or a longer text")
+    chosen = discount is None
+    if discount is None:
+        discount = choose_discount(train, vocab, order)
     model = KneserNeyLM(order, discount).fit(train, vocab)
     nll, count = model.score(val, history=train)
     loss = nll / count
@@ -289,6 +354,7 @@ def evaluate_ngram(
     return {
         "order": order,
         "discount": discount,
+        "discount_chosen": chosen,
         "vocab_size": len(vocab),
         "train_chars": len(train),
         "val_chars": count,

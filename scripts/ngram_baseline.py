@@ -6,6 +6,7 @@ probability through the uniform lowest order).
 
     python scripts/ngram_baseline.py ../shared/data/jaychou_lyrics.txt.zip --order 6
     python scripts/ngram_baseline.py ../shared/data/tiny_shakespeare.txt --order 7 --json
+    python scripts/ngram_baseline.py ../shared/data/jaychou_lyrics.txt.zip --order 6 --discount auto
 """
 
 from __future__ import annotations
@@ -26,6 +27,16 @@ from charlstm.errors import CharLSTMError
 from charlstm.ngram import evaluate_ngram
 
 
+def discount_arg(value: str) -> float | None:
+    """``--discount``: a number, or ``auto`` (None: chosen on the training part)."""
+    if value == "auto":
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number or 'auto': {value!r}") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ngram_baseline.py",
@@ -39,7 +50,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--order", type=int, required=True, help="n: predict from the n-1 previous characters"
     )
     parser.add_argument(
-        "--discount", type=float, default=0.75, help="absolute discount D, all orders"
+        "--discount",
+        type=discount_arg,
+        default=0.75,
+        help=(
+            "absolute discount D, all orders (default 0.75), or 'auto': the D that scores "
+            "the training part best by cross-fitting (5 folds, each scored by a model "
+            "fitted on the other four)"
+        ),
     )
     parser.add_argument(
         "--val-fraction",
@@ -86,8 +104,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps(result, ensure_ascii=False))
         return 0
+    chosen = " chosen by cross-fitting on the training part" if result["discount_chosen"] else ""
     print(
-        f"{result['order']}-gram Kneser-Ney (D = {result['discount']}) on {args.corpus}\n"
+        f"{result['order']}-gram Kneser-Ney (D = {result['discount']}{chosen}) on {args.corpus}\n"
         f"  vocabulary        {result['vocab_size']:,} characters (whole file)\n"
         f"  trained on        {result['train_chars']:,} characters\n"
         f"  scored (held out) {result['val_chars']:,} characters, "

@@ -6,15 +6,16 @@ import json
 import math
 import subprocess
 import sys
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
 import pytest
 from conftest import REPO_ROOT, shared_file
 
-from charlstm.corpus import Vocab, read_text
+from charlstm.corpus import Vocab, read_text, split_point
 from charlstm.errors import CharLSTMError
-from charlstm.ngram import KneserNeyLM, evaluate_ngram
+from charlstm.ngram import KneserNeyLM, choose_discount, cross_fitted_loss, evaluate_ngram
 
 TEXT = "abracadabra, cadabra! abra kadabra.\nabracadabra arbaca.\n" * 3
 VOCAB = Vocab.from_text(TEXT + "xyz")  # x, y, z are in the vocabulary but never in TEXT
@@ -143,6 +144,38 @@ def test_jaychou_order6_matches_reference() -> None:
     assert result["bpc"] == pytest.approx(result["loss"] / math.log(2))
 
 
+def test_cross_fitted_loss_scores_each_fold_with_a_model_fitted_without_it() -> None:
+    text = TEXT * 2  # 336 characters: folds of 112
+    loss = cross_fitted_loss(text, VOCAB, order=3, folds=3)
+    edges = [0, 112, 224, 336]
+    for discount in (0.5, 0.9):
+        nll = 0.0
+        for start, stop in pairwise(edges):
+            model = KneserNeyLM(3, discount).fit(text[:start] + text[stop:], VOCAB)
+            nll += model.score(text[start:stop], history=text[:start])[0]
+        assert loss(discount) == pytest.approx(nll / len(text))
+
+
+def test_chosen_discount_minimises_the_cross_fitted_loss() -> None:
+    text = read_text(REPO_ROOT / "data" / "demo_lyrics.zip")
+    vocab = Vocab.from_text(text)
+    chosen = choose_discount(text, vocab, order=4)
+    loss = cross_fitted_loss(text, vocab, order=4)
+    grid = [round(0.05 * i, 2) for i in range(1, 21)]
+    assert loss(chosen) <= min(loss(d) for d in grid) + 1e-9
+    assert 0.05 < chosen <= 1.0
+
+
+def test_jaychou_chosen_discount_beats_the_default_on_held_out_text() -> None:
+    """Chosen on the training part alone, the discount still scores the unseen songs better."""
+    text = read_text(shared_file("jaychou_lyrics.txt.zip"))
+    default = evaluate_ngram(text, order=6)
+    chosen = evaluate_ngram(text, order=6, discount=None)
+    assert chosen["discount_chosen"] and not default["discount_chosen"]
+    assert 0.8 < chosen["discount"] < 0.97  # measured: 0.892
+    assert chosen["perplexity"] < 0.97 * default["perplexity"]  # measured: 197.6 vs 207.8
+
+
 def run_script(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "scripts/ngram_baseline.py", *args],
@@ -173,3 +206,18 @@ def test_cli_missing_file_is_one_line_error(tmp_path: Path) -> None:
     assert len(proc.stderr.strip().splitlines()) == 1
     assert "not found" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_cli_auto_discount_and_bad_discount(tmp_path: Path) -> None:
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(TEXT * 5, encoding="utf-8")
+    proc = run_script(str(corpus), "--order", "3", "--discount", "auto", "--json")
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    train = (TEXT * 5)[: split_point(len(TEXT * 5), 0.1)]
+    assert result["discount_chosen"] is True
+    assert result["discount"] == choose_discount(train, Vocab.from_text(TEXT * 5), 3)
+    bad = run_script(str(corpus), "--order", "3", "--discount", "half")
+    assert bad.returncode == 2
+    assert "not a number or 'auto'" in bad.stderr
+    assert "Traceback" not in bad.stderr
