@@ -91,6 +91,17 @@ def extend_vocab_weights(
     return out
 
 
+def machine(device: torch.device) -> dict[str, Any]:
+    """Where a run trains, for the record: device, its name on a GPU, CPU threads, torch."""
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    return {
+        "device": str(device),
+        "name": name,
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+    }
+
+
 def _write_run_files(trainer: Trainer, resumed_from: Path | None) -> None:
     corpus = trainer.corpus
     runs.write_config(
@@ -106,6 +117,7 @@ def _write_run_files(trainer: Trainer, resumed_from: Path | None) -> None:
             "vocab_size": len(corpus.vocab),
             "parameters": trainer.model.num_parameters(),
             "resumed_from": None if resumed_from is None else str(resumed_from),
+            "machine": machine(trainer.device),
         },
     )
     (trainer.run_dir / "vocab.json").write_text(

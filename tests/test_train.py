@@ -51,6 +51,12 @@ def test_run_directory_holds_config_vocab_metrics_and_checkpoints(small_corpus, 
     }
     config = json.loads((run / "config.json").read_text(encoding="utf-8"))
     assert config["model"]["hidden_size"] == 32 and config["train"]["epochs"] == 2
+    assert config["machine"] == {
+        "device": str(trainer.device),
+        "name": "CPU" if trainer.device.type == "cpu" else torch.cuda.get_device_name(),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+    }
     assert json.loads((run / "vocab.json").read_text(encoding="utf-8")) == (
         trainer.corpus.vocab.idx_to_char
     )
