@@ -201,6 +201,10 @@ def prepare_training(
             vocab_size=len(corpus.vocab), **{**chosen["model"], **model_options}
         ).validate()
     model_config.validate()
+    if model_options.get("scratch_impl") is not None and model_config.backend != "scratch":
+        raise CharLSTMError(
+            "--scratch-impl needs --backend scratch (it chooses how the scratch layer runs)"
+        )
     if run_dir is None:
         run_dir = Path(runs_root) / runs.default_run_name(path, model_config.backend)
     _check_prefixes(train_config.prefixes, corpus.vocab)
