@@ -293,11 +293,12 @@ def cross_fitted_loss(
 def choose_discount(
     text: str, vocab: Vocab, order: int, folds: int = 5, tolerance: float = 0.005
 ) -> float:
-    """The discount ``D`` in (0, 1] that minimises :func:`cross_fitted_loss` on ``text``.
+    """The discount ``D`` in [0.05, 1] that minimises :func:`cross_fitted_loss` on ``text``.
 
     Chosen on the training text alone, never on held-out text: a golden-section search,
     which finds the minimum of a loss with one minimum in the interval (the cross-fitted
-    loss of Kneser-Ney smoothing in ``D`` is such a curve) to within ``tolerance``.
+    loss of Kneser-Ney smoothing in ``D`` is such a curve: it falls, then rises) to within
+    ``tolerance``; about 13 calls of the loss.
     """
     loss = cross_fitted_loss(text, vocab, order, folds)
     ratio = (math.sqrt(5) - 1) / 2
