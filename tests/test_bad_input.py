@@ -328,7 +328,3 @@ def test_bad_invocation_is_one_line_non_zero_and_harmless(
     assert process["after"] == process["before"]
     assert process["stderr"] == result.stderr  # the same line either way
     assert not (world["tmp"] / "MARKER").exists()
-
-
-def test_the_table_is_large_enough():
-    assert len(CASES) >= 25

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -81,19 +84,25 @@ def test_generate_from_a_run_is_reproducible(trained_run: Path):
     assert len(starts) >= 4
 
 
-def test_generate_uses_the_newest_run_by_default(trained_run: Path):
-    result = invoke(
-        "generate",
-        "--runs-root",
-        trained_run.parent,
-        "--prefix",
-        "分",
-        "--greedy",
-        "--length",
-        "10",
-    )
+def test_generate_uses_the_newest_run_by_default(trained_run: Path, tmp_path: Path):
+    root = tmp_path / "runs"
+    older, newer = root / "older", root / "newer"
+    for run in (older, newer):
+        shutil.copytree(trained_run, run)
+    (root / "not-a-run").mkdir()  # no checkpoint: never chosen
+    for age, run in ((200, older), (100, newer)):
+        for path in run.glob("*.pt"):
+            os.utime(path, (time.time() - age, time.time() - age))
+    args = ["generate", "--runs-root", root, "--prefix", "分", "--length", "10", "--seed", "1"]
+    result = invoke(*args, "--format", "jsonl")
     assert result.exit_code == 0, result.output
-    assert result.output.startswith("分")
+    record = json.loads(result.stdout)
+    assert record["text"].startswith("分")
+    assert Path(record["checkpoint"]) == newer / "best.pt"
+    os.utime(older / "best.pt")  # now the older run holds the newest checkpoint
+    assert Path(json.loads(invoke(*args, "--format", "jsonl").stdout)["checkpoint"]) == (
+        older / "best.pt"
+    )
 
 
 def test_eval_reports_held_out_perplexity_as_json(trained_run: Path, small_corpus: Path):

@@ -51,12 +51,11 @@ def test_run_directory_holds_config_vocab_metrics_and_checkpoints(small_corpus, 
     }
     config = json.loads((run / "config.json").read_text(encoding="utf-8"))
     assert config["model"]["hidden_size"] == 32 and config["train"]["epochs"] == 2
-    assert config["machine"] == {
-        "device": str(trainer.device),
-        "name": "CPU" if trainer.device.type == "cpu" else torch.cuda.get_device_name(),
-        "threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-    }
+    machine = config["machine"]  # where it trained, for comparing timings later
+    assert machine.keys() == {"device", "name", "threads", "torch"}
+    assert machine["device"] == str(trainer.device) and machine["torch"] == torch.__version__
+    assert isinstance(machine["name"], str) and machine["name"]
+    assert isinstance(machine["threads"], int) and machine["threads"] >= 1
     assert json.loads((run / "vocab.json").read_text(encoding="utf-8")) == (
         trainer.corpus.vocab.idx_to_char
     )
@@ -179,7 +178,8 @@ def test_non_finite_loss_stops_with_a_clear_message(small_corpus, tmp_path):
             # device (SGD's step follows the gradient, and on a GPU could stay finite).
             train_options={"epochs": 3, "optimizer": "adam", "lr": 1e36, "clip": 0},
         )
-    assert ckpt.load(tmp_path / "run" / "last.pt").step >= 0  # still resumable
+    last = ckpt.load(tmp_path / "run" / "last.pt")  # the last good state, resumable
+    assert all(torch.isfinite(weights).all() for weights in last.model.values())
 
 
 def test_checkpoint_is_plain_data_and_written_atomically(small_corpus, tmp_path):
