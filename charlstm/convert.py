@@ -17,21 +17,28 @@ def convert_checkpoint(source: str | Path, to_backend: str, out: str | Path) -> 
     (see :func:`charlstm.model.convert_state_dict`), so the converted model gives the same
     logits and, with the same seed, the same text. The optimizer state and the trained
     weights behind an average belong to the training run and are dropped: the result is
-    for ``generate``, ``eval`` and ``--init-from``, not for ``--resume``.
+    for ``generate``, ``eval`` and ``--init-from``, not for ``--resume``. DropConnect
+    (``--weight-drop``) only acts while training, so a model trained with it converts to
+    ``nn.LSTM`` with that setting dropped; peephole connections have no ``nn.LSTM`` twin.
     """
     checkpoint = ckpt.load(ckpt.resolve(source, prefer="best.pt"))
     config = checkpoint.model_config
     if to_backend not in ("scratch", "torch"):
         raise CharLSTMError(f"unknown --to {to_backend!r}; choose scratch or torch")
-    if to_backend == "torch" and (config.weight_drop > 0 or config.peephole):
-        raise CharLSTMError("this scratch model uses --peephole or --weight-drop: no nn.LSTM twin")
+    if to_backend == "torch" and config.peephole:
+        raise CharLSTMError("this scratch model has peephole connections: nn.LSTM has none")
     out = Path(out)
     if out.resolve() == Path(checkpoint.path).resolve():
         raise CharLSTMError("--out must differ from the source checkpoint")
     weights = convert_state_dict(checkpoint.model, config, to_backend)
     converted = replace(
         checkpoint,
-        model_config=replace(config, backend=to_backend),
+        # --weight-drop is a training-time regulariser that nn.LSTM cannot apply
+        model_config=replace(
+            config,
+            backend=to_backend,
+            weight_drop=config.weight_drop if to_backend == "scratch" else 0.0,
+        ),
         model=weights,
         optimizer=None,
         scheduler=None,

@@ -119,6 +119,45 @@ def test_variational_dropout_shares_mask_across_time() -> None:
     assert torch.equal(zero, zero[:1].expand_as(zero))  # one mask per sequence
 
 
+def test_dropconnect_drops_recurrent_weights_in_training_only() -> None:
+    torch.manual_seed(0)
+    config = ModelConfig(vocab_size=V, hidden_size=16, dropout=0.0, weight_drop=0.5)
+    model = build_model(config)
+    plain = build_model(ModelConfig(vocab_size=V, hidden_size=16, dropout=0.0))
+    plain.load_state_dict(model.state_dict())
+    x = torch.randint(0, V, (6, 3))
+    model.eval()
+    torch.testing.assert_close(model(x)[0], plain(x)[0], atol=0, rtol=0)  # off when scoring
+    model.train()
+    first, second = model(x)[0], model(x)[0]
+    assert not torch.allclose(first, second)  # a new mask each forward pass
+    # From a zero state the first step never reads W_h: only later steps change
+    torch.testing.assert_close(first[0], plain(x)[0][0], atol=1e-6, rtol=0)
+    assert not torch.allclose(first[1:], plain(x)[0][1:])
+
+
+def test_peephole_model_does_not_convert_to_nn_lstm(tmp_path) -> None:
+    from charlstm import checkpoint as ckpt
+    from charlstm.config import DataConfig, TrainConfig
+    from charlstm.convert import convert_checkpoint
+    from charlstm.corpus import Vocab
+
+    config = ModelConfig(vocab_size=3, hidden_size=8, peephole=True)
+    source = ckpt.save(
+        ckpt.Checkpoint(
+            model_config=config,
+            vocab=Vocab(list("abc")),
+            model=build_model(config).state_dict(),
+            train_config=TrainConfig(epochs=1),
+            data_config=DataConfig("corpus.txt"),
+        ),
+        tmp_path / "peephole.pt",
+    )
+    with pytest.raises(CharLSTMError, match="peephole connections: nn.LSTM has none"):
+        convert_checkpoint(source, "torch", tmp_path / "torch.pt")
+    assert not (tmp_path / "torch.pt").exists()
+
+
 @pytest.mark.parametrize(
     ("options", "message"),
     [
@@ -133,8 +172,11 @@ def test_bad_model_configs_are_rejected(options: dict, message: str) -> None:
         build_model(ModelConfig(vocab_size=V, **options))
 
 
-def test_convert_command_gives_same_logits_and_text(small_corpus, tmp_path) -> None:
-    """``charlstm convert`` both ways: same logits (1e-5) and, with a seed, the same text."""
+@pytest.mark.parametrize("regularised", [[], ["--weight-drop", "0.5", "--tie-weights"]])
+def test_convert_command_gives_same_logits_and_text(small_corpus, tmp_path, regularised) -> None:
+    """``charlstm convert`` both ways: same logits (1e-5) and, with a seed, the same text.
+
+    DropConnect only acts in training, so a model trained with it converts too."""
     from typer.testing import CliRunner
 
     from charlstm.api import load_model
@@ -159,6 +201,7 @@ def test_convert_command_gives_same_logits_and_text(small_corpus, tmp_path) -> N
         "0",
         "--run-dir",
         str(run),
+        *regularised,
     ]
     assert runner.invoke(app, args).exit_code == 0
     as_torch = tmp_path / "torch.pt"
@@ -172,7 +215,7 @@ def test_convert_command_gives_same_logits_and_text(small_corpus, tmp_path) -> N
         == 0
     )
     original, converted = load_model(run), load_model(as_torch)
-    assert converted.model.config.backend == "torch"
+    assert converted.model.config.backend == "torch" and converted.model.config.weight_drop == 0
     x = original.vocab.encode("我们说好不分开分开以后的雨天").view(-1, 1)
     for other in (converted, load_model(back)):
         torch.testing.assert_close(other.model(x)[0], original.model(x)[0], atol=1e-5, rtol=0)

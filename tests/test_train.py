@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import math
+import random
 import signal
 
 import pytest
 import torch
+from conftest import write_zip
 
 from charlstm import checkpoint as ckpt
 from charlstm.config import PRESETS
@@ -76,6 +79,85 @@ def test_training_lowers_held_out_loss(small_corpus, tmp_path):
     assert first.val_loss < math.log(vocab_size) - 1  # far better than uniform after 1 epoch
     assert last.val_loss <= first.val_loss
     assert last.train_ppl < 1.5 and last.val_ppl < 1.5  # repetitive lines: easy to learn
+
+
+@pytest.fixture(scope="module")
+def noise_corpus(tmp_path_factory: pytest.TempPathFactory):
+    """2,000 random letters: nothing to learn but their frequencies, so a model without
+    dropout improves on held-out text for an epoch, then memorises and gets worse."""
+    rng = random.Random(0)
+    text = "".join(rng.choice("abcdefghijklmnopqrst") for _ in range(2000))
+    return write_zip(tmp_path_factory.mktemp("noise") / "noise.zip", {"noise.txt": text.encode()})
+
+
+def overfit(corpus, run_dir, **train_options):
+    """Train the memorising model; returns the result and the lines it logged."""
+    options = {"lr": 0.01, **train_options}
+    trainer = make_trainer(corpus, run_dir, {"hidden_size": 64, "dropout": 0.0}, options)
+    lines: list[str] = []
+    trainer.log = lines.append
+    return trainer.fit(), lines
+
+
+def test_patience_stops_early_and_best_pt_keeps_the_best_epoch(noise_corpus, tmp_path):
+    result, lines = overfit(noise_corpus, tmp_path / "run", epochs=12, patience=2)
+    val = [m.val_loss for m in result.metrics]
+    best = val.index(min(val))
+    assert result.stopped_early and len(val) == best + 3  # two epochs without a better one
+    assert all(v > val[best] for v in val[best + 1 :])
+    assert (
+        "early stop: held-out loss has not improved for 2 epochs (--patience 2); "
+        "best.pt holds the best model"
+    ) in lines
+    assert ckpt.load(tmp_path / "run" / "best.pt").epoch == best + 1
+    assert ckpt.load(tmp_path / "run" / "last.pt").epoch == len(val)
+
+
+def test_without_patience_rising_held_out_loss_is_warned_about_once(noise_corpus, tmp_path):
+    result, lines = overfit(noise_corpus, tmp_path / "run", epochs=6)
+    assert not result.stopped_early and len(result.metrics) == 6
+    warnings = [i for i, line in enumerate(lines) if line.startswith("warning:")]
+    assert len(warnings) == 1
+    assert "held-out loss has risen for 3 epochs while training loss falls" in lines[warnings[0]]
+    epochs_before = [line for line in lines[: warnings[0]] if line.startswith("epoch")]
+    val = [m.val_loss for m in result.metrics]
+    best = val.index(min(val))
+    assert len(epochs_before) == best + 4  # logged after the third epoch without a better one
+
+
+def test_plateau_halves_the_lr_after_each_worse_epoch_and_resumes_with_it(noise_corpus, tmp_path):
+    straight, _ = overfit(noise_corpus, tmp_path / "a", epochs=5, schedule="plateau")
+    worse = 0
+    for m in straight.metrics:  # the lr each epoch ends with, as the next one uses it
+        worse += not m.best
+        assert m.lr == pytest.approx(0.01 * 0.5**worse)
+    assert worse >= 2
+    overfit(noise_corpus, tmp_path / "b", epochs=3, schedule="plateau")
+    model = {"hidden_size": 64, "dropout": 0.0}  # as overfit() trained it
+    _, resumed = train(noise_corpus, None, model, {"epochs": 5}, resume=tmp_path / "b")
+    assert losses(resumed) == losses(straight)[3:]
+    assert [m.lr for m in resumed.metrics] == [m.lr for m in straight.metrics[3:]]
+
+
+def test_label_smoothing_trains_on_smoothed_targets_and_reports_the_true_loss(
+    small_corpus, tmp_path
+):
+    s, lr = 0.2, 0.5
+    options = {"label_smoothing": s, "optimizer": "sgd", "lr": lr, "clip": 0}
+    trainer = make_trainer(small_corpus, tmp_path / "run", {"dropout": 0.0}, options)
+    x, y = trainer.batches[0]
+    model = copy.deepcopy(trainer.model)  # the same step, written with torch's own loss
+    logits, _ = model(x)
+    F = torch.nn.functional
+    F.cross_entropy(logits.flatten(0, 1), y.flatten(), label_smoothing=s).backward()
+    true_loss = F.cross_entropy(logits.flatten(0, 1), y.flatten()).item()
+    reported, _ = trainer._step(x, y, None, None)
+    assert reported == pytest.approx(true_loss, rel=1e-6)  # the log shows the unsmoothed loss
+    with torch.no_grad():
+        for (name, stepped), expected in zip(
+            trainer.model.named_parameters(), model.parameters(), strict=True
+        ):
+            torch.testing.assert_close(stepped, expected - lr * expected.grad, msg=name)
 
 
 @pytest.mark.parametrize("sampling", ["consecutive", "random"])
