@@ -4,18 +4,22 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
 from charlstm import checkpoint as ckpt
+from charlstm.api import load_model
 from charlstm.cli import app
 from charlstm.corpus import read_text, split_point
+from charlstm.evaluate import CacheConfig, DynamicConfig, score_adaptive
 
 runner = CliRunner()
 FAST = [
@@ -114,6 +118,39 @@ def test_eval_reports_held_out_perplexity_as_json(trained_run: Path, small_corpu
     best = ckpt.load(trained_run / "best.pt")
     assert report["loss"] == pytest.approx(best.best_val_loss, rel=1e-5)  # as in training
     assert {"loss", "bpc", "perplexity", "chars"} <= report.keys()
+
+
+def test_eval_of_another_text_scores_all_of_it_and_adapts_on_request(
+    trained_run: Path, small_corpus: Path, tmp_path: Path
+):
+    text = read_text(small_corpus)[:1500]
+    other = tmp_path / "other.txt"
+    other.write_text(text, encoding="utf-8")
+    n = len(text)
+
+    plain = invoke("eval", other, "--checkpoint", trained_run)
+    assert plain.exit_code == 0, plain.output
+    assert plain.stdout.startswith(f"{other}: {n - 1:,} characters scored (whole text after")
+    assert re.search(r"loss \d\.\d{4} nats/char, \d+\.\d{4} bits/char, perplexity", plain.stdout)
+
+    half = json.loads(
+        invoke("eval", other, "--checkpoint", trained_run, "--json", "--val-fraction", "0.5").stdout
+    )
+    assert half["chars"] == n - split_point(n, 0.5)
+
+    saved = (trained_run / "best.pt").read_bytes()
+    adapted = invoke("eval", other, "--checkpoint", trained_run, "--json", "--cache", "--dynamic")
+    assert (trained_run / "best.pt").read_bytes() == saved  # adaptation never writes back
+    assert adapted.exit_code == 0, adapted.output
+    report = json.loads(adapted.stdout)
+    assert report["chars"] == n - 1
+    assert report["cache"] == asdict(CacheConfig()) and report["dynamic"] == asdict(DynamicConfig())
+    model = load_model(trained_run)
+    indices = model.vocab.encode(text)
+    expected = score_adaptive(model.model, indices[1:], indices[:1], CacheConfig(), DynamicConfig())
+    assert report["loss"] == pytest.approx(expected.loss, rel=1e-5)
+    unadapted = json.loads(invoke("eval", other, "--checkpoint", trained_run, "--json").stdout)
+    assert report["loss"] != pytest.approx(unadapted["loss"], rel=1e-4)
 
 
 @pytest.mark.parametrize(
