@@ -312,6 +312,33 @@ def base_run(small_corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
     return run
 
 
+def test_init_from_starts_a_new_run_from_the_exact_weights(base_run, small_corpus, tmp_path):
+    base = ckpt.load(base_run / "best.pt")
+
+    def fine_tune(model_options, run_dir):
+        return prepare_training(
+            small_corpus,
+            model_options,
+            {"batch_size": 8, "num_steps": 20, "sample_every": 0, "epochs": 1, "lr": 1e-3},
+            {},
+            run_dir=run_dir,
+            init_from=base_run,
+            log=lambda _: None,
+            progress_bar=False,
+        )
+
+    trainer = fine_tune({"dropout": 0.1}, tmp_path / "ft")  # regularisation may change
+    weights = trainer.model.state_dict()
+    assert weights.keys() == base.model.keys()
+    assert all(torch.equal(weights[k], base.model[k]) for k in weights)
+    assert (trainer.progress.epoch, trainer.progress.step) == (0, 0)
+    assert trainer.optimizer.state_dict()["state"] == {}  # a fresh optimizer
+    assert trainer.model_config.dropout == 0.1 and trainer.corpus.vocab == base.vocab
+    with pytest.raises(CharLSTMError, match="fine-tuning keeps the architecture"):
+        fine_tune({"hidden_size": 64}, tmp_path / "wider")
+    assert not (tmp_path / "wider").exists()
+
+
 def test_init_from_lists_the_missing_characters(base_run, tmp_path):
     corpus = tmp_path / "new.txt"
     corpus.write_text(NEW_TEXT, encoding="utf-8")
