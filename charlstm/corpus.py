@@ -8,6 +8,7 @@ and the held-out split. Nothing here knows about models or batches.
 from __future__ import annotations
 
 import zipfile
+import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,7 +57,16 @@ def _read_bytes(path: Path, member: str | None) -> list[tuple[str, bytes]]:
                     if not chosen:
                         raise CharLSTMError(f"no text member (.txt) in zip file {path}")
                 return [(name, archive.read(name)) for name in chosen]
-        except (zipfile.BadZipFile, OSError, EOFError) as err:
+        # A damaged archive fails in many ways: a bad header, a corrupt deflate stream
+        # (zlib.error), an encrypted member (RuntimeError), an unknown compression method.
+        except (
+            zipfile.BadZipFile,
+            OSError,
+            EOFError,
+            RuntimeError,
+            NotImplementedError,
+            zlib.error,
+        ) as err:
             raise CharLSTMError(f"cannot read zip file {path}: {err}") from err
     if path.suffix.lower() == ".zip":
         raise CharLSTMError(f"not a zip file: {path}")
@@ -69,9 +79,14 @@ def _read_bytes(path: Path, member: str | None) -> list[tuple[str, bytes]]:
 
 
 def decode_bytes(raw: bytes, name: str, encoding: str | None = None) -> str:
-    """Decode ``raw`` with ``encoding``, or UTF-8 then GB18030 when none is given."""
-    if b"\x00" in raw:
-        raise CharLSTMError(f"{name} looks like a binary file, not text (it contains NUL bytes)")
+    """Decode ``raw`` with ``encoding``, or UTF-8 then GB18030 when none is given.
+
+    NUL bytes mark a binary file, unless an ``encoding`` such as UTF-16 is named, whose
+    text holds them; then a NUL in the decoded text does.
+    """
+    binary = f"{name} looks like a binary file, not text (it contains NUL bytes)"
+    if encoding is None and b"\x00" in raw:
+        raise CharLSTMError(binary)
     encodings: Sequence[str] = (encoding,) if encoding else FALLBACK_ENCODINGS
     for enc in encodings:
         try:
@@ -80,6 +95,8 @@ def decode_bytes(raw: bytes, name: str, encoding: str | None = None) -> str:
             raise CharLSTMError(f"unknown encoding: {enc}") from err
         except UnicodeDecodeError:
             continue
+        if "\x00" in text:
+            raise CharLSTMError(binary)
         return text.removeprefix("\ufeff")
     tried = " or ".join(encodings)
     raise CharLSTMError(f"cannot decode {name} as {tried}; pass --encoding to name its encoding")

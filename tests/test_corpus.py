@@ -37,6 +37,28 @@ def test_gb18030_fallback_and_explicit_encoding(tmp_path: Path) -> None:
         read_text(path, encoding="utf-8")
 
 
+def test_utf16_text_reads_with_its_encoding_named(tmp_path: Path) -> None:
+    path = tmp_path / "utf16.txt"
+    path.write_bytes(LYRICS.encode("utf-16"))  # every other byte is NUL
+    assert read_text(path, encoding="utf-16") == LYRICS.replace("\r\n", "\n")
+    with pytest.raises(CharLSTMError, match="binary file"):
+        read_text(path)  # unnamed, NUL bytes still mark a binary file
+
+
+def _damaged_zip(path: Path, offsets: dict[int, int] | None = None, method: int | None = None):
+    """A zip of one deflated member, with bytes overwritten or its compression method set."""
+    write_zip(path, {"a.txt": ("x y z\n" * 3000).encode()})
+    data = bytearray(path.read_bytes())
+    for offset, value in (offsets or {}).items():
+        data[offset] = value
+    if method is not None:  # in the local header and in the central directory
+        data[8:10] = method.to_bytes(2, "little")
+        central = data.rfind(b"PK\x01\x02")
+        data[central + 10 : central + 12] = method.to_bytes(2, "little")
+    path.write_bytes(bytes(data))
+    return path
+
+
 def test_multi_member_zip_in_name_order_and_member_choice(tmp_path: Path) -> None:
     path = write_zip(
         tmp_path / "m.zip",
@@ -75,6 +97,9 @@ def test_real_corpus_figures(jaychou: Path) -> None:
         (lambda p: write_zip(p / "img.zip", {"cover.png": b"\x89PNG"}), "no text member"),
         (lambda p: _write(p / "bin.txt", b"\x00\x01\x02\xff" * 20), "binary"),
         (lambda p: _write(p / "bad.txt", b"\xff\xfe\xfd\x80\x81"), "cannot decode"),
+        # the deflate stream starts after the 30-byte header and the name "a.txt"
+        (lambda p: _damaged_zip(p / "z.zip", {35: 255, 36: 255}), "cannot read zip file"),
+        (lambda p: _damaged_zip(p / "m.zip", method=99), "cannot read zip file"),
     ],
 )
 def test_errors_are_one_clear_line(tmp_path: Path, make, message: str) -> None:
