@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from charlstm import checkpoint as ckpt
+from charlstm.config import fraction
 from charlstm.corpus import Vocab, read_text, show_chars, split_point
 from charlstm.errors import CharLSTMError
 from charlstm.evaluate import CacheConfig, DynamicConfig, EvalResult, score, score_adaptive
@@ -142,22 +143,32 @@ class LanguageModel:
         cache: CacheConfig | None = None,
         dynamic: DynamicConfig | None = None,
     ) -> dict[str, Any]:
-        """Score a corpus file, normalised as the model's training corpus was.
+        """Score a corpus file, its newlines treated as the model's training corpus's were.
 
-        When ``path`` is the model's own corpus and ``val_fraction`` is not given, only its
-        held-out part is scored (after the end of the training text, as during training).
+        When ``path`` is the model's own corpus (the same file, and the same zip member if
+        one is named), it is read exactly as in training (member, encoding, ``--max-chars``)
+        and, unless ``val_fraction`` is given, only its held-out part is scored (after the
+        end of the training text, as during training). Any other text is read whole.
         ``cache`` / ``dynamic`` adapt causally to the scored text as it is read (see
         :func:`charlstm.evaluate.score_adaptive`); the model itself is not changed.
         """
         data = self.checkpoint.data_config
-        text = read_text(path, member, encoding, data.newlines, data.max_chars)
+        if val_fraction is not None:
+            fraction("--val-fraction", val_fraction)
+        same_corpus = Path(path).resolve() == Path(data.path).resolve() and member in (
+            None,
+            data.member,
+        )
+        if same_corpus:
+            member, encoding = data.member, encoding or data.encoding
+        max_chars = data.max_chars if same_corpus else None
+        text = read_text(path, member, encoding, data.newlines, max_chars)
         missing = self.vocab.missing(text)
         if missing:
             raise CharLSTMError(
                 f"{len(missing)} characters of {path} are not in the model's vocabulary: "
                 f"{show_chars(missing)}"
             )
-        same_corpus = Path(path).resolve() == Path(data.path).resolve()
         if val_fraction is None:
             val_fraction = self.checkpoint.train_config.val_fraction if same_corpus else 0.0
         cut = split_point(len(text), val_fraction) if val_fraction > 0 else 0

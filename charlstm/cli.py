@@ -17,6 +17,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 
 from charlstm import checkpoint as ckpt
+from charlstm.config import check_seed, non_negative, positive
 from charlstm.errors import CharLSTMError
 from charlstm.evaluate import CacheConfig, DynamicConfig
 
@@ -700,8 +701,12 @@ def generate(
         temperature, top_k, top_p, greedy, repetition_penalty, penalty_window
     ).validate()
     stop_char = parse_char(stop_at) if stop_at is not None else None
-    if lines is not None and lines <= 0:
-        raise CharLSTMError(f"--lines must be positive, not {lines}")
+    non_negative("--length", length)  # checked before any row of the batch is built
+    positive("--num-samples", num_samples)
+    if lines is not None:
+        positive("--lines", lines)
+    if seed is not None:
+        check_seed(seed)
     cache_config, dynamic_config = adaptation(
         cache,
         cache_window,

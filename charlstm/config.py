@@ -8,6 +8,7 @@ stored in ``config.json`` and in every checkpoint.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
@@ -18,6 +19,10 @@ ScratchImpl = Literal["fused", "autograd"]
 Sampling = Literal["consecutive", "random"]
 Optimizer = Literal["sgd", "adam", "adamw"]
 Schedule = Literal["none", "cosine", "plateau"]
+
+#: The n-gram teacher's counts grow with the order; beyond this it cannot help and
+#: exhausts memory.
+MAX_NGRAM_ORDER = 16
 
 BACKENDS: tuple[str, ...] = ("scratch", "torch")
 SCRATCH_IMPLS: tuple[str, ...] = ("fused", "autograd")
@@ -39,12 +44,38 @@ def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
         raise CharLSTMError(f"unknown {name} {value!r}; choose one of: {', '.join(allowed)}")
 
 
-def _positive(name: str, value: float) -> None:
+#: Counts and sizes beyond this cannot fit in memory; larger values are typing errors.
+MAX_INT = 2**31 - 1
+#: Seeds are 64-bit (torch's generators); negative ones are not accepted.
+MAX_SEED = 2**63 - 1
+
+
+def finite(name: str, value: float) -> None:
+    if isinstance(value, float) and not math.isfinite(value):
+        raise CharLSTMError(f"{name} must be a finite number, not {value}")
+    if isinstance(value, int) and value > MAX_INT:
+        raise CharLSTMError(f"{name} must be at most {MAX_INT:,}, not {value}")
+
+
+def positive(name: str, value: float) -> None:
+    finite(name, value)
     if value <= 0:
         raise CharLSTMError(f"{name} must be positive, not {value}")
 
 
-def _fraction(name: str, value: float, upper_open: bool = True) -> None:
+def non_negative(name: str, value: float, note: str = "") -> None:
+    finite(name, value)
+    if value < 0:
+        raise CharLSTMError(f"{name} must be >= 0{note}, not {value}")
+
+
+def check_seed(value: int) -> None:
+    """Seeds are integers in [0, 2**63 - 1]."""
+    if not 0 <= value <= MAX_SEED:
+        raise CharLSTMError(f"--seed must be in [0, 2**63 - 1], not {value}")
+
+
+def fraction(name: str, value: float, upper_open: bool = True) -> None:
     ok = 0.0 <= value < 1.0 if upper_open else 0.0 <= value <= 1.0
     if not ok:
         raise CharLSTMError(f"{name} must be in [0, 1), not {value}")
@@ -63,7 +94,7 @@ class DataConfig:
     def validate(self) -> DataConfig:
         _choice("--newlines", self.newlines, ("keep", "space"))
         if self.max_chars is not None:
-            _positive("--max-chars", self.max_chars)
+            positive("--max-chars", self.max_chars)
         return self
 
     @classmethod
@@ -95,17 +126,17 @@ class ModelConfig:
     def validate(self) -> ModelConfig:
         _choice("--backend", self.backend, BACKENDS)
         _choice("--scratch-impl", self.scratch_impl, SCRATCH_IMPLS)
-        _positive("vocabulary size", self.vocab_size)
-        _positive("--hidden", self.hidden_size)
-        _positive("--layers", self.num_layers)
+        positive("vocabulary size", self.vocab_size)
+        positive("--hidden", self.hidden_size)
+        positive("--layers", self.num_layers)
         if self.embedding_size is not None:
-            _positive("--embedding-size", self.embedding_size)
+            positive("--embedding-size", self.embedding_size)
         for name, value in (
             ("--dropout", self.dropout),
             ("--embed-dropout", self.embed_dropout),
             ("--weight-drop", self.weight_drop),
         ):
-            _fraction(name, value)
+            fraction(name, value)
         if self.backend == "torch" and self.peephole:
             raise CharLSTMError("--peephole needs --backend scratch (nn.LSTM has no peepholes)")
         if self.backend == "torch" and self.weight_drop > 0:
@@ -157,39 +188,38 @@ class TrainConfig:
     time_limit: float = 0.0
 
     def validate(self) -> TrainConfig:
-        _positive("--epochs", self.epochs)
-        _positive("--batch-size", self.batch_size)
-        _positive("--num-steps", self.num_steps)
+        positive("--epochs", self.epochs)
+        positive("--batch-size", self.batch_size)
+        positive("--num-steps", self.num_steps)
         _choice("--sampling", self.sampling, SAMPLINGS)
         _choice("--optimizer", self.optimizer, OPTIMIZERS)
         _choice("--schedule", self.schedule, SCHEDULES)
-        _positive("--lr", self.lr)
-        if self.clip < 0:
-            raise CharLSTMError(f"--clip must be >= 0 (0 disables), not {self.clip}")
-        _fraction("--label-smoothing", self.label_smoothing)
-        if self.ngram_teacher < 0 or self.ngram_teacher == 1:
+        positive("--lr", self.lr)
+        non_negative("--clip", self.clip, " (0 disables)")
+        fraction("--label-smoothing", self.label_smoothing)
+        if not (self.ngram_teacher == 0 or 2 <= self.ngram_teacher <= MAX_NGRAM_ORDER):
             raise CharLSTMError(
-                f"--ngram-teacher must be an n-gram order >= 2 (0: off), not {self.ngram_teacher}"
+                f"--ngram-teacher must be an n-gram order from 2 to {MAX_NGRAM_ORDER} (0: off), "
+                f"not {self.ngram_teacher}"
             )
+        finite("--teacher-folds", self.teacher_folds)
         if self.teacher_folds < 2:
             raise CharLSTMError(f"--teacher-folds must be at least 2, not {self.teacher_folds}")
         if not 0.0 < self.teacher_weight <= 1.0:
             raise CharLSTMError(f"--teacher-weight must be in (0, 1], not {self.teacher_weight}")
         if not 0.0 <= self.ema < 1.0:
             raise CharLSTMError(f"--ema must be a decay in [0, 1) (0: off), not {self.ema}")
-        if self.weight_decay < 0:
-            raise CharLSTMError(f"--weight-decay must be >= 0, not {self.weight_decay}")
+        non_negative("--weight-decay", self.weight_decay)
         for name, value in (
             ("--patience", self.patience),
             ("--sample-every", self.sample_every),
             ("--checkpoint-every", self.checkpoint_every),
         ):
-            if value < 0:
-                raise CharLSTMError(f"{name} must be >= 0, not {value}")
-        _positive("--sample-length", self.sample_length)
-        if self.time_limit < 0:
-            raise CharLSTMError(f"--time-limit must be >= 0 minutes, not {self.time_limit}")
-        _fraction("--val-fraction", self.val_fraction)
+            non_negative(name, value)
+        positive("--sample-length", self.sample_length)
+        non_negative("--time-limit", self.time_limit, " minutes")
+        fraction("--val-fraction", self.val_fraction)
+        check_seed(self.seed)
         return self
 
     @classmethod

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from charlstm.config import positive
 from charlstm.errors import CharLSTMError
 from charlstm.model import CharLSTM, State
 
@@ -138,8 +139,7 @@ class CacheConfig:
         return cls(**{"mix": 0.05, **settings})
 
     def validate(self) -> CacheConfig:
-        if self.window <= 0:
-            raise CharLSTMError(f"--cache-window must be positive, not {self.window}")
+        positive("--cache-window", self.window)
         if not 0 <= self.mix < 1:
             raise CharLSTMError(f"--cache-mix must be in [0, 1), not {self.mix}")
         if not (self.flatness > 0 and math.isfinite(self.flatness)):
@@ -160,8 +160,7 @@ class DynamicConfig:
     def validate(self) -> DynamicConfig:
         if not (self.lr >= 0 and math.isfinite(self.lr)):
             raise CharLSTMError(f"--dynamic-lr must be >= 0, not {self.lr}")
-        if self.segment <= 0:
-            raise CharLSTMError(f"--dynamic-segment must be positive, not {self.segment}")
+        positive("--dynamic-segment", self.segment)
         if not 0 <= self.decay < 1:
             raise CharLSTMError(f"--dynamic-decay must be in [0, 1), not {self.decay}")
         return self

@@ -164,7 +164,7 @@ def prepare_training(
 
     chosen = _preset(preset)
     path = Path(corpus_path) if corpus_path is not None else default_corpus()
-    data = DataConfig(path=str(path), **data_options).validate()
+    data = DataConfig(path=str(path.resolve()), **data_options).validate()
     train_config = TrainConfig(**{**chosen["train"], **train_options}).validate()
     resolve_device(train_config.device)  # before any file is read or written
     init_weights = None
@@ -295,7 +295,7 @@ def _resume(
         )
     data = checkpoint.data_config
     if corpus_path is not None:
-        data = replace(data, path=str(corpus_path))
+        data = replace(data, path=str(Path(corpus_path).resolve()))
     elif not Path(data.path).is_file():
         raise CharLSTMError(
             f"the run's corpus {data.path} is not here; pass it: charlstm train CORPUS --resume ..."

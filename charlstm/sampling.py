@@ -40,6 +40,7 @@ from typing import Any
 
 import torch
 
+from charlstm.config import check_seed, non_negative, positive
 from charlstm.corpus import Vocab, show_chars
 from charlstm.errors import CharLSTMError
 from charlstm.evaluate import (
@@ -74,8 +75,7 @@ class SamplingConfig:
                 f"--temperature must be positive, not {self.temperature} (use --greedy for arg max)"
             )
         if self.top_k is not None:
-            if self.top_k <= 0:
-                raise CharLSTMError(f"--top-k must be positive, not {self.top_k}")
+            positive("--top-k", self.top_k)
             if vocab_size is not None and self.top_k > vocab_size:
                 raise CharLSTMError(
                     f"--top-k {self.top_k} is larger than the vocabulary ({vocab_size} characters)"
@@ -86,8 +86,7 @@ class SamplingConfig:
             raise CharLSTMError(
                 f"--repetition-penalty must be at least 1 (1: off), not {self.repetition_penalty}"
             )
-        if self.penalty_window <= 0:
-            raise CharLSTMError(f"--penalty-window must be positive, not {self.penalty_window}")
+        positive("--penalty-window", self.penalty_window)
         return self
 
     def as_dict(self) -> dict[str, Any]:
@@ -424,8 +423,7 @@ def check_stop(vocab: Vocab, stop_at: str | None, lines: int | None) -> None:
                 f"--stop-at {stop_at!r} is not in the model's vocabulary, so it never appears"
             )
     if lines is not None:
-        if lines <= 0:
-            raise CharLSTMError(f"--lines must be positive, not {lines}")
+        positive("--lines", lines)
         if "\n" not in vocab:
             raise CharLSTMError(
                 "--lines needs newlines, but this model's vocabulary has none "
@@ -461,10 +459,10 @@ def generate(
     config = (config or SamplingConfig()).validate(len(vocab))
     cache = cache.validate() if cache is not None else None
     dynamic = dynamic.validate() if dynamic is not None else None
-    if length < 0:
-        raise CharLSTMError(f"--length must be >= 0, not {length}")
-    if num_samples <= 0:
-        raise CharLSTMError(f"--num-samples must be positive, not {num_samples}")
+    non_negative("--length", length)
+    positive("--num-samples", num_samples)
+    if seed is not None:
+        check_seed(seed)
     if not prefixes or any(p == "" for p in prefixes):
         raise CharLSTMError("the prefix is empty; give at least one character with --prefix")
     unknown = list(dict.fromkeys(ch for p in prefixes for ch in vocab.missing(p)))

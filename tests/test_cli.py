@@ -13,6 +13,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import pytest
+from conftest import write_zip
 from typer.testing import CliRunner
 
 from charlstm import checkpoint as ckpt
@@ -118,6 +119,25 @@ def test_eval_reports_held_out_perplexity_as_json(trained_run: Path, small_corpu
     best = ckpt.load(trained_run / "best.pt")
     assert report["loss"] == pytest.approx(best.best_val_loss, rel=1e-5)  # as in training
     assert {"loss", "bpc", "perplexity", "chars"} <= report.keys()
+
+
+def test_eval_reads_the_runs_own_corpus_as_training_did(small_corpus: Path, tmp_path: Path):
+    """The member and --max-chars of the run apply to its own corpus, and only to it."""
+    text = read_text(small_corpus)
+    both = write_zip(tmp_path / "both.zip", {"a.txt": text.encode(), "b.txt": text[::-1].encode()})
+    run = tmp_path / "run"
+    trained = invoke(
+        "train", both, "--member", "a.txt", "--max-chars", "3000", "--epochs", "1",
+        "--run-dir", run, *FAST,
+    )  # fmt: skip
+    assert trained.exit_code == 0, trained.output
+    own = json.loads(invoke("eval", both, "--checkpoint", run, "--json").stdout)
+    assert own["chars"] == 3000 - split_point(3000, 0.1)
+    assert own["loss"] == pytest.approx(ckpt.load(run / "best.pt").best_val_loss, rel=1e-5)
+    other = tmp_path / "other.txt"
+    other.write_text(text, encoding="utf-8")
+    whole = json.loads(invoke("eval", other, "--checkpoint", run, "--json").stdout)
+    assert whole["chars"] == len(text) - 1  # not cut at the run's --max-chars
 
 
 def test_eval_of_another_text_scores_all_of_it_and_adapts_on_request(
