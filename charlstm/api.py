@@ -213,6 +213,8 @@ def load_model(path: str | Path | None = None, device: str = "cpu") -> LanguageM
 def read_prefix_file(path: str | Path) -> list[str]:
     """Prefixes from a UTF-8 text file, one per line; empty lines are skipped."""
     path = Path(path)
+    if path.is_dir():
+        raise CharLSTMError(f"prefix file is a directory: {path}")
     if not path.is_file():
         raise CharLSTMError(f"prefix file not found: {path}")
     try:

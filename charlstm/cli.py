@@ -39,12 +39,23 @@ def fail(message: str, code: int = 2) -> typer.Exit:
     return typer.Exit(code=code)
 
 
+#: What to make smaller when a command runs out of memory.
+OUT_OF_MEMORY_HINTS = {
+    "train": "a smaller --batch-size or --hidden",
+    "generate": "a smaller --length, --num-samples or --cache-window",
+    "eval": "a shorter text or a smaller --cache-window",
+}
+
+
 def handle_errors(command: F) -> F:
     """Turn ``CharLSTMError`` (and a stray Ctrl-C) into one line and an exit code.
 
     A file-system failure nobody anticipated (a full disk while writing a log, say) is
     the environment's, not a bug: it too is one line, naming the file.
     """
+
+    smaller = OUT_OF_MEMORY_HINTS.get(command.__name__, "smaller settings")
+    out_of_memory = f"out of memory; try {smaller}"
 
     @wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -55,12 +66,12 @@ def handle_errors(command: F) -> F:
         except KeyboardInterrupt:
             raise fail("interrupted", 130) from None
         except MemoryError:
-            raise fail("out of memory; try a smaller --batch-size or --hidden", 1) from None
+            raise fail(out_of_memory, 1) from None
         except RuntimeError as err:  # torch reports a failed allocation as a RuntimeError
             text = str(err).lower()
             if "out of memory" not in text and "can't allocate memory" not in text:
                 raise
-            raise fail("out of memory; try a smaller --batch-size or --hidden", 1) from None
+            raise fail(out_of_memory, 1) from None
         except OSError as err:
             where = f": {err.filename}" if err.filename else ""
             raise fail(f"{err.strerror or err}{where}", 1) from None

@@ -30,6 +30,8 @@ def convert_checkpoint(source: str | Path, to_backend: str, out: str | Path) -> 
     out = Path(out)
     if out.resolve() == Path(checkpoint.path).resolve():
         raise CharLSTMError("--out must differ from the source checkpoint")
+    if out.exists():  # it could be another run's best.pt
+        raise CharLSTMError(f"--out {out} exists; convert writes a new file, never over one")
     weights = convert_state_dict(checkpoint.model, config, to_backend)
     converted = replace(
         checkpoint,

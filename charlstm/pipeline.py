@@ -146,6 +146,8 @@ def prepare_training(
     """
     model_options, train_options = _given(model_options), _given(train_options)
     data_options = _given(data_options)
+    if extend_vocab and init_from is None:
+        raise CharLSTMError("--extend-vocab is a setting of --init-from (fine-tuning); add it")
     if resume is not None:
         if init_from is not None:
             raise CharLSTMError("--resume and --init-from exclude each other")
@@ -166,6 +168,12 @@ def prepare_training(
     path = Path(corpus_path) if corpus_path is not None else default_corpus()
     data = DataConfig(path=str(path.resolve()), **data_options).validate()
     train_config = TrainConfig(**{**chosen["train"], **train_options}).validate()
+    if not train_config.ngram_teacher:
+        for key in ("teacher_weight", "teacher_folds"):
+            if key in train_options:
+                raise CharLSTMError(
+                    f"{option_name(key)} is a setting of --ngram-teacher; add --ngram-teacher N"
+                )
     resolve_device(train_config.device)  # before any file is read or written
     init_weights = None
     if init_from is not None:

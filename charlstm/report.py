@@ -16,6 +16,7 @@ from charlstm.display import sparkline, squeeze, table
 from charlstm.errors import CharLSTMError
 from charlstm.model import build_model
 
+PLOT_FORMATS = (".png", ".pdf", ".svg")
 PLOT_HINT = "pip install 'charlstm[plot]'"
 TABLE_ROWS = 20  # epochs shown in the table; the sparkline covers all of them
 SPARK_WIDTH = 60
@@ -62,7 +63,7 @@ def describe(path: str | Path) -> dict[str, Any]:
         "checkpoint_epoch": checkpoint.epoch,
         "step": checkpoint.step,
         "best_val_loss": best if math.isfinite(best) else None,
-        "best_val_ppl": math.exp(best) if math.isfinite(best) else None,
+        "best_val_ppl": math.exp(min(best, 700)) if math.isfinite(best) else None,
         "best_epoch": best_epoch,
         "metrics": metrics,
     }
@@ -150,12 +151,20 @@ def plot_perplexity(run: str | Path, out: str | Path | None = None) -> Path:
     """A PNG of training and held-out perplexity per epoch; returns its path.
 
     ``run`` is a run directory (or a checkpoint file in one); ``out`` defaults to
-    ``<run>/perplexity.png``. Needs matplotlib (the ``plot`` extra).
+    ``<run>/perplexity.png`` (a directory: ``perplexity.png`` in it; the suffix, .png, .pdf
+    or .svg, picks the format). Needs matplotlib (the ``plot`` extra).
     """
     run = Path(run)
     run_dir = run.parent if run.is_file() else run
     if not run_dir.is_dir():
         raise CharLSTMError(f"run directory not found: {run}")
+    out = run_dir / "perplexity.png" if out is None else Path(out)
+    if out.is_dir():
+        out = out / "perplexity.png"
+    if out.suffix.lower() not in PLOT_FORMATS:
+        raise CharLSTMError(
+            f"--out {out}: name a {', '.join(PLOT_FORMATS)} file (the suffix picks the format)"
+        )
     metrics = epoch_metrics(run_dir)
     if not metrics:
         raise CharLSTMError(f"no metrics in {run_dir} (metrics.jsonl is missing or empty)")
@@ -164,7 +173,6 @@ def plot_perplexity(run: str | Path, out: str | Path | None = None) -> Path:
         from matplotlib.figure import Figure
     except ImportError:
         raise CharLSTMError(f"plot needs matplotlib: {PLOT_HINT}") from None
-    out = Path(out) if out is not None else run_dir / "perplexity.png"
     epochs = [r["epoch"] for r in metrics]
     train = [r.get("train_ppl") for r in metrics]
     val = [r.get("val_ppl") for r in metrics]

@@ -172,6 +172,16 @@ CASES = [
          "unknown --to"),
     case("convert-onto-its-source", ["convert", R, "--to", "torch", "--out", f"{R}/best.pt"],
          "--out must differ"),
+    case("convert-onto-another-file", ["convert", R, "--to", "torch", "--out", f"{R}/last.pt"],
+         "exists; convert writes a new file"),
+    case("plot-out-text-file", ["plot", R, "--out", f"{T}/curves.txt"],
+         "name a .png, .pdf, .svg file"),
+    case("prefix-file-directory", [*GEN, "--prefix-file", f"{T}/emptydir"],
+         "prefix file is a directory"),
+    case("teacher-weight-without-teacher", ["train", C, *TINY, "--teacher-weight", "0.9", *NEW],
+         "--teacher-weight is a setting of --ngram-teacher"),
+    case("extend-vocab-without-init-from", ["train", C, *TINY, "--extend-vocab", *NEW],
+         "--extend-vocab is a setting of --init-from"),
 ]
 # fmt: on
 

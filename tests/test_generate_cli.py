@@ -326,6 +326,11 @@ def test_plot_writes_a_png(run_dir: Path, tmp_path: Path):
     assert data[:8] == b"\x89PNG\r\n\x1a\n"
     width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
     assert width > 0 and height > 0 and len(data) > 10_000  # a drawn figure, not an empty file
+    folder = tmp_path / "figures"
+    folder.mkdir()
+    into = invoke("plot", run_dir, "--out", folder)  # a directory: perplexity.png in it
+    assert into.stdout.strip() == f"wrote {folder / 'perplexity.png'}"
+    assert (folder / "perplexity.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_plot_needs_metrics(tmp_path: Path):
