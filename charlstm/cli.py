@@ -17,7 +17,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 
 from charlstm import checkpoint as ckpt
-from charlstm.config import check_seed, non_negative, positive
+from charlstm.config import positive
 from charlstm.errors import CharLSTMError
 from charlstm.evaluate import CacheConfig, DynamicConfig
 
@@ -701,7 +701,7 @@ def generate(
     """
     from charlstm.api import load_model, read_prefix_file
     from charlstm.display import SampleStream, render_samples, use_style
-    from charlstm.sampling import SamplingConfig, new_seed, parse_char
+    from charlstm.sampling import SamplingConfig, check_request, new_seed, parse_char
 
     if output_format not in ("text", "jsonl"):
         raise CharLSTMError(f"unknown --format {output_format!r}; choose text or jsonl")
@@ -712,12 +712,9 @@ def generate(
         temperature, top_k, top_p, greedy, repetition_penalty, penalty_window
     ).validate()
     stop_char = parse_char(stop_at) if stop_at is not None else None
-    non_negative("--length", length)  # checked before any row of the batch is built
-    positive("--num-samples", num_samples)
+    check_request(length, num_samples, seed)  # before any row of the batch is built
     if lines is not None:
         positive("--lines", lines)
-    if seed is not None:
-        check_seed(seed)
     cache_config, dynamic_config = adaptation(
         cache,
         cache_window,

@@ -414,6 +414,14 @@ def parse_char(text: str, option: str = "--stop-at") -> str:
     return char
 
 
+def check_request(length: int, num_samples: int, seed: int | None) -> None:
+    """How much to generate, and from which seed: errors before any work is done."""
+    non_negative("--length", length)
+    positive("--num-samples", num_samples)
+    if seed is not None:
+        check_seed(seed)
+
+
 def check_stop(vocab: Vocab, stop_at: str | None, lines: int | None) -> None:
     if stop_at is not None:
         if len(stop_at) != 1:
@@ -459,10 +467,7 @@ def generate(
     config = (config or SamplingConfig()).validate(len(vocab))
     cache = cache.validate() if cache is not None else None
     dynamic = dynamic.validate() if dynamic is not None else None
-    non_negative("--length", length)
-    positive("--num-samples", num_samples)
-    if seed is not None:
-        check_seed(seed)
+    check_request(length, num_samples, seed)
     if not prefixes or any(p == "" for p in prefixes):
         raise CharLSTMError("the prefix is empty; give at least one character with --prefix")
     unknown = list(dict.fromkeys(ch for p in prefixes for ch in vocab.missing(p)))
