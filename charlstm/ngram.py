@@ -174,8 +174,14 @@ class KneserNeyLM:
         return counts / total + d * self.types[0][""] / total * uniform
 
     def _followers(self) -> list[dict[str, tuple[np.ndarray, np.ndarray]]]:
-        """Per level ``k >= 1``: context ``h`` -> (indices of ``w``, ``max(a_k(h w) - D, 0)``)."""
+        """Per level ``k >= 1``: context ``h`` -> (indices of ``w``, ``max(a_k(h w) - D, 0)``).
+
+        Built on first use and kept (for the discount it was built with).
+        """
         vocab = self._check_fitted()
+        cached = getattr(self, "_followers_cache", None)
+        if cached is not None and cached[0] == self.discount:
+            return cached[1]
         levels: list[dict[str, tuple[np.ndarray, np.ndarray]]] = [{}]
         for k in range(1, self.order):
             grouped: dict[str, tuple[list[int], list[float]]] = {}
@@ -186,7 +192,55 @@ class KneserNeyLM:
             levels.append(
                 {h: (np.array(i, dtype=np.int64), np.array(v)) for h, (i, v) in grouped.items()}
             )
+        self._followers_cache = (self.discount, levels)
         return levels
+
+    def _additions(
+        self,
+        context: str,
+        followers: list[dict[str, tuple[np.ndarray, np.ndarray]]],
+        scratch: np.ndarray,
+    ) -> tuple[np.ndarray, np.ndarray, float]:
+        """``P(w | context) = scale * P_0(w) + sum_j mass[j] * [w == seen[j]]``.
+
+        Every level above the unigram adds probability to the characters seen after its
+        part of ``context``; ``scale`` is the product of the backoff weights. Returns
+        ``(seen, mass, scale)``; ``scratch`` is a zeroed (V,) work array, left zeroed.
+        """
+        touched: list[np.ndarray] = []
+        scale = 1.0  # product of the backoff weights of the levels above
+        for k in range(len(context), 0, -1):
+            h = context[len(context) - k :]
+            total = self.totals[k].get(h)
+            if not total:
+                continue
+            idx, discounted = followers[k][h]
+            scratch[idx] += scale * discounted / total
+            touched.append(idx)
+            scale *= self.discount * self.types[k][h] / total
+        if not touched:
+            return np.zeros(0, dtype=np.int64), np.zeros(0), scale
+        seen = np.unique(np.concatenate(touched))
+        mass = scratch[seen].copy()
+        scratch[seen] = 0.0
+        return seen, mass, scale
+
+    def distributions(self, contexts: list[str]) -> np.ndarray:
+        """``(R, V)`` float64: ``P(w | contexts[r])`` for every ``w``, one row per context.
+
+        Built from the compact form (a scaled unigram level plus the few characters seen
+        after each context), so a row costs O(order) lookups and one (V,) vector.
+        """
+        vocab = self._check_fitted()
+        followers = self._followers()
+        base = self.base_distribution()
+        out = np.empty((len(contexts), len(vocab)))
+        scratch = np.zeros(len(vocab))
+        for row, context in enumerate(contexts):
+            seen, mass, scale = self._additions(self._context(context), followers, scratch)
+            out[row] = scale * base
+            out[row, seen] += mass
+        return out
 
     def sparse_distributions(
         self, text: str, start: int, stop: int, top: int
@@ -207,28 +261,13 @@ class KneserNeyLM:
         ids = np.zeros((count, top), dtype=np.int64)
         values = np.zeros((count, top))
         scratch = np.zeros(len(vocab))
-        d, width = self.discount, self.order - 1
+        width = self.order - 1
         for row, i in enumerate(range(start, stop)):
-            context = text[max(0, i - width) : i]
-            touched: list[np.ndarray] = []
-            scale = 1.0  # product of the backoff weights of the levels above
-            for k in range(len(context), 0, -1):
-                h = context[len(context) - k :]
-                total = self.totals[k].get(h)
-                if not total:
-                    continue
-                idx, discounted = followers[k][h]
-                scratch[idx] += scale * discounted / total
-                touched.append(idx)
-                scale *= d * self.types[k][h] / total
-            if touched:
-                seen = np.unique(np.concatenate(touched))
-                mass = scratch[seen]
-                if len(seen) > top:
-                    keep = np.argpartition(mass, -top)[-top:]
-                    seen, mass = seen[keep], mass[keep]
-                ids[row, : len(seen)], values[row, : len(seen)] = seen, mass
-                scratch[np.concatenate(touched)] = 0.0
+            seen, mass, _ = self._additions(text[max(0, i - width) : i], followers, scratch)
+            if len(seen) > top:
+                keep = np.argpartition(mass, -top)[-top:]
+                seen, mass = seen[keep], mass[keep]
+            ids[row, : len(seen)], values[row, : len(seen)] = seen, mass
             base[row] = 1.0 - values[row].sum()
         return base, ids, values
 
@@ -242,6 +281,11 @@ class KneserNeyLM:
         held-out part). Near the start, with fewer characters available, the context is
         shorter. Mean loss in nats/char is ``nll / count``; perplexity is ``exp`` of it.
         """
+        return -math.fsum(self.log_probs(text, history)), len(text)
+
+    def log_probs(self, text: str, history: str = "") -> list[float]:
+        """``log P(text[i] | the order - 1 characters before it)`` for every ``i``, in nats;
+        the context of the first characters reaches back into ``history``."""
         vocab = self._check_fitted()
         unknown = vocab.missing(text)
         if unknown:
@@ -249,13 +293,11 @@ class KneserNeyLM:
         width = self.order - 1
         history = self._context(history)
         full = history + text
-        offset = len(history)
-        nll = 0.0
         prob = self._prob
         log = math.log
-        for i in range(offset, len(full)):
-            nll -= log(prob(full[max(0, i - width) : i], full[i]))
-        return nll, len(text)
+        return [
+            log(prob(full[max(0, i - width) : i], full[i])) for i in range(len(history), len(full))
+        ]
 
 
 def cross_fitted_loss(
