@@ -9,6 +9,8 @@ The generation controls (``temperature``, ``top_k``, ``top_p``, ``greedy``,
 ``repetition_penalty``, ``penalty_window``, ``stop_at``, ``lines``, ``seed``) are keyword
 arguments with the meaning of the ``charlstm generate`` options of the same names;
 ``cache=CacheConfig()`` and ``dynamic=DynamicConfig()`` are ``--cache`` and ``--dynamic``.
+A run trained with ``--ngram-mix`` scores and writes with the LSTM interpolated with its
+n-gram; ``model.lstm_only()`` is the LSTM alone (``--lstm-only``).
 """
 
 from __future__ import annotations
@@ -25,21 +27,35 @@ from charlstm.config import fraction
 from charlstm.corpus import Vocab, read_text, show_chars, split_point
 from charlstm.errors import CharLSTMError
 from charlstm.evaluate import CacheConfig, DynamicConfig, EvalResult, score, score_adaptive
+from charlstm.mixture import NgramMixture
 from charlstm.model import CharLSTM, build_model
 from charlstm.sampling import DEFAULT_PENALTY_WINDOW, SamplingConfig, generate
 
 
 @dataclass
 class LanguageModel:
-    """A trained model with its vocabulary and the checkpoint it came from."""
+    """A trained model with its vocabulary and the checkpoint it came from.
+
+    ``mixture`` is the run's interpolated n-gram (``--ngram-mix``, :mod:`charlstm.mixture`),
+    used by every method here; ``None`` when the run has none, or after :meth:`lstm_only`.
+    """
 
     model: CharLSTM
     vocab: Vocab
     checkpoint: ckpt.Checkpoint
+    mixture: NgramMixture | None = None
 
     @property
     def device(self) -> torch.device:
         return self.model.head.weight.device
+
+    def lstm_only(self) -> LanguageModel:
+        """The same model without its interpolated n-gram: the LSTM alone."""
+        return replace(self, mixture=None)
+
+    def describe(self) -> str:
+        """What predicts: ``LSTM`` or ``LSTM + Kneser-Ney 6-gram at weight 0.25``."""
+        return "LSTM" if self.mixture is None else f"LSTM + {self.mixture.describe()}"
 
     def generate(
         self,
@@ -120,6 +136,7 @@ class LanguageModel:
             lines=lines,
             cache=cache,
             dynamic=dynamic,
+            mixture=self.mixture,
         )
 
     def score_text(self, text: str, context: str = "") -> EvalResult:
@@ -128,7 +145,9 @@ class LanguageModel:
             if len(text) < 2:
                 raise CharLSTMError("text to score needs at least two characters")
             context, text = text[0], text[1:]
-        return score(self.model, self.vocab.encode(text), self.vocab.encode(context))
+        return score(
+            self.model, self.vocab.encode(text), self.vocab.encode(context), mixture=self.mixture
+        )
 
     def perplexity(self, text: str) -> float:
         """``exp`` of the mean loss of each character of ``text`` after the first."""
@@ -180,12 +199,15 @@ class LanguageModel:
             targets, context = indices[1:], indices[:1]
             scope = "whole text after its first character"
         if cache is None and dynamic is None:
-            result = score(self.model, targets, context)
+            result = score(self.model, targets, context, mixture=self.mixture)
         else:
-            result = score_adaptive(self.model, targets, context, cache=cache, dynamic=dynamic)
+            result = score_adaptive(
+                self.model, targets, context, cache=cache, dynamic=dynamic, mixture=self.mixture
+            )
         return {
             "corpus": str(path),
             "checkpoint": str(self.checkpoint.path),
+            "model": self.describe(),
             "scope": scope,
             "val_fraction": val_fraction,
             "cache": None if cache is None else asdict(cache),
@@ -207,7 +229,15 @@ def load_model(path: str | Path | None = None, device: str = "cpu") -> LanguageM
             f"checkpoint {checkpoint.path} does not match its model configuration"
         ) from err
     model.to(resolve_device(device)).eval()
-    return LanguageModel(model=model, vocab=checkpoint.vocab, checkpoint=checkpoint)
+    mixture = None
+    config = checkpoint.train_config
+    if config.ngram_mix and checkpoint.ngram_text is not None:
+        mixture = NgramMixture(
+            checkpoint.ngram_text, checkpoint.vocab, config.ngram_mix, config.mix_weight
+        )
+    return LanguageModel(
+        model=model, vocab=checkpoint.vocab, checkpoint=checkpoint, mixture=mixture
+    )
 
 
 def read_prefix_file(path: str | Path) -> list[str]:

@@ -12,6 +12,10 @@ A checkpoint holds everything a run needs to continue exactly where it stopped::
     progress         {"loss_sum", "chars", "bad_epochs", "carry"}: mid-epoch training state
     training_model   state dict or None: with ``--ema``, the weights being trained (``model``
                      then holds their moving average, the weights to score and sample with)
+    ngram_text       str or None: with ``--ngram-mix``, the training text the interpolated
+                     n-gram is fitted on (see :mod:`charlstm.mixture`)
+    corpus_sha256    str or None: SHA-256 of the corpus text as read (after normalisation),
+                     so that ``--resume`` can tell the same text from another one
 
 It is read with ``torch.load(weights_only=True)``, so a file from elsewhere cannot run code,
 and always onto the CPU first (a GPU checkpoint loads on a machine without one). Whatever is
@@ -75,6 +79,9 @@ class Checkpoint:
     progress: dict[str, Any] = field(default_factory=dict)
     # With --ema: the trained weights; ``model`` is then their average (see train.Trainer).
     training_model: dict[str, torch.Tensor] | None = None
+    # With --ngram-mix: the text the interpolated n-gram is fitted on (charlstm.mixture).
+    ngram_text: str | None = None
+    corpus_sha256: str | None = None  # of the corpus text as read (None: older checkpoints)
     path: Path | None = None  # where it was loaded from
 
     def to_dict(self) -> dict[str, Any]:
@@ -95,6 +102,8 @@ class Checkpoint:
             "best_val_loss": float(self.best_val_loss),
             "progress": self.progress,
             "training_model": self.training_model,
+            "ngram_text": self.ngram_text,
+            "corpus_sha256": self.corpus_sha256,
         }
 
 
@@ -270,6 +279,18 @@ def _check_weights(data: dict[str, Any], config: ModelConfig, vocab: Vocab, path
             )
 
 
+def _ngram_text(data: dict[str, Any], path: Path) -> str | None:
+    """The interpolated n-gram's training text, present exactly when the run has one."""
+    text = data.get("ngram_text")
+    wanted = bool((data.get("train_config") or {}).get("ngram_mix"))
+    if wanted and not (isinstance(text, str) and text):
+        raise CharLSTMError(
+            f"checkpoint {path} is malformed: its model interpolates an n-gram "
+            "(--ngram-mix) but the n-gram's text is missing"
+        )
+    return text if wanted else None
+
+
 def load(path: str | Path) -> Checkpoint:
     """Read a checkpoint file onto the CPU; any problem is one ``CharLSTMError`` line."""
     path = Path(path)
@@ -301,6 +322,8 @@ def load(path: str | Path) -> Checkpoint:
             best_val_loss=float(data.get("best_val_loss", math.inf)),
             progress=data.get("progress") or {},
             training_model=data.get("training_model"),
+            ngram_text=_ngram_text(data, path),
+            corpus_sha256=data.get("corpus_sha256"),
             path=path,
         )
     except CharLSTMError as err:

@@ -121,6 +121,13 @@ GenerateCacheMix = Annotated[  # writing feeds the cache its own text: a lighter
         CacheConfig.for_generation().mix,
     ),
 ]
+LstmOnly = Annotated[
+    bool,
+    typer.Option(
+        "--lstm-only",
+        help="Use the LSTM alone, without the n-gram a run trained with --ngram-mix interpolates.",
+    ),
+]
 DynamicSwitch = Annotated[
     bool,
     _adaptation_option(
@@ -369,6 +376,23 @@ def train(
             rich_help_panel="Training",
         ),
     ] = None,
+    ngram_mix: Annotated[
+        int | None,
+        typer.Option(
+            help="Predict with the LSTM interpolated with a Kneser-Ney n-gram of this order, "
+            "fitted on the training text and kept in the checkpoint; eval and generate use "
+            "the interpolation (0: off). [default: 0]",
+            rich_help_panel="Training",
+        ),
+    ] = None,
+    mix_weight: Annotated[
+        float | None,
+        typer.Option(
+            help="Weight of the --ngram-mix n-gram in the interpolation, in (0, 1). "
+            "[default: 0.25]",
+            rich_help_panel="Training",
+        ),
+    ] = None,
     ema: Annotated[
         float | None,
         typer.Option(
@@ -516,6 +540,8 @@ def train(
             "ngram_teacher": ngram_teacher,
             "teacher_weight": teacher_weight,
             "teacher_folds": teacher_folds,
+            "ngram_mix": ngram_mix,
+            "mix_weight": mix_weight,
             "ema": ema,
             "schedule": schedule,
             "patience": patience,
@@ -688,6 +714,7 @@ def generate(
     dynamic: DynamicSwitch = False,
     dynamic_lr: DynamicLr = None,
     dynamic_segment: DynamicSegment = None,
+    lstm_only: LstmOnly = False,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "cpu",
     runs_root: RunsRoot = Path("runs"),
 ) -> None:
@@ -701,7 +728,13 @@ def generate(
     """
     from charlstm.api import load_model, read_prefix_file
     from charlstm.display import SampleStream, render_samples, use_style
-    from charlstm.sampling import SamplingConfig, check_request, new_seed, parse_char
+    from charlstm.sampling import (
+        DEFAULT_PENALTY_WINDOW,
+        SamplingConfig,
+        check_request,
+        new_seed,
+        parse_char,
+    )
 
     if output_format not in ("text", "jsonl"):
         raise CharLSTMError(f"unknown --format {output_format!r}; choose text or jsonl")
@@ -711,6 +744,15 @@ def generate(
     sampling = SamplingConfig(
         temperature, top_k, top_p, greedy, repetition_penalty, penalty_window
     ).validate()
+    if greedy and (temperature != 1.0 or top_k is not None or top_p is not None):
+        raise CharLSTMError(
+            "--greedy always takes the likeliest character: --temperature, --top-k and "
+            "--top-p cannot change it (drop them, or drop --greedy to sample)"
+        )
+    if penalty_window != DEFAULT_PENALTY_WINDOW and repetition_penalty == 1.0:
+        raise CharLSTMError(
+            "--penalty-window is a setting of --repetition-penalty; add --repetition-penalty P"
+        )
     stop_char = parse_char(stop_at) if stop_at is not None else None
     check_request(length, num_samples, seed)  # before any row of the batch is built
     if lines is not None:
@@ -726,6 +768,8 @@ def generate(
         generating=True,
     )
     model = load_model(ckpt.resolve(checkpoint, prefer="best.pt", runs_root=runs_root), device)
+    if lstm_only:
+        model = model.lstm_only()
     seed = new_seed() if seed is None else seed
     stream = None
     if out is None and output_format == "text":
@@ -759,6 +803,7 @@ def generate(
         "num_samples": num_samples,
         "cache": None if cache_config is None else asdict(cache_config),
         "dynamic": None if dynamic_config is None else asdict(dynamic_config),
+        "model": model.describe(),
         "device": str(model.device),
     }
     body = render_samples(
@@ -804,6 +849,7 @@ def evaluate(
     dynamic: DynamicSwitch = False,
     dynamic_lr: DynamicLr = None,
     dynamic_segment: DynamicSegment = None,
+    lstm_only: LstmOnly = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "cpu",
     runs_root: RunsRoot = Path("runs"),
@@ -821,6 +867,8 @@ def evaluate(
         cache, cache_window, cache_flatness, cache_mix, dynamic, dynamic_lr, dynamic_segment
     )
     model = load_model(ckpt.resolve(checkpoint, prefer="best.pt", runs_root=runs_root), device)
+    if lstm_only:
+        model = model.lstm_only()
     report = model.evaluate_file(
         corpus,
         val_fraction=val_fraction,
@@ -837,7 +885,8 @@ def evaluate(
     typer.echo(
         f"{report['corpus']}: {report['chars']:,} characters scored "
         f"({report['scope']}); loss {report['loss']:.4f} nats/char, "
-        f"{report['bpc']:.4f} bits/char, perplexity {report['perplexity']:.2f}"
+        f"{report['bpc']:.4f} bits/char, perplexity {report['perplexity']:.2f} "
+        f"[{report['model']}]"
         + "".join(f" [{name}]" for name in ("cache", "dynamic") if report[name])
     )
 

@@ -171,6 +171,10 @@ class TrainConfig:
     ngram_teacher: int = 0
     teacher_weight: float = 0.5
     teacher_folds: int = 5  # the teacher of each fold is fitted on the other folds
+    # The model predicts with the LSTM interpolated with a Kneser-Ney n-gram of this order
+    # fitted on the training text (0: off), at this weight (see charlstm.mixture).
+    ngram_mix: int = 0
+    mix_weight: float = 0.25
     # Polyak averaging: an exponential moving average of the weights with this decay per
     # optimizer step (0: off) is what is scored, sampled and saved as the model.
     ema: float = 0.0
@@ -202,6 +206,13 @@ class TrainConfig:
                 f"--ngram-teacher must be an n-gram order from 2 to {MAX_NGRAM_ORDER} (0: off), "
                 f"not {self.ngram_teacher}"
             )
+        if not (self.ngram_mix == 0 or 2 <= self.ngram_mix <= MAX_NGRAM_ORDER):
+            raise CharLSTMError(
+                f"--ngram-mix must be an n-gram order from 2 to {MAX_NGRAM_ORDER} (0: off), "
+                f"not {self.ngram_mix}"
+            )
+        if not 0.0 < self.mix_weight < 1.0:
+            raise CharLSTMError(f"--mix-weight must be in (0, 1), not {self.mix_weight}")
         finite("--teacher-folds", self.teacher_folds)
         if self.teacher_folds < 2:
             raise CharLSTMError(f"--teacher-folds must be at least 2, not {self.teacher_folds}")
@@ -234,11 +245,12 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     # tied 1x768 LSTM with the AWD-LSTM regularisers turned up (variational dropout 0.7,
     # DropConnect 0.6 on the recurrent weights, embedding dropout 0.4), label smoothing 0.2,
     # AdamW and a cosine schedule, and a Kneser-Ney 6-gram teacher (charlstm.distill)
-    # supplying half of every training target. Tuned on a split inside jaychou's training
-    # text; jaychou: held-out perplexity 183.7 (the 6-gram: 207.8) after 40 epochs, 6.2
-    # minutes of training on 2 CPU cores (12 on a slower 2-core machine; docs/quality.md).
-    # The 14-minute limit keeps a slower machine inside 15 minutes (the cosine then
-    # follows the clock).
+    # supplying half of every training target; the model predicts with the LSTM
+    # interpolated with a 6-gram at weight 0.25 (charlstm.mixture). Tuned on a split inside
+    # jaychou's training text; jaychou: held-out perplexity 167.8 (the LSTM alone 190.1,
+    # the 6-gram 207.8), early-stopped after 22 epochs, 3.8 minutes of training on 2 CPU
+    # cores (docs/quality.md). The 14-minute limit keeps a slower machine inside 15
+    # minutes (the cosine then follows the clock).
     "small-corpus": {
         "model": {
             "hidden_size": 768,
@@ -255,6 +267,8 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             "label_smoothing": 0.2,
             "ngram_teacher": 6,
             "teacher_weight": 0.5,
+            "ngram_mix": 6,
+            "mix_weight": 0.25,
             "schedule": "cosine",
             "epochs": 40,
             "patience": 8,

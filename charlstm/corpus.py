@@ -7,6 +7,7 @@ and the held-out split. Nothing here knows about models or batches.
 
 from __future__ import annotations
 
+import hashlib
 import zipfile
 import zlib
 from collections.abc import Iterable, Sequence
@@ -215,6 +216,10 @@ class Corpus:
 
     def __len__(self) -> int:
         return len(self.text)
+
+    def fingerprint(self) -> str:
+        """SHA-256 (hex) of the text: the same for the same characters, whatever the file."""
+        return hashlib.sha256(self.text.encode("utf-8", "surrogatepass")).hexdigest()
 
     def split(self, val_fraction: float) -> tuple[torch.Tensor, torch.Tensor]:
         """``(train, val)`` index tensors: validation is the last ``val_fraction`` of the text."""

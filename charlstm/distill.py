@@ -51,7 +51,8 @@ class NgramTeacher:
             raise CharLSTMError(f"--ngram-teacher must be an order >= 2 (0: off), not {order}")
         if len(text) < 2 * folds:
             raise CharLSTMError(
-                f"training text too short for an n-gram teacher: {len(text)} characters"
+                f"training text too short for an n-gram teacher on {folds} folds "
+                f"(--teacher-folds): {len(text)} characters, at least 2 per fold needed"
             )
         top = min(top, len(vocab))
         n = len(text)

@@ -22,6 +22,7 @@ from torch import nn
 
 from charlstm.config import positive
 from charlstm.errors import CharLSTMError
+from charlstm.mixture import NgramMixture
 from charlstm.model import CharLSTM, State
 
 
@@ -60,11 +61,13 @@ def score(
     context: torch.Tensor,
     columns: int | None = None,
     num_steps: int = 256,
+    mixture: NgramMixture | None = None,
 ) -> EvalResult:
     """Score ``targets`` (n,) given ``context`` (at least one character before them).
 
     ``context[-1]`` is the input that predicts ``targets[0]``; earlier context characters
-    only warm the state of the first column.
+    only warm the state of the first column. With ``mixture`` each character is scored by
+    the LSTM interpolated with the n-gram (:mod:`charlstm.mixture`).
     """
     model.eval()
     device = model.head.weight.device
@@ -86,16 +89,21 @@ def score(
         _, warm_state = model(warm.view(-1, 1).to(device), None)
         state[0][:, 0] = warm_state[0][:, 0]
         state[1][:, 0] = warm_state[1][:, 0]
-    total = 0.0
+    losses = []
     for start in range(0, length, num_steps):
         logits, state = model(x[start : start + num_steps], state)
-        total += nn.functional.cross_entropy(
-            logits.flatten(0, 1).float(),
-            y[start : start + num_steps].flatten(),
-            ignore_index=ignore,
-            reduction="sum",
-        ).item()
-    return EvalResult(loss=total / n, chars=n)
+        losses.append(
+            nn.functional.cross_entropy(
+                logits.flatten(0, 1).float(),
+                y[start : start + num_steps].flatten(),
+                ignore_index=ignore,
+                reduction="none",
+            ).view(-1, columns)
+        )
+    per_char = torch.cat(losses).t().reshape(-1)[:n].cpu().double()  # (n,) in text order
+    if mixture is not None:
+        per_char = -mixture.mix(-per_char, mixture.target_log_probs(targets.cpu(), context.cpu()))
+    return EvalResult(loss=per_char.sum().item() / n, chars=n, per_char=per_char)
 
 
 def score_split(
@@ -103,11 +111,12 @@ def score_split(
     indices: torch.Tensor,
     cut: int,
     history: int = 256,
+    mixture: NgramMixture | None = None,
 ) -> EvalResult:
     """Score ``indices[cut:]`` (held out) after up to ``history`` training characters."""
     if cut <= 0:
-        return score(model, indices[1:], indices[:1])
-    return score(model, indices[cut:], indices[max(0, cut - history) : cut])
+        return score(model, indices[1:], indices[:1], mixture=mixture)
+    return score(model, indices[cut:], indices[max(0, cut - history) : cut], mixture=mixture)
 
 
 @dataclass
@@ -310,12 +319,15 @@ def score_adaptive(
     cache: CacheConfig | None = None,
     dynamic: DynamicConfig | None = None,
     segment: int = 256,
+    mixture: NgramMixture | None = None,
 ) -> EvalResult:
     """Score ``targets`` as one stream, adapting causally to the text already scored.
 
     Each segment is scored first; only then does the model see it: its hidden states and
     the characters that followed them join the cache, and (dynamic evaluation) one SGD
     step on its loss updates a private copy of the weights. ``model`` is left unchanged.
+    With ``mixture`` the (adapted) LSTM's distribution is interpolated with the n-gram
+    before the cache is mixed in; dynamic evaluation learns from the LSTM's own loss.
     """
     cache = cache.validate() if cache is not None else None
     learner = DynamicEvaluation(model, dynamic.validate()) if dynamic is not None else None
@@ -334,6 +346,10 @@ def score_adaptive(
         state = model.init_state(1)
         if len(context) > 1:
             _, state = model.features(context[:-1].view(-1, 1).to(device), state)
+    text = ""
+    if mixture is not None:  # the scored stream as characters, for the n-gram's contexts
+        text = mixture.vocab.decode(torch.cat([context.cpu(), targets.cpu()]))
+    offset = len(text) - n
     hidden = model.config.hidden_size
     keys = torch.empty(0, hidden, device=device)
     key_next = torch.empty(0, dtype=torch.long, device=device)
@@ -348,6 +364,9 @@ def score_adaptive(
                 learner.learn(nn.functional.nll_loss(log_p, y))
         with torch.no_grad():
             log_p = log_p.detach()
+            if mixture is not None:
+                at = offset + start
+                log_p = mixture.mix(log_p, mixture.log_distributions_at(text, at, at + len(y)))
             if cache is not None:
                 queries = features.detach().float()
                 keys = torch.cat([keys, queries])

@@ -168,11 +168,27 @@ def prepare_training(
     path = Path(corpus_path) if corpus_path is not None else default_corpus()
     data = DataConfig(path=str(path.resolve()), **data_options).validate()
     train_config = TrainConfig(**{**chosen["train"], **train_options}).validate()
-    if not train_config.ngram_teacher:
-        for key in ("teacher_weight", "teacher_folds"):
+    for switch, settings in (
+        ("ngram_teacher", ("teacher_weight", "teacher_folds")),
+        ("ngram_mix", ("mix_weight",)),
+    ):
+        if getattr(train_config, switch):
+            continue
+        for key in settings:
             if key in train_options:
                 raise CharLSTMError(
-                    f"{option_name(key)} is a setting of --ngram-teacher; add --ngram-teacher N"
+                    f"{option_name(key)} is a setting of {option_name(switch)}; "
+                    f"add {option_name(switch)} N"
+                )
+    if train_config.val_fraction == 0:
+        for key, active in (
+            ("patience", train_config.patience > 0),
+            ("schedule", train_config.schedule == "plateau"),
+        ):
+            if key in train_options and active:
+                raise CharLSTMError(
+                    f"{option_name(key)} {train_options[key]} follows the held-out loss, "
+                    "but --val-fraction 0 leaves no held-out part"
                 )
     resolve_device(train_config.device)  # before any file is read or written
     init_weights = None
@@ -309,9 +325,20 @@ def _resume(
             f"the run's corpus {data.path} is not here; pass it: charlstm train CORPUS --resume ..."
         )
     corpus = load_corpus(data, checkpoint.vocab)
+    if checkpoint.corpus_sha256 and corpus.fingerprint() != checkpoint.corpus_sha256:
+        raise CharLSTMError(
+            f"{data.path} is not the text this run trained on (its content differs); a resumed "
+            "run reads the same text: pass the original corpus, or start a new run from this "
+            "one with --init-from"
+        )
     _check_prefixes(train_config.prefixes, corpus.vocab)
     directory = Path(run_dir) if run_dir is not None else source.parent
     branch = not (directory.exists() and directory.resolve() == source.parent.resolve())
+    if overwrite and not branch:
+        raise CharLSTMError(
+            "--overwrite has nothing to replace: a resume continues its own run directory "
+            "(to branch over another run, give --run-dir DIR --overwrite)"
+        )
     if branch:
         runs.check_new_run_dir(directory, overwrite)  # never write over another run
     trainer = Trainer(

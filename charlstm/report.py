@@ -52,6 +52,8 @@ def describe(path: str | Path) -> dict[str, Any]:
         "peephole": m.peephole,
         "tie_weights": m.tie_weights,
         "ema": t.ema,
+        "ngram_mix": t.ngram_mix or None,
+        "mix_weight": t.mix_weight if t.ngram_mix else None,
         "parameters": model.num_parameters(),
         "vocab_size": m.vocab_size,
         "corpus": d.path,
@@ -83,6 +85,11 @@ def render_info(info: dict[str, Any]) -> str:
         extras.append("tied weights")
     if info.get("ema"):
         extras.append(f"weights averaged (--ema {info['ema']:g})")
+    if info.get("ngram_mix"):
+        extras.append(
+            f"interpolated with a Kneser-Ney {info['ngram_mix']}-gram at weight "
+            f"{info['mix_weight']:g}"
+        )
     corpus = info["corpus"]
     details = [f"newlines {info['newlines']}"]
     if info["member"]:

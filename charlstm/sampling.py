@@ -2,12 +2,13 @@
 
 Each step turns every sequence's logits into one character by these rules, in this order:
 
-0. adaptation (only with ``cache`` / ``dynamic``, see :class:`AdaptiveStreams`): the
-   model's distribution comes from weights that have learnt from this sequence's text so
-   far (dynamic evaluation), and is mixed with the continuous cache of that text,
-   ``p = (1 - mix) * p_model + mix * p_cache``; ``log p`` then takes the place of the
+0. the model's distribution (see :class:`AdaptiveStreams`): for a run trained with
+   ``--ngram-mix``, the LSTM interpolated with its n-gram (:mod:`charlstm.mixture`); with
+   ``cache`` / ``dynamic``, from weights that have learnt from this sequence's text so
+   far (dynamic evaluation), and mixed with the continuous cache of that text,
+   ``p = (1 - mix) * p_model + mix * p_cache``. ``log p`` then takes the place of the
    logits in every rule below. At temperature 1 without filters, a character is drawn
-   from exactly the distribution ``charlstm eval --cache/--dynamic`` scores;
+   from exactly the distribution ``charlstm eval`` (with the same options) scores;
 1. repetition penalty: each character found among the last ``penalty_window`` characters
    that this sequence generated has its probability divided by ``repetition_penalty``
    (its logit lowered by ``log(repetition_penalty)``; the rest renormalise). The prefix
@@ -50,6 +51,7 @@ from charlstm.evaluate import (
     StreamCache,
     read_log_probs,
 )
+from charlstm.mixture import NgramMixture
 from charlstm.model import CharLSTM, ScratchLSTMLayer, State, TorchLSTMLayer
 
 #: How many characters back the repetition penalty looks by default.
@@ -356,12 +358,14 @@ class LearningStreams:
 
 
 class AdaptiveStreams:
-    """Streams that adapt to their own text, causally; returns log-probabilities.
+    """Streams whose distribution is more than the LSTM's; returns log-probabilities.
 
-    ``dynamic``: every row is a :class:`LearningStream`. ``cache``: a
+    ``dynamic``: every row is a :class:`LearningStream`. ``mixture``: the LSTM's
+    distribution is interpolated with the run's n-gram (:mod:`charlstm.mixture`), which
+    reads the last characters of each row. ``cache``: a
     :class:`~charlstm.evaluate.StreamCache` holds each row's (hidden state, next character)
-    pairs, the prefix's included, and the model's distribution is mixed with it. A pair
-    joins the cache when its next character is read, so a query never sees its own answer.
+    pairs, the prefix's included, and the distribution is mixed with it. A pair joins the
+    cache when its next character is read, so a query never sees its own answer.
     """
 
     def __init__(
@@ -371,6 +375,7 @@ class AdaptiveStreams:
         cache: CacheConfig | None = None,
         dynamic: DynamicConfig | None = None,
         fold: bool = False,
+        mixture: NgramMixture | None = None,
     ) -> None:
         self.streams: Streams | LearningStreams = (
             LearningStreams(model, batch, dynamic)
@@ -381,10 +386,23 @@ class AdaptiveStreams:
         hidden = model.config.hidden_size
         self.cache = StreamCache(cache, batch, hidden, device) if cache is not None else None
         self.query = torch.zeros((batch, hidden), device=device)  # each row's last output
+        self.mixture = mixture
+        self.recent = [""] * batch  # each row's last characters, for the n-gram
+
+    def _mix_ngram(self, log_p: torch.Tensor, rows: list[int]) -> torch.Tensor:
+        if self.mixture is None:
+            return log_p
+        contexts = [self.recent[row] for row in rows]
+        return self.mixture.mix(log_p, self.mixture.log_distributions(contexts))
 
     def read(self, rows: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         features, logits = self.streams.read(rows, x)
         log_p = torch.log_softmax(logits.float(), dim=-1)
+        if self.mixture is not None:
+            width, vocab = self.mixture.width, self.mixture.vocab
+            for column, row in enumerate(rows.tolist()):
+                self.recent[row] = vocab.decode(x[-width:, column])
+            log_p = self._mix_ngram(log_p, rows.tolist())
         if self.cache is None:
             return features, log_p
         self.cache.fill(rows, features[:-1], x[1:])
@@ -396,6 +414,13 @@ class AdaptiveStreams:
             self.cache.add(self.query, x)
         features, logits = self.streams.step(x)
         log_p = torch.log_softmax(logits.float(), dim=-1)
+        if self.mixture is not None:
+            width, chars = self.mixture.width, self.mixture.vocab.idx_to_char
+            self.recent = [
+                (recent + chars[i])[-width:]
+                for recent, i in zip(self.recent, x.tolist(), strict=True)
+            ]
+            log_p = self._mix_ngram(log_p, list(range(len(self.recent))))
         if self.cache is None:
             return features, log_p
         self.query = features.float()
@@ -453,6 +478,7 @@ def generate(
     *,
     cache: CacheConfig | None = None,
     dynamic: DynamicConfig | None = None,
+    mixture: NgramMixture | None = None,
 ) -> list[list[str]]:
     """Continue each prefix ``num_samples`` times by up to ``length`` characters.
 
@@ -462,7 +488,8 @@ def generate(
     for the same prefixes, settings, backend and device. ``on_step`` receives, at each step,
     one string per row: the character chosen, or ``""`` for a row that has already ended.
     ``cache`` / ``dynamic`` adapt each row to its own text as it is written (rule 0 of the
-    module docstring); ``model`` itself is never changed.
+    module docstring); ``model`` itself is never changed. ``mixture`` interpolates the
+    LSTM with the run's n-gram (:mod:`charlstm.mixture`) before anything else.
     """
     config = (config or SamplingConfig()).validate(len(vocab))
     cache = cache.validate() if cache is not None else None
@@ -483,10 +510,10 @@ def generate(
     # Dynamic evaluation needs gradients; otherwise nothing here does.
     with torch.no_grad() if dynamic is not None else torch.inference_mode():
         try:
-            if cache is None and dynamic is None:
+            if cache is None and dynamic is None and mixture is None:
                 streams: Streams | AdaptiveStreams = Streams(model, batch, fold)
             else:
-                streams = AdaptiveStreams(model, batch, cache, dynamic, fold)
+                streams = AdaptiveStreams(model, batch, cache, dynamic, fold, mixture)
             rows = _run(
                 streams, vocab, prefixes, length, config, num_samples, seed, on_step, stop_at, lines
             )

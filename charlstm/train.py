@@ -35,6 +35,7 @@ from charlstm.corpus import Corpus, split_point
 from charlstm.distill import NgramTeacher
 from charlstm.errors import CharLSTMError
 from charlstm.evaluate import score_split
+from charlstm.mixture import NgramMixture
 from charlstm.model import CharLSTM, State, build_model, detach_state
 from charlstm.sampling import SamplingConfig, generate
 
@@ -212,6 +213,7 @@ class Trainer:
             # TensorFloat-32 for float32 matrix products, as cuDNN's LSTM already uses.
             torch.backends.cuda.matmul.allow_tf32 = True
 
+        self.fingerprint = corpus.fingerprint()  # recorded so --resume can check the text
         cut = split_point(len(corpus), self.config.val_fraction)
         self.cut = cut
         self.train_indices = corpus.indices[:cut]
@@ -243,6 +245,19 @@ class Trainer:
                 f"n-gram teacher: Kneser-Ney {self.config.ngram_teacher}-gram, cross-fitted on "
                 f"{self.teacher.folds} folds of the training text "
                 f"({time.perf_counter() - started:.1f} s)"
+            )
+
+        self.mixture: NgramMixture | None = None
+        if self.config.ngram_mix:
+            self.mixture = NgramMixture(
+                corpus.vocab.decode(self.train_indices),
+                corpus.vocab,
+                self.config.ngram_mix,
+                self.config.mix_weight,
+            )
+            log(
+                f"the model is the LSTM interpolated with a {self.mixture.describe()}, "
+                "fitted on the training text"
             )
 
         torch.manual_seed(self.config.seed)
@@ -294,6 +309,8 @@ class Trainer:
             step=self.progress.step,
             best_val_loss=self.progress.best_val_loss,
             progress=self.progress.to_dict(),
+            ngram_text=None if self.mixture is None else self.mixture.text,
+            corpus_sha256=self.fingerprint,
         )
 
     def save(self, name: str = runs.LAST) -> Path:
@@ -445,7 +462,7 @@ class Trainer:
         if self.has_val:
             with self.averaged():
                 indices = self.corpus.indices.to(self.device)
-                val_loss = score_split(self.model, indices, self.cut).loss
+                val_loss = score_split(self.model, indices, self.cut, mixture=self.mixture).loss
         improved = val_loss is not None and val_loss < p.best_val_loss
         if improved:
             p.best_val_loss = val_loss
@@ -483,6 +500,7 @@ class Trainer:
                 length=length or self.config.sample_length,
                 config=SamplingConfig(temperature=0.8, top_k=None),
                 seed=self.config.seed * 7919 + self.progress.epoch,
+                mixture=self.mixture,
             )
         self.model.train()
         return {

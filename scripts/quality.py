@@ -73,26 +73,28 @@ def main() -> int:
         indices = model.vocab.encode(text)
         cut = split_point(len(text), model.checkpoint.train_config.val_fraction)
         targets, context = indices[cut:], indices[max(0, cut - 256) : cut]
+        mixture = model.mixture  # the run's interpolated n-gram (--ngram-mix), if any
+        name = "LSTM" if mixture is None else f"LSTM + {mixture.order}-gram"
         rows = []
         t0 = time.perf_counter()
-        plain = score_split(model.model, indices, cut)
-        rows.append(("LSTM", plain, time.perf_counter() - t0))
-        # The same model on the text it trained on (dropout off): the memorisation gap.
+        plain = score_split(model.model, indices, cut, mixture=mixture)
+        rows.append((name, plain, time.perf_counter() - t0))
+        alone = plain
+        if mixture is not None:
+            t0 = time.perf_counter()
+            alone = score_split(model.model, indices, cut)
+            rows.append(("LSTM alone (--lstm-only)", alone, time.perf_counter() - t0))
+        # The LSTM on the text it trained on (dropout off): the memorisation gap.
         on_training = score(model.model, indices[1:cut], indices[:1])
         cache, dynamic = CacheConfig(), DynamicConfig()
-        for name, options in (
-            ("LSTM + cache", {"cache": cache}),
-            ("LSTM + dynamic eval", {"dynamic": dynamic}),
-            ("LSTM + cache + dynamic eval", {"cache": cache, "dynamic": dynamic}),
+        for suffix, options in (
+            (" + cache", {"cache": cache}),
+            (" + dynamic eval", {"dynamic": dynamic}),
+            (" + cache + dynamic eval", {"cache": cache, "dynamic": dynamic}),
         ):
             t0 = time.perf_counter()
-            rows.append(
-                (
-                    name,
-                    score_adaptive(model.model, targets, context, **options),
-                    time.perf_counter() - t0,
-                )
-            )
+            result = score_adaptive(model.model, targets, context, mixture=mixture, **options)
+            rows.append((name + suffix, result, time.perf_counter() - t0))
         # The yardstick (D = 0.75, the reference setup) and the same n-gram with its
         # discount chosen by cross-fitting on the training part (a stronger baseline).
         ngrams = []
@@ -123,6 +125,8 @@ def main() -> int:
         teacher += f", label smoothing {train_config.label_smoothing:g}"
     if train_config.ema:
         teacher += f", weights averaged (--ema {train_config.ema:g})"
+    if mixture is not None:
+        teacher += f"; predicts interpolated with a {mixture.describe()}"
     # Where it trained, as config.json records it (runs from before that record do not).
     trained_on = json.loads((run_dir / "config.json").read_text(encoding="utf-8")).get("machine")
     where = "machine not recorded"
@@ -135,14 +139,18 @@ def main() -> int:
         f"### {args.corpus.name}, preset `{args.preset}`",
         "",
         "| corpus | preset | training time | training perplexity | held-out perplexity "
-        "| + cache + dynamic eval | Kneser-Ney n-gram |",
-        "|---|---|---|---|---|---|---|",
+        "| LSTM alone | + cache + dynamic eval | Kneser-Ney n-gram |",
+        "|---|---|---|---|---|---|---|---|",
         f"| {args.corpus.name} | {args.preset} | {minutes:.1f} min, {len(metrics)} epochs | "
         f"{on_training.perplexity:.1f} | **{plain.perplexity:.1f}** ({plain.loss:.4f} nats) | "
+        f"{alone.perplexity:.1f} ({alone.loss:.4f}) | "
         f"{both.perplexity:.1f} | {ngram['perplexity']:.1f} ({args.order}-gram); "
         f"{tuned['perplexity']:.1f} with D = {tuned['discount']:g} |",
         "",
-        "Training perplexity: the best model on its own training text, dropout off.",
+        "Training perplexity: the best LSTM on its own training text, dropout off. Held-out "
+        "perplexity: the model as `charlstm eval` scores it"
+        + ("" if mixture is None else f" ({name}; the LSTM alone in the next column)")
+        + ".",
         "",
         f"Model: {config.backend} LSTM {config.num_layers}x{config.hidden_size}{teacher}, "
         f"{model.model.num_parameters():,} parameters; trained {len(metrics)} epochs in "

@@ -7,6 +7,7 @@ import json
 import math
 import random
 import signal
+import zipfile
 
 import pytest
 import torch
@@ -239,6 +240,20 @@ def test_resume_keeps_the_architecture(small_corpus, tmp_path):
         )
     with pytest.raises(CharLSTMError, match="already trained 1 epochs"):
         train(small_corpus, None, train_options={"epochs": 1}, resume=tmp_path / "run")
+
+
+def test_resume_reads_the_same_text_wherever_the_file_is(small_corpus, tmp_path):
+    """A corpus with the same characters in another order is not the run's text."""
+    train(small_corpus, tmp_path / "run", train_options={"epochs": 1})
+    with zipfile.ZipFile(small_corpus) as archive:
+        text = archive.read("small.txt").decode("utf-8")
+    moved = write_zip(tmp_path / "moved.zip", {"small.txt": text.encode("utf-8")})
+    lines = text.splitlines(keepends=True)
+    shuffled = write_zip(tmp_path / "other.zip", {"small.txt": "".join(lines[::-1]).encode()})
+    with pytest.raises(CharLSTMError, match="is not the text this run trained on"):
+        train(shuffled, None, train_options={"epochs": 2}, resume=tmp_path / "run")
+    _, result = train(moved, None, train_options={"epochs": 2}, resume=tmp_path / "run")
+    assert [m.epoch for m in result.metrics] == [2]
 
 
 def test_existing_run_directory_is_not_overwritten(small_corpus, tmp_path):
