@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import conftest
 import numpy as np
 import pytest
 import torch
@@ -19,7 +20,6 @@ from charlstm.model import build_model
 from charlstm.ngram import KneserNeyLM
 from charlstm.pipeline import prepare_training
 from charlstm.sampling import SamplingConfig, generate
-from tests import conftest
 
 TEXT = "我们说好不分开\n分开以后的雨天\n我们说好的雨天\n不分开的夜晚\n" * 3
 VOCAB = Vocab.from_text(TEXT + "星")  # one character the n-gram never saw
