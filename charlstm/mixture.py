@@ -58,7 +58,7 @@ class NgramMixture:
     def target_log_probs(self, targets: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         """``log p_KN`` (n,) float64 of each of ``targets`` (n,) given the characters before
         it, the first ones' reaching back into ``context`` (indices, like ``targets``)."""
-        history = self.vocab.decode(context[-self.width :] if self.width else context[:0])
+        history = self.vocab.decode(context[-self.width :])  # the n-gram reads no further
         values = self.ngram.log_probs(self.vocab.decode(targets), history)
         return torch.tensor(values, dtype=torch.float64)
 

@@ -234,9 +234,9 @@ class Trainer:
         )
         self.prefixes = list(self.config.prefixes) or default_prefixes(corpus)
         self.teacher: NgramTeacher | None = None
+        text = corpus.text[:cut]  # the training text, for the n-gram teacher and mixture
         if self.config.ngram_teacher:
             started = time.perf_counter()
-            text = corpus.vocab.decode(self.train_indices)
             self.teacher = NgramTeacher(
                 text, corpus.vocab, self.config.ngram_teacher, self.config.teacher_folds
             )
@@ -250,7 +250,7 @@ class Trainer:
         self.mixture: NgramMixture | None = None
         if self.config.ngram_mix:
             self.mixture = NgramMixture(
-                corpus.vocab.decode(self.train_indices),
+                text,
                 corpus.vocab,
                 self.config.ngram_mix,
                 self.config.mix_weight,
