@@ -15,7 +15,7 @@ half remembers. On lyrics the interpolation scores about 5 % better than the LST
 The n-gram is kept in the checkpoint as the training text it was fitted on (fitting takes
 a fraction of a second for lyrics, about two seconds for a megabyte), and refitted when the
 model is loaded. Held-out scoring during training, ``charlstm eval``, ``generate`` and the
-samples during training all use the interpolated distribution; ``--no-ngram`` (or
+samples during training all use the interpolated distribution; ``--lstm-only`` (or
 :meth:`charlstm.api.LanguageModel.lstm_only`) scores and writes with the LSTM alone. The
 LSTM's training loss does not involve the n-gram.
 """
