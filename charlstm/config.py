@@ -19,6 +19,7 @@ ScratchImpl = Literal["fused", "autograd"]
 Sampling = Literal["consecutive", "random"]
 Optimizer = Literal["sgd", "adam", "adamw"]
 Schedule = Literal["none", "cosine", "plateau"]
+Softmax = Literal["full", "adaptive"]
 
 #: The n-gram teacher's counts grow with the order; beyond this it cannot help and
 #: exhausts memory.
@@ -29,6 +30,7 @@ SCRATCH_IMPLS: tuple[str, ...] = ("fused", "autograd")
 SAMPLINGS: tuple[str, ...] = ("consecutive", "random")
 OPTIMIZERS: tuple[str, ...] = ("sgd", "adam", "adamw")
 SCHEDULES: tuple[str, ...] = ("none", "cosine", "plateau")
+SOFTMAXES: tuple[str, ...] = ("full", "adaptive")
 
 C = TypeVar("C")
 
@@ -118,6 +120,10 @@ class ModelConfig:
     tie_weights: bool = False  # output layer shares the embedding matrix
     scratch_impl: ScratchImpl = "fused"  # hand-derived BPTT, or plain autograd
     peephole: bool = False  # peephole connections (scratch only)
+    # The output layer: a full softmax over V, or torch's adaptive softmax
+    # (nn.AdaptiveLogSoftmaxWithLoss) with these cutoffs (None: from character frequencies).
+    softmax: Softmax = "full"
+    cutoffs: list[int] | None = None
 
     @property
     def input_size(self) -> int:
@@ -141,6 +147,20 @@ class ModelConfig:
             raise CharLSTMError("--peephole needs --backend scratch (nn.LSTM has no peepholes)")
         if self.backend == "torch" and self.weight_drop > 0:
             raise CharLSTMError("--weight-drop needs --backend scratch")
+        _choice("--softmax", self.softmax, SOFTMAXES)
+        if self.softmax == "adaptive" and self.tie_weights:
+            raise CharLSTMError("--tie-weights needs --softmax full (the adaptive softmax has no "
+                                "single output matrix to share)")
+        if self.cutoffs is not None:
+            if self.softmax != "adaptive":
+                raise CharLSTMError("--cutoffs is a setting of --softmax adaptive; add it")
+            if list(self.cutoffs) != sorted(set(self.cutoffs)) or not self.cutoffs or not (
+                0 < self.cutoffs[0] and self.cutoffs[-1] < self.vocab_size
+            ):
+                raise CharLSTMError(
+                    f"--cutoffs must be increasing sizes between 1 and the vocabulary size - 1 "
+                    f"({self.vocab_size - 1}), not {self.cutoffs}"
+                )
         if self.tie_weights and self.input_size != self.hidden_size:
             raise CharLSTMError(
                 "--tie-weights needs --embedding-size equal to --hidden "
