@@ -17,9 +17,18 @@ from typing import Annotated, Any, TypeVar
 import typer
 
 from charlstm import checkpoint as ckpt
-from charlstm.config import positive
+from charlstm.config import (
+    PRESETS,
+    DataConfig,
+    ModelConfig,
+    SettingError,
+    TrainConfig,
+    option_name,
+    positive,
+)
 from charlstm.errors import CharLSTMError
 from charlstm.evaluate import CacheConfig, DynamicConfig
+from charlstm.options import Given, settings_options
 
 app = typer.Typer(
     name="charlstm",
@@ -61,6 +70,8 @@ def handle_errors(command: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return command(*args, **kwargs)
+        except SettingError as err:  # the library names fields; a user typed options
+            raise fail(err.render(option_name), err.exit_code) from None
         except CharLSTMError as err:
             raise fail(str(err), err.exit_code) from None
         except KeyboardInterrupt:
@@ -182,6 +193,7 @@ def _switched(kind: Callable[..., C], switch: str, on: bool, settings: dict[str,
 
 @app.command()
 @handle_errors
+@settings_options(DataConfig, ModelConfig, TrainConfig)
 def train(
     corpus: Annotated[
         Path | None,
@@ -190,275 +202,11 @@ def train(
             show_default=False,
         ),
     ] = None,
-    # data
-    member: Annotated[
-        str | None,
-        typer.Option(
-            help="Zip member to read (default: every text member, in name order).",
-            rich_help_panel="Corpus",
-        ),
-    ] = None,
-    encoding: Annotated[
-        str | None,
-        typer.Option(
-            help="Text encoding (default: UTF-8, else GB18030).", rich_help_panel="Corpus"
-        ),
-    ] = None,
-    newlines: Annotated[
-        str | None,
-        typer.Option(
-            help="keep, or space (d2l's behaviour). [default: keep]", rich_help_panel="Corpus"
-        ),
-    ] = None,
-    max_chars: Annotated[
-        int | None,
-        typer.Option(
-            help="Use only the first N characters (d2l: 10000).", rich_help_panel="Corpus"
-        ),
-    ] = None,
-    val_fraction: Annotated[
-        float | None,
-        typer.Option(
-            help="Held-out part at the end of the corpus, never trained on. [default: 0.1]",
-            rich_help_panel="Corpus",
-        ),
-    ] = None,
-    # model
-    backend: Annotated[
-        str | None,
-        typer.Option(
-            help="scratch (LSTM written out gate by gate) or torch (nn.LSTM). [default: scratch]",
-            rich_help_panel="Model",
-        ),
-    ] = None,
-    hidden: Annotated[
-        int | None,
-        typer.Option(help="Hidden units per layer. [default: 256]", rich_help_panel="Model"),
-    ] = None,
-    layers: Annotated[
-        int | None, typer.Option(help="LSTM layers. [default: 1]", rich_help_panel="Model")
-    ] = None,
-    embedding_size: Annotated[
-        int | None,
-        typer.Option(help="Embedding size (default: --hidden).", rich_help_panel="Model"),
-    ] = None,
-    dropout: Annotated[
-        float | None,
-        typer.Option(
-            help="Dropout between layers and on the output. [default: 0.3]", rich_help_panel="Model"
-        ),
-    ] = None,
-    embed_dropout: Annotated[
-        float | None,
-        typer.Option(help="Dropout on the embeddings. [default: 0]", rich_help_panel="Model"),
-    ] = None,
-    weight_drop: Annotated[
-        float | None,
-        typer.Option(
-            help="DropConnect on hidden-to-hidden weights (scratch). [default: 0]",
-            rich_help_panel="Model",
-        ),
-    ] = None,
-    variational: Annotated[
-        bool | None,
-        typer.Option(
-            "--variational/--no-variational",
-            help="One dropout mask per sequence, shared across time steps. [default: off]",
-            rich_help_panel="Model",
-            show_default=False,
-        ),
-    ] = None,
-    tie_weights: Annotated[
-        bool | None,
-        typer.Option(
-            "--tie-weights/--no-tie-weights",
-            help="Output layer shares the embedding matrix. [default: off]",
-            rich_help_panel="Model",
-            show_default=False,
-        ),
-    ] = None,
-    scratch_impl: Annotated[
-        str | None,
-        typer.Option(
-            help="fused (hand-derived backward) or autograd (plain). [default: fused]",
-            rich_help_panel="Model",
-        ),
-    ] = None,
-    peephole: Annotated[
-        bool | None,
-        typer.Option(
-            "--peephole/--no-peephole",
-            help="Peephole connections (scratch only). [default: off]",
-            rich_help_panel="Model",
-            show_default=False,
-        ),
-    ] = None,
-    # training
     preset: Annotated[
         str | None,
         typer.Option(
-            help="Named settings: small-corpus, large-corpus or large-corpus-gpu (options "
-            "given override them).",
+            help="Named settings: " + ", ".join(PRESETS) + " (options given override them).",
             rich_help_panel="Training",
-        ),
-    ] = None,
-    epochs: Annotated[
-        int | None,
-        typer.Option(
-            help="Total epochs (on --resume: the new total). [default: 20]",
-            rich_help_panel="Training",
-        ),
-    ] = None,
-    batch_size: Annotated[
-        int | None,
-        typer.Option(help="Sequences per batch. [default: 32]", rich_help_panel="Training"),
-    ] = None,
-    num_steps: Annotated[
-        int | None,
-        typer.Option(
-            help="Characters per window (truncated BPTT length). [default: 35]",
-            rich_help_panel="Training",
-        ),
-    ] = None,
-    sampling: Annotated[
-        str | None,
-        typer.Option(
-            help="consecutive (state carried) or random windows. [default: consecutive]",
-            rich_help_panel="Training",
-        ),
-    ] = None,
-    optimizer: Annotated[
-        str | None,
-        typer.Option(help="sgd, adam or adamw. [default: adam]", rich_help_panel="Training"),
-    ] = None,
-    lr: Annotated[
-        float | None,
-        typer.Option(help="Learning rate. [default: 0.002]", rich_help_panel="Training"),
-    ] = None,
-    clip: Annotated[
-        float | None,
-        typer.Option(
-            help="Clip the global gradient norm to this (0: off). [default: 1.0]",
-            rich_help_panel="Training",
-        ),
-    ] = None,
-    weight_decay: Annotated[
-        float | None, typer.Option(help="Weight decay. [default: 0]", rich_help_panel="Training")
-    ] = None,
-    label_smoothing: Annotated[
-        float | None,
-        typer.Option(
-            help="Label smoothing of the training targets (held-out loss is unsmoothed). "
-            "[default: 0]",
-            rich_help_panel="Training",
-        ),
-    ] = None,
-    ngram_teacher: Annotated[
-        int | None,
-        typer.Option(
-            help="Distil a Kneser-Ney n-gram of this order into the model: it supplies soft "
-            "training targets, cross-fitted on folds of the training text (0: off). [default: 0]",
-            rich_help_panel="Training",
-        ),
-    ] = None,
-    teacher_weight: Annotated[
-        float | None,
-        typer.Option(
-            help="Weight of the n-gram teacher's targets in the training loss. [default: 0.5]",
-            rich_help_panel="Training",
-        ),
-    ] = None,
-    teacher_folds: Annotated[
-        int | None,
-        typer.Option(
-            help="Folds of the training text for the n-gram teacher: each fold's targets come "
-            "from an n-gram fitted on the others. [default: 5]",
-            rich_help_panel="Training",
-        ),
-    ] = None,
-    ngram_mix: Annotated[
-        int | None,
-        typer.Option(
-            help="Predict with the LSTM interpolated with a Kneser-Ney n-gram of this order, "
-            "fitted on the training text and kept in the checkpoint; eval and generate use "
-            "the interpolation (0: off). [default: 0]",
-            rich_help_panel="Training",
-        ),
-    ] = None,
-    mix_weight: Annotated[
-        float | None,
-        typer.Option(
-            help="Weight of the --ngram-mix n-gram in the interpolation, in (0, 1). "
-            "[default: 0.25]",
-            rich_help_panel="Training",
-        ),
-    ] = None,
-    ema: Annotated[
-        float | None,
-        typer.Option(
-            help="Keep an exponential moving average of the weights with this decay per "
-            "optimizer step (e.g. 0.995); held-out scores, samples and saved models use the "
-            "average (0: off). [default: 0]",
-            rich_help_panel="Training",
-        ),
-    ] = None,
-    schedule: Annotated[
-        str | None,
-        typer.Option(
-            help="Learning-rate schedule: none, cosine or plateau. [default: none]",
-            rich_help_panel="Training",
-        ),
-    ] = None,
-    patience: Annotated[
-        int | None,
-        typer.Option(
-            help="Stop after N epochs without a better held-out loss (0: never). [default: 0]",
-            rich_help_panel="Training",
-        ),
-    ] = None,
-    seed: Annotated[
-        int | None,
-        typer.Option(
-            help="Seed for weights, dropout and data order. [default: 0]",
-            rich_help_panel="Training",
-        ),
-    ] = None,
-    device: Annotated[
-        str | None,
-        typer.Option(help="auto, cpu or cuda. [default: auto]", rich_help_panel="Training"),
-    ] = None,
-    # output
-    prefix: Annotated[
-        list[str] | None,
-        typer.Option(
-            help="Prefix to sample from during training (repeatable). [default: 分开, 不分开]",
-            rich_help_panel="Output",
-        ),
-    ] = None,
-    sample_every: Annotated[
-        int | None,
-        typer.Option(
-            help="Print samples every N epochs (0: never). [default: 1]", rich_help_panel="Output"
-        ),
-    ] = None,
-    sample_length: Annotated[
-        int | None,
-        typer.Option(
-            help="Characters per training sample. [default: 50]", rich_help_panel="Output"
-        ),
-    ] = None,
-    time_limit: Annotated[
-        float | None,
-        typer.Option(
-            help="Stop after the epoch during which N minutes of training pass. [default: none]",
-            rich_help_panel="Training",
-        ),
-    ] = None,
-    checkpoint_every: Annotated[
-        int | None,
-        typer.Option(
-            help="Also write last.pt every N optimizer steps (0: only each epoch). [default: 0]",
-            rich_help_panel="Output",
         ),
     ] = None,
     run_dir: Annotated[
@@ -501,6 +249,7 @@ def train(
             "--overwrite", help="Replace an existing run in --run-dir.", rich_help_panel="Output"
         ),
     ] = False,
+    given: Given | None = None,
 ) -> None:
     """Train a model on CORPUS, printing perplexity and samples; writes runs/<name>/.
 
@@ -510,87 +259,14 @@ def train(
 
     Example: charlstm train ../shared/data/jaychou_lyrics.txt.zip --backend scratch --epochs 20
     """
-    from charlstm.pipeline import prepare_training
+    from charlstm.pipeline import RunRequest, start_run
 
-    trainer = prepare_training(
-        corpus,
-        model_options={
-            "backend": backend,
-            "hidden_size": hidden,
-            "num_layers": layers,
-            "embedding_size": embedding_size,
-            "dropout": dropout,
-            "embed_dropout": embed_dropout,
-            "weight_drop": weight_drop,
-            "variational": variational,
-            "tie_weights": tie_weights,
-            "scratch_impl": scratch_impl,
-            "peephole": peephole,
-        },
-        train_options={
-            "epochs": epochs,
-            "batch_size": batch_size,
-            "num_steps": num_steps,
-            "sampling": sampling,
-            "optimizer": optimizer,
-            "lr": lr,
-            "clip": clip,
-            "weight_decay": weight_decay,
-            "label_smoothing": label_smoothing,
-            "ngram_teacher": ngram_teacher,
-            "teacher_weight": teacher_weight,
-            "teacher_folds": teacher_folds,
-            "ngram_mix": ngram_mix,
-            "mix_weight": mix_weight,
-            "ema": ema,
-            "schedule": schedule,
-            "patience": patience,
-            "val_fraction": val_fraction,
-            "seed": seed,
-            "device": device,
-            "sample_every": sample_every,
-            "sample_length": sample_length,
-            "prefixes": prefix or None,
-            "checkpoint_every": checkpoint_every,
-            "time_limit": time_limit,
-        },
-        data_options={
-            "member": member,
-            "encoding": encoding,
-            "newlines": newlines,
-            "max_chars": max_chars,
-        },
-        run_dir=run_dir,
-        runs_root=runs_root,
-        resume=resume,
-        init_from=init_from,
-        extend_vocab=extend_vocab,
-        overwrite=overwrite,
-        preset=preset,
-        log=typer.echo,
+    request = RunRequest(
+        corpus, given or {}, preset, run_dir, runs_root, resume, init_from, extend_vocab, overwrite
     )
-    m = trainer.model_config
-    typer.echo(
-        f"run {trainer.run_dir}: {m.backend} LSTM {m.num_layers}x{m.hidden_size}, "
-        f"{trainer.model.num_parameters():,} parameters, vocabulary {m.vocab_size}, "
-        f"{trainer.cut:,} training / {len(trainer.corpus) - trainer.cut:,} held-out characters, "
-        f"{len(trainer.batches)} batches per epoch, device {trainer.device}"
-    )
-    trainer.fit()
-    best = trainer.progress.best_val_loss
-    summary = f"done: {trainer.run_dir}/best.pt"
-    if best < float("inf"):
-        import math
-
-        ppl = math.exp(min(best, 700.0))  # a diverged run's loss can overflow exp
-        summary += (
-            f" (held-out perplexity {ppl:.2f})"
-            if ppl < 1e6
-            else f" (held-out perplexity {ppl:.3g})"
-        )
-    typer.echo(
-        summary + f"; generate with: charlstm generate --checkpoint {trainer.run_dir} --prefix ..."
-    )
+    trainer = start_run(request, log=typer.echo)
+    typer.echo(trainer.describe())
+    typer.echo(trainer.fit().summary())
 
 
 @app.command()

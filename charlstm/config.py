@@ -1,6 +1,14 @@
 """Typed configuration: what to read, what to build, how to train.
 
-The CLI builds these dataclasses and passes them explicitly; nothing reads globals.
+Every setting is defined once, as a dataclass field made by :func:`setting`: its default,
+its help text, its command-line panel and option name, whether ``--resume`` may change it,
+and the check its value must pass. The CLI's options, the help's defaults, the resume rules
+and the option names in error messages are all generated from these fields
+(:func:`settings_of`, :func:`option_name`); adding a training option is one field here.
+
+Library errors name the field (``hidden_size must be positive, not 0``); the CLI shows the
+same :class:`SettingError` with option names (``--hidden must be positive, not 0``).
+
 Each config round-trips through plain dicts (``asdict`` / ``from_dict``) so that it can be
 stored in ``config.json`` and in every checkpoint.
 """
@@ -9,6 +17,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
@@ -83,20 +93,173 @@ def fraction(name: str, value: float, upper_open: bool = True) -> None:
         raise CharLSTMError(f"{name} must be in [0, 1), not {value}")
 
 
+class SettingError(CharLSTMError):
+    """A bad setting. ``template`` names settings as ``{field}``; :meth:`render` fills them
+    with field names (the library's message) or, at the command line, option names."""
+
+    def __init__(self, template: str, exit_code: int | None = None) -> None:
+        self.template = template
+        super().__init__(self.render(lambda name: name), exit_code)
+
+    def render(self, name: Callable[[str], str]) -> str:
+        return re.sub(
+            r"\{([a-z_]+)\}",
+            lambda m: name(m.group(1)) if m.group(1) in _FIELDS else m.group(0),
+            self.template,
+        )
+
+
+# -- checks: each returns what is wrong with a value (None: nothing) -------------------------
+
+Check = Callable[[Any], "str | None"]
+
+
+def _number(value: Any) -> str | None:
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"must be a finite number, not {value}"
+    if isinstance(value, int) and value > MAX_INT:
+        return f"must be at most {MAX_INT:,}, not {value}"
+    return None
+
+
+def is_positive(value: Any) -> str | None:
+    return _number(value) or (f"must be positive, not {value}" if value <= 0 else None)
+
+
+def at_least_zero(note: str = "") -> Check:
+    def check(value: Any) -> str | None:
+        return _number(value) or (f"must be >= 0{note}, not {value}" if value < 0 else None)
+
+    return check
+
+
+def in_range(low: float, high: float, closed: str = "[)", note: str = "") -> Check:
+    """``closed``: which ends belong to the interval, as ``"[)"``, ``"(]"``, ``"()"``."""
+
+    def check(value: Any) -> str | None:
+        above = value >= low if closed[0] == "[" else value > low
+        below = value <= high if closed[1] == "]" else value < high
+        if _number(value) or not (above and below):
+            return f"must be in {closed[0]}{low:g}, {high:g}{closed[1]}{note}, not {value}"
+        return None
+
+    return check
+
+
+def one_of(*allowed: str) -> Check:
+    def check(value: Any) -> str | None:
+        return (
+            None
+            if value in allowed
+            else f"unknown {{}} {value!r}; choose one of: " + ", ".join(allowed)
+        )
+
+    return check
+
+
+def ngram_order(value: int) -> str | None:
+    if value == 0 or 2 <= value <= MAX_NGRAM_ORDER:
+        return None
+    return f"must be an n-gram order from 2 to {MAX_NGRAM_ORDER} (0: off), not {value}"
+
+
+def seed_range(value: int) -> str | None:
+    return None if 0 <= value <= MAX_SEED else f"must be in [0, 2**63 - 1], not {value}"
+
+
+def optional(check: Check) -> Check:
+    return lambda value: None if value is None else check(value)
+
+
+@dataclass(frozen=True)
+class Setting:
+    """What the CLI and the resume rules need to know of one config field."""
+
+    help: str
+    panel: str
+    option: str | None = None  # None: "--" + the field name with dashes
+    resume: bool = False  # --resume may change it
+    check: Check | None = None
+    default_text: str | None = None  # the help's "[default: ...]" where the value misleads
+    cli: bool = True  # False: set by the program, not an option
+    flag: bool = False  # a bool shown as --x/--no-x
+    parse: Callable[[str], Any] | None = (
+        None  # the option takes text that this turns into the value
+    )
+    repeat: bool = False  # a list given by repeating the option
+    fine_tune: bool = False  # --init-from may change it (regularisation, not architecture)
+
+
+def setting(
+    default: Any = dataclasses.MISSING, help: str = "", panel: str = "", **meta: Any
+) -> Any:
+    """A dataclass field carrying its :class:`Setting` (a list default is copied per instance)."""
+    info = {"setting": Setting(help=help, panel=panel, **meta)}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=info)
+    return field(default=default, metadata=info)
+
+
+def settings_of(cls: type) -> Iterator[tuple[dataclasses.Field[Any], Setting]]:
+    for f in dataclasses.fields(cls):
+        meta = f.metadata.get("setting")
+        if meta is not None:
+            yield f, meta
+
+
+def option_name(name: str) -> str:
+    """The command-line option of config field ``name``."""
+    meta = _FIELDS.get(name)
+    return (meta.option if meta and meta.option else None) or "--" + name.replace("_", "-")
+
+
+def _check_fields(config: Any) -> None:
+    for f, meta in settings_of(type(config)):
+        if meta.check is not None:
+            problem = meta.check(getattr(config, f.name))
+            if problem:  # "{}" marks where the setting's name goes; else it leads
+                name = "{" + f.name + "}"
+                raise SettingError(
+                    problem.replace("{}", name) if "{}" in problem else f"{name} {problem}"
+                )
+
+
+def parse_cutoffs(text: str) -> list[int]:
+    try:
+        return [int(part) for part in text.replace(",", " ").split()]
+    except ValueError:
+        raise SettingError(
+            f"{{cutoffs}} takes increasing sizes separated by commas, e.g. 2000,6000; not {text!r}"
+        ) from None
+
+
 @dataclass
 class DataConfig:
     """Where the text comes from and how it is normalised (see :mod:`charlstm.corpus`)."""
 
-    path: str
-    member: str | None = None
-    encoding: str | None = None
-    newlines: Literal["keep", "space"] = "keep"
-    max_chars: int | None = None
+    path: str = setting(cli=False)
+    member: str | None = setting(
+        None,
+        "Zip member to read.",
+        "Corpus",
+        default_text="every text member, in name order",
+    )
+    encoding: str | None = setting(
+        None, "Text encoding.", "Corpus", default_text="UTF-8, else GB18030"
+    )
+    newlines: Literal["keep", "space"] = setting(
+        "keep", "keep, or space (d2l's behaviour).", "Corpus", check=one_of("keep", "space")
+    )
+    max_chars: int | None = setting(
+        None,
+        "Use only the first N characters (d2l: 10000).",
+        "Corpus",
+        check=optional(is_positive),
+        default_text="all",
+    )
 
     def validate(self) -> DataConfig:
-        _choice("--newlines", self.newlines, ("keep", "space"))
-        if self.max_chars is not None:
-            positive("--max-chars", self.max_chars)
+        _check_fields(self)
         return self
 
     @classmethod
@@ -106,64 +269,107 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    """The network: embedding -> LSTM layers -> linear output over the vocabulary."""
+    """The network: embedding -> LSTM layers -> output layer over the vocabulary."""
 
-    vocab_size: int
-    backend: Backend = "scratch"
-    hidden_size: int = 256
-    num_layers: int = 1
-    embedding_size: int | None = None  # None: same as hidden_size
-    dropout: float = 0.3  # between LSTM layers and on the last layer's output
-    embed_dropout: float = 0.0  # on the embeddings (variational: one mask per sequence)
-    weight_drop: float = 0.0  # DropConnect on hidden-to-hidden weights (scratch only)
-    variational: bool = False  # dropout masks shared across time steps
-    tie_weights: bool = False  # output layer shares the embedding matrix
-    scratch_impl: ScratchImpl = "fused"  # hand-derived BPTT, or plain autograd
-    peephole: bool = False  # peephole connections (scratch only)
-    # The output layer: a full softmax over V, or torch's adaptive softmax
-    # (nn.AdaptiveLogSoftmaxWithLoss) with these cutoffs (None: from character frequencies).
-    softmax: Softmax = "full"
-    cutoffs: list[int] | None = None
+    vocab_size: int = setting(cli=False, check=is_positive)
+    backend: Backend = setting(
+        "scratch",
+        "scratch (LSTM written out gate by gate) or torch (nn.LSTM).",
+        "Model",
+        check=one_of(*BACKENDS),
+    )
+    hidden_size: int = setting(
+        256, "Hidden units per layer.", "Model", option="--hidden", check=is_positive
+    )
+    num_layers: int = setting(1, "LSTM layers.", "Model", option="--layers", check=is_positive)
+    embedding_size: int | None = setting(
+        None, "Embedding size.", "Model", check=optional(is_positive), default_text="--hidden"
+    )
+    dropout: float = setting(
+        0.3,
+        "Dropout between layers and on the output.",
+        "Model",
+        check=in_range(0, 1),
+        fine_tune=True,
+    )
+    embed_dropout: float = setting(
+        0.0,
+        "Dropout on the embeddings (one mask per sequence).",
+        "Model",
+        check=in_range(0, 1),
+        fine_tune=True,
+    )
+    weight_drop: float = setting(
+        0.0,
+        "DropConnect on hidden-to-hidden weights (scratch).",
+        "Model",
+        check=in_range(0, 1),
+        fine_tune=True,
+    )
+    variational: bool = setting(
+        False,
+        "One dropout mask per sequence, shared across time steps.",
+        "Model",
+        flag=True,
+        fine_tune=True,
+    )
+    tie_weights: bool = setting(
+        False, "Output layer shares the embedding matrix.", "Model", flag=True
+    )
+    scratch_impl: ScratchImpl = setting(
+        "fused",
+        "fused (hand-derived backward) or autograd (plain).",
+        "Model",
+        check=one_of(*SCRATCH_IMPLS),
+    )
+    peephole: bool = setting(False, "Peephole connections (scratch only).", "Model", flag=True)
+    softmax: Softmax = setting(
+        "full",
+        "Output layer: full softmax over the vocabulary, or adaptive "
+        "(torch.nn.AdaptiveLogSoftmaxWithLoss: frequent characters cost less; for "
+        "vocabularies of thousands).",
+        "Model",
+        check=one_of(*SOFTMAXES),
+    )
+    cutoffs: list[int] | None = setting(
+        None,
+        "Adaptive softmax: sizes of the head and tail clusters by frequency rank, e.g. 2000,6000.",
+        "Model",
+        parse=parse_cutoffs,
+        default_text="chosen from the character frequencies",
+    )
 
     @property
     def input_size(self) -> int:
         return self.embedding_size or self.hidden_size
 
     def validate(self) -> ModelConfig:
-        _choice("--backend", self.backend, BACKENDS)
-        _choice("--scratch-impl", self.scratch_impl, SCRATCH_IMPLS)
-        positive("vocabulary size", self.vocab_size)
-        positive("--hidden", self.hidden_size)
-        positive("--layers", self.num_layers)
-        if self.embedding_size is not None:
-            positive("--embedding-size", self.embedding_size)
-        for name, value in (
-            ("--dropout", self.dropout),
-            ("--embed-dropout", self.embed_dropout),
-            ("--weight-drop", self.weight_drop),
-        ):
-            fraction(name, value)
+        _check_fields(self)
         if self.backend == "torch" and self.peephole:
-            raise CharLSTMError("--peephole needs --backend scratch (nn.LSTM has no peepholes)")
+            raise SettingError("{peephole} needs {backend} scratch (nn.LSTM has no peepholes)")
         if self.backend == "torch" and self.weight_drop > 0:
-            raise CharLSTMError("--weight-drop needs --backend scratch")
-        _choice("--softmax", self.softmax, SOFTMAXES)
+            raise SettingError("{weight_drop} needs {backend} scratch")
         if self.softmax == "adaptive" and self.tie_weights:
-            raise CharLSTMError("--tie-weights needs --softmax full (the adaptive softmax has no "
-                                "single output matrix to share)")
+            raise SettingError(
+                "{tie_weights} needs {softmax} full (the adaptive softmax has no single output "
+                "matrix to share)"
+            )
         if self.cutoffs is not None:
             if self.softmax != "adaptive":
-                raise CharLSTMError("--cutoffs is a setting of --softmax adaptive; add it")
-            if list(self.cutoffs) != sorted(set(self.cutoffs)) or not self.cutoffs or not (
-                0 < self.cutoffs[0] and self.cutoffs[-1] < self.vocab_size
+                raise SettingError("{cutoffs} is a setting of {softmax} adaptive; add it")
+            cutoffs = list(self.cutoffs)
+            if (
+                not cutoffs
+                or cutoffs != sorted(set(cutoffs))
+                or not (0 < cutoffs[0] and cutoffs[-1] < self.vocab_size)
             ):
-                raise CharLSTMError(
-                    f"--cutoffs must be increasing sizes between 1 and the vocabulary size - 1 "
-                    f"({self.vocab_size - 1}), not {self.cutoffs}"
+                raise SettingError(
+                    "{cutoffs} must be increasing sizes between 1 and the vocabulary size - 1 "
+                    f"({self.vocab_size - 1}), not {cutoffs}"
                 )
         if self.tie_weights and self.input_size != self.hidden_size:
-            raise CharLSTMError(
-                "--tie-weights needs --embedding-size equal to --hidden "
+            raise SettingError(
+                "{tie_weights} needs {embedding_size} equal to {hidden_size} "
                 f"({self.input_size} != {self.hidden_size})"
             )
         return self
@@ -177,85 +383,246 @@ class ModelConfig:
 class TrainConfig:
     """How to train: batches, optimiser, schedule, logging, sampling and checkpoints."""
 
-    epochs: int = 20
-    batch_size: int = 32
-    num_steps: int = 35
-    sampling: Sampling = "consecutive"
-    optimizer: Optimizer = "adam"
-    lr: float = 2e-3
-    clip: float = 1.0  # global gradient-norm clipping; 0 disables
-    weight_decay: float = 0.0
-    label_smoothing: float = 0.0  # training targets keep 1 - s, the rest spread over all chars
-    # Distillation from a cross-fitted Kneser-Ney n-gram of this order (0: off); the
-    # training loss mixes its distribution in with this weight (see charlstm.distill).
-    ngram_teacher: int = 0
-    teacher_weight: float = 0.5
-    teacher_folds: int = 5  # the teacher of each fold is fitted on the other folds
-    # The model predicts with the LSTM interpolated with a Kneser-Ney n-gram of this order
-    # fitted on the training text (0: off), at this weight (see charlstm.mixture).
-    ngram_mix: int = 0
-    mix_weight: float = 0.25
-    # Polyak averaging: an exponential moving average of the weights with this decay per
-    # optimizer step (0: off) is what is scored, sampled and saved as the model.
-    ema: float = 0.0
-    schedule: Schedule = "none"
-    patience: int = 0  # early stopping after this many epochs without a better held-out loss
-    val_fraction: float = 0.1
-    seed: int = 0
-    device: str = "auto"
-    sample_every: int = 1  # epochs; 0 disables samples during training
-    sample_length: int = 50
-    prefixes: list[str] = field(default_factory=list)
-    checkpoint_every: int = 0  # optimizer steps; 0: only at the end of each epoch
-    # Minutes of training; stop after the epoch that passes them (0: none). A cosine
-    # schedule then decays over the minutes or the epochs, whichever end first.
-    time_limit: float = 0.0
+    epochs: int = setting(
+        20,
+        "Total epochs (on --resume: the new total).",
+        "Training",
+        resume=True,
+        check=is_positive,
+    )
+    max_steps: int = setting(
+        0,
+        "Stop after this many optimizer steps in all (0: no limit; on --resume: the new total).",
+        "Training",
+        resume=True,
+        check=at_least_zero(" (0: no limit)"),
+    )
+    batch_size: int = setting(32, "Sequences per batch.", "Training", check=is_positive)
+    num_steps: int = setting(
+        35, "Characters per window (truncated BPTT length).", "Training", check=is_positive
+    )
+    sampling: Sampling = setting(
+        "consecutive",
+        "consecutive (state carried) or random windows.",
+        "Training",
+        check=one_of(*SAMPLINGS),
+    )
+    optimizer: Optimizer = setting(
+        "adam", "sgd, adam or adamw.", "Training", check=one_of(*OPTIMIZERS)
+    )
+    lr: float = setting(2e-3, "Learning rate.", "Training", resume=True, check=is_positive)
+    clip: float = setting(
+        1.0,
+        "Clip the global gradient norm to this (0: off).",
+        "Training",
+        resume=True,
+        check=at_least_zero(" (0 disables)"),
+    )
+    weight_decay: float = setting(0.0, "Weight decay.", "Training", check=at_least_zero())
+    label_smoothing: float = setting(
+        0.0,
+        "Label smoothing of the training targets (held-out loss is unsmoothed).",
+        "Training",
+        check=in_range(0, 1),
+    )
+    # Distillation from a cross-fitted Kneser-Ney n-gram (charlstm.distill).
+    ngram_teacher: int = setting(
+        0,
+        "Distil a Kneser-Ney n-gram of this order into the model: it supplies soft training "
+        "targets, cross-fitted on folds of the training text (0: off).",
+        "Training",
+        check=ngram_order,
+    )
+    teacher_weight: float = setting(
+        0.5,
+        "Weight of the n-gram teacher's targets in the training loss.",
+        "Training",
+        check=in_range(0, 1, "(]"),
+    )
+    teacher_folds: int = setting(
+        5,
+        "Folds of the training text for the n-gram teacher: each fold's targets come from an "
+        "n-gram fitted on the others.",
+        "Training",
+        check=lambda v: _number(v) or (f"must be at least 2, not {v}" if v < 2 else None),
+    )
+    # The LSTM interpolated with a Kneser-Ney n-gram fitted on the training text (charlstm.mixture).
+    ngram_mix: int = setting(
+        0,
+        "Predict with the LSTM interpolated with a Kneser-Ney n-gram of this order, fitted on "
+        "the training text and kept in the checkpoint; eval and generate use the "
+        "interpolation (0: off).",
+        "Training",
+        check=ngram_order,
+    )
+    mix_weight: float = setting(
+        0.25,
+        "Weight of the --ngram-mix n-gram in the interpolation, in (0, 1).",
+        "Training",
+        check=in_range(0, 1, "()"),
+    )
+    ema: float = setting(
+        0.0,
+        "Keep an exponential moving average of the weights with this decay per optimizer step "
+        "(e.g. 0.995); held-out scores, samples and saved models use the average (0: off).",
+        "Training",
+        check=lambda v: None if 0 <= v < 1 else f"must be a decay in [0, 1) (0: off), not {v}",
+    )
+    schedule: Schedule = setting(
+        "none",
+        "Learning-rate schedule: none, cosine or plateau.",
+        "Training",
+        check=one_of(*SCHEDULES),
+    )
+    patience: int = setting(
+        0,
+        "Stop after N held-out scores without a better one (0: never).",
+        "Training",
+        resume=True,
+        check=at_least_zero(),
+    )
+    val_fraction: float = setting(
+        0.1,
+        "Held-out part at the end of the corpus, never trained on.",
+        "Corpus",
+        check=in_range(0, 1),
+    )
+    seed: int = setting(
+        0, "Seed for weights, dropout and data order.", "Training", check=seed_range
+    )
+    device: str = setting("auto", "auto, cpu or cuda.", "Training", resume=True)
+    eval_every: int = setting(
+        0,
+        "Score the held-out text, write checkpoints and print samples every N optimizer steps "
+        "(0: at the end of each epoch).",
+        "Training",
+        check=at_least_zero(" (0: each epoch)"),
+    )
+    eval_chars: int = setting(
+        0,
+        "Score only the first N held-out characters during training (0: all of them; "
+        "charlstm eval always scores all).",
+        "Training",
+        check=at_least_zero(" (0: all)"),
+    )
+    prefixes: list[str] = setting(
+        [],
+        "Prefix to sample from during training (repeatable).",
+        "Output",
+        option="--prefix",
+        resume=True,
+        repeat=True,
+        default_text="分开, 不分开",
+    )
+    sample_every: int = setting(
+        1,
+        "Print samples at every N-th held-out score (each epoch, or each --eval-every "
+        "steps; 0: never).",
+        "Output",
+        resume=True,
+        check=at_least_zero(),
+    )
+    sample_length: int = setting(
+        50, "Characters per training sample.", "Output", resume=True, check=is_positive
+    )
+    checkpoint_every: int = setting(
+        0,
+        "Also write last.pt every N optimizer steps (0: only at each held-out score).",
+        "Output",
+        resume=True,
+        check=at_least_zero(),
+    )
+    # A cosine schedule decays over the minutes or the epochs, whichever end first.
+    time_limit: float = setting(
+        0.0,
+        "Stop within one step (plus one held-out score and checkpoint) after N minutes of "
+        "training (0: none).",
+        "Training",
+        resume=True,
+        check=at_least_zero(" minutes"),
+        default_text="none",
+    )
 
     def validate(self) -> TrainConfig:
-        positive("--epochs", self.epochs)
-        positive("--batch-size", self.batch_size)
-        positive("--num-steps", self.num_steps)
-        _choice("--sampling", self.sampling, SAMPLINGS)
-        _choice("--optimizer", self.optimizer, OPTIMIZERS)
-        _choice("--schedule", self.schedule, SCHEDULES)
-        positive("--lr", self.lr)
-        non_negative("--clip", self.clip, " (0 disables)")
-        fraction("--label-smoothing", self.label_smoothing)
-        if not (self.ngram_teacher == 0 or 2 <= self.ngram_teacher <= MAX_NGRAM_ORDER):
-            raise CharLSTMError(
-                f"--ngram-teacher must be an n-gram order from 2 to {MAX_NGRAM_ORDER} (0: off), "
-                f"not {self.ngram_teacher}"
-            )
-        if not (self.ngram_mix == 0 or 2 <= self.ngram_mix <= MAX_NGRAM_ORDER):
-            raise CharLSTMError(
-                f"--ngram-mix must be an n-gram order from 2 to {MAX_NGRAM_ORDER} (0: off), "
-                f"not {self.ngram_mix}"
-            )
-        if not 0.0 < self.mix_weight < 1.0:
-            raise CharLSTMError(f"--mix-weight must be in (0, 1), not {self.mix_weight}")
-        finite("--teacher-folds", self.teacher_folds)
-        if self.teacher_folds < 2:
-            raise CharLSTMError(f"--teacher-folds must be at least 2, not {self.teacher_folds}")
-        if not 0.0 < self.teacher_weight <= 1.0:
-            raise CharLSTMError(f"--teacher-weight must be in (0, 1], not {self.teacher_weight}")
-        if not 0.0 <= self.ema < 1.0:
-            raise CharLSTMError(f"--ema must be a decay in [0, 1) (0: off), not {self.ema}")
-        non_negative("--weight-decay", self.weight_decay)
-        for name, value in (
-            ("--patience", self.patience),
-            ("--sample-every", self.sample_every),
-            ("--checkpoint-every", self.checkpoint_every),
-        ):
-            non_negative(name, value)
-        positive("--sample-length", self.sample_length)
-        non_negative("--time-limit", self.time_limit, " minutes")
-        fraction("--val-fraction", self.val_fraction)
-        check_seed(self.seed)
+        _check_fields(self)
         return self
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
         return _from_dict(cls, data)
+
+
+#: Every setting by field name (field names are unique across the three configs).
+_FIELDS: dict[str, Setting] = {
+    f.name: meta for cls in (DataConfig, ModelConfig, TrainConfig) for f, meta in settings_of(cls)
+}
+#: Training settings a resumed run may change; everything else must match the checkpoint.
+RESUME_OVERRIDABLE = frozenset(f.name for f, meta in settings_of(TrainConfig) if meta.resume)
+
+
+@dataclass(frozen=True)
+class Requires:
+    """A setting that only acts when another has a value (``when``) — given without it, it
+    would be silently ignored, so it is an error."""
+
+    setting: str
+    switch: str
+    when: Callable[[Any], bool]
+    needs: str  # what to add, e.g. "{ngram_teacher} N"
+    message: str | None = None  # instead of "X is a setting of Y; add ..."
+
+
+#: One table of "X is a setting of Y", shared by new runs, the CLI and the API.
+REQUIRES: tuple[Requires, ...] = (
+    Requires("teacher_weight", "ngram_teacher", bool, "{ngram_teacher} N"),
+    Requires("teacher_folds", "ngram_teacher", bool, "{ngram_teacher} N"),
+    Requires("mix_weight", "ngram_mix", bool, "{ngram_mix} N"),
+    Requires(
+        "scratch_impl",
+        "backend",
+        lambda v: v == "scratch",
+        "{backend} scratch",
+        "{scratch_impl} needs {backend} scratch (it chooses how the scratch layer runs)",
+    ),
+    Requires("cutoffs", "softmax", lambda v: v == "adaptive", "{softmax} adaptive"),
+)
+
+
+def check_together(model: ModelConfig, train: TrainConfig) -> None:
+    """Rules across the model and its training."""
+    if model.softmax == "adaptive":
+        for name, used in (
+            ("label_smoothing", train.label_smoothing > 0),
+            ("ngram_teacher", train.ngram_teacher > 0),
+        ):
+            if used:
+                raise SettingError(
+                    f"{{{name}}} needs {{softmax}} full: it spreads probability over the "
+                    "whole vocabulary, which the adaptive softmax never computes in training"
+                )
+
+
+def check_given(given: dict[str, Any], *configs: Any) -> None:
+    """Refuse settings that were given (``given``'s keys) but would do nothing."""
+    values = {k: v for c in configs for k, v in dataclasses.asdict(c).items()}
+    for rule in REQUIRES:
+        if rule.setting in given and rule.switch in values and not rule.when(values[rule.switch]):
+            raise SettingError(
+                rule.message
+                or f"{{{rule.setting}}} is a setting of {{{rule.switch}}}; add {rule.needs}"
+            )
+    train = next((c for c in configs if isinstance(c, TrainConfig)), None)
+    if train is not None and train.val_fraction == 0:
+        for key, active in (
+            ("patience", train.patience > 0),
+            ("schedule", train.schedule == "plateau"),
+            ("eval_chars", train.eval_chars > 0),
+        ):
+            if key in given and active:
+                raise SettingError(
+                    f"{{{key}}} {given[key]} follows the held-out loss, but {{val_fraction}} 0 "
+                    "leaves no held-out part"
+                )
 
 
 #: Named settings for common cases (``--preset``); explicit options override them.

@@ -1,53 +1,80 @@
-"""From command-line choices to a ready :class:`~charlstm.train.Trainer`.
+"""From a request to a ready :class:`~charlstm.train.Trainer`, in one of three modes.
 
-Settings are layered: dataclass defaults < ``--preset`` < the checkpoint (on ``--resume``)
-< options given explicitly. A resumed run keeps its architecture, corpus normalisation
-and data order; only the settings in :data:`RESUME_OVERRIDABLE` may change.
+- :func:`new_run`: settings are dataclass defaults < ``--preset`` < options given.
+- :func:`fine_tune` (``--init-from``): a new run that starts from a checkpoint's weights,
+  keeping its architecture; regularisation (the settings marked ``fine_tune``) may change.
+- :func:`resume_run` (``--resume``): the checkpoint's settings < options given, and only the
+  settings marked ``resume`` may differ; the run continues its exact trajectory.
+
+Settings arrive as one flat dict by field name (``given``: only what the user typed);
+:func:`layered` builds each config from its layers and validates it once. Everything that
+can be wrong with the input is found before the run directory is created or touched.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
-from dataclasses import asdict, replace
+import time
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
 from charlstm import __version__, runs
 from charlstm import checkpoint as ckpt
-from charlstm.config import PRESETS, DataConfig, ModelConfig, TrainConfig
+from charlstm.config import (
+    PRESETS,
+    RESUME_OVERRIDABLE,
+    DataConfig,
+    ModelConfig,
+    SettingError,
+    TrainConfig,
+    check_given,
+    check_together,
+    option_name,
+    settings_of,
+)
 from charlstm.corpus import Corpus, Vocab, read_text, show_chars
+from charlstm.distill import NgramTeacher
 from charlstm.errors import CharLSTMError
+from charlstm.mixture import NgramMixture
 from charlstm.model import build_model
-from charlstm.train import Log, Trainer, resolve_device
+from charlstm.train import Log, Trainer, TrainingData, resolve_device
 
 #: The demo corpus shipped in the repository (found next to the package in a source checkout).
 DEMO_CORPUS = Path(__file__).resolve().parent.parent / "data" / "demo_lyrics.zip"
 
-#: Training settings a resumed run may change; everything else must match the checkpoint.
-RESUME_OVERRIDABLE = frozenset(
-    {
-        "epochs",
-        "lr",
-        "clip",
-        "patience",
-        "sample_every",
-        "sample_length",
-        "prefixes",
-        "time_limit",
-        "checkpoint_every",
-        "device",
-    }
-)
+C = TypeVar("C")
 
 
-#: Config fields whose command-line option is not ``--`` + the field name with dashes.
-OPTION_NAMES = {"hidden_size": "--hidden", "num_layers": "--layers", "prefixes": "--prefix"}
+@dataclass
+class RunRequest:
+    """What ``charlstm train`` was asked to do, before any file is read."""
+
+    corpus: str | Path | None = None
+    given: dict[str, Any] = field(default_factory=dict)  # settings typed, by field name
+    preset: str | None = None
+    run_dir: str | Path | None = None
+    runs_root: str | Path = "runs"
+    resume: str | Path | None = None
+    init_from: str | Path | None = None
+    extend_vocab: bool = False
+    overwrite: bool = False
+
+    def of(self, cls: type) -> dict[str, Any]:
+        """The given settings that belong to config class ``cls``."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return {k: v for k, v in self.given.items() if k in names}
 
 
-def option_name(field: str) -> str:
-    return OPTION_NAMES.get(field, "--" + field.replace("_", "-"))
+def layered(cls: type[C], *layers: dict[str, Any], **fixed: Any) -> C:
+    """``cls`` from its defaults overlaid by each layer in turn, then ``fixed``; validated."""
+    merged: dict[str, Any] = {}
+    for layer in layers:
+        merged.update(layer)
+    return cls(**{**merged, **fixed}).validate()  # type: ignore[attr-defined]
 
 
 def default_corpus() -> Path:
@@ -57,10 +84,6 @@ def default_corpus() -> Path:
             "pass a corpus: charlstm train CORPUS.zip"
         )
     return DEMO_CORPUS
-
-
-def _given(values: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in values.items() if v is not None}
 
 
 def _preset(name: str | None) -> dict[str, dict[str, Any]]:
@@ -103,7 +126,7 @@ def machine(device: torch.device) -> dict[str, Any]:
 
 
 def _write_run_files(trainer: Trainer, resumed_from: Path | None) -> None:
-    corpus = trainer.corpus
+    data = trainer.data
     runs.write_config(
         trainer.run_dir,
         {
@@ -111,257 +134,288 @@ def _write_run_files(trainer: Trainer, resumed_from: Path | None) -> None:
             "model": asdict(trainer.model_config),
             "train": asdict(trainer.config),
             "data": asdict(trainer.data_config),
-            "corpus_chars": len(corpus),
-            "train_chars": trainer.cut,
-            "val_chars": len(corpus) - trainer.cut,
-            "vocab_size": len(corpus.vocab),
+            "corpus_chars": len(data),
+            "train_chars": len(data.train),
+            "val_chars": len(data.val),
+            "vocab_size": len(data.vocab),
             "parameters": trainer.model.num_parameters(),
             "resumed_from": None if resumed_from is None else str(resumed_from),
             "machine": machine(trainer.device),
         },
     )
     (trainer.run_dir / "vocab.json").write_text(
-        json.dumps(corpus.vocab.to_list(), ensure_ascii=False) + "\n", encoding="utf-8"
+        json.dumps(data.vocab.to_list(), ensure_ascii=False) + "\n", encoding="utf-8"
     )
-
-
-def prepare_training(
-    corpus_path: str | Path | None,
-    model_options: dict[str, Any],
-    train_options: dict[str, Any],
-    data_options: dict[str, Any],
-    run_dir: str | Path | None = None,
-    runs_root: str | Path = "runs",
-    resume: str | Path | None = None,
-    init_from: str | Path | None = None,
-    extend_vocab: bool = False,
-    overwrite: bool = False,
-    preset: str | None = None,
-    log: Log = print,
-    progress_bar: bool | None = None,
-) -> Trainer:
-    """Build the configs, read the corpus and return a trainer (fresh, resumed or fine-tuned).
-
-    Options whose value is ``None`` were not given and fall back to the layer below.
-    """
-    model_options, train_options = _given(model_options), _given(train_options)
-    data_options = _given(data_options)
-    if extend_vocab and init_from is None:
-        raise CharLSTMError("--extend-vocab is a setting of --init-from (fine-tuning); add it")
-    if resume is not None:
-        if init_from is not None:
-            raise CharLSTMError("--resume and --init-from exclude each other")
-        return _resume(
-            resume,
-            corpus_path,
-            model_options,
-            train_options,
-            data_options,
-            run_dir,
-            preset,
-            log,
-            progress_bar,
-            overwrite,
-        )
-
-    chosen = _preset(preset)
-    path = Path(corpus_path) if corpus_path is not None else default_corpus()
-    data = DataConfig(path=str(path.resolve()), **data_options).validate()
-    train_config = TrainConfig(**{**chosen["train"], **train_options}).validate()
-    for switch, settings in (
-        ("ngram_teacher", ("teacher_weight", "teacher_folds")),
-        ("ngram_mix", ("mix_weight",)),
-    ):
-        if getattr(train_config, switch):
-            continue
-        for key in settings:
-            if key in train_options:
-                raise CharLSTMError(
-                    f"{option_name(key)} is a setting of {option_name(switch)}; "
-                    f"add {option_name(switch)} N"
-                )
-    if train_config.val_fraction == 0:
-        for key, active in (
-            ("patience", train_config.patience > 0),
-            ("schedule", train_config.schedule == "plateau"),
-        ):
-            if key in train_options and active:
-                raise CharLSTMError(
-                    f"{option_name(key)} {train_options[key]} follows the held-out loss, "
-                    "but --val-fraction 0 leaves no held-out part"
-                )
-    resolve_device(train_config.device)  # before any file is read or written
-    init_weights = None
-    if init_from is not None:
-        base = ckpt.load(ckpt.resolve(init_from, prefer="best.pt", runs_root=runs_root))
-        text = read_text(data.path, data.member, data.encoding, data.newlines, data.max_chars)
-        missing = base.vocab.missing(text)
-        vocab = base.vocab
-        if missing and not extend_vocab:
-            raise CharLSTMError(
-                f"{len(missing)} characters of the new corpus are not in the checkpoint's "
-                f"vocabulary: {show_chars(missing)}; pass --extend-vocab to add them"
-            )
-        arch = {
-            k: v
-            for k, v in model_options.items()
-            if k not in ("dropout", "embed_dropout", "weight_drop", "variational")
-        }
-        _check_same(
-            base.model_config, arch, "--init-from checkpoint", "fine-tuning keeps the architecture"
-        )
-        model_config = replace(base.model_config, **model_options)
-        init_weights = base.model
-        if missing:
-            vocab = base.vocab.extend(missing)
-            init_weights = extend_vocab_weights(
-                base.model, base.model_config, len(vocab), train_config.seed
-            )
-            model_config = replace(model_config, vocab_size=len(vocab))
-        corpus = Corpus.from_text(text, vocab)
-    else:
-        corpus = load_corpus(data)
-        model_config = ModelConfig(
-            vocab_size=len(corpus.vocab), **{**chosen["model"], **model_options}
-        ).validate()
-    model_config.validate()
-    if model_options.get("scratch_impl") is not None and model_config.backend != "scratch":
-        raise CharLSTMError(
-            "--scratch-impl needs --backend scratch (it chooses how the scratch layer runs)"
-        )
-    if run_dir is None:
-        run_dir = Path(runs_root) / runs.default_run_name(path, model_config.backend)
-    _check_prefixes(train_config.prefixes, corpus.vocab)
-    runs.check_new_run_dir(run_dir, overwrite)  # refuse early, before any work
-    # Everything that can be wrong with the input is found while building the trainer;
-    # only then is the run directory created (or emptied, with --overwrite).
-    trainer = Trainer(
-        corpus,
-        model_config,
-        train_config,
-        data,
-        Path(run_dir),
-        init_weights=init_weights,
-        log=log,
-        progress_bar=progress_bar,
-    )
-    runs.prepare_run_dir(run_dir, overwrite=overwrite)
-    _write_run_files(trainer, None)
-    return trainer
 
 
 def _check_prefixes(prefixes: list[str], vocab: Vocab) -> None:
     """Training samples continue each ``--prefix``: check them now, not after an epoch."""
     for prefix in prefixes:
         if not prefix:
-            raise CharLSTMError("--prefix is empty; give at least one character")
+            raise SettingError("{prefixes} is empty; give at least one character")
         missing = vocab.missing(prefix)
         if missing:
-            raise CharLSTMError(
-                f"--prefix {prefix!r} has characters not in the corpus's vocabulary: "
+            raise SettingError(
+                f"{{prefixes}} {prefix!r} has characters not in the corpus's vocabulary: "
                 f"{show_chars(missing)}"
             )
 
 
 def _check_same(config: Any, options: dict[str, Any], what: str, rule: str) -> None:
-    """Raise, naming the option and ``rule``, when an option differs from ``config``."""
+    """Raise, naming the setting and ``rule``, when a given setting differs from ``config``."""
     for key, value in options.items():
         current = getattr(config, key)
         if current != value:
-            raise CharLSTMError(
-                f"{option_name(key)} {value} differs from the {what}'s {current}; {rule}"
-            )
+            raise SettingError(f"{{{key}}} {value} differs from the {what}'s {current}; {rule}")
 
 
-def _resume(
-    resume: str | Path,
-    corpus_path: str | Path | None,
-    model_options: dict[str, Any],
-    train_options: dict[str, Any],
-    data_options: dict[str, Any],
-    run_dir: str | Path | None,
-    preset: str | None,
+def _ngram_features(
+    train: TrainConfig, data: TrainingData, log: Log
+) -> tuple[NgramTeacher | None, NgramMixture | None]:
+    """The n-gram teacher and the interpolated n-gram, fitted on the training text."""
+    teacher = mixture = None
+    if train.ngram_teacher:
+        started = time.perf_counter()
+        teacher = NgramTeacher(
+            data.train_text(), data.vocab, train.ngram_teacher, train.teacher_folds
+        )
+        log(
+            f"n-gram teacher: Kneser-Ney {train.ngram_teacher}-gram, cross-fitted on "
+            f"{teacher.folds} folds of the training text ({time.perf_counter() - started:.1f} s)"
+        )
+    if train.ngram_mix:
+        mixture = NgramMixture(data.train_text(), data.vocab, train.ngram_mix, train.mix_weight)
+        log(
+            f"the model is the LSTM interpolated with a {mixture.describe()}, fitted on the "
+            "training text"
+        )
+    return teacher, mixture
+
+
+def _trainer(
+    data: TrainingData,
+    model: ModelConfig,
+    train: TrainConfig,
+    source: DataConfig,
+    run_dir: Path,
     log: Log,
     progress_bar: bool | None,
-    overwrite: bool = False,
+    **state: Any,
 ) -> Trainer:
-    """Continue the run in ``resume`` (a run directory: its ``last.pt``; or a checkpoint).
+    check_together(model, train)
+    _check_prefixes(train.prefixes, data.vocab)
+    teacher, mixture = _ngram_features(train, data, log)
+    return Trainer(
+        data,
+        model,
+        train,
+        source,
+        run_dir,
+        teacher=teacher,
+        mixture=mixture,
+        log=log,
+        progress_bar=progress_bar,
+        **state,
+    )
+
+
+def new_run(request: RunRequest, log: Log = print, progress_bar: bool | None = None) -> Trainer:
+    """A fresh run: defaults < preset < given."""
+    chosen = _preset(request.preset)
+    path = Path(request.corpus) if request.corpus is not None else default_corpus()
+    source = layered(DataConfig, request.of(DataConfig), path=str(path.resolve()))
+    train = layered(TrainConfig, chosen["train"], request.of(TrainConfig))
+    resolve_device(train.device)  # before any file is read or written
+    corpus = load_corpus(source)
+    model = layered(
+        ModelConfig, chosen["model"], request.of(ModelConfig), vocab_size=len(corpus.vocab)
+    )
+    check_given(request.given, model, train)
+    return _start(
+        request,
+        TrainingData.from_corpus(corpus, train.val_fraction),
+        model,
+        train,
+        source,
+        log,
+        progress_bar,
+    )
+
+
+def fine_tune(request: RunRequest, log: Log = print, progress_bar: bool | None = None) -> Trainer:
+    """A new run from a checkpoint's weights (``--init-from``): its architecture, and
+    regularisation from the preset and the options given; new characters with
+    ``--extend-vocab``."""
+    chosen = _preset(request.preset)
+    path = Path(request.corpus) if request.corpus is not None else default_corpus()
+    source = layered(DataConfig, request.of(DataConfig), path=str(path.resolve()))
+    train = layered(TrainConfig, chosen["train"], request.of(TrainConfig))
+    resolve_device(train.device)
+    base = ckpt.load(ckpt.resolve(request.init_from, prefer="best.pt", runs_root=request.runs_root))
+    text = read_text(source.path, source.member, source.encoding, source.newlines, source.max_chars)
+    missing, vocab, weights = base.vocab.missing(text), base.vocab, base.model
+    if missing and not request.extend_vocab:
+        raise CharLSTMError(
+            f"{len(missing)} characters of the new corpus are not in the checkpoint's "
+            f"vocabulary: {show_chars(missing)}; pass --extend-vocab to add them"
+        )
+    tunable = {f.name for f, meta in settings_of(ModelConfig) if meta.fine_tune}
+    given = request.of(ModelConfig)
+    _check_same(
+        base.model_config,
+        {k: v for k, v in given.items() if k not in tunable},
+        "--init-from checkpoint",
+        "fine-tuning keeps the architecture",
+    )
+    regularisation = {k: v for k, v in chosen["model"].items() if k in tunable}
+    model = replace(base.model_config, **{**regularisation, **given}).validate()
+    check_given(request.given, model, train)
+    if missing:
+        vocab = base.vocab.extend(missing)
+        weights = extend_vocab_weights(base.model, base.model_config, len(vocab), train.seed)
+        model = replace(model, vocab_size=len(vocab))
+    data = TrainingData.from_corpus(Corpus.from_text(text, vocab), train.val_fraction)
+    return _start(request, data, model, train, source, log, progress_bar, init_weights=weights)
+
+
+def _start(
+    request: RunRequest,
+    data: TrainingData,
+    model: ModelConfig,
+    train: TrainConfig,
+    source: DataConfig,
+    log: Log,
+    progress_bar: bool | None,
+    **state: Any,
+) -> Trainer:
+    """Build the trainer of a new run, then create its directory and write its files."""
+    run_dir = request.run_dir
+    if run_dir is None:
+        run_dir = Path(request.runs_root) / runs.default_run_name(source.path, model.backend)
+    runs.check_new_run_dir(run_dir, request.overwrite)  # refuse early, before any work
+    trainer = _trainer(data, model, train, source, Path(run_dir), log, progress_bar, **state)
+    runs.prepare_run_dir(run_dir, overwrite=request.overwrite)
+    _write_run_files(trainer, None)
+    return trainer
+
+
+def resume_run(request: RunRequest, log: Log = print, progress_bar: bool | None = None) -> Trainer:
+    """Continue the run in ``request.resume`` (a run directory: its ``last.pt``; or a
+    checkpoint file): the checkpoint's settings < the resumable settings given.
 
     The run goes on in the checkpoint's directory, or in ``run_dir`` when given (a branch:
-    the logs up to the checkpoint are copied there). Nothing is written before every
-    setting has been checked.
+    the logs up to the checkpoint are copied there).
     """
-    if preset is not None:
-        raise CharLSTMError("--preset applies to new runs; a resumed run keeps its settings")
-    source = ckpt.resolve(resume, prefer="last.pt")
-    checkpoint = ckpt.load(source)
+    source_file = ckpt.resolve(request.resume, prefer="last.pt")
+    checkpoint = ckpt.load(source_file)
     _check_same(
-        checkpoint.model_config, model_options, "checkpoint", "a resumed run keeps its architecture"
+        checkpoint.model_config,
+        request.of(ModelConfig),
+        "checkpoint",
+        "a resumed run keeps its architecture",
     )
     _check_same(
-        checkpoint.data_config, data_options, "checkpoint", "a resumed run reads its corpus alike"
+        checkpoint.data_config,
+        request.of(DataConfig),
+        "checkpoint",
+        "a resumed run reads its corpus alike",
     )
-    fixed = {k: v for k, v in train_options.items() if k not in RESUME_OVERRIDABLE}
+    given = request.of(TrainConfig)
     may_change = ", ".join(sorted(option_name(k) for k in RESUME_OVERRIDABLE))
     _check_same(
         checkpoint.train_config,
-        fixed,
+        {k: v for k, v in given.items() if k not in RESUME_OVERRIDABLE},
         "checkpoint",
         f"a resumed run keeps it (these may change on --resume: {may_change})",
     )
-    overrides = {k: v for k, v in train_options.items() if k in RESUME_OVERRIDABLE}
-    train_config = replace(checkpoint.train_config, **overrides).validate()
-    resolve_device(train_config.device)
-    if checkpoint.epoch >= train_config.epochs:
+    train = layered(TrainConfig, asdict(checkpoint.train_config), given)
+    resolve_device(train.device)
+    if checkpoint.epoch >= train.epochs or (train.max_steps and checkpoint.step >= train.max_steps):
         raise CharLSTMError(
-            f"the run has already trained {checkpoint.epoch} epochs; pass a larger --epochs "
-            "(the new total) to continue"
+            f"the run has already trained {checkpoint.epoch} epochs ({checkpoint.step:,} steps); "
+            "pass a larger --epochs or --max-steps (the new total) to continue"
         )
-    data = checkpoint.data_config
-    if corpus_path is not None:
-        data = replace(data, path=str(Path(corpus_path).resolve()))
-    elif not Path(data.path).is_file():
+    source = checkpoint.data_config
+    if request.corpus is not None:
+        source = replace(source, path=str(Path(request.corpus).resolve()))
+    elif not Path(source.path).is_file():
         raise CharLSTMError(
-            f"the run's corpus {data.path} is not here; pass it: charlstm train CORPUS --resume ..."
+            f"the run's corpus {source.path} is not here; pass it: charlstm train CORPUS --resume ..."
         )
-    corpus = load_corpus(data, checkpoint.vocab)
+    corpus = load_corpus(source, checkpoint.vocab)
     if checkpoint.corpus_sha256 and corpus.fingerprint() != checkpoint.corpus_sha256:
         raise CharLSTMError(
-            f"{data.path} is not the text this run trained on (its content differs); a resumed "
+            f"{source.path} is not the text this run trained on (its content differs); a resumed "
             "run reads the same text: pass the original corpus, or start a new run from this "
             "one with --init-from"
         )
-    _check_prefixes(train_config.prefixes, corpus.vocab)
-    directory = Path(run_dir) if run_dir is not None else source.parent
-    branch = not (directory.exists() and directory.resolve() == source.parent.resolve())
-    if overwrite and not branch:
+    directory = Path(request.run_dir) if request.run_dir is not None else source_file.parent
+    branch = not (directory.exists() and directory.resolve() == source_file.parent.resolve())
+    if request.overwrite and not branch:
         raise CharLSTMError(
             "--overwrite has nothing to replace: a resume continues its own run directory "
             "(to branch over another run, give --run-dir DIR --overwrite)"
         )
     if branch:
-        runs.check_new_run_dir(directory, overwrite)  # never write over another run
-    trainer = Trainer(
-        corpus,
-        checkpoint.model_config,
-        train_config,
+        runs.check_new_run_dir(directory, request.overwrite)  # never write over another run
+    data = TrainingData.from_corpus(corpus, train.val_fraction)
+    trainer = _trainer(
         data,
+        checkpoint.model_config,
+        train,
+        source,
         directory,
+        log,
+        progress_bar,
         resume=checkpoint,
-        log=log,
-        progress_bar=progress_bar,
     )
     if branch:
-        runs.prepare_run_dir(directory, overwrite=overwrite)
+        runs.prepare_run_dir(directory, overwrite=request.overwrite)
     else:
         runs.ensure_writable(directory)
     for stray in ckpt.remove_partial_writes(directory):
         log(f"removed {stray}, a checkpoint write cut short by a crash (the checkpoints are whole)")
     # logs written after the checkpoint we resume from belong to a lost future
-    runs.rewind(source.parent, directory, checkpoint.epoch, checkpoint.step)
-    _write_run_files(trainer, source)
+    runs.rewind(source_file.parent, directory, checkpoint.epoch, checkpoint.step)
+    _write_run_files(trainer, source_file)
     log(
-        f"resuming {source} at epoch {checkpoint.epoch + 1}, batch {checkpoint.batch}, "
+        f"resuming {source_file} at epoch {checkpoint.epoch + 1}, batch {checkpoint.batch}, "
         f"step {checkpoint.step}"
     )
     return trainer
+
+
+def start_run(request: RunRequest, log: Log = print, progress_bar: bool | None = None) -> Trainer:
+    """The trainer for ``request``: a resumed run, a fine-tuned one, or a new one."""
+    if request.extend_vocab and request.init_from is None:
+        raise CharLSTMError("--extend-vocab is a setting of --init-from (fine-tuning); add it")
+    if request.resume is not None:
+        if request.init_from is not None:
+            raise CharLSTMError("--resume and --init-from exclude each other")
+        if request.preset is not None:
+            raise CharLSTMError("--preset applies to new runs; a resumed run keeps its settings")
+        return resume_run(request, log, progress_bar)
+    if request.init_from is not None:
+        return fine_tune(request, log, progress_bar)
+    return new_run(request, log, progress_bar)
+
+
+def prepare_training(
+    corpus: str | Path | None,
+    model_options: dict[str, Any] | None = None,
+    train_options: dict[str, Any] | None = None,
+    data_options: dict[str, Any] | None = None,
+    *,
+    log: Log = print,
+    progress_bar: bool | None = None,
+    **request: Any,
+) -> Trainer:
+    """The library's form of ``charlstm train``: settings by config (a value of ``None``
+    counts as not given); ``request``: the other fields of :class:`RunRequest`."""
+    given = {
+        k: v
+        for options in (model_options, train_options, data_options)
+        for k, v in (options or {}).items()
+        if v is not None
+    }
+    return start_run(RunRequest(corpus, given, **request), log, progress_bar)

@@ -1,15 +1,23 @@
 """The training loop: batches in, clipped gradient steps, perplexity out.
 
 The loop knows nothing about a particular model (anything with the
-``forward(x, state) -> (logits, state)`` / ``init_state(N)`` interface trains). Held-out
-scoring, samples, metrics and checkpoints plug in at the end of each epoch; a checkpoint
-can also be written every ``checkpoint_every`` optimizer steps, and is always written
-when the run is interrupted (SIGINT / SIGTERM), so a run directory is resumable at any time.
+``forward(x, state) -> (logits, state)`` / ``init_state(N)`` interface trains)::
 
-With ``ema`` (Polyak averaging) the trainer also keeps an exponential moving average of the
-weights, updated after every optimizer step; held-out scores, samples and the ``model`` of
-every checkpoint are the average's, while the checkpoint's ``training_model`` keeps the
-trained weights so that a resume continues exactly.
+    while not stopped:
+        for each batch until the next held-out score (an epoch's end, or --eval-every steps):
+            loss = training_loss(batch); clip; step; average; log the step
+        score the held-out text; write best.pt / last.pt; samples; stop rules
+
+Its parts are built outside the loop and passed in or made small here: the learning-rate
+:class:`Schedule`, the :class:`WeightAverage` (Polyak averaging, ``--ema``), the
+:class:`TrainingLoss` (label smoothing, the n-gram teacher), the :class:`StopRules`
+(``--epochs``, ``--max-steps``, ``--time-limit``, ``--patience``) and the
+:class:`~charlstm.progress.ProgressMeter`. A checkpoint can also be written every
+``checkpoint_every`` optimizer steps, and is always written when the run is interrupted
+(SIGINT / SIGTERM), so a run directory is resumable at any step.
+
+With ``ema`` the checkpoint's ``model`` is the average (what is scored, sampled and used),
+and its ``training_model`` the trained weights, so that a resume continues exactly.
 """
 
 from __future__ import annotations
@@ -23,25 +31,28 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from charlstm import checkpoint as ckpt
 from charlstm import runs
 from charlstm.batching import check_length, make_batches
 from charlstm.config import DataConfig, ModelConfig, TrainConfig
-from charlstm.corpus import Corpus, split_point
+from charlstm.corpus import Corpus, Vocab, split_point
 from charlstm.distill import NgramTeacher
 from charlstm.errors import CharLSTMError
-from charlstm.evaluate import score_split
+from charlstm.evaluate import EvalResult, score
 from charlstm.mixture import NgramMixture
 from charlstm.model import CharLSTM, State, build_model, detach_state
+from charlstm.progress import ProgressMeter
 from charlstm.sampling import SamplingConfig, generate
 
 DEFAULT_PREFIXES = ("分开", "不分开")
-#: Warn (once per streak) when held-out loss has not improved for this many epochs.
+#: Warn (once per streak) when held-out loss has not improved for this many scores.
 OVERFIT_WARNING_EPOCHS = 3
+#: Training characters before the held-out part that warm the state that scores it.
+HISTORY_CHARS = 256
 
 Log = Callable[[str], None]
 
@@ -64,39 +75,86 @@ class NonFiniteLoss(CharLSTMError):
 
 
 def resolve_device(name: str) -> torch.device:
-    """``auto`` is CUDA when available, else the CPU; asking for CUDA without one is an error."""
+    """``auto`` is CUDA when available, else the CPU; asking for CUDA without one is an error.
+
+    On CUDA, float32 matrix products use TensorFloat-32, as cuDNN's LSTM already does.
+    """
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise CharLSTMError("--device cuda: no CUDA GPU is available here; use --device cpu")
     if not (name == "cpu" or name.startswith("cuda")):
         raise CharLSTMError(f"unknown --device {name!r}; choose auto, cpu or cuda")
+    if name.startswith("cuda"):
+        torch.backends.cuda.matmul.allow_tf32 = True
     return torch.device(name)
 
 
-def default_prefixes(corpus: Corpus) -> list[str]:
-    """分开 and 不分开 where the vocabulary has them, else the corpus's first word."""
-    chosen = [p for p in DEFAULT_PREFIXES if not corpus.vocab.missing(p)]
+def as_tensor(indices: Any) -> torch.Tensor:
+    """Indices (a tensor, or a NumPy array / memmap of any integer type) as int64."""
+    if isinstance(indices, torch.Tensor):
+        return indices.long()
+    return torch.from_numpy(np.asarray(indices).astype(np.int64))
+
+
+@dataclass
+class TrainingData:
+    """What a run reads: the vocabulary, the training and held-out indices (tensors or
+    NumPy memmaps), the text's SHA-256, and a way back to the training text."""
+
+    vocab: Vocab
+    train: Any  # (n_train,) indices
+    val: Any  # (n_val,) indices
+    fingerprint: str
+    train_text: Callable[[], str]  # the training part as text (the n-gram features fit on it)
+
+    @classmethod
+    def from_corpus(cls, corpus: Corpus, val_fraction: float) -> TrainingData:
+        cut = split_point(len(corpus), val_fraction)
+        return cls(
+            corpus.vocab,
+            corpus.indices[:cut],
+            corpus.indices[cut:],
+            corpus.fingerprint(),
+            lambda: corpus.text[:cut],
+        )
+
+    def __len__(self) -> int:
+        return len(self.train) + len(self.val)
+
+    def heldout_context(self) -> torch.Tensor:
+        """The training characters that warm the state scoring the held-out part."""
+        return as_tensor(self.train[-HISTORY_CHARS:])
+
+
+def score_heldout(
+    model: CharLSTM, data: TrainingData, max_chars: int = 0, mixture: NgramMixture | None = None
+) -> EvalResult:
+    """Score the held-out part (its first ``max_chars`` characters; 0: all of it)."""
+    val = data.val[:max_chars] if max_chars else data.val
+    return score(model, as_tensor(val), data.heldout_context(), mixture=mixture)
+
+
+def default_prefixes(vocab: Vocab, text: str) -> list[str]:
+    """分开 and 不分开 where the vocabulary has them, else the text's first word."""
+    chosen = [p for p in DEFAULT_PREFIXES if not vocab.missing(p)]
     if chosen:
         return chosen
-    first = corpus.text.strip().split()[0] if corpus.text.strip() else corpus.text[:1]
-    return [first[:8]]
+    words = text.strip().split()
+    return [(words[0] if words else text[:1])[:8]]
 
 
 def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    params = model.parameters()
-    if config.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=config.lr, weight_decay=config.weight_decay)
-    if config.optimizer == "adam":
-        return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
-    if config.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    raise CharLSTMError(f"unknown --optimizer {config.optimizer!r}; choose sgd, adam or adamw")
+    kind = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
+    return kind[config.optimizer](
+        model.parameters(), lr=config.lr, weight_decay=config.weight_decay
+    )
 
 
 @dataclass
 class EpochMetrics:
-    """One line of ``metrics.jsonl``."""
+    """One line of ``metrics.jsonl``: one held-out score (each epoch, or each --eval-every
+    steps; ``epoch`` is then the epoch in progress)."""
 
     epoch: int
     step: int
@@ -118,13 +176,17 @@ class Progress:
     batch: int = 0  # next batch of epoch ``epoch``
     step: int = 0  # optimizer steps so far
     best_val_loss: float = math.inf
-    loss_sum: float = 0.0  # this epoch so far: summed loss over targets
-    chars: int = 0  # this epoch so far: targets seen
-    bad_epochs: int = 0  # epochs since held-out loss last improved
+    loss_sum: float = 0.0  # since the last held-out score: summed loss over targets
+    chars: int = 0  # since the last held-out score: targets seen
+    bad_epochs: int = 0  # held-out scores since the loss last improved
     lr_scale: float = 1.0  # reduce-on-plateau factor
-    seconds: float = 0.0  # this epoch so far: training time
-    total_seconds: float = 0.0  # whole run so far: training time of finished epochs
+    seconds: float = 0.0  # since the last held-out score: training time
+    total_seconds: float = 0.0  # whole run until the last held-out score: training time
     carry: State | None = None  # consecutive sampling: state after the last batch
+
+    @property
+    def trained_seconds(self) -> float:
+        return self.total_seconds + self.seconds
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -152,11 +214,142 @@ class Progress:
 class TrainResult:
     run_dir: Path
     metrics: list[EpochMetrics] = field(default_factory=list)
-    stopped_early: bool = False  # by --patience or --time-limit (the log says which)
+    stopped_early: bool = False  # by --patience, --time-limit or --max-steps (the log says)
+    best_val_loss: float = math.inf
 
     @property
     def final(self) -> EpochMetrics | None:
         return self.metrics[-1] if self.metrics else None
+
+    def summary(self) -> str:
+        text = f"done: {self.run_dir}/best.pt"
+        if self.best_val_loss < math.inf:
+            ppl = math.exp(min(self.best_val_loss, 700.0))  # a diverged loss can overflow exp
+            text += f" (held-out perplexity {ppl:.2f})" if ppl < 1e6 else f" ({ppl:.3g})"
+        return text + f"; generate with: charlstm generate --checkpoint {self.run_dir} --prefix ..."
+
+
+@dataclass
+class Schedule:
+    """The learning rate at a step: constant, or a cosine from ``lr`` down to 5 % of it over
+    ``total_steps`` — or over ``minutes`` of training, whichever end first, so that a run
+    cut short by the clock still ends annealed. Plateau halving is ``Progress.lr_scale``."""
+
+    lr: float
+    kind: str
+    total_steps: int
+    minutes: float = 0.0
+
+    def __call__(self, p: Progress) -> float:
+        base = self.lr * p.lr_scale
+        if self.kind != "cosine":
+            return base
+        done = min(p.step, self.total_steps) / max(1, self.total_steps)
+        if self.minutes:
+            done = max(done, min(1.0, p.trained_seconds / (60 * self.minutes)))
+        return base * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * done)))
+
+
+class WeightAverage:
+    """An exponential moving average of a model's weights (Polyak averaging, ``--ema``).
+
+    After optimizer step ``s`` (0-based) ``average += (1 - d) * (weights - average)`` with
+    the decay warming up as ``d = min(decay, (1 + s) / (10 + s))``, so that the first steps'
+    average follows the weights rather than the random initialisation.
+    """
+
+    def __init__(self, model: nn.Module, decay: float) -> None:
+        self.model, self.decay = model, decay
+        self.weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    def update(self, step: int) -> None:
+        weight = 1.0 - min(self.decay, (1 + step) / (10 + step))
+        with torch.no_grad():
+            for key, value in self.model.state_dict().items():
+                self.weights[key].lerp_(value, weight)
+
+    @contextmanager
+    def applied(self) -> Iterator[None]:
+        """Inside the block the model holds the averaged weights."""
+        trained = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        self.model.load_state_dict(self.weights)
+        try:
+            yield
+        finally:
+            self.model.load_state_dict(trained)
+
+
+class TrainingLoss:
+    """The loss a step descends, and the true (unsmoothed) loss it reports.
+
+    Label smoothing keeps ``1 - s`` on the target and spreads ``s`` evenly (as
+    ``cross_entropy(label_smoothing=s)``); the n-gram teacher then supplies ``weight`` of
+    each target as its own distribution (:mod:`charlstm.distill`). An adaptive softmax
+    has neither, and computes its loss without the whole distribution.
+    """
+
+    def __init__(self, smoothing: float, teacher: NgramTeacher | None, weight: float) -> None:
+        self.smoothing, self.teacher, self.weight = smoothing, teacher, weight
+
+    def __call__(
+        self,
+        model: CharLSTM,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        state: State | None,
+        positions: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor, State]:
+        if model.config.softmax == "adaptive":
+            true_loss, state = model.nll(x, y, state)
+            return true_loss, true_loss, state
+        logits, state = model(x, state)  # (T, N, V)
+        log_probs = torch.log_softmax(logits.flatten(0, 1), dim=-1)  # one softmax for all terms
+        true_loss = nn.functional.nll_loss(log_probs, y.flatten())
+        loss = true_loss
+        if self.smoothing:
+            s = self.smoothing
+            loss = (1 - s) * true_loss - s * log_probs.mean(dim=-1).mean()
+        if self.teacher is not None:
+            assert positions is not None, "the n-gram teacher needs the targets' positions"
+            soft = self.teacher.cross_entropy(log_probs, positions.flatten()).mean()
+            loss = (1 - self.weight) * loss + self.weight * soft
+        return loss, true_loss, state
+
+
+def scores(config: TrainConfig) -> str:
+    """What one held-out score follows: an epoch, or --eval-every steps."""
+    return f"scores (every {config.eval_every} steps)" if config.eval_every else "epochs"
+
+
+@dataclass
+class StopRules:
+    """When a run ends: returns the reason to stop (a line for the log), or None."""
+
+    config: TrainConfig
+
+    def out_of_budget(self, p: Progress) -> str | None:
+        """Checked after every step: --max-steps and --time-limit."""
+        c = self.config
+        if c.max_steps and p.step >= c.max_steps:
+            return f"step limit: {p.step:,} optimizer steps (--max-steps {c.max_steps})"
+        if c.time_limit and p.trained_seconds >= 60 * c.time_limit:
+            return (
+                f"time limit: {p.trained_seconds / 60:.1f} minutes of training (--time-limit "
+                f"{c.time_limit:g}); resume with a larger --time-limit to go on"
+            )
+        return None
+
+    def after_score(self, p: Progress) -> str | None:
+        """Checked after every held-out score: --epochs and --patience."""
+        c = self.config
+        if p.epoch >= c.epochs:
+            return ""
+        if p.bad_epochs and c.patience and p.bad_epochs >= c.patience:
+            return (
+                f"early stop: held-out loss has not improved for {p.bad_epochs} {scores(c)} "
+                f"(--patience {c.patience}); best.pt holds the best model"
+            )
+        return None
 
 
 @contextmanager
@@ -185,104 +378,87 @@ def _stop_on_signals(flag: dict[str, int | None]) -> Iterator[None]:
 
 
 class Trainer:
-    """Trains one model on one corpus into one run directory."""
+    """Trains one model on one corpus into one run directory.
+
+    The n-gram ``teacher`` and ``mixture`` are built by the caller (they depend on the
+    training text only); ``resume`` restores weights, optimizer, progress and RNG.
+    """
 
     def __init__(
         self,
-        corpus: Corpus,
+        data: TrainingData,
         model_config: ModelConfig,
         train_config: TrainConfig,
         data_config: DataConfig,
         run_dir: Path,
+        *,
         resume: ckpt.Checkpoint | None = None,
         init_weights: dict[str, torch.Tensor] | None = None,
+        teacher: NgramTeacher | None = None,
+        mixture: NgramMixture | None = None,
         log: Log = print,
         progress_bar: bool | None = None,
         on_step: Callable[[Trainer], None] | None = None,
     ) -> None:
-        self.corpus = corpus
-        self.on_step = on_step  # called after every optimizer step (progress, tests)
-        self.model_config = model_config.validate()
-        self.config = train_config.validate()
-        self.data_config = data_config
+        self.data, self.vocab = data, data.vocab
+        self.model_config, self.config, self.data_config = model_config, train_config, data_config
         self.run_dir = Path(run_dir)
-        self.log = log
-        self.progress_bar = progress_bar
+        self.log, self.progress_bar, self.on_step = log, progress_bar, on_step
         self.device = resolve_device(self.config.device)
-        if self.device.type == "cuda":
-            # TensorFloat-32 for float32 matrix products, as cuDNN's LSTM already uses.
-            torch.backends.cuda.matmul.allow_tf32 = True
-
-        self.fingerprint = corpus.fingerprint()  # recorded so --resume can check the text
-        cut = split_point(len(corpus), self.config.val_fraction)
-        self.cut = cut
-        self.train_indices = corpus.indices[:cut]
-        has_val = len(corpus) - cut > 0 and self.config.val_fraction > 0
-        self.has_val = has_val
+        config = self.config
+        self.has_val = len(data.val) > 0 and config.val_fraction > 0
         check_length(
-            len(self.train_indices),
-            self.config.batch_size,
-            self.config.num_steps,
-            what="training text" if has_val else "corpus",
+            len(data.train),
+            config.batch_size,
+            config.num_steps,
+            what="training text" if self.has_val else "corpus",
         )
         self.batches = make_batches(
-            self.train_indices,
-            self.config.batch_size,
-            self.config.num_steps,
-            self.config.sampling,
-            self.config.seed,
+            data.train, config.batch_size, config.num_steps, config.sampling, config.seed
         )
-        self.prefixes = list(self.config.prefixes) or default_prefixes(corpus)
-        self.teacher: NgramTeacher | None = None
-        text = corpus.text[:cut]  # the training text, for the n-gram teacher and mixture
-        if self.config.ngram_teacher:
-            started = time.perf_counter()
-            self.teacher = NgramTeacher(
-                text, corpus.vocab, self.config.ngram_teacher, self.config.teacher_folds
-            )
-            self.teacher.to(self.device)
-            log(
-                f"n-gram teacher: Kneser-Ney {self.config.ngram_teacher}-gram, cross-fitted on "
-                f"{self.teacher.folds} folds of the training text "
-                f"({time.perf_counter() - started:.1f} s)"
-            )
+        self.prefixes = list(config.prefixes) or default_prefixes(
+            data.vocab, data.train_text()[:200]
+        )
+        self.teacher = None if teacher is None else teacher.to(self.device)
+        self.mixture = mixture
+        self.loss = TrainingLoss(config.label_smoothing, self.teacher, config.teacher_weight)
+        total = config.epochs * len(self.batches)
+        self.schedule = Schedule(
+            config.lr, config.schedule, min(total, config.max_steps or total), config.time_limit
+        )
+        self.stop_rules = StopRules(config)
 
-        self.mixture: NgramMixture | None = None
-        if self.config.ngram_mix:
-            self.mixture = NgramMixture(
-                text,
-                corpus.vocab,
-                self.config.ngram_mix,
-                self.config.mix_weight,
-            )
-            log(
-                f"the model is the LSTM interpolated with a {self.mixture.describe()}, "
-                "fitted on the training text"
-            )
-
-        torch.manual_seed(self.config.seed)
+        torch.manual_seed(config.seed)
         self.model: CharLSTM = build_model(self.model_config)
         if init_weights is not None:
             self.model.load_state_dict(init_weights)
         self.model.to(self.device)
-        self.optimizer = make_optimizer(self.model, self.config)
-        self.average: dict[str, torch.Tensor] | None = None  # the moving average (--ema)
-        if self.config.ema:
-            self.average = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        self.optimizer = make_optimizer(self.model, config)
+        self.average = WeightAverage(self.model, config.ema) if config.ema else None
         self.progress = Progress()
         self.step_log = runs.StepLog(self.run_dir)  # steps.jsonl: loss of every step
         if resume is not None:
             self._restore(resume)
 
+    def describe(self) -> str:
+        """One line: what trains, on what, where."""
+        m, data = self.model_config, self.data
+        return (
+            f"run {self.run_dir}: {m.backend} LSTM {m.num_layers}x{m.hidden_size}, "
+            f"{self.model.num_parameters():,} parameters, vocabulary {m.vocab_size}, "
+            f"{len(data.train):,} training / {len(data.val):,} held-out characters, "
+            f"{len(self.batches)} batches per epoch, device {self.device}"
+        )
+
     # -- state -----------------------------------------------------------------------------
 
     def _restore(self, checkpoint: ckpt.Checkpoint) -> None:
-        if checkpoint.training_model is not None:  # trained with --ema: model is the average
-            self.model.load_state_dict(checkpoint.training_model)
-        else:
-            self.model.load_state_dict(checkpoint.model)
+        trained = checkpoint.training_model  # set when trained with --ema: model is the average
+        self.model.load_state_dict(trained if trained is not None else checkpoint.model)
         if self.average is not None:
-            self.average = {k: v.to(self.device).clone() for k, v in checkpoint.model.items()}
+            self.average.weights = {
+                k: v.to(self.device).clone() for k, v in checkpoint.model.items()
+            }
         if checkpoint.optimizer is not None:
             self.optimizer.load_state_dict(checkpoint.optimizer)
         for group in self.optimizer.param_groups:  # --lr may change on resume
@@ -292,101 +468,56 @@ class Trainer:
 
     def checkpoint(self) -> ckpt.Checkpoint:
         trained = {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
-        average = None
-        if self.average is not None:
-            average = {k: v.cpu() for k, v in self.average.items()}
+        average = (
+            None if self.average is None else {k: v.cpu() for k, v in self.average.weights.items()}
+        )
+        p = self.progress
         return ckpt.Checkpoint(
             model_config=self.model_config,
             train_config=self.config,
             data_config=self.data_config,
-            vocab=self.corpus.vocab,
+            vocab=self.vocab,
             model=trained if average is None else average,
             training_model=None if average is None else trained,
             optimizer=self.optimizer.state_dict(),
             rng=ckpt.capture_rng(),
-            epoch=self.progress.epoch,
-            batch=self.progress.batch,
-            step=self.progress.step,
-            best_val_loss=self.progress.best_val_loss,
-            progress=self.progress.to_dict(),
+            epoch=p.epoch,
+            batch=p.batch,
+            step=p.step,
+            best_val_loss=p.best_val_loss,
+            progress=p.to_dict(),
             ngram_text=None if self.mixture is None else self.mixture.text,
-            corpus_sha256=self.fingerprint,
+            corpus_sha256=self.data.fingerprint,
         )
 
-    def save(self, name: str = runs.LAST) -> Path:
+    def save(self, *names: str) -> None:
+        """Write the current state as each of ``names`` (default ``last.pt``): serialised
+        once, however many names."""
         self.step_log.flush()  # the log covers at least the steps the checkpoint holds
-        return ckpt.save(self.checkpoint(), self.run_dir / name)
-
-    # -- weight averaging ------------------------------------------------------------------
-
-    def _update_average(self) -> None:
-        """``average += (1 - d) * (weights - average)`` after optimizer step ``step``.
-
-        The decay warms up as ``min(ema, (1 + step) / (10 + step))``, so the first steps'
-        average follows the weights rather than the random initialisation.
-        """
-        if self.average is None:
-            return
-        step = self.progress.step
-        weight = 1.0 - min(self.config.ema, (1 + step) / (10 + step))
-        with torch.no_grad():
-            for key, value in self.model.state_dict().items():
-                self.average[key].lerp_(value, weight)
+        state = self.checkpoint()
+        for name in names or (runs.LAST,):
+            ckpt.save(state, self.run_dir / name)
 
     @contextmanager
     def averaged(self) -> Iterator[None]:
         """Inside the block the model holds the averaged weights (unchanged without --ema)."""
         if self.average is None:
             yield
-            return
-        trained = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
-        self.model.load_state_dict(self.average)
-        try:
-            yield
-        finally:
-            self.model.load_state_dict(trained)
-
-    # -- schedule --------------------------------------------------------------------------
+        else:
+            with self.average.applied():
+                yield
 
     def current_lr(self) -> float:
-        base = self.config.lr * self.progress.lr_scale
-        if self.config.schedule == "cosine":
-            total = max(1, self.config.epochs * len(self.batches))
-            done = min(self.progress.step, total) / total
-            if self.config.time_limit:
-                # Under a time budget the schedule follows whichever runs out first, the
-                # epochs or the minutes, so a run cut short by the clock still ends annealed.
-                spent = self.progress.total_seconds + self.progress.seconds
-                done = max(done, min(1.0, spent / (60 * self.config.time_limit)))
-            return base * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * done)))
-        return base
+        return self.schedule(self.progress)
 
-    def _set_lr(self) -> float:
-        lr = self.current_lr()
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-        return lr
+    # -- one step ----------------------------------------------------------------------------
 
-    # -- one step / one epoch ----------------------------------------------------------------
-
-    def _step(
+    def train_step(
         self, x: torch.Tensor, y: torch.Tensor, state: State | None, positions: torch.Tensor | None
     ) -> tuple[float, State]:
         """One optimizer step on batch ``(x, y)``; ``positions`` (T, N) locate ``y`` in the
         training text for the n-gram teacher. Returns the batch's true (unsmoothed) loss."""
-        logits, state = self.model(x, state)  # (T, N, V)
-        flat_y = y.flatten()
-        log_probs = torch.log_softmax(logits.flatten(0, 1), dim=-1)  # one softmax for all terms
-        true_loss = nn.functional.nll_loss(log_probs, flat_y)  # what is reported
-        loss = true_loss
-        smoothing = self.config.label_smoothing
-        if smoothing:  # as cross_entropy(label_smoothing=s): 1 - s on the target, s spread evenly
-            loss = (1 - smoothing) * true_loss - smoothing * log_probs.mean(dim=-1).mean()
-        if self.teacher is not None:
-            assert positions is not None, "the n-gram teacher needs the targets' positions"
-            weight = self.config.teacher_weight
-            soft = self.teacher.cross_entropy(log_probs, positions.flatten()).mean()
-            loss = (1 - weight) * loss + weight * soft
+        loss, true_loss, state = self.loss(self.model, x, y, state, positions)
         value = true_loss.item()
         if not math.isfinite(value):
             last = self.run_dir / runs.LAST
@@ -403,99 +534,117 @@ class Trainer:
         self.optimizer.step()
         return value, state
 
-    def _train_epoch(self, flag: dict[str, int | None]) -> None:
+    def _train_until_score(self, flag: dict[str, int | None], meter: ProgressMeter) -> str | None:
+        """Steps until the next held-out score is due (the end of an epoch, or with
+        --eval-every every N steps) or a budget runs out (then its reason is returned)."""
         p, config = self.progress, self.config
         self.model.train()
-        self.batches.set_epoch(p.epoch)
-        carry = self.batches.carries_state
-        state: State | None = None
-        if carry and p.carry is not None:
-            state = (p.carry[0].to(self.device), p.carry[1].to(self.device))
-        bar = tqdm(
-            total=len(self.batches),
-            initial=p.batch,
-            desc=f"epoch {p.epoch + 1}/{config.epochs}",
-            leave=False,
-            disable=None if self.progress_bar is None else not self.progress_bar,
-            unit="batch",
-        )
         start = time.perf_counter() - p.seconds
-        with bar:
+        while True:
+            if p.batch >= len(self.batches):  # a checkpoint written after an epoch's last step
+                p.epoch, p.batch, p.carry = p.epoch + 1, 0, None
+                if not config.eval_every or p.epoch >= config.epochs:
+                    return None
+            self.batches.set_epoch(p.epoch)
+            carry = self.batches.carries_state
+            state: State | None = None
+            if carry and p.carry is not None:
+                state = (p.carry[0].to(self.device), p.carry[1].to(self.device))
             for index in range(p.batch, len(self.batches)):
-                x, y = self.batches[index]
-                x, y = x.to(self.device), y.to(self.device)
+                x, y = (t.to(self.device) for t in self.batches[index])
                 positions = None
                 if self.teacher is not None:
                     positions = self.batches.positions(index).to(self.device)
-                if not carry:
-                    state = None
-                lr = self._set_lr()
-                loss, state = self._step(x, y, state, positions)
+                lr = self.schedule(p)
+                for group in self.optimizer.param_groups:
+                    group["lr"] = lr
+                loss, state = self.train_step(x, y, state if carry else None, positions)
                 state = detach_state(state)
-                self._update_average()
-                p.step += 1
-                p.batch = index + 1
+                if self.average is not None:
+                    self.average.update(p.step)
+                p.step, p.batch = p.step + 1, index + 1
                 p.loss_sum += loss * y.numel()
                 p.chars += y.numel()
                 p.seconds = time.perf_counter() - start
                 p.carry = state if carry else None
                 self.step_log.write(p.step, p.epoch + 1, p.batch, loss, lr)
-                bar.update(1)
+                if p.batch == len(self.batches):  # the epoch is done
+                    p.epoch, p.batch, p.carry = p.epoch + 1, 0, None
+                meter.update(p, loss, lr)
                 if self.on_step is not None:
                     self.on_step(self)
-                bar.set_postfix(
-                    loss=f"{loss:.3f}",
-                    ppl=f"{math.exp(min(loss, 50)):.1f}",
-                    chars_per_s=f"{p.chars / max(p.seconds, 1e-9):,.0f}",
-                    lr=f"{lr:.2g}",
-                )
                 if flag["signum"] is not None:
                     self.save()
                     raise TrainingInterrupted(flag["signum"], self.run_dir)
                 if config.checkpoint_every and p.step % config.checkpoint_every == 0:
                     self.save()
+                reason = self.stop_rules.out_of_budget(p)
+                if reason is not None:
+                    return reason
+                if p.batch == 0 and (not config.eval_every or p.epoch >= config.epochs):
+                    return None  # an epoch's end is scored, unless --eval-every says when
+                if config.eval_every and p.step % config.eval_every == 0:
+                    return None
 
-    def _end_epoch(self) -> EpochMetrics:
+    # -- held-out score, logs, checkpoints, samples --------------------------------------------
+
+    def _score(self) -> EpochMetrics:
+        """Score the held-out text and close the interval of training since the last score."""
         p = self.progress
         train_loss = p.loss_sum / max(p.chars, 1)
         val_loss = None
         if self.has_val:
             with self.averaged():
-                indices = self.corpus.indices.to(self.device)
-                val_loss = score_split(self.model, indices, self.cut, mixture=self.mixture).loss
+                val_loss = score_heldout(
+                    self.model, self.data, self.config.eval_chars, self.mixture
+                ).loss
         improved = val_loss is not None and val_loss < p.best_val_loss
         if improved:
-            p.best_val_loss = val_loss
-            p.bad_epochs = 0
+            p.best_val_loss, p.bad_epochs = val_loss, 0
         elif val_loss is not None:
             p.bad_epochs += 1
             if self.config.schedule == "plateau":
                 p.lr_scale *= 0.5
         metrics = EpochMetrics(
-            epoch=p.epoch + 1,
+            epoch=p.epoch if p.batch == 0 else p.epoch + 1,
             step=p.step,
             train_loss=train_loss,
             train_ppl=math.exp(min(train_loss, 700)),
             val_loss=val_loss,
             val_ppl=None if val_loss is None else math.exp(min(val_loss, 700)),
-            lr=self.current_lr(),
+            lr=self.schedule(p),
             seconds=p.seconds,
             chars_per_sec=p.chars / max(p.seconds, 1e-9),
             best=improved or val_loss is None,
         )
         p.total_seconds += p.seconds
-        p.epoch += 1
-        p.batch = 0
         p.loss_sum, p.chars, p.seconds = 0.0, 0, 0.0
-        p.carry = None
         return metrics
+
+    def _record(self, metrics: EpochMetrics) -> None:
+        runs.append_metrics(self.run_dir, asdict(metrics))
+        self.save(runs.BEST, runs.LAST) if metrics.best else self.save(runs.LAST)
+        self.log(format_epoch(metrics, self.config.epochs))
+        every, eval_every = self.config.sample_every, self.config.eval_every
+        count = metrics.step // eval_every if eval_every else metrics.epoch  # scores so far
+        if every and count % every == 0:
+            for text in self.sample().values():
+                self.log("  " + text.replace("\n", " / "))
+        p = self.progress
+        if p.bad_epochs == OVERFIT_WARNING_EPOCHS and not self.config.patience:
+            self.log(
+                f"warning: held-out loss has risen for {p.bad_epochs} {scores(self.config)} "
+                "while training "
+                "loss falls: the model is memorising; best.pt keeps the best model (use "
+                "--patience N to stop early, or more dropout)"
+            )
 
     def sample(self, length: int | None = None) -> dict[str, str]:
         """One sample per training prefix, from a generator seeded by (seed, epoch)."""
         with self.averaged():
             texts = generate(
                 self.model,
-                self.corpus.vocab,
+                self.vocab,
                 self.prefixes,
                 length=length or self.config.sample_length,
                 config=SamplingConfig(temperature=0.8, top_k=None),
@@ -503,62 +652,41 @@ class Trainer:
                 mixture=self.mixture,
             )
         self.model.train()
-        return {
-            prefix: prefix + sample[0] for prefix, sample in zip(self.prefixes, texts, strict=True)
-        }
+        return {p: p + sample[0] for p, sample in zip(self.prefixes, texts, strict=True)}
 
     # -- the whole run -----------------------------------------------------------------------
 
     def fit(self) -> TrainResult:
-        """Train until ``epochs`` (the total, counting epochs before a resume) or early stop."""
-        config, p = self.config, self.progress
+        """Train until ``epochs`` / ``max_steps`` (totals, counting steps before a resume),
+        the time limit, or an early stop."""
+        p = self.progress
         result = TrainResult(run_dir=self.run_dir)
         flag: dict[str, int | None] = {"signum": None}
+        meter = ProgressMeter(self.config, len(self.batches), self.log, self.progress_bar)
         if p.step == 0 and p.epoch == 0:
             self.save()  # resumable from the very start
-        with _stop_on_signals(flag), closing(self.step_log):
-            while p.epoch < config.epochs:
+        with _stop_on_signals(flag), closing(self.step_log), closing(meter):
+            reason: str | None = None
+            while reason is None:
                 try:
-                    self._train_epoch(flag)
+                    budget = self._train_until_score(flag, meter)
                 except RuntimeError as err:  # numerical or memory failure inside torch
                     first = str(err).strip().splitlines()[0] if str(err).strip() else repr(err)
                     raise CharLSTMError(
                         f"training failed at step {p.step + 1}: {first}; the last good "
                         f"checkpoint is {self.run_dir / runs.LAST}"
                     ) from err
-                metrics = self._end_epoch()
+                meter.pause()
+                metrics = self._score()
                 result.metrics.append(metrics)
-                runs.append_metrics(self.run_dir, asdict(metrics))
-                if metrics.best:
-                    self.save(runs.BEST)
-                self.save(runs.LAST)
-                self.log(format_epoch(metrics, config.epochs))
-                if config.sample_every and metrics.epoch % config.sample_every == 0:
-                    for text in self.sample().values():
-                        self.log("  " + text.replace("\n", " / "))
-                if p.bad_epochs and config.patience and p.bad_epochs >= config.patience:
-                    self.log(
-                        f"early stop: held-out loss has not improved for {p.bad_epochs} epochs "
-                        f"(--patience {config.patience}); best.pt holds the best model"
-                    )
-                    result.stopped_early = True
-                    break
-                if p.bad_epochs == OVERFIT_WARNING_EPOCHS and not config.patience:
-                    self.log(
-                        f"warning: held-out loss has risen for {p.bad_epochs} epochs while "
-                        "training loss falls: the model is memorising; best.pt keeps the best "
-                        "epoch (use --patience N to stop early, or more dropout)"
-                    )
+                self._record(metrics)
                 if flag["signum"] is not None:
                     raise TrainingInterrupted(flag["signum"], self.run_dir)
-                if config.time_limit and p.total_seconds >= 60 * config.time_limit:
-                    self.log(
-                        f"time limit: {p.total_seconds / 60:.1f} minutes of training "
-                        f"(--time-limit {config.time_limit:g}); resume with a larger --epochs "
-                        "to go on"
-                    )
-                    result.stopped_early = True
-                    break
+                reason = budget if budget is not None else self.stop_rules.after_score(p)
+            if reason:
+                self.log(reason)
+                result.stopped_early = True
+        result.best_val_loss = p.best_val_loss
         return result
 
 
@@ -572,6 +700,6 @@ def format_epoch(m: EpochMetrics, epochs: int) -> str:
     val = f"held-out ppl {_ppl(m.val_ppl)}"
     mark = " *" if m.best and m.val_ppl is not None else ""
     return (
-        f"epoch {m.epoch:3d}/{epochs}  train ppl {_ppl(m.train_ppl)}  {val}  "
+        f"epoch {m.epoch:3d}/{epochs}  step {m.step:,}  train ppl {_ppl(m.train_ppl)}  {val}  "
         f"lr {m.lr:.3g}  {m.seconds:5.1f}s  {m.chars_per_sec:,.0f} chars/s{mark}"
     )

@@ -36,7 +36,7 @@ def run(corpus: Path, run_dir: Path, model: dict, train: dict):
         log=lambda _: None,
         progress_bar=False,
     )
-    assert len(trainer.corpus.vocab) == 1027
+    assert len(trainer.vocab) == 1027
     return trainer.fit().metrics
 
 

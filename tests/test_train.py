@@ -16,10 +16,9 @@ from conftest import write_zip
 from charlstm import checkpoint as ckpt
 from charlstm.config import PRESETS
 from charlstm.errors import CharLSTMError
-from charlstm.evaluate import score_split
 from charlstm.pipeline import prepare_training
 from charlstm.report import describe, render_info
-from charlstm.train import TrainingInterrupted
+from charlstm.train import TrainingInterrupted, score_heldout
 
 SMALL_MODEL = {"hidden_size": 32, "dropout": 0.2}
 SMALL_TRAIN = {"batch_size": 8, "num_steps": 20, "sample_every": 0, "seed": 3}
@@ -61,13 +60,13 @@ def test_run_directory_holds_config_vocab_metrics_and_checkpoints(small_corpus, 
     assert isinstance(machine["name"], str) and machine["name"]
     assert isinstance(machine["threads"], int) and machine["threads"] >= 1
     assert json.loads((run / "vocab.json").read_text(encoding="utf-8")) == (
-        trainer.corpus.vocab.idx_to_char
+        trainer.vocab.idx_to_char
     )
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2]
     assert all(r["val_ppl"] == pytest.approx(math.exp(r["val_loss"])) for r in rows)
     last = ckpt.load(run / "last.pt")
-    assert last.epoch == 2 and last.vocab == trainer.corpus.vocab
+    assert last.epoch == 2 and last.vocab == trainer.vocab
     assert last.step == 2 * len(trainer.batches)
     best = ckpt.load(run / "best.pt")
     assert best.best_val_loss == pytest.approx(min(r["val_loss"] for r in rows))
@@ -75,7 +74,7 @@ def test_run_directory_holds_config_vocab_metrics_and_checkpoints(small_corpus, 
 
 def test_training_lowers_held_out_loss(small_corpus, tmp_path):
     trainer, result = train(small_corpus, tmp_path / "run", train_options={"epochs": 4, "lr": 1e-2})
-    vocab_size = len(trainer.corpus.vocab)
+    vocab_size = len(trainer.vocab)
     first, last = result.metrics[0], result.metrics[-1]
     assert first.val_loss < math.log(vocab_size) - 1  # far better than uniform after 1 epoch
     assert last.val_loss <= first.val_loss
@@ -152,7 +151,7 @@ def test_label_smoothing_trains_on_smoothed_targets_and_reports_the_true_loss(
     F = torch.nn.functional
     F.cross_entropy(logits.flatten(0, 1), y.flatten(), label_smoothing=s).backward()
     true_loss = F.cross_entropy(logits.flatten(0, 1), y.flatten()).item()
-    reported, _ = trainer._step(x, y, None, None)
+    reported, _ = trainer.train_step(x, y, None, None)
     assert reported == pytest.approx(true_loss, rel=1e-6)  # the log shows the unsmoothed loss
     with torch.no_grad():
         for (name, stepped), expected in zip(
@@ -216,7 +215,7 @@ def test_ema_scores_and_saves_the_average_and_resumes_exactly(small_corpus, tmp_
     # What was scored at the last epoch is the average, and it is what eval reads.
     model = trainer.model
     model.load_state_dict(last.model)
-    val = score_split(model, trainer.corpus.indices, trainer.cut).loss
+    val = score_heldout(model, trainer.data).loss
     assert val == pytest.approx(straight.metrics[-1].val_loss, rel=1e-6)
     # The average changes what is scored, not the training trajectory.
     _, plain = train(small_corpus, tmp_path / "plain", train_options={"epochs": 4})
@@ -230,7 +229,7 @@ def test_ema_scores_and_saves_the_average_and_resumes_exactly(small_corpus, tmp_
 
 def test_resume_keeps_the_architecture(small_corpus, tmp_path):
     train(small_corpus, tmp_path / "run", train_options={"epochs": 1})
-    with pytest.raises(CharLSTMError, match="--hidden 64 differs from the checkpoint's 32"):
+    with pytest.raises(CharLSTMError, match="hidden_size 64 differs from the checkpoint's 32"):
         train(
             small_corpus,
             None,
