@@ -8,9 +8,10 @@ import re
 import pytest
 import torch
 
+from charlstm.adaptation import StreamCache
 from charlstm.config import ModelConfig
 from charlstm.errors import CharLSTMError
-from charlstm.evaluate import CacheConfig, DynamicConfig, StreamCache, score, score_adaptive
+from charlstm.evaluate import CacheConfig, DynamicConfig, score, score_adaptive
 from charlstm.model import build_model
 
 V = 30
