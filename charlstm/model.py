@@ -34,7 +34,7 @@ from torch import nn
 
 from charlstm.config import ModelConfig
 from charlstm.errors import CharLSTMError
-from charlstm.lstm_function import lstm_recurrence, lstm_recurrence_autograd
+from charlstm.lstm_function import lstm_recurrence, lstm_recurrence_autograd, lstm_step
 
 State = tuple[torch.Tensor, torch.Tensor]  # (h, c), each (L, N, H)
 LayerState = tuple[torch.Tensor, torch.Tensor]  # (h, c), each (N, H)
@@ -112,7 +112,8 @@ class ScratchLSTMLayer(nn.Module):
         ``gx`` is ``x``'s :meth:`input_term` (N, 4H) when the caller has it already (then
         ``x`` is not read). Without peepholes and ``gx`` the step is one ``torch.lstm_cell``
         (the same equations: its ``w_ih``, ``w_hh``, ``b_ih`` are ``W_x``, ``W_h`` and
-        ``b`` transposed); otherwise it is one step of the layer's recurrence.
+        ``b`` transposed); otherwise it is :func:`~charlstm.lstm_function.lstm_step`, one
+        step of the layer's recurrence.
         """
         h, c = state
         W_h = self.recurrent_weight()
@@ -120,8 +121,7 @@ class ScratchLSTMLayer(nn.Module):
             return torch.lstm_cell(x, (h, c), self.W_x.t(), W_h.t(), self.b)
         if gx is None:
             gx = self.input_term(x)
-        hs, c = lstm_recurrence(gx.unsqueeze(0), W_h, h, c, self.peephole)
-        return hs[0], c
+        return lstm_step(gx, W_h, h, c, self.peephole)
 
 
 class TorchLSTMLayer(nn.Module):
@@ -146,16 +146,15 @@ class TorchLSTMLayer(nn.Module):
         self, x: torch.Tensor | None, state: LayerState, gx: torch.Tensor | None = None
     ) -> LayerState:
         """One time step, as :meth:`ScratchLSTMLayer.step`: ``torch.lstm_cell`` on this
-        layer's ``nn.LSTM`` weights, or, given ``gx``, one step of the recurrence of
-        :mod:`charlstm.lstm_function` on them (``W_h = w_hh^T``)."""
+        layer's ``nn.LSTM`` weights, or, given ``gx``, one step of the recurrence
+        (:func:`~charlstm.lstm_function.lstm_step`) on them (``W_h = w_hh^T``)."""
         lstm = self.lstm
         if gx is None:
             return torch.lstm_cell(
                 x, state, lstm.weight_ih_l0, lstm.weight_hh_l0, lstm.bias_ih_l0, lstm.bias_hh_l0
             )
         h, c = state
-        hs, c = lstm_recurrence(gx.unsqueeze(0), lstm.weight_hh_l0.t(), h, c)
-        return hs[0], c
+        return lstm_step(gx, lstm.weight_hh_l0.t(), h, c)
 
 
 class SequenceDropout(nn.Module):
