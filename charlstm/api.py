@@ -23,13 +23,15 @@ from typing import Any
 import torch
 
 from charlstm import checkpoint as ckpt
+from charlstm.adaptation import CacheConfig, DynamicConfig
 from charlstm.config import fraction
 from charlstm.corpus import Vocab, read_text, show_chars, split_point
+from charlstm.decoding import DEFAULT_PENALTY_WINDOW, SamplingConfig
 from charlstm.errors import CharLSTMError
-from charlstm.evaluate import CacheConfig, DynamicConfig, EvalResult, score, score_heldout
+from charlstm.evaluate import EvalResult, score, score_heldout
+from charlstm.generation import generate
 from charlstm.mixture import NgramMixture
 from charlstm.model import CharLSTM, build_model
-from charlstm.sampling import DEFAULT_PENALTY_WINDOW, SamplingConfig, generate
 
 
 @dataclass
@@ -76,7 +78,7 @@ class LanguageModel:
     ) -> str:
         """``prefix`` followed by up to ``length`` generated characters.
 
-        The controls are those of ``charlstm generate`` (see :mod:`charlstm.sampling`):
+        The controls are those of ``charlstm generate`` (see :mod:`charlstm.decoding`):
         ``stop_at`` ends the text with the first such character, ``lines`` with its N-th
         newline; ``seed`` makes the text repeatable on the same backend and device.
         ``cache`` / ``dynamic`` adapt to the text as it is written, as ``--cache`` /
