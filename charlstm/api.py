@@ -23,13 +23,15 @@ from typing import Any
 import torch
 
 from charlstm import checkpoint as ckpt
+from charlstm.adaptation import CacheConfig, DynamicConfig
 from charlstm.config import fraction
 from charlstm.corpus import Vocab, read_text, show_chars, split_point
+from charlstm.decoding import DEFAULT_PENALTY_WINDOW, SamplingConfig
 from charlstm.errors import CharLSTMError
-from charlstm.evaluate import CacheConfig, DynamicConfig, EvalResult, score, score_adaptive
+from charlstm.evaluate import EvalResult, score, score_heldout
+from charlstm.generation import generate
 from charlstm.mixture import NgramMixture
 from charlstm.model import CharLSTM, build_model
-from charlstm.sampling import DEFAULT_PENALTY_WINDOW, SamplingConfig, generate
 
 
 @dataclass
@@ -47,7 +49,7 @@ class LanguageModel:
 
     @property
     def device(self) -> torch.device:
-        return self.model.head.weight.device
+        return self.model.device
 
     def lstm_only(self) -> LanguageModel:
         """The same model without its interpolated n-gram: the LSTM alone."""
@@ -76,7 +78,7 @@ class LanguageModel:
     ) -> str:
         """``prefix`` followed by up to ``length`` generated characters.
 
-        The controls are those of ``charlstm generate`` (see :mod:`charlstm.sampling`):
+        The controls are those of ``charlstm generate`` (see :mod:`charlstm.decoding`):
         ``stop_at`` ends the text with the first such character, ``lines`` with its N-th
         newline; ``seed`` makes the text repeatable on the same backend and device.
         ``cache`` / ``dynamic`` adapt to the text as it is written, as ``--cache`` /
@@ -169,7 +171,8 @@ class LanguageModel:
         and, unless ``val_fraction`` is given, only its held-out part is scored (after the
         end of the training text, as during training). Any other text is read whole.
         ``cache`` / ``dynamic`` adapt causally to the scored text as it is read (see
-        :func:`charlstm.evaluate.score_adaptive`); the model itself is not changed.
+        :func:`charlstm.evaluate.score_adaptive`); the model itself is not changed. The
+        held-out part is scored by :func:`charlstm.evaluate.score_heldout`, as in training.
         """
         data = self.checkpoint.data_config
         if val_fraction is not None:
@@ -192,18 +195,12 @@ class LanguageModel:
             val_fraction = self.checkpoint.train_config.val_fraction if same_corpus else 0.0
         cut = split_point(len(text), val_fraction) if val_fraction > 0 else 0
         indices = self.vocab.encode(text)
-        if cut > 0:
-            targets, context = indices[cut:], indices[max(0, cut - 256) : cut]
-            scope = f"last {val_fraction:g} of the text"
-        else:
-            targets, context = indices[1:], indices[:1]
+        scope = f"last {val_fraction:g} of the text"
+        if cut == 0:
             scope = "whole text after its first character"
-        if cache is None and dynamic is None:
-            result = score(self.model, targets, context, mixture=self.mixture)
-        else:
-            result = score_adaptive(
-                self.model, targets, context, cache=cache, dynamic=dynamic, mixture=self.mixture
-            )
+        result = score_heldout(
+            self.model, indices[:cut], indices[cut:], self.mixture, cache=cache, dynamic=dynamic
+        )
         return {
             "corpus": str(path),
             "checkpoint": str(self.checkpoint.path),

@@ -32,7 +32,7 @@ class SampleStream:
     continuation already ends with one).
 
     ``on_step`` takes one string per sequence and step, ``""`` for a sequence that has
-    ended (the ``on_step`` contract of :func:`charlstm.sampling.generate`); ``close`` writes
+    ended (the ``on_step`` contract of :func:`charlstm.generation.generate`); ``close`` writes
     what is left once generation is over.
     """
 

@@ -23,7 +23,8 @@ Two implementations with one signature, ``(gx, W_h, h0, c0, peephole) -> (hs, c_
 
 * :func:`lstm_recurrence`: the fast one, :class:`LSTMRecurrence`;
 * :func:`lstm_recurrence_autograd`: the same equations as a readable loop with ordinary
-  autograd. It is the oracle the tests hold the fast one to.
+  autograd, over :func:`lstm_step` (one step, also a model's one-step path in
+  generation). It is the oracle the tests hold the fast one to.
 
 Where the time goes (2 CPU threads, T=35, N=32, H=256, float32, with the projection):
 forward + backward takes about 27 ms against 41 ms for the autograd loop and 24 ms for
@@ -413,6 +414,30 @@ def lstm_recurrence(
     return LSTMRecurrence.apply(*inputs)
 
 
+def lstm_step(
+    gx: Tensor, W_h: Tensor, h: Tensor, c: Tensor, peephole: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
+    """One step of the recurrence as plain tensor code: ``gx`` (N, 4H) is this step's input
+    projection, ``h``, ``c`` (N, H) the state before it; returns the new ``(h, c)``.
+
+    The equations of the module docstring, written once: :func:`lstm_recurrence_autograd`
+    loops over this function, and a model's one-step path (generation) calls it directly.
+    ``peephole`` is ``None`` or ``(3, H)``. No argument checks: callers have done them.
+    """
+    a_i, a_f, a_g, a_o = (gx + h @ W_h).chunk(4, -1)  # (N, H) each
+    if peephole is not None:
+        a_i = a_i + c * peephole[0]
+        a_f = a_f + c * peephole[1]
+    i = torch.sigmoid(a_i)
+    f = torch.sigmoid(a_f)
+    g = torch.tanh(a_g)
+    c = f * c + i * g
+    if peephole is not None:
+        a_o = a_o + c * peephole[2]
+    o = torch.sigmoid(a_o)
+    return o * torch.tanh(c), c
+
+
 def lstm_recurrence_autograd(
     gx: Tensor,
     W_h: Tensor,
@@ -422,25 +447,14 @@ def lstm_recurrence_autograd(
 ) -> tuple[Tensor, Tensor]:
     """The same computation as :func:`lstm_recurrence`, as a plain loop with ordinary autograd.
 
-    Slow, but it reads like the equations, supports double backward, and is the oracle the
-    fast :class:`LSTMRecurrence` is tested against.
+    Slow, but it reads like the equations (:func:`lstm_step`), supports double backward,
+    and is the oracle the fast :class:`LSTMRecurrence` is tested against.
     """
     h0, c0, peephole = _prepare(gx, h0, c0, peephole)
     _check(gx, W_h, h0, c0, peephole)
     h, c = h0, c0
     hs = []
     for t in range(gx.shape[0]):
-        a_i, a_f, a_g, a_o = (gx[t] + h @ W_h).chunk(4, -1)  # (N, H) each
-        if peephole is not None:
-            a_i = a_i + c * peephole[0]
-            a_f = a_f + c * peephole[1]
-        i = torch.sigmoid(a_i)
-        f = torch.sigmoid(a_f)
-        g = torch.tanh(a_g)
-        c = f * c + i * g
-        if peephole is not None:
-            a_o = a_o + c * peephole[2]
-        o = torch.sigmoid(a_o)
-        h = o * torch.tanh(c)
+        h, c = lstm_step(gx[t], W_h, h, c, peephole)
         hs.append(h)
     return torch.stack(hs), c

@@ -3,7 +3,17 @@
 Every model has one interface::
 
     logits, state = model(x, state)      # x (T, N) int64 -> logits (T, N, V)
+    log_p, state = model.log_probs(x, state)        # log-probabilities (T, N, V)
+    loss, state = model.nll(x, y, state)            # mean NLL of targets y (T, N)
+    logits, state = model.step(x, state)  # one time step: x (N,) -> (N, V)
     state = model.init_state(N)          # (h, c), each (L, N, H)
+
+"Logits" are any scores whose softmax is the next-character distribution: for the full
+softmax (``softmax="full"``) the output layer's scores, for the adaptive softmax
+(``softmax="adaptive"``, :class:`torch.nn.AdaptiveLogSoftmaxWithLoss`) the
+log-probabilities themselves (``softmax(log p) = p``), so everything that reads logits
+(cross-entropy, the decoding rules) works for both. Training with the adaptive softmax
+should call :meth:`CharLSTM.nll`, which never builds the whole distribution.
 
 ``x`` is embedded (an ``nn.Embedding`` row lookup is exactly d2l's one-hot vector times a
 weight matrix, without building the one-hot), run through ``L`` LSTM layers and projected
@@ -17,13 +27,14 @@ Letters: T time steps, N batch, D input size, H hidden size, L layers, V vocabul
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 from torch import nn
 
 from charlstm.config import ModelConfig
 from charlstm.errors import CharLSTMError
-from charlstm.lstm_function import lstm_recurrence, lstm_recurrence_autograd
+from charlstm.lstm_function import lstm_recurrence, lstm_recurrence_autograd, lstm_step
 
 State = tuple[torch.Tensor, torch.Tensor]  # (h, c), each (L, N, H)
 LayerState = tuple[torch.Tensor, torch.Tensor]  # (h, c), each (N, H)
@@ -89,6 +100,29 @@ class ScratchLSTMLayer(nn.Module):
         hs, c_last = recurrence(gx, self.recurrent_weight(), h0, c0, self.peephole)
         return hs, (hs[-1], c_last)
 
+    def input_term(self, x: torch.Tensor) -> torch.Tensor:
+        """``x W_x + b``: (N, D) -> (N, 4H), the part of the gates that does not recur."""
+        return torch.addmm(self.b, x, self.W_x)
+
+    def step(
+        self, x: torch.Tensor | None, state: LayerState, gx: torch.Tensor | None = None
+    ) -> LayerState:
+        """One time step: ``x`` (N, D) and ``state`` -> the new ``(h, c)``, each (N, H).
+
+        ``gx`` is ``x``'s :meth:`input_term` (N, 4H) when the caller has it already (then
+        ``x`` is not read). Without peepholes and ``gx`` the step is one ``torch.lstm_cell``
+        (the same equations: its ``w_ih``, ``w_hh``, ``b_ih`` are ``W_x``, ``W_h`` and
+        ``b`` transposed); otherwise it is :func:`~charlstm.lstm_function.lstm_step`, one
+        step of the layer's recurrence.
+        """
+        h, c = state
+        W_h = self.recurrent_weight()
+        if gx is None and self.peephole is None:
+            return torch.lstm_cell(x, (h, c), self.W_x.t(), W_h.t(), self.b)
+        if gx is None:
+            gx = self.input_term(x)
+        return lstm_step(gx, W_h, h, c, self.peephole)
+
 
 class TorchLSTMLayer(nn.Module):
     """One ``nn.LSTM`` layer behind the same interface as :class:`ScratchLSTMLayer`."""
@@ -102,6 +136,25 @@ class TorchLSTMLayer(nn.Module):
         h0, c0 = state
         hs, (h_last, c_last) = self.lstm(x, (h0.unsqueeze(0), c0.unsqueeze(0)))
         return hs, (h_last.squeeze(0), c_last.squeeze(0))
+
+    def input_term(self, x: torch.Tensor) -> torch.Tensor:
+        """``x w_ih^T + b_ih + b_hh``: (N, D) -> (N, 4H)."""
+        lstm = self.lstm
+        return torch.addmm(lstm.bias_ih_l0 + lstm.bias_hh_l0, x, lstm.weight_ih_l0.t())
+
+    def step(
+        self, x: torch.Tensor | None, state: LayerState, gx: torch.Tensor | None = None
+    ) -> LayerState:
+        """One time step, as :meth:`ScratchLSTMLayer.step`: ``torch.lstm_cell`` on this
+        layer's ``nn.LSTM`` weights, or, given ``gx``, one step of the recurrence
+        (:func:`~charlstm.lstm_function.lstm_step`) on them (``W_h = w_hh^T``)."""
+        lstm = self.lstm
+        if gx is None:
+            return torch.lstm_cell(
+                x, state, lstm.weight_ih_l0, lstm.weight_hh_l0, lstm.bias_ih_l0, lstm.bias_hh_l0
+            )
+        h, c = state
+        return lstm_step(gx, lstm.weight_hh_l0.t(), h, c)
 
 
 class SequenceDropout(nn.Module):
@@ -127,7 +180,14 @@ class SequenceDropout(nn.Module):
 
 
 class CharLSTM(nn.Module):
-    """Embedding -> L LSTM layers -> linear layer over the vocabulary."""
+    """Embedding -> L LSTM layers -> output layer over the vocabulary.
+
+    The output layer is ``head``: an ``nn.Linear(H, V)`` (full softmax), or an
+    ``nn.AdaptiveLogSoftmaxWithLoss`` (adaptive softmax) whose classes are frequency ranks.
+    ``head_order`` (V,), a buffer saved with the weights, maps each vocabulary index to
+    its rank (set by :meth:`set_class_order`; identity until then); every method here
+    takes and returns vocabulary indices.
+    """
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -146,23 +206,53 @@ class CharLSTM(nn.Module):
         self.layers = nn.ModuleList(layers)
         self.embed_drop = SequenceDropout(config.embed_dropout, config.variational)
         self.drop = SequenceDropout(config.dropout, config.variational)
-        self.head = nn.Linear(H, V)
+        self.adaptive = config.softmax == "adaptive"
+        self.head: nn.Linear | nn.AdaptiveLogSoftmaxWithLoss
+        if self.adaptive:
+            cutoffs = list(config.cutoffs) if config.cutoffs else default_cutoffs(V)
+            self.head = nn.AdaptiveLogSoftmaxWithLoss(
+                H, V, cutoffs, div_value=ADAPTIVE_DIV_VALUE, head_bias=True
+            )
+            self.register_buffer("head_order", torch.arange(V))  # vocabulary index -> rank
+        else:
+            self.head = nn.Linear(H, V)
         if config.tie_weights:
             # The shared matrix also scores the output, so it starts small (AWD-LSTM's
             # +-0.1) rather than N(0, 1), which would make the first logits huge.
             nn.init.uniform_(self.embedding.weight, -0.1, 0.1)
             self.head.weight = self.embedding.weight  # (V, H) shared
 
+    @property
+    def device(self) -> torch.device:
+        return self.embedding.weight.device
+
     def init_state(self, batch_size: int) -> State:
         """Zero ``(h, c)``, each (L, N, H), on the model's device and dtype."""
-        weight = self.head.weight
+        weight = self.embedding.weight
         shape = (self.config.num_layers, batch_size, self.config.hidden_size)
         return weight.new_zeros(shape), weight.new_zeros(shape)
+
+    def set_class_order(self, counts: Sequence[int] | torch.Tensor) -> None:
+        """Rank the adaptive softmax's classes by ``counts`` (V,), how often each vocabulary
+        character occurs (most frequent first, ties by index). Call it once, before
+        training: the weights learn the order."""
+        if not self.adaptive:
+            raise CharLSTMError("the class order is a setting of the adaptive softmax")
+        counts = torch.as_tensor(counts)
+        if counts.shape != (self.config.vocab_size,):
+            raise CharLSTMError(
+                f"class order needs one count per character ({self.config.vocab_size}), "
+                f"not {tuple(counts.shape)}"
+            )
+        by_frequency = torch.argsort(counts, descending=True, stable=True)  # rank -> index
+        order = torch.empty_like(by_frequency)
+        order[by_frequency] = torch.arange(len(order))
+        self.head_order.copy_(order)
 
     def forward(self, x: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
         """``x`` (T, N) int64 -> logits (T, N, V) and the state after the last step."""
         out, state = self.features(x, state)
-        return self.head(out), state
+        return self.logits(out), state
 
     def features(self, x: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
         """The last layer's output (T, N, H) before the vocabulary layer, and the state."""
@@ -176,8 +266,123 @@ class CharLSTM(nn.Module):
             c_last.append(c)
         return out, (torch.stack(h_last), torch.stack(c_last))
 
+    def logits(self, features: torch.Tensor) -> torch.Tensor:
+        """The last layer's output (..., H) -> logits (..., V) in vocabulary order (for the
+        adaptive softmax: its log-probabilities)."""
+        if not self.adaptive:
+            return self.head(features)
+        head = self.head
+        assert isinstance(head, nn.AdaptiveLogSoftmaxWithLoss)
+        ranked = head.log_prob(features.reshape(-1, features.shape[-1]))  # (M, V) by rank
+        return ranked.index_select(1, self.head_order).view(*features.shape[:-1], -1)
+
+    def log_probs(
+        self, x: torch.Tensor, state: State | None = None
+    ) -> tuple[torch.Tensor, State]:
+        """``x`` (T, N) -> log-probabilities of the next character (T, N, V), float32 or
+        wider, and the state."""
+        out, state = self.features(x, state)
+        return self.features_log_probs(out), state
+
+    def features_log_probs(self, features: torch.Tensor) -> torch.Tensor:
+        """The last layer's output (..., H) -> log-probabilities (..., V)."""
+        logits = self.logits(features).float()
+        return logits if self.adaptive else torch.log_softmax(logits, dim=-1)
+
+    def nll(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        state: State | None = None,
+        reduction: str = "mean",
+    ) -> tuple[torch.Tensor, State]:
+        """Negative log-likelihood of targets ``y`` (T, N) after inputs ``x`` (T, N): their
+        mean (``reduction="mean"``) or one value per target (T * N,) in ``y.flatten()``
+        order (``"none"``); and the state. The adaptive softmax computes only the clusters
+        the targets fall in (its efficient forward), never the whole distribution."""
+        if reduction not in ("mean", "none"):
+            raise CharLSTMError(f"unknown reduction {reduction!r}; choose mean or none")
+        out, state = self.features(x, state)
+        flat_y = y.flatten()
+        if self.adaptive:
+            ranked = self.head(out.flatten(0, 1), self.head_order[flat_y])
+            losses = -ranked.output  # (T * N,)
+            return (ranked.loss if reduction == "mean" else losses), state
+        log_p = torch.log_softmax(self.head(out).flatten(0, 1), dim=-1)  # (T * N, V)
+        return nn.functional.nll_loss(log_p, flat_y, reduction=reduction), state
+
+    def step_table(self) -> torch.Tensor:
+        """The first layer's input term for every character (V, 4H): with it,
+        :meth:`step` looks up a row instead of multiplying the embedding by ``W_x``, a
+        third fewer multiply-adds per step for one layer, for a one-off cost of V rows."""
+        return self.layers[0].input_term(self.embedding.weight)
+
+    def step(
+        self, x: torch.Tensor, state: State, table: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, State]:
+        """One time step for N sequences: ``x`` (N,) int64 -> logits (N, V) and the new
+        state; the last layer's output at this step is ``state[0][-1]`` (N, H).
+
+        The same function as ``model(x.view(1, N), state)`` in evaluation mode (no
+        dropout), without the machinery for T steps: per layer one
+        :meth:`ScratchLSTMLayer.step` / :meth:`TorchLSTMLayer.step`. ``table`` is
+        :meth:`step_table`, when the caller steps often enough for it to pay.
+        """
+        h0, c0 = state
+        out = None if table is not None else self.embedding(x)  # (N, D)
+        h_new, c_new = [], []
+        for index, layer in enumerate(self.layers):
+            gx = table.index_select(0, x) if index == 0 and table is not None else None
+            out, c = layer.step(out, (h0[index], c0[index]), gx)  # (N, H)
+            h_new.append(out)
+            c_new.append(c)
+        if len(h_new) == 1:
+            new_state = (h_new[0].unsqueeze(0), c_new[0].unsqueeze(0))
+        else:
+            new_state = (torch.stack(h_new), torch.stack(c_new))
+        return self.logits(out), new_state
+
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+
+#: ``div_value`` of the adaptive softmax: each tail cluster's projection is this many
+#: times narrower than the one before (torch's default).
+ADAPTIVE_DIV_VALUE = 4.0
+#: The shares of the text the adaptive softmax's shortlist and first tail cluster cover
+#: (:func:`default_cutoffs`).
+CUTOFF_COVERAGE = (0.93, 0.999)
+
+
+def default_cutoffs(counts: Sequence[int] | torch.Tensor | int) -> list[int]:
+    """Cutoffs for the adaptive softmax: the numbers of most frequent characters that
+    cover 93 % and 99.9 % of the text, rounded up to two significant digits, below V
+    (the second only where it leaves more than one character to the last cluster).
+
+    ``counts`` (V,) is how often each character occurs (in any order), or just V, which
+    assumes Zipf's law (the r-th most frequent character ``1 / r`` as often as the first).
+    A vocabulary of fewer than two characters has nothing to split and is refused.
+    """
+    if isinstance(counts, int):
+        counts = 1.0 / torch.arange(1, counts + 1, dtype=torch.float64)
+    counts = torch.as_tensor(counts, dtype=torch.float64).flatten()
+    vocab_size = len(counts)
+    if vocab_size < 2:
+        raise CharLSTMError(
+            f"the adaptive softmax needs at least 2 characters, not {vocab_size} "
+            "(use the full softmax)"
+        )
+    share = torch.sort(counts, descending=True).values.cumsum(0)
+    share = share / share[-1].clamp_min(1e-300)
+    cutoffs: list[int] = []
+    for coverage in CUTOFF_COVERAGE:
+        size = int(torch.searchsorted(share, torch.tensor([coverage], dtype=share.dtype))) + 1
+        unit = 10 ** max(0, len(str(size)) - 2)
+        size = -(-size // unit) * unit
+        if cutoffs and size >= vocab_size - 1:
+            break  # a last cluster of one character or none
+        cutoffs.append(min(size, vocab_size - 1))
+    return cutoffs
 
 
 def build_model(config: ModelConfig) -> CharLSTM:

@@ -23,7 +23,7 @@ import torch
 from charlstm.api import load_model
 from charlstm.corpus import read_text, split_point
 from charlstm.errors import CharLSTMError
-from charlstm.evaluate import score_adaptive
+from charlstm.evaluate import score_heldout
 from charlstm.ngram import KneserNeyLM
 
 
@@ -51,7 +51,7 @@ def main() -> int:
         text = read_text(args.corpus, newlines=config.data_config.newlines)
         indices = model.vocab.encode(text)
         cut = split_point(len(text), config.train_config.val_fraction)
-        lstm = score_adaptive(model.model, indices[cut:], indices[max(0, cut - 256) : cut])
+        lstm = score_heldout(model.model, indices[:cut], indices[cut:])
         ngram = KneserNeyLM(args.order).fit(text[:cut], model.vocab)
     except CharLSTMError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -21,7 +21,7 @@ from pathlib import Path
 from charlstm.api import load_model
 from charlstm.corpus import read_text, split_point
 from charlstm.errors import CharLSTMError
-from charlstm.evaluate import CacheConfig, DynamicConfig, score, score_adaptive, score_split
+from charlstm.evaluate import CacheConfig, DynamicConfig, score, score_heldout
 from charlstm.ngram import evaluate_ngram
 from charlstm.pipeline import prepare_training
 from charlstm.runs import read_metrics
@@ -72,17 +72,17 @@ def main() -> int:
         text = read_text(args.corpus, newlines=model.checkpoint.data_config.newlines)
         indices = model.vocab.encode(text)
         cut = split_point(len(text), model.checkpoint.train_config.val_fraction)
-        targets, context = indices[cut:], indices[max(0, cut - 256) : cut]
+        history, heldout = indices[:cut], indices[cut:]
         mixture = model.mixture  # the run's interpolated n-gram (--ngram-mix), if any
         name = "LSTM" if mixture is None else f"LSTM + {mixture.order}-gram"
         rows = []
         t0 = time.perf_counter()
-        plain = score_split(model.model, indices, cut, mixture=mixture)
+        plain = score_heldout(model.model, history, heldout, mixture)
         rows.append((name, plain, time.perf_counter() - t0))
         alone = plain
         if mixture is not None:
             t0 = time.perf_counter()
-            alone = score_split(model.model, indices, cut)
+            alone = score_heldout(model.model, history, heldout)
             rows.append(("LSTM alone (--lstm-only)", alone, time.perf_counter() - t0))
         # The LSTM on the text it trained on (dropout off): the memorisation gap.
         on_training = score(model.model, indices[1:cut], indices[:1])
@@ -93,7 +93,7 @@ def main() -> int:
             (" + cache + dynamic eval", {"cache": cache, "dynamic": dynamic}),
         ):
             t0 = time.perf_counter()
-            result = score_adaptive(model.model, targets, context, mixture=mixture, **options)
+            result = score_heldout(model.model, history, heldout, mixture, **options)
             rows.append((name + suffix, result, time.perf_counter() - t0))
         # The yardstick (D = 0.75, the reference setup) and the same n-gram with its
         # discount chosen by cross-fitting on the training part (a stronger baseline).
@@ -157,7 +157,7 @@ def main() -> int:
         f"{minutes:.1f} min ({where}); best epoch {best['epoch']} "
         f"(running training perplexity there, dropout on: {best['train_ppl']:.2f}). "
         "Held-out: the last "
-        f"{len(targets):,} characters, vocabulary of the whole file ({len(model.vocab):,}).",
+        f"{len(heldout):,} characters, vocabulary of the whole file ({len(model.vocab):,}).",
         "",
         "| model | held-out loss (nats/char) | bits/char | held-out perplexity | scoring time |",
         "|---|---|---|---|---|",

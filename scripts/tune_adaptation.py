@@ -21,7 +21,7 @@ import time
 from charlstm.api import load_model
 from charlstm.corpus import split_point
 from charlstm.errors import CharLSTMError
-from charlstm.evaluate import CacheConfig, DynamicConfig, score_adaptive
+from charlstm.evaluate import CacheConfig, DynamicConfig, score_heldout
 from charlstm.pipeline import load_corpus
 
 
@@ -40,11 +40,11 @@ def main() -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     cut = split_point(len(corpus), model.checkpoint.train_config.val_fraction)
-    targets, context = corpus.indices[cut:], corpus.indices[max(0, cut - 256) : cut]
+    history, heldout = corpus.indices[:cut], corpus.indices[cut:]
 
     def run(**options: object) -> float:
         start = time.perf_counter()
-        result = score_adaptive(model.model, targets, context, **options)
+        result = score_heldout(model.model, history, heldout, **options)
         print(
             f"  {options or 'plain'}: perplexity {result.perplexity:.2f} "
             f"({time.perf_counter() - start:.1f} s)",
@@ -52,7 +52,7 @@ def main() -> int:
         )
         return result.perplexity
 
-    print(f"{args.run}: tuning on {len(targets):,} held-out characters")
+    print(f"{args.run}: tuning on {len(heldout):,} held-out characters")
     run()
     caches = [
         CacheConfig(int(w), float(f), float(m))

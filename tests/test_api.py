@@ -72,7 +72,7 @@ def test_generate_many_is_one_call_for_every_prefix_and_sample(model: LanguageMo
     config = SamplingConfig(temperature=0.5)
     assert model.generate_many(["a", "bc"], 12, 3, config, seed=4) == texts
     # keywords override the config
-    greedy = model.generate_many(["a"], 5, sampling=config, greedy=True)
+    greedy = model.generate_many(["a"], 5, sampling=config, temperature=1.0, greedy=True)
     assert greedy == [["aaaaa"]]
     with pytest.raises(TypeError):
         model.generate_many(["a"], 5, temprature=0.5)
@@ -120,3 +120,18 @@ def test_read_prefix_file(tmp_path: Path):
     (tmp_path / "latin1.txt").write_bytes("caf\xe9\n".encode("latin-1"))
     with pytest.raises(CharLSTMError, match="not UTF-8"):
         read_prefix_file(tmp_path / "latin1.txt")
+
+
+@pytest.mark.parametrize(
+    ("controls", "message"),
+    [
+        ({"greedy": True, "temperature": 0.5}, "--greedy always takes the likeliest"),
+        ({"greedy": True, "top_p": 0.9}, "--greedy always takes the likeliest"),
+        ({"penalty_window": 8}, "--penalty-window is a setting of --repetition-penalty"),
+    ],
+)
+def test_the_api_refuses_what_the_cli_refuses(model: LanguageModel, controls, message):
+    """One rule in SamplingConfig.validate: settings that cannot act are refused here too."""
+    with pytest.raises(CharLSTMError, match="^[^\n]*$") as err:
+        model.generate("a", 5, **controls)
+    assert message in str(err.value)

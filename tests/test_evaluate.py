@@ -8,9 +8,17 @@ import re
 import pytest
 import torch
 
+from charlstm.adaptation import StreamCache
 from charlstm.config import ModelConfig
 from charlstm.errors import CharLSTMError
-from charlstm.evaluate import CacheConfig, DynamicConfig, StreamCache, score, score_adaptive
+from charlstm.evaluate import (
+    CacheConfig,
+    DynamicConfig,
+    score,
+    score_adaptive,
+    score_heldout,
+    score_split,
+)
 from charlstm.model import build_model
 
 V = 30
@@ -164,3 +172,37 @@ def test_adaptation_on_cuda_equals_cpu(backend):
     expected = score_adaptive(cpu, targets, context, **options)
     got = score_adaptive(gpu, targets, context, **options)
     torch.testing.assert_close(got.per_char.cpu(), expected.per_char, rtol=1e-5, atol=1e-5)
+
+
+def test_score_adaptive_honours_its_segment_and_refuses_one_dynamic_contradicts(model):
+    targets, context = torch.randint(0, V, (120,)), torch.randint(0, V, (5,))
+    cache = CacheConfig(window=40, flatness=2.0)
+    whole = score_adaptive(model, targets, context, cache=cache)
+    short = score_adaptive(model, targets, context, cache=cache, segment=7)  # only speed differs
+    torch.testing.assert_close(short.per_char, whole.per_char, rtol=1e-5, atol=1e-6)
+    dynamic = DynamicConfig(lr=0.5, segment=10)
+    same = score_adaptive(model, targets, context, dynamic=dynamic, segment=10)
+    assert same.loss == score_adaptive(model, targets, context, dynamic=dynamic).loss
+    with pytest.raises(CharLSTMError, match=r"dynamic\.segment \(10\), not 7"):
+        score_adaptive(model, targets, context, dynamic=dynamic, segment=7)
+    with pytest.raises(CharLSTMError, match="segment must be positive"):
+        score_adaptive(model, targets, context, segment=0)
+
+
+def test_score_heldout_warms_on_the_last_256_training_characters(model):
+    indices = torch.randint(0, V, (900,))
+    cut = 600
+    held = score_heldout(model, indices[:cut], indices[cut:])
+    assert held.chars == 300
+    direct = score(model, indices[cut:], indices[cut - 256 : cut])
+    assert held.loss == direct.loss
+    assert score_split(model, indices, cut).loss == held.loss
+    first = score_heldout(model, indices[:cut], indices[cut:], max_chars=50)
+    assert first.chars == 50
+    assert first.loss == score(model, indices[cut : cut + 50], indices[cut - 256 : cut]).loss
+    alone = score_heldout(model, indices[:0], indices)  # no training part: after its first
+    assert alone.chars == 899 and alone.loss == score(model, indices[1:], indices[:1]).loss
+    cache = CacheConfig()
+    adaptive = score_heldout(model, indices[:cut], indices[cut:], cache=cache)
+    expected = score_adaptive(model, indices[cut:], indices[cut - 256 : cut], cache=cache)
+    assert adaptive.loss == expected.loss

@@ -13,15 +13,9 @@ from charlstm.config import ModelConfig
 from charlstm.corpus import Vocab
 from charlstm.errors import CharLSTMError
 from charlstm.evaluate import CacheConfig, DynamicConfig, score_adaptive
+from charlstm.generation import open_streams
 from charlstm.model import CharLSTM, build_model
-from charlstm.sampling import (
-    AdaptiveStreams,
-    SamplingConfig,
-    Stepper,
-    draw,
-    generate,
-    parse_char,
-)
+from charlstm.sampling import SamplingConfig, draw, generate, parse_char
 
 LYRICS = "我们说好不分开\n分开以后的雨天\n窗外的风吹过\n你说的话还在耳边\n"
 
@@ -114,7 +108,7 @@ def test_draw_never_picks_a_zero_probability_entry():
 @pytest.mark.parametrize(
     ("penalty", "window", "expected"),
     [
-        (1.0, 3, "aaaaaaaa"),
+        (1.0, 32, "aaaaaaaa"),  # off (a window alone is refused: nothing to apply it to)
         (100.0, 3, "abcdabcd"),  # every character seen in the last 3 is out of the running
         (100.0, 1, "abababab"),
         (1.3, 1, "aaaaaaaa"),  # 0.4 / 1.3 = 0.308 still beats b's 0.3
@@ -196,12 +190,15 @@ def test_one_step_path_equals_the_model_forward(options, fold):
     x = torch.randint(0, len(vocab), (9, 3))  # (T, N)
     with torch.no_grad():
         expected, (h, c) = model(x)
-        step = Stepper(model, fold=fold)
-        state = Stepper.split(model.init_state(3))
-        logits = torch.stack([step(x[t], state) for t in range(9)])
-    torch.testing.assert_close(logits, expected, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(state[-1][0], h[-1], rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(state[-1][1], c[-1], rtol=1e-5, atol=1e-5)
+        table = model.step_table() if fold else None
+        state = model.init_state(3)
+        logits = []
+        for t in range(9):
+            step_logits, state = model.step(x[t], state, table)
+            logits.append(step_logits)
+    torch.testing.assert_close(torch.stack(logits), expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(state[0], h, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(state[1], c, rtol=1e-5, atol=1e-5)
 
 
 def test_generate_restores_training_mode():
@@ -293,7 +290,7 @@ def test_adaptive_streams_predict_what_score_adaptive_scores(options):
     model, vocab = random_model()
     text = LYRICS * 2
     starts = [1, 4, 12]  # prefix lengths: segments of 5 end inside and after the prefixes
-    streams = AdaptiveStreams(model, len(starts), **options)
+    streams = open_streams(model, len(starts), **options)
     encoded = vocab.encode(text)
     nll = [[] for _ in starts]
     with torch.no_grad():

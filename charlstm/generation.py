@@ -1,0 +1,251 @@
+"""Writing text: warm the state on a prefix, then feed back one character at a time.
+
+The distribution each step draws from is the model's; for a run trained with
+``--ngram-mix``, the LSTM interpolated with its n-gram (:mod:`charlstm.mixture`); with
+``cache`` / ``dynamic``, from weights that have learnt from this sequence's text so far
+(dynamic evaluation), and mixed with the continuous cache of that text
+(:mod:`charlstm.adaptation`). ``log p`` then takes the place of the logits in the decoding
+rules (:mod:`charlstm.decoding`). At temperature 1 without filters, a character is drawn
+from exactly the distribution ``charlstm eval`` (with the same options) scores.
+
+A sequence ends after ``length`` characters, or earlier with (and including) the first
+``stop_at`` character it generates, or its ``lines``-th newline, whichever comes first.
+
+All samples of all prefixes advance together as one batch of ``N = P * S`` rows (P
+prefixes, S samples each). Prefixes are read in one pass per prefix length; the steps after
+that are :meth:`CharLSTM.step <charlstm.model.CharLSTM.step>` for all rows at once, and the
+chosen indices stay in tensors until the end: nothing per character goes through Python
+lists unless a streaming callback asks for the characters. With dynamic evaluation every
+row has weights of its own, so each step loops over the rows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+
+from charlstm.adaptation import (
+    AdaptiveStreams,
+    CacheConfig,
+    DynamicConfig,
+    LearningStreams,
+    Streams,
+)
+from charlstm.config import check_seed, non_negative, positive
+from charlstm.corpus import Vocab, show_chars
+from charlstm.decoding import RepetitionPenalty, SamplingConfig, next_chars
+from charlstm.errors import CharLSTMError
+from charlstm.mixture import NgramMixture
+from charlstm.model import CharLSTM
+
+
+class ModelStreams:
+    """N sequences read by the model as it is: each prefix in one pass, then one
+    :meth:`~charlstm.model.CharLSTM.step` per character for all rows at once.
+
+    With ``fold`` the steps use the model's :meth:`~charlstm.model.CharLSTM.step_table`
+    (built once, after the prefixes): worth it when the run computes at least V rows.
+    """
+
+    def __init__(self, model: CharLSTM, batch: int, fold: bool = False) -> None:
+        self.model = model
+        self.device = model.device
+        self.fold = fold
+        self.state = model.init_state(batch)  # (L, N, H) each
+        self.table: torch.Tensor | None = None
+
+    def read(self, rows: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h, c = self.state[0][:, rows], self.state[1][:, rows]
+        features, (h, c) = self.model.features(x, (h, c))  # (T, R, H)
+        self.state[0][:, rows], self.state[1][:, rows] = h, c
+        return features, self.model.logits(features[-1])
+
+    def step(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.fold and self.table is None:
+            self.table = self.model.step_table()  # (V, 4H)
+        logits, self.state = self.model.step(x, self.state, self.table)
+        return self.state[0][-1], logits
+
+
+def open_streams(
+    model: CharLSTM,
+    batch: int,
+    cache: CacheConfig | None = None,
+    dynamic: DynamicConfig | None = None,
+    mixture: NgramMixture | None = None,
+    fold: bool = False,
+) -> ModelStreams | AdaptiveStreams:
+    """The streams that give each row's next-character distribution: the model's own
+    (logits), or with ``cache`` / ``dynamic`` / ``mixture`` the adapted one (log-probs)."""
+    if cache is None and dynamic is None and mixture is None:
+        return ModelStreams(model, batch, fold)
+    streams: Streams = ModelStreams(model, batch, fold)
+    if dynamic is not None:
+        streams = LearningStreams(model, batch, dynamic)
+    return AdaptiveStreams(streams, model, batch, cache, mixture)
+
+
+def check_request(length: int, num_samples: int, seed: int | None) -> None:
+    """How much to generate, and from which seed: errors before any work is done."""
+    non_negative("--length", length)
+    positive("--num-samples", num_samples)
+    if seed is not None:
+        check_seed(seed)
+
+
+def check_stop(vocab: Vocab, stop_at: str | None, lines: int | None) -> None:
+    if stop_at is not None:
+        if len(stop_at) != 1:
+            raise CharLSTMError(f"--stop-at takes one character, not {stop_at!r}")
+        if stop_at not in vocab:
+            raise CharLSTMError(
+                f"--stop-at {stop_at!r} is not in the model's vocabulary, so it never appears"
+            )
+    if lines is not None:
+        positive("--lines", lines)
+        if "\n" not in vocab:
+            raise CharLSTMError(
+                "--lines needs newlines, but this model's vocabulary has none "
+                "(it was trained with --newlines space)"
+            )
+
+
+def generate(
+    model: CharLSTM,
+    vocab: Vocab,
+    prefixes: Sequence[str],
+    length: int = 100,
+    config: SamplingConfig | None = None,
+    num_samples: int = 1,
+    seed: int | None = None,
+    on_step: Callable[[list[str]], None] | None = None,
+    stop_at: str | None = None,
+    lines: int | None = None,
+    *,
+    cache: CacheConfig | None = None,
+    dynamic: DynamicConfig | None = None,
+    mixture: NgramMixture | None = None,
+) -> list[list[str]]:
+    """Continue each prefix ``num_samples`` times by up to ``length`` characters.
+
+    Returns ``texts[p][s]``: the continuation (without the prefix) of prefix ``p``, sample
+    ``s``. All ``P * S`` sequences run as one batch, row ``p * S + s``. ``seed`` seeds a
+    generator of its own (``None``: torch's global one); the same seed gives the same text
+    for the same prefixes, settings, backend and device. ``on_step`` receives, at each step,
+    one string per row: the character chosen, or ``""`` for a row that has already ended.
+    ``cache`` / ``dynamic`` adapt each row to its own text as it is written (see the module
+    docstring); ``model`` itself is never changed. ``mixture`` interpolates the LSTM with
+    the run's n-gram (:mod:`charlstm.mixture`) before anything else.
+    """
+    config = (config or SamplingConfig()).validate(len(vocab))
+    cache = cache.validate() if cache is not None else None
+    dynamic = dynamic.validate() if dynamic is not None else None
+    check_request(length, num_samples, seed)
+    if not prefixes or any(p == "" for p in prefixes):
+        raise CharLSTMError("the prefix is empty; give at least one character with --prefix")
+    unknown = list(dict.fromkeys(ch for p in prefixes for ch in vocab.missing(p)))
+    if unknown:
+        raise CharLSTMError(
+            f"prefix has characters not in the model's vocabulary: {show_chars(unknown)}"
+        )
+    check_stop(vocab, stop_at, lines)
+    was_training = model.training
+    model.eval()
+    batch = len(prefixes) * num_samples
+    fold = batch * length >= len(vocab)  # the fold pays for itself (see CharLSTM.step_table)
+    # Dynamic evaluation needs gradients; otherwise nothing here does.
+    with torch.no_grad() if dynamic is not None else torch.inference_mode():
+        try:
+            streams = open_streams(model, batch, cache, dynamic, mixture, fold)
+            rows = _run(
+                streams, vocab, prefixes, length, config, num_samples, seed, on_step, stop_at, lines
+            )
+        finally:
+            model.train(was_training)
+    texts = [vocab.decode(row) for row in rows]
+    return [texts[p * num_samples : (p + 1) * num_samples] for p in range(len(prefixes))]
+
+
+def _run(
+    streams: ModelStreams | AdaptiveStreams,
+    vocab: Vocab,
+    prefixes: Sequence[str],
+    length: int,
+    config: SamplingConfig,
+    num_samples: int,
+    seed: int | None,
+    on_step: Callable[[list[str]], None] | None,
+    stop_at: str | None,
+    lines: int | None,
+) -> list[list[int]]:
+    """The generation loop; returns the generated indices of every row."""
+    device = streams.device
+    generator = None
+    if seed is not None:
+        generator = torch.Generator(device=device).manual_seed(seed)
+    batch = len(prefixes) * num_samples
+    if length == 0:
+        return [[] for _ in range(batch)]
+    sequences = [p for p in prefixes for _ in range(num_samples)]
+    penalty = (
+        RepetitionPenalty(config, batch, len(vocab), device)
+        if config.repetition_penalty != 1.0
+        else None
+    )
+
+    def choose(logits: torch.Tensor) -> torch.Tensor:
+        if penalty is not None:
+            logits = penalty(logits)
+        return next_chars(logits, config, generator)
+
+    # Read each prefix in one pass; prefixes of different lengths are run one group each.
+    last = torch.empty(batch, dtype=torch.long, device=device)
+    for group_length in sorted({len(p) for p in prefixes}):
+        rows = [i for i, p in enumerate(sequences) if len(p) == group_length]
+        x = torch.stack([vocab.encode(sequences[i]) for i in rows], dim=1).to(device)  # (T, N')
+        index = torch.tensor(rows, device=device)
+        _, logits = streams.read(index, x)
+        last[index] = next_chars(logits, config, generator)  # nothing to penalise yet
+
+    out = torch.empty((batch, length), dtype=torch.long, device=device)  # (N, length)
+    stopping = stop_at is not None or lines is not None
+    if stopping:
+        stop_index = vocab.char_to_idx[stop_at] if stop_at is not None else -1
+        newline = vocab.char_to_idx["\n"] if lines is not None else -1
+        newlines = torch.zeros(batch, dtype=torch.long, device=device)
+        done = torch.zeros(batch, dtype=torch.bool, device=device)
+        ends = torch.full((batch,), length, dtype=torch.long, device=device)
+    chars = vocab.idx_to_char
+    steps = length
+    for t in range(length):
+        out[:, t] = last
+        if on_step is not None:
+            if stopping:
+                on_step(
+                    [
+                        "" if ended else chars[i]
+                        for i, ended in zip(last.tolist(), done.tolist(), strict=True)
+                    ]
+                )
+            else:
+                on_step([chars[i] for i in last.tolist()])
+        if stopping:
+            hit = last == stop_index
+            if lines is not None:
+                newlines += last == newline
+                hit |= newlines >= lines
+            ends = torch.where(hit & ~done, t + 1, ends)
+            done |= hit
+            if bool(done.all()):
+                steps = t + 1
+                break
+        if t == length - 1:
+            break
+        if penalty is not None:
+            penalty.push(last)
+        last = choose(streams.step(last)[1])
+    rows = out[:, :steps].tolist()
+    if stopping:
+        return [row[:end] for row, end in zip(rows, ends.tolist(), strict=True)]
+    return rows

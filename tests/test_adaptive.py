@@ -1,0 +1,274 @@
+"""The adaptive softmax (``softmax="adaptive"``): a whole distribution, its loss, one step,
+and everything that reads a distribution (generation, scoring, the cache, dynamic
+evaluation, the n-gram mixture, conversion, saving and loading)."""
+
+from __future__ import annotations
+
+import io
+import math
+from collections import Counter
+
+import pytest
+import torch
+
+from charlstm import checkpoint as ckpt
+from charlstm.adaptation import DynamicEvaluation, read_log_probs
+from charlstm.api import load_model
+from charlstm.config import DataConfig, ModelConfig, TrainConfig
+from charlstm.corpus import Vocab
+from charlstm.errors import CharLSTMError
+from charlstm.evaluate import CacheConfig, DynamicConfig, score, score_adaptive, score_heldout
+from charlstm.generation import open_streams
+from charlstm.mixture import NgramMixture
+from charlstm.model import CharLSTM, build_model, convert_state_dict, default_cutoffs
+from charlstm.sampling import SamplingConfig, generate
+
+TEXT = "我们说好不分开\n分开以后的雨天\n窗外的风吹过\n你说的话还在耳边\n不分开的夜晚\n" * 4
+VOCAB = Vocab.from_text(TEXT)
+COUNTS = Counter(TEXT)
+
+
+def adaptive_model(backend: str = "scratch", **options) -> CharLSTM:
+    """A random adaptive-softmax model with two tail clusters and the corpus's class order."""
+    torch.manual_seed(0)
+    config = ModelConfig(
+        vocab_size=len(VOCAB),
+        hidden_size=16,
+        dropout=0.0,
+        backend=backend,
+        softmax="adaptive",
+        cutoffs=[4, 12],
+        **options,
+    )
+    model = build_model(config)
+    model.set_class_order([COUNTS[ch] for ch in VOCAB.idx_to_char])
+    return model.eval()
+
+
+BACKENDS = [
+    pytest.param({"backend": "scratch"}, id="scratch"),
+    pytest.param({"backend": "torch", "num_layers": 2}, id="torch-2-layers"),
+    pytest.param({"backend": "scratch", "peephole": True}, id="peephole"),
+]
+
+
+@pytest.mark.parametrize("options", BACKENDS)
+def test_the_distribution_sums_to_one_and_its_log_prob_of_the_targets_is_the_nll(options):
+    model = adaptive_model(**options)
+    x = torch.randint(0, len(VOCAB), (7, 3))  # (T, N)
+    y = torch.randint(0, len(VOCAB), (7, 3))
+    with torch.no_grad():
+        log_p, state = model.log_probs(x)  # (T, N, V)
+        per_target, nll_state = model.nll(x, y, reduction="none")  # (T * N,)
+        mean, _ = model.nll(x, y)
+        logits, _ = model(x)
+    torch.testing.assert_close(log_p.exp().sum(-1), torch.ones(7, 3))
+    torch.testing.assert_close(per_target, -log_p.gather(2, y[..., None]).flatten())
+    torch.testing.assert_close(mean, per_target.mean())
+    torch.testing.assert_close(logits, log_p)  # its logits are its log-probabilities
+    # cross-entropy on the logits is the loss, as it is for the full softmax
+    ce = torch.nn.functional.cross_entropy(logits.flatten(0, 1), y.flatten())
+    torch.testing.assert_close(ce, mean)
+    torch.testing.assert_close(nll_state[0], state[0])
+
+
+def test_the_class_order_maps_vocabulary_indices_to_frequency_ranks():
+    model = adaptive_model()
+    frequent = VOCAB.char_to_idx[COUNTS.most_common(1)[0][0]]
+    assert int(model.head_order[frequent]) == 0
+    assert sorted(model.head_order.tolist()) == list(range(len(VOCAB)))
+    features = torch.randn(5, 16)
+    ranked = model.head.log_prob(features)  # (5, V) by rank
+    torch.testing.assert_close(model.logits(features)[:, frequent], ranked[:, 0])
+    fresh = build_model(model.config)
+    assert fresh.head_order.tolist() == list(range(len(VOCAB)))  # identity by default
+    with pytest.raises(CharLSTMError, match="one count per character"):
+        model.set_class_order([1, 2, 3])
+    full = build_model(ModelConfig(vocab_size=len(VOCAB), hidden_size=8))
+    with pytest.raises(CharLSTMError, match="adaptive softmax"):
+        full.set_class_order([1] * len(VOCAB))
+    assert "head_order" not in full.state_dict()  # full-softmax checkpoints are unchanged
+
+
+@pytest.mark.parametrize(
+    ("counts", "expected"),
+    [
+        (9700, [4900]),  # Zipf's law: 99.9 % needs all but a handful
+        (65, [47]),
+        (2, [1]),
+        ([1000] * 10 + [1] * 90, [10, 90]),  # 10 hold 99.1 %; 80 more reach 99.9 %
+        ([5, 1, 1, 1], [3]),
+    ],
+)
+def test_default_cutoffs_cover_93_and_99_9_percent_of_the_text(counts, expected):
+    cutoffs = default_cutoffs(counts)
+    assert cutoffs == expected
+    size = counts if isinstance(counts, int) else len(counts)
+    ModelConfig(vocab_size=size, softmax="adaptive", cutoffs=cutoffs).validate()
+
+
+def test_default_cutoffs_refuse_a_single_character():
+    with pytest.raises(CharLSTMError, match="at least 2 characters"):
+        default_cutoffs([7])
+
+
+def test_a_config_without_cutoffs_builds_the_default_for_its_vocabulary():
+    model = build_model(ModelConfig(vocab_size=65, hidden_size=8, softmax="adaptive"))
+    assert model.head.cutoffs == [47, 65]
+
+
+@pytest.mark.parametrize("options", BACKENDS)
+@pytest.mark.parametrize("fold", [False, True])
+def test_one_step_at_a_time_equals_the_whole_sequence(options, fold):
+    model = adaptive_model(**options)
+    x = torch.randint(0, len(VOCAB), (9, 3))
+    with torch.no_grad():
+        expected, (h, c) = model.log_probs(x)
+        table = model.step_table() if fold else None
+        state = model.init_state(3)
+        steps = []
+        for t in range(9):
+            logits, state = model.step(x[t], state, table)
+            steps.append(logits)
+    torch.testing.assert_close(torch.stack(steps), expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(state[0], h, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(state[1], c, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        SamplingConfig(),
+        SamplingConfig(temperature=0.8, top_k=5, top_p=0.9, repetition_penalty=1.5),
+        SamplingConfig(greedy=True, repetition_penalty=2.0, penalty_window=4),
+    ],
+)
+def test_generation_runs_every_control_and_repeats_with_a_seed(config):
+    model = adaptive_model()
+    first = generate(model, VOCAB, ["分开", "我"], 30, config, num_samples=2, seed=3)
+    assert first == generate(model, VOCAB, ["分开", "我"], 30, config, num_samples=2, seed=3)
+    assert all(len(text) == 30 and not VOCAB.missing(text) for row in first for text in row)
+
+
+def test_greedy_text_is_the_arg_max_of_the_whole_sequence_pass():
+    model = adaptive_model(backend="torch")
+    text = "分开" + generate(model, VOCAB, ["分开"], 15, SamplingConfig(greedy=True))[0][0]
+    with torch.no_grad():
+        log_p, _ = model.log_probs(VOCAB.encode(text[:-1]).view(-1, 1))
+    assert VOCAB.decode(log_p[1:, 0].argmax(-1)) == text[2:]
+
+
+def test_top_k_keeps_the_k_likeliest_of_the_adaptive_distribution():
+    model = adaptive_model()
+    with torch.no_grad():
+        log_p, _ = model.log_probs(VOCAB.encode("分").view(1, 1))
+    allowed = {VOCAB.idx_to_char[i] for i in log_p[0, 0].topk(3).indices.tolist()}
+    texts = generate(model, VOCAB, ["分"], 1, SamplingConfig(top_k=3), num_samples=300, seed=0)
+    assert set(texts[0]) == allowed
+
+
+def test_scores_are_the_log_probs_of_each_character():
+    model = adaptive_model()
+    indices = VOCAB.encode(TEXT)
+    result = score(model, indices[1:], indices[:1], columns=1)  # one pass: one state
+    with torch.no_grad():
+        log_p, _ = model.log_probs(indices[:-1].view(-1, 1))
+    direct = -log_p[:, 0].gather(1, indices[1:, None])[:, 0]
+    torch.testing.assert_close(result.per_char.float(), direct, rtol=1e-5, atol=1e-5)
+    held = score_heldout(model, indices[:100], indices[100:])
+    assert held.chars == len(indices) - 100 and math.isfinite(held.loss)
+    alone = score_adaptive(model, indices[1:], indices[:1])
+    assert alone.loss == pytest.approx(result.loss, rel=1e-5)
+
+
+def test_the_cache_and_dynamic_evaluation_score_and_write_with_the_adaptive_head():
+    model = adaptive_model()
+    indices = VOCAB.encode(TEXT)
+    plain = score(model, indices[1:], indices[:1]).loss
+    cache, dynamic = CacheConfig(window=50, flatness=3.0), DynamicConfig(lr=0.5, segment=20)
+    both = score_adaptive(model, indices[1:], indices[:1], cache, dynamic)
+    assert math.isfinite(both.loss) and both.loss != pytest.approx(plain)
+    frozen = score_adaptive(model, indices[1:], indices[:1], dynamic=DynamicConfig(lr=0.0))
+    assert frozen.loss == pytest.approx(plain, rel=1e-5)
+    texts = generate(model, VOCAB, ["分开"], 30, None, 2, seed=1, cache=cache, dynamic=dynamic)
+    assert all(len(text) == 30 for text in texts[0])
+
+
+def test_dynamic_evaluation_learns_through_the_adaptive_head():
+    model = adaptive_model()
+    learner = DynamicEvaluation(model, DynamicConfig(lr=0.5))
+    x = VOCAB.encode(TEXT[:30])
+    _, log_p, _ = read_log_probs(learner.model, x[:-1], learner.model.init_state(1))
+    learner.learn(torch.nn.functional.nll_loss(log_p, x[1:]))
+    for name in ("head.head.weight", "head.tail.0.1.weight"):
+        before, after = model.state_dict()[name], learner.model.state_dict()[name]
+        assert not torch.equal(before, after), name
+
+
+def test_adaptive_streams_predict_what_score_adaptive_scores():
+    model = adaptive_model()
+    options = {"cache": CacheConfig(window=12, flatness=3.0, mix=0.5)}
+    encoded = VOCAB.encode(TEXT)
+    streams = open_streams(model, 1, **options)
+    nll = []
+    with torch.no_grad():
+        _, log_p = streams.read(torch.tensor([0]), encoded[:4, None])
+        nll.append(-log_p[0, encoded[4]])
+        for step in range(20):
+            _, log_p = streams.step(encoded[4 + step : 5 + step])
+            nll.append(-log_p[0, encoded[5 + step]])
+    scored = score_adaptive(model, encoded[1:25], encoded[:1], **options)
+    torch.testing.assert_close(torch.stack(nll), scored.per_char[3:], rtol=1e-5, atol=1e-5)
+
+
+def test_the_ngram_mixture_mixes_the_adaptive_distribution():
+    model = adaptive_model()
+    mixture = NgramMixture(TEXT, VOCAB, order=3, weight=0.3)
+    indices = VOCAB.encode(TEXT)
+    mixed = score(model, indices[1:], indices[:1], mixture=mixture)
+    alone = score(model, indices[1:], indices[:1])
+    log_q = mixture.target_log_probs(indices[1:], indices[:1])
+    expected = -torch.logaddexp(-alone.per_char + math.log(0.7), log_q + math.log(0.3))
+    torch.testing.assert_close(mixed.per_char, expected)
+    texts = generate(model, VOCAB, ["分开"], 20, SamplingConfig(top_p=0.9), seed=2, mixture=mixture)
+    assert len(texts[0][0]) == 20
+
+
+@pytest.mark.parametrize("source", ["scratch", "torch"])
+def test_convert_keeps_the_head_and_the_outputs(source):
+    model = adaptive_model(backend=source)
+    target = "torch" if source == "scratch" else "scratch"
+    weights = convert_state_dict(model.state_dict(), model.config, target)
+    other = build_model(ModelConfig(**{**model.config.__dict__, "backend": target}))
+    other.load_state_dict(weights)
+    other.eval()
+    x = torch.randint(0, len(VOCAB), (8, 2))
+    with torch.no_grad():
+        torch.testing.assert_close(other.log_probs(x)[0], model.log_probs(x)[0])
+    assert torch.equal(other.head_order, model.head_order)
+
+
+def test_the_class_order_survives_a_state_dict_and_a_checkpoint(tmp_path):
+    model = adaptive_model()
+    buffer = io.BytesIO()
+    torch.save(model.state_dict(), buffer)
+    buffer.seek(0)
+    fresh = build_model(model.config)
+    fresh.load_state_dict(torch.load(buffer, weights_only=True))
+    assert torch.equal(fresh.head_order, model.head_order)
+    checkpoint = ckpt.Checkpoint(
+        model_config=model.config,
+        vocab=VOCAB,
+        model=model.state_dict(),
+        train_config=TrainConfig(epochs=1),
+        data_config=DataConfig("corpus.txt"),
+        epoch=1,
+    )
+    loaded = load_model(ckpt.save(checkpoint, tmp_path / "best.pt"))
+    assert torch.equal(loaded.model.head_order, model.head_order)
+    x = VOCAB.encode("我们说好").view(-1, 1)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.model.log_probs(x)[0], model.log_probs(x)[0])
+    assert loaded.perplexity("我们说好不分开") == pytest.approx(
+        math.exp(score(model, VOCAB.encode("们说好不分开"), VOCAB.encode("我")).loss)
+    )
