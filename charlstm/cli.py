@@ -17,6 +17,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 
 from charlstm import checkpoint as ckpt
+from charlstm import safe_io
 from charlstm.config import positive
 from charlstm.errors import CharLSTMError
 from charlstm.evaluate import CacheConfig, DynamicConfig
@@ -812,10 +813,7 @@ def generate(
     if out is None:
         typer.echo(body, nl=False)
         return
-    try:
-        out.write_text(body, encoding="utf-8")
-    except OSError as err:
-        raise CharLSTMError(f"cannot write {out}: {err.strerror}") from err
+    safe_io.write_atomic(out, body)  # a full disk: one line, and no half-written file
     typer.echo(f"wrote {len(prefixes) * num_samples} samples to {out}", err=True)
 
 

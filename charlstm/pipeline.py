@@ -7,7 +7,6 @@ and data order; only the settings in :data:`RESUME_OVERRIDABLE` may change.
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
@@ -120,9 +119,7 @@ def _write_run_files(trainer: Trainer, resumed_from: Path | None) -> None:
             "machine": machine(trainer.device),
         },
     )
-    (trainer.run_dir / "vocab.json").write_text(
-        json.dumps(corpus.vocab.to_list(), ensure_ascii=False) + "\n", encoding="utf-8"
-    )
+    runs.write_vocab(trainer.run_dir, corpus.vocab.to_list())
 
 
 def prepare_training(
