@@ -53,7 +53,9 @@ def then_for(run_dir: str | Path) -> str:
     run_dir = Path(run_dir)
     if (run_dir / LAST).is_file() or (run_dir / BEST).is_file():
         return f"resume with: charlstm train --resume {shlex.quote(str(run_dir))}"
-    return "start the run again with the same command and --overwrite"
+    if (run_dir / CONFIG_FILE).is_file():  # a run stopped before its first checkpoint
+        return "start the run again with the same command and --overwrite"
+    return "run the command again"
 
 
 def default_run_name(corpus: str | Path, backend: str) -> str:

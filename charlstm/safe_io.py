@@ -67,6 +67,16 @@ def _tmp_for(path: Path) -> tuple[int, str]:
     return tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
 
 
+def _mode(path: Path) -> int:
+    """The permissions of the file being replaced, or those of a new file (``umask``)."""
+    try:
+        return path.stat().st_mode & 0o777
+    except OSError:
+        umask = os.umask(0o022)
+        os.umask(umask)
+        return 0o666 & ~umask
+
+
 def write_atomic(
     path: str | Path,
     data: bytes | str | Callable[[IO[bytes]], None],
@@ -85,6 +95,7 @@ def write_atomic(
             path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp_name = _tmp_for(path)
         with os.fdopen(fd, "wb") as handle:
+            os.fchmod(fd, _mode(path))  # mkstemp makes it private; keep a plain file's mode
             if callable(data):
                 data(handle)
             else:
