@@ -167,7 +167,9 @@ def _torn_by_torch(err: RuntimeError) -> bool:
 
 def _write_failed(path: Path, err: OSError | None) -> WriteFailed:
     note = f"the previous {path.name} is kept, whole" if path.is_file() else ""
-    return write_failed(path, err, then_for(path.parent), note, what="checkpoint")
+    # a run's own checkpoint: resume it; another file (charlstm convert --out): write it again
+    then = then_for(path.parent) if path.name in ("last.pt", "best.pt") else "run the command again"
+    return write_failed(path, err, then, note, what="checkpoint")
 
 
 def remove_partial_writes(directory: str | Path) -> list[Path]:

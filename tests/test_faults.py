@@ -234,7 +234,7 @@ def test_a_full_disk_while_appending_steps_jsonl_leaves_whole_lines(small_corpus
     assert [r["epoch"] for r in runs.read_metrics(directory)] == [1, 2]
 
 
-def test_generate_out_and_plot_on_a_full_disk_keep_the_old_file(reference, tmp_path):
+def test_generate_out_convert_and_plot_on_a_full_disk_keep_the_old_file(reference, tmp_path):
     out = tmp_path / "samples.txt"
     out.write_text("old samples\n", encoding="utf-8")
     generate = ["generate", "--checkpoint", reference, "--prefix", "我", "--length", "2000"]
@@ -242,6 +242,12 @@ def test_generate_out_and_plot_on_a_full_disk_keep_the_old_file(reference, tmp_p
     fix = EFBIG_FIX.format(note=" (the previous samples.txt is kept)", dir=tmp_path)
     assert line == f"error: cannot write {out}: {fix} and run the command again"
     assert out.read_text(encoding="utf-8") == "old samples\n"
+
+    converted = reference / "best-torch.pt"  # in the run directory, but not its checkpoint
+    line = one_error(run("convert", reference, "--to", "torch", "--out", converted, limit=5000))
+    fix = EFBIG_FIX.format(note="", dir=reference)
+    assert line == f"error: cannot write checkpoint {converted}: {fix} and run the command again"
+    assert not converted.exists() and not temporary_files(reference)
 
     pytest.importorskip("matplotlib")
     plot = tmp_path / "perplexity.png"
