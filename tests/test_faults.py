@@ -10,6 +10,7 @@ uninterrupted run: every step once, bit for bit.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import random
@@ -25,9 +26,9 @@ from test_robustness import ENV, PACED, same_weights
 from typer.testing import CliRunner
 
 from charlstm import checkpoint as ckpt
-from charlstm import locking, runs
+from charlstm import locking, runs, safe_io
 from charlstm.cli import app
-from charlstm.errors import CharLSTMError, Locked
+from charlstm.errors import CharLSTMError, Locked, WriteFailed
 
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="needs POSIX signals and rlimits")
 
@@ -278,6 +279,30 @@ def test_damaged_logs_never_give_a_traceback_in_info_or_resume(reference, tmp_pa
     steps = [json.loads(raw) for raw in (directory / "steps.jsonl").read_text().splitlines()]
     assert [r["step"] for r in steps] == list(range(1, 3 * 27 + 1))  # each step once
     assert steps[:STEPS] == runs.read_steps(reference)
+
+
+@pytest.mark.parametrize(
+    ("code", "says"),
+    [
+        (errno.ENOSPC, "No space left on device; free space on the disk holding {dir} and "),
+        (errno.EFBIG, "File too large; free space on the disk holding {dir} (or raise the "
+                      "file-size limit, ulimit -f) and "),
+        (errno.EROFS, "Read-only file system; make the disk holding {dir} writable (it is "
+                      "mounted read-only) and "),
+        (errno.EIO, "Input/output error; check the disk holding {dir} (it reported an I/O "
+                    "error) and "),
+    ],
+)  # fmt: skip
+def test_each_disk_fault_names_the_file_and_what_to_do(tmp_path, code, says):
+    """The one line for each cause the kernel gives (the EFBIG case is real above)."""
+    (tmp_path / "last.pt").write_bytes(b"a checkpoint")
+    failure = OSError(code, os.strerror(code))
+    error = safe_io.write_failed(tmp_path / "steps.jsonl", failure, runs.then_for(tmp_path))
+    assert isinstance(error, WriteFailed) and error.exit_code == 1
+    assert str(error) == (
+        f"cannot write {tmp_path / 'steps.jsonl'}: {says.format(dir=tmp_path)}"
+        f"resume with: charlstm train --resume {tmp_path}"
+    )
 
 
 # -- kill -9 at any moment -----------------------------------------------------------------
