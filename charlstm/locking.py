@@ -99,7 +99,8 @@ def release(directory: str | Path) -> None:
 def is_held_elsewhere(directory: str | Path) -> str | None:
     """The holder (``'pid N'``) when another process holds ``directory``'s lock, else None.
 
-    Takes and drops the lock at once; writes nothing (no lock file is created).
+    Takes and drops a shared lock at once (two probes never refuse each other); writes
+    nothing (no lock file is created).
     """
     key = _key(directory)
     if key in _held:
@@ -109,7 +110,7 @@ def is_held_elsewhere(directory: str | Path) -> str | None:
     except OSError:
         return None  # no lock file: nobody ever locked it
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except BlockingIOError:
         return _owner(fd)
     except OSError:
