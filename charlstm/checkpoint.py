@@ -46,7 +46,9 @@ import torch
 
 from charlstm.config import DataConfig, ModelConfig, TrainConfig
 from charlstm.corpus import Vocab
-from charlstm.errors import CharLSTMError
+from charlstm.errors import CharLSTMError, WriteFailed
+from charlstm.runs import then_for
+from charlstm.safe_io import write_failed
 
 #: Bumped when the layout changes; older versions listed in ``_UPGRADES`` still load.
 FORMAT_VERSION = 1
@@ -115,6 +117,11 @@ def save(checkpoint: Checkpoint, path: str | Path) -> Path:
     the new one, never a torn one (at worst a stray ``.NAME.*.tmp`` file, which
     :func:`remove_partial_writes` deletes). Weights that are NaN or infinite are refused,
     so a diverged run never replaces its last good checkpoint.
+
+    A failed write (disk full, file too large, read-only or failing disk; torch reports
+    some of them as ``RuntimeError: [enforce fail at inline_container.cc...]``) raises
+    :class:`~charlstm.errors.WriteFailed`: one line naming the file and how to go on. The
+    temporary file is removed and the previous checkpoint stays whole.
     """
     path = Path(path)
     weights = [checkpoint.model, checkpoint.training_model or {}]
@@ -134,16 +141,35 @@ def save(checkpoint: Checkpoint, path: str | Path) -> Path:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp_name, path)
+        tmp_name = None
     except OSError as err:
-        raise CharLSTMError(
-            f"cannot write checkpoint {path}: {err.strerror or err}"
-            + ("; the previous one is kept" if path.is_file() else "")
-        ) from err
+        raise _write_failed(path, err) from err
+    except RuntimeError as err:
+        if not _torn_by_torch(err):
+            raise
+        cause = err.__context__ if isinstance(err.__context__, OSError) else None
+        raise _write_failed(path, cause) from err
     finally:
-        if tmp_name is not None:
-            Path(tmp_name).unlink(missing_ok=True)  # gone already when the rename happened
+        if tmp_name is not None:  # the write failed: no half-written file stays behind
+            Path(tmp_name).unlink(missing_ok=True)
     _fsync_dir(path.parent)
     return path
+
+
+def _torn_by_torch(err: RuntimeError) -> bool:
+    """torch.save reports a failed write (disk full, file too large) as a RuntimeError:
+    ``[enforce fail at inline_container.cc:...] . unexpected pos ...``."""
+    text = str(err)
+    return any(
+        mark in text for mark in ("inline_container", "unexpected pos", "PytorchStreamWriter")
+    )
+
+
+def _write_failed(path: Path, err: OSError | None) -> WriteFailed:
+    note = f"the previous {path.name} is kept, whole" if path.is_file() else ""
+    # a run's own checkpoint: resume it; another file (charlstm convert --out): write it again
+    then = then_for(path.parent) if path.name in ("last.pt", "best.pt") else "run the command again"
+    return write_failed(path, err, then, note, what="checkpoint")
 
 
 def remove_partial_writes(directory: str | Path) -> list[Path]:
@@ -352,6 +378,12 @@ def resolve(
         for name in (prefer, other):
             if (path / name).is_file():
                 return path / name
+        if (path / "config.json").is_file():
+            raise CharLSTMError(
+                f"no checkpoint (best.pt or last.pt) in {path}: the run stopped before its "
+                "first checkpoint was written; start it again with the same command and "
+                "--overwrite"
+            )
         raise CharLSTMError(f"no checkpoint (best.pt or last.pt) in {path}")
     if not path.exists():
         raise CharLSTMError(f"checkpoint not found: {path}")

@@ -17,6 +17,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 
 from charlstm import checkpoint as ckpt
+from charlstm import safe_io
 from charlstm.config import (
     PRESETS,
     DataConfig,
@@ -49,10 +50,10 @@ def fail(message: str, code: int = 2) -> typer.Exit:
 
 
 #: What to make smaller when a command runs out of memory.
-OUT_OF_MEMORY_HINTS = {
+OUT_OF_MEMORY_HINTS = {  # by the command's function name
     "train": "a smaller --batch-size or --hidden",
     "generate": "a smaller --length, --num-samples or --cache-window",
-    "eval": "a shorter text or a smaller --cache-window",
+    "evaluate": "a shorter text or a smaller --cache-window",
 }
 
 
@@ -404,13 +405,7 @@ def generate(
     """
     from charlstm.api import load_model, read_prefix_file
     from charlstm.display import SampleStream, render_samples, use_style
-    from charlstm.sampling import (
-        DEFAULT_PENALTY_WINDOW,
-        SamplingConfig,
-        check_request,
-        new_seed,
-        parse_char,
-    )
+    from charlstm.sampling import SamplingConfig, check_request, new_seed, parse_char
 
     if output_format not in ("text", "jsonl"):
         raise CharLSTMError(f"unknown --format {output_format!r}; choose text or jsonl")
@@ -420,15 +415,6 @@ def generate(
     sampling = SamplingConfig(
         temperature, top_k, top_p, greedy, repetition_penalty, penalty_window
     ).validate()
-    if greedy and (temperature != 1.0 or top_k is not None or top_p is not None):
-        raise CharLSTMError(
-            "--greedy always takes the likeliest character: --temperature, --top-k and "
-            "--top-p cannot change it (drop them, or drop --greedy to sample)"
-        )
-    if penalty_window != DEFAULT_PENALTY_WINDOW and repetition_penalty == 1.0:
-        raise CharLSTMError(
-            "--penalty-window is a setting of --repetition-penalty; add --repetition-penalty P"
-        )
     stop_char = parse_char(stop_at) if stop_at is not None else None
     check_request(length, num_samples, seed)  # before any row of the batch is built
     if lines is not None:
@@ -488,10 +474,7 @@ def generate(
     if out is None:
         typer.echo(body, nl=False)
         return
-    try:
-        out.write_text(body, encoding="utf-8")
-    except OSError as err:
-        raise CharLSTMError(f"cannot write {out}: {err.strerror}") from err
+    safe_io.write_atomic(out, body)  # a full disk: one line, and no half-written file
     typer.echo(f"wrote {len(prefixes) * num_samples} samples to {out}", err=True)
 
 

@@ -15,3 +15,16 @@ class CharLSTMError(Exception):
         super().__init__(" ".join(message.split()) if "\n" in message else message)
         if exit_code is not None:
             self.exit_code = exit_code
+
+
+class WriteFailed(CharLSTMError):
+    """A file could not be written: the disk is full, the file too large, the disk read-only
+    or failing. The message names the file and what to do; nothing half-written is left."""
+
+    exit_code = 1
+
+
+class Locked(CharLSTMError):
+    """Another charlstm process is writing the directory (see :mod:`charlstm.locking`)."""
+
+    exit_code = 1

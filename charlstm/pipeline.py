@@ -14,7 +14,6 @@ can be wrong with the input is found before the run directory is created or touc
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -40,7 +39,7 @@ from charlstm.corpus import Corpus, Vocab, read_text, show_chars
 from charlstm.distill import NgramTeacher
 from charlstm.errors import CharLSTMError
 from charlstm.mixture import NgramMixture
-from charlstm.model import build_model
+from charlstm.model import build_model, default_cutoffs
 from charlstm.train import Log, Trainer, TrainingData, resolve_device
 
 #: The demo corpus shipped in the repository (found next to the package in a source checkout).
@@ -143,9 +142,7 @@ def _write_run_files(trainer: Trainer, resumed_from: Path | None) -> None:
             "machine": machine(trainer.device),
         },
     )
-    (trainer.run_dir / "vocab.json").write_text(
-        json.dumps(data.vocab.to_list(), ensure_ascii=False) + "\n", encoding="utf-8"
-    )
+    runs.write_vocab(trainer.run_dir, data.vocab.to_list())
 
 
 def _check_prefixes(prefixes: list[str], vocab: Vocab) -> None:
@@ -231,9 +228,12 @@ def new_run(request: RunRequest, log: Log = print, progress_bar: bool | None = N
         ModelConfig, chosen["model"], request.of(ModelConfig), vocab_size=len(corpus.vocab)
     )
     check_given(request.given, model, train)
+    data = TrainingData.from_corpus(corpus, train.val_fraction)
+    if model.softmax == "adaptive" and model.cutoffs is None:  # recorded in the run's config
+        model = replace(model, cutoffs=default_cutoffs(data.counts())).validate()
     return _start(
         request,
-        TrainingData.from_corpus(corpus, train.val_fraction),
+        data,
         model,
         train,
         source,
@@ -254,6 +254,12 @@ def fine_tune(request: RunRequest, log: Log = print, progress_bar: bool | None =
     base = ckpt.load(ckpt.resolve(request.init_from, prefer="best.pt", runs_root=request.runs_root))
     text = read_text(source.path, source.member, source.encoding, source.newlines, source.max_chars)
     missing, vocab, weights = base.vocab.missing(text), base.vocab, base.model
+    if missing and base.model_config.softmax == "adaptive":
+        raise CharLSTMError(
+            f"{len(missing)} characters of the new corpus are not in the checkpoint's "
+            f"vocabulary: {show_chars(missing)}; a model with an adaptive softmax cannot grow "
+            "its vocabulary (--extend-vocab needs --softmax full)"
+        )
     if missing and not request.extend_vocab:
         raise CharLSTMError(
             f"{len(missing)} characters of the new corpus are not in the checkpoint's "
@@ -340,7 +346,8 @@ def resume_run(request: RunRequest, log: Log = print, progress_bar: bool | None 
         source = replace(source, path=str(Path(request.corpus).resolve()))
     elif not Path(source.path).is_file():
         raise CharLSTMError(
-            f"the run's corpus {source.path} is not here; pass it: charlstm train CORPUS --resume ..."
+            f"the run's corpus {source.path} is not here; pass it: "
+            "charlstm train CORPUS --resume ..."
         )
     corpus = load_corpus(source, checkpoint.vocab)
     if checkpoint.corpus_sha256 and corpus.fingerprint() != checkpoint.corpus_sha256:

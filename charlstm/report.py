@@ -1,7 +1,8 @@
 """What a run is and how its training went: ``charlstm info`` and ``charlstm plot``.
 
 Both read a checkpoint (a run directory gives its ``best.pt``) and the ``metrics.jsonl``
-beside it, one line per epoch as the training loop writes them.
+beside it, one line per epoch as the training loop writes them. Neither needs the run's
+lock: they may read a run while it trains (a torn or damaged line is skipped).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from charlstm import checkpoint as ckpt
-from charlstm import runs
+from charlstm import runs, safe_io
 from charlstm.display import sparkline, squeeze, table
 from charlstm.errors import CharLSTMError
 from charlstm.model import build_model
@@ -207,9 +208,8 @@ def plot_perplexity(run: str | Path, out: str | Path | None = None) -> Path:
     axes.grid(True, alpha=0.3)
     axes.legend()
     figure.tight_layout()
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        figure.savefig(out)
-    except OSError as err:
-        raise CharLSTMError(f"cannot write {out}: {err.strerror}") from err
-    return out
+    image_format = out.suffix.lower().lstrip(".")
+    # atomically: a full disk leaves the previous plot (or none), never half an image
+    return safe_io.write_atomic(
+        out, lambda handle: figure.savefig(handle, format=image_format), make_parents=True
+    )

@@ -40,19 +40,20 @@ from charlstm import runs
 from charlstm.batching import check_length, make_batches
 from charlstm.config import DataConfig, ModelConfig, TrainConfig
 from charlstm.corpus import Corpus, Vocab, split_point
+from charlstm.decoding import SamplingConfig
 from charlstm.distill import NgramTeacher
 from charlstm.errors import CharLSTMError
-from charlstm.evaluate import EvalResult, score
+from charlstm.evaluate import HISTORY, EvalResult, score_heldout
+from charlstm.generation import generate
 from charlstm.mixture import NgramMixture
 from charlstm.model import CharLSTM, State, build_model, detach_state
 from charlstm.progress import ProgressMeter
-from charlstm.sampling import SamplingConfig, generate
 
 DEFAULT_PREFIXES = ("分开", "不分开")
 #: Warn (once per streak) when held-out loss has not improved for this many scores.
 OVERFIT_WARNING_EPOCHS = 3
-#: Training characters before the held-out part that warm the state that scores it.
-HISTORY_CHARS = 256
+#: Characters counted at a time (a memmap's counts never need the whole text in memory).
+COUNT_CHUNK = 1 << 24
 
 Log = Callable[[str], None]
 
@@ -122,17 +123,21 @@ class TrainingData:
     def __len__(self) -> int:
         return len(self.train) + len(self.val)
 
-    def heldout_context(self) -> torch.Tensor:
-        """The training characters that warm the state scoring the held-out part."""
-        return as_tensor(self.train[-HISTORY_CHARS:])
+    def counts(self) -> np.ndarray:
+        """How often each vocabulary character occurs in the training part (V,)."""
+        total = np.zeros(len(self.vocab), dtype=np.int64)
+        for start in range(0, len(self.train), COUNT_CHUNK):
+            chunk = np.asarray(self.train[start : start + COUNT_CHUNK])
+            total += np.bincount(chunk, minlength=len(self.vocab))
+        return total
 
-
-def score_heldout(
-    model: CharLSTM, data: TrainingData, max_chars: int = 0, mixture: NgramMixture | None = None
-) -> EvalResult:
-    """Score the held-out part (its first ``max_chars`` characters; 0: all of it)."""
-    val = data.val[:max_chars] if max_chars else data.val
-    return score(model, as_tensor(val), data.heldout_context(), mixture=mixture)
+    def score_heldout(
+        self, model: CharLSTM, max_chars: int = 0, mixture: NgramMixture | None = None
+    ) -> EvalResult:
+        """Score the held-out part (its first ``max_chars`` characters; 0: all of it)."""
+        val = self.val[:max_chars] if max_chars else self.val
+        history = as_tensor(self.train[-HISTORY:])
+        return score_heldout(model, history, as_tensor(val), mixture)
 
 
 def default_prefixes(vocab: Vocab, text: str) -> list[str]:
@@ -266,7 +271,8 @@ class WeightAverage:
         weight = 1.0 - min(self.decay, (1 + step) / (10 + step))
         with torch.no_grad():
             for key, value in self.model.state_dict().items():
-                self.weights[key].lerp_(value, weight)
+                if value.is_floating_point():  # not the adaptive softmax's class order
+                    self.weights[key].lerp_(value, weight)
 
     @contextmanager
     def applied(self) -> Iterator[None]:
@@ -432,6 +438,8 @@ class Trainer:
         self.model: CharLSTM = build_model(self.model_config)
         if init_weights is not None:
             self.model.load_state_dict(init_weights)
+        elif self.model_config.softmax == "adaptive" and resume is None:
+            self.model.set_class_order(data.counts())  # its clusters follow the frequencies
         self.model.to(self.device)
         self.optimizer = make_optimizer(self.model, config)
         self.average = WeightAverage(self.model, config.ema) if config.ema else None
@@ -595,8 +603,8 @@ class Trainer:
         val_loss = None
         if self.has_val:
             with self.averaged():
-                val_loss = score_heldout(
-                    self.model, self.data, self.config.eval_chars, self.mixture
+                val_loss = self.data.score_heldout(
+                    self.model, self.config.eval_chars, self.mixture
                 ).loss
         improved = val_loss is not None and val_loss < p.best_val_loss
         if improved:

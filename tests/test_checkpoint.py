@@ -121,7 +121,7 @@ BROKEN = [
     ("vocab-misfit", _save(lambda d: {**d, "idx_to_char": d["idx_to_char"][:-1]}), "characters"),
     ("bad-config", _save(lambda d: {**d, "model_config": "big"}), "is malformed"),
     ("bad-backend", _save(lambda d: {**d, "model_config": {**d["model_config"], "backend": "x"}}),
-     "unknown --backend"),
+     "unknown backend"),
 ]  # fmt: skip
 
 

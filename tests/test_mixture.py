@@ -107,7 +107,7 @@ def test_generation_draws_from_the_interpolated_distribution(model, mixture):
 
 
 def test_bad_mixture_settings_are_refused():
-    with pytest.raises(CharLSTMError, match="--ngram-mix must be an n-gram order"):
+    with pytest.raises(CharLSTMError, match="ngram_mix must be an n-gram order"):
         TrainConfig(ngram_mix=1).validate()
     for weight in (0.0, 1.0, float("nan")):
         with pytest.raises(CharLSTMError, match="--mix-weight must be in"):

@@ -103,7 +103,7 @@ def test_init_state_shape_and_interface() -> None:
 def test_tied_weights_share_one_matrix() -> None:
     model = build_model(ModelConfig(vocab_size=V, hidden_size=16, tie_weights=True))
     assert model.head.weight is model.embedding.weight
-    with pytest.raises(CharLSTMError, match="--tie-weights needs"):
+    with pytest.raises(CharLSTMError, match="tie_weights needs"):
         build_model(ModelConfig(vocab_size=V, hidden_size=16, embedding_size=8, tie_weights=True))
 
 
@@ -161,10 +161,10 @@ def test_peephole_model_does_not_convert_to_nn_lstm(tmp_path) -> None:
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        ({"backend": "keras"}, "unknown --backend 'keras'"),
-        ({"backend": "torch", "peephole": True}, "--peephole needs --backend scratch"),
-        ({"hidden_size": 0}, "--hidden must be positive"),
-        ({"dropout": 1.0}, r"--dropout must be in \[0, 1\)"),
+        ({"backend": "keras"}, "unknown backend 'keras'"),
+        ({"backend": "torch", "peephole": True}, "peephole needs backend scratch"),
+        ({"hidden_size": 0}, "hidden_size must be positive"),
+        ({"dropout": 1.0}, r"dropout must be in \[0, 1\)"),
     ],
 )
 def test_bad_model_configs_are_rejected(options: dict, message: str) -> None:

@@ -53,7 +53,7 @@ import runpy, sys, time
 import torch
 from charlstm.train import Trainer
 
-real_save, real_step, saves = torch.save, Trainer._step, []
+real_save, real_step, saves = torch.save, Trainer.train_step, []
 
 def counting_save(*args, **kwargs):
     saves.append(1)
@@ -64,7 +64,7 @@ def paced_step(self, *args, **kwargs):
         time.sleep(0.05)
     return real_step(self, *args, **kwargs)
 
-torch.save, Trainer._step = counting_save, paced_step
+torch.save, Trainer.train_step = counting_save, paced_step
 sys.argv = ["charlstm", *sys.argv[1:]]
 runpy.run_module("charlstm", run_name="__main__", alter_sys=True)
 """
@@ -333,7 +333,7 @@ def test_init_from_starts_a_new_run_from_the_exact_weights(base_run, small_corpu
     assert all(torch.equal(weights[k], base.model[k]) for k in weights)
     assert (trainer.progress.epoch, trainer.progress.step) == (0, 0)
     assert trainer.optimizer.state_dict()["state"] == {}  # a fresh optimizer
-    assert trainer.model_config.dropout == 0.1 and trainer.corpus.vocab == base.vocab
+    assert trainer.model_config.dropout == 0.1 and trainer.vocab == base.vocab
     with pytest.raises(CharLSTMError, match="fine-tuning keeps the architecture"):
         fine_tune({"hidden_size": 64}, tmp_path / "wider")
     assert not (tmp_path / "wider").exists()
@@ -370,7 +370,7 @@ def test_extend_vocab_keeps_old_rows_exactly_and_adds_fresh_ones(base_run, tmp_p
         log=lambda _: None,
         progress_bar=False,
     )
-    vocab = trainer.corpus.vocab
+    vocab = trainer.vocab
     assert vocab.idx_to_char[:old] == base.vocab.idx_to_char  # old indices unchanged
     assert vocab.idx_to_char[old:] == base.vocab.missing(NEW_TEXT)
     weights = trainer.model.state_dict()

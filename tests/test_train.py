@@ -18,7 +18,7 @@ from charlstm.config import PRESETS
 from charlstm.errors import CharLSTMError
 from charlstm.pipeline import prepare_training
 from charlstm.report import describe, render_info
-from charlstm.train import TrainingInterrupted, score_heldout
+from charlstm.train import TrainingInterrupted
 
 SMALL_MODEL = {"hidden_size": 32, "dropout": 0.2}
 SMALL_TRAIN = {"batch_size": 8, "num_steps": 20, "sample_every": 0, "seed": 3}
@@ -215,7 +215,7 @@ def test_ema_scores_and_saves_the_average_and_resumes_exactly(small_corpus, tmp_
     # What was scored at the last epoch is the average, and it is what eval reads.
     model = trainer.model
     model.load_state_dict(last.model)
-    val = score_heldout(model, trainer.data).loss
+    val = trainer.data.score_heldout(model).loss
     assert val == pytest.approx(straight.metrics[-1].val_loss, rel=1e-6)
     # The average changes what is scored, not the training trajectory.
     _, plain = train(small_corpus, tmp_path / "plain", train_options={"epochs": 4})
