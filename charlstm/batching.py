@@ -6,13 +6,30 @@ in the middle of an epoch at the next batch; their order depends only on
 
 Shapes: ``x`` and ``y`` are ``(T, N)`` int64, time first; ``y`` is ``x`` shifted one
 character ahead.
+
+The indices may be a ``(n,)`` torch tensor or a NumPy array of any integer dtype, such as
+the ``np.memmap`` of a prepared corpus (:mod:`charlstm.prepared`): then only the windows
+a batch needs are read and turned into tensors, never the whole array.
 """
 
 from __future__ import annotations
 
+from typing import Union
+
+import numpy as np
 import torch
 
 from charlstm.errors import CharLSTMError
+
+#: ``(n,)`` indices: a tensor, or a NumPy array / ``np.memmap`` of any integer dtype.
+Indices = Union[torch.Tensor, np.ndarray]  # noqa: UP007  (a runtime alias on Python 3.10)
+
+
+def _as_long(window: Indices) -> torch.Tensor:
+    """A window of the indices as an int64 tensor (a NumPy window is copied, alone)."""
+    if isinstance(window, torch.Tensor):
+        return window
+    return torch.from_numpy(np.array(window, dtype=np.int64))  # a copy: never the caller's
 
 
 def check_length(num_chars: int, batch_size: int, num_steps: int, what: str = "corpus") -> None:
@@ -44,11 +61,33 @@ class ConsecutiveBatches:
 
     carries_state = True
 
-    def __init__(self, indices: torch.Tensor, batch_size: int, num_steps: int) -> None:
+    def __init__(
+        self,
+        indices: Indices,
+        batch_size: int,
+        num_steps: int,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
         check_length(len(indices), batch_size, num_steps)
+        if world_size < 1 or not 0 <= rank < world_size or batch_size % world_size:
+            raise CharLSTMError(
+                f"--batch-size {batch_size} must be a multiple of the {world_size} processes "
+                f"(rank {rank} of {world_size})"
+            )
         self.batch_size, self.num_steps = batch_size, num_steps
         row_len = len(indices) // batch_size
-        self.rows = indices[: batch_size * row_len].view(batch_size, row_len)  # (N, L)
+        # (N, L): a view in both cases, a tensor view or a NumPy (memmap) view, no copy
+        rows = indices[: batch_size * row_len]
+        if isinstance(rows, torch.Tensor):
+            self.rows = rows.view(batch_size, row_len)
+        else:
+            self.rows = rows.reshape(batch_size, row_len)
+        # Data parallelism (Transformer-XL's LMOrderedIterator): rank r reads its own
+        # contiguous rows [r N / W, (r + 1) N / W); together the ranks read all N rows.
+        share = batch_size // world_size
+        self.first_row, self.num_rows = rank * share, share
+        self.rows = self.rows[self.first_row : self.first_row + share]  # (N / W, L)
         full, rest = divmod(row_len - 1, num_steps)
         self._starts = [i * num_steps for i in range(full)]
         self._lengths = [num_steps] * full
@@ -63,17 +102,17 @@ class ConsecutiveBatches:
         return len(self._starts)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(x, y)``, each ``(T, N)``; with ``world_size`` W, ``N`` is ``batch_size / W``."""
         start, steps = self._starts[i], self._lengths[i]
-        x = self.rows[:, start : start + steps]
-        y = self.rows[:, start + 1 : start + steps + 1]
-        return x.t().contiguous(), y.t().contiguous()  # (T, N), (T, N)
+        window = _as_long(self.rows[:, start : start + steps + 1])  # (N, T + 1)
+        return window[:, :-1].t().contiguous(), window[:, 1:].t().contiguous()  # (T, N), (T, N)
 
     def positions(self, i: int) -> torch.Tensor:
         """(T, N) int64: where batch ``i``'s targets sit in the indices: ``y = indices[pos]``."""
         start, steps = self._starts[i], self._lengths[i]
         row_len = self.rows.shape[1]
-        rows = torch.arange(self.batch_size)[None, :] * row_len  # (1, N)
-        return rows + torch.arange(start + 1, start + steps + 1)[:, None]
+        rows = torch.arange(self.first_row, self.first_row + self.num_rows)[None, :] * row_len
+        return rows + torch.arange(start + 1, start + steps + 1)[:, None]  # (1, N) + (T, 1)
 
 
 class RandomBatches:
@@ -86,9 +125,7 @@ class RandomBatches:
 
     carries_state = False
 
-    def __init__(
-        self, indices: torch.Tensor, batch_size: int, num_steps: int, seed: int = 0
-    ) -> None:
+    def __init__(self, indices: Indices, batch_size: int, num_steps: int, seed: int = 0) -> None:
         check_length(len(indices), batch_size, num_steps)
         self.indices, self.batch_size, self.num_steps, self.seed = (
             indices,
@@ -110,7 +147,11 @@ class RandomBatches:
         starts = self.order[i * self.batch_size : (i + 1) * self.batch_size] * self.num_steps
         offsets = torch.arange(self.num_steps)
         positions = offsets[:, None] + starts[None, :]  # (T, N)
-        return self.indices[positions], self.indices[positions + 1]
+        if isinstance(self.indices, torch.Tensor):
+            return self.indices[positions], self.indices[positions + 1]
+        # an array (or memmap): read only the batch's T + 1 characters per row
+        window = _as_long(self.indices[np.arange(self.num_steps + 1)[:, None] + starts.numpy()])
+        return window[:-1], window[1:]  # (T, N), (T, N)
 
     def positions(self, i: int) -> torch.Tensor:
         """(T, N) int64: where batch ``i``'s targets sit in the indices: ``y = indices[pos]``."""
@@ -119,7 +160,7 @@ class RandomBatches:
 
 
 def make_batches(
-    indices: torch.Tensor, batch_size: int, num_steps: int, sampling: str, seed: int = 0
+    indices: Indices, batch_size: int, num_steps: int, sampling: str, seed: int = 0
 ) -> ConsecutiveBatches | RandomBatches:
     """The batcher named by ``sampling`` (``consecutive`` or ``random``)."""
     if sampling == "consecutive":

@@ -37,42 +37,54 @@ def _is_text_member(info: zipfile.ZipInfo) -> bool:
     return "." not in base or base.lower().endswith(TEXT_SUFFIXES)
 
 
-def _read_bytes(path: Path, member: str | None) -> list[tuple[str, bytes]]:
-    """Return ``(name, raw bytes)`` for each text source in ``path``."""
+#: A damaged archive fails in many ways: a bad header, a corrupt deflate stream
+#: (zlib.error), an encrypted member (RuntimeError), an unknown compression method.
+ZIP_ERRORS = (zipfile.BadZipFile, OSError, EOFError, RuntimeError, NotImplementedError, zlib.error)
+
+
+def check_source(path: Path) -> None:
+    """Raise ``CharLSTMError`` unless ``path`` is an existing file."""
     if not path.exists():
         raise CharLSTMError(f"corpus not found: {path}")
     if path.is_dir():
         raise CharLSTMError(f"corpus is a directory, not a file: {path}")
-    if zipfile.is_zipfile(path):
-        try:
-            with zipfile.ZipFile(path) as archive:
-                infos = archive.infolist()
-                if member is not None:
-                    names = [i.filename for i in infos]
-                    if member not in names:
-                        listed = ", ".join(names) or "none"
-                        raise CharLSTMError(f"no member {member!r} in {path} (members: {listed})")
-                    chosen = [member]
-                else:
-                    chosen = sorted(i.filename for i in infos if _is_text_member(i))
-                    if not chosen:
-                        raise CharLSTMError(f"no text member (.txt) in zip file {path}")
-                return [(name, archive.read(name)) for name in chosen]
-        # A damaged archive fails in many ways: a bad header, a corrupt deflate stream
-        # (zlib.error), an encrypted member (RuntimeError), an unknown compression method.
-        except (
-            zipfile.BadZipFile,
-            OSError,
-            EOFError,
-            RuntimeError,
-            NotImplementedError,
-            zlib.error,
-        ) as err:
-            raise CharLSTMError(f"cannot read zip file {path}: {err}") from err
+
+
+def zip_text_members(archive: zipfile.ZipFile, path: Path, member: str | None) -> list[str]:
+    """The members of ``archive`` that make the corpus: ``member``, or every text member
+    in name order."""
+    infos = archive.infolist()
+    if member is not None:
+        names = [i.filename for i in infos]
+        if member not in names:
+            listed = ", ".join(names) or "none"
+            raise CharLSTMError(f"no member {member!r} in {path} (members: {listed})")
+        return [member]
+    chosen = sorted(i.filename for i in infos if _is_text_member(i))
+    if not chosen:
+        raise CharLSTMError(f"no text member (.txt) in zip file {path}")
+    return chosen
+
+
+def check_plain_file(path: Path, member: str | None) -> None:
+    """Raise ``CharLSTMError`` if ``path``, not a zip file, is named or used as one."""
     if path.suffix.lower() == ".zip":
         raise CharLSTMError(f"not a zip file: {path}")
     if member is not None:
         raise CharLSTMError(f"--member applies to zip files only, and {path} is not one")
+
+
+def _read_bytes(path: Path, member: str | None) -> list[tuple[str, bytes]]:
+    """Return ``(name, raw bytes)`` for each text source in ``path``."""
+    check_source(path)
+    if zipfile.is_zipfile(path):
+        try:
+            with zipfile.ZipFile(path) as archive:
+                chosen = zip_text_members(archive, path, member)
+                return [(name, archive.read(name)) for name in chosen]
+        except ZIP_ERRORS as err:
+            raise CharLSTMError(f"cannot read zip file {path}: {err}") from err
+    check_plain_file(path, member)
     try:
         return [(path.name, path.read_bytes())]
     except OSError as err:

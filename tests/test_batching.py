@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 from collections import Counter
 
+import numpy as np
 import pytest
 import torch
 
@@ -106,3 +107,47 @@ def test_too_short_corpus_is_a_clear_error(sampling: str) -> None:
 def test_unknown_sampling() -> None:
     with pytest.raises(CharLSTMError, match="unknown --sampling"):
         make_batches(torch.arange(1000), 2, 5, "shuffled")
+
+
+@pytest.mark.parametrize("dtype", [np.uint16, np.uint32, np.int32, np.int64])
+@pytest.mark.parametrize(("n", "batch", "steps"), [(1000, 4, 7), (1003, 5, 9)])
+def test_numpy_indices_give_the_tensor_batches(dtype: type, n: int, batch: int, steps: int):
+    values = np.random.default_rng(0).integers(0, 60_000, n).astype(dtype)
+    tensor = torch.from_numpy(values.astype(np.int64))
+    for sampling in ("consecutive", "random"):
+        ours = make_batches(values, batch, steps, sampling, seed=2)
+        theirs = make_batches(tensor, batch, steps, sampling, seed=2)
+        assert len(ours) == len(theirs)
+        for i in range(len(ours)):
+            (x, y), (tx, ty) = ours[i], theirs[i]
+            assert x.dtype == y.dtype == torch.int64
+            assert torch.equal(x, tx) and torch.equal(y, ty)
+            assert torch.equal(ours.positions(i), theirs.positions(i))
+    ConsecutiveBatches(values, batch, steps)[0][0][0, 0] = -1  # a copy: the array is untouched
+    assert values[0] == tensor[0]
+
+
+def test_consecutive_view_of_a_numpy_array_is_not_a_copy():
+    values = np.arange(1000, dtype=np.uint16)
+    assert np.shares_memory(ConsecutiveBatches(values, 4, 7).rows, values)
+
+
+@pytest.mark.parametrize("world_size", [1, 2, 4])
+def test_row_shares_of_the_ranks_make_the_whole_batch(world_size: int):
+    indices = torch.arange(10_000)
+    whole = ConsecutiveBatches(indices, 8, 35)
+    shares = [ConsecutiveBatches(indices, 8, 35, rank, world_size) for rank in range(world_size)]
+    assert all(len(share) == len(whole) for share in shares)
+    for i in range(len(whole)):
+        x, y = whole[i]
+        assert torch.equal(torch.cat([share[i][0] for share in shares], 1), x)
+        assert torch.equal(torch.cat([share[i][1] for share in shares], 1), y)
+        positions = torch.cat([share.positions(i) for share in shares], 1)
+        assert torch.equal(positions, whole.positions(i)) and torch.equal(indices[positions], y)
+    assert shares[-1][0][0].shape == (35, 8 // world_size)
+
+
+@pytest.mark.parametrize(("rank", "world_size"), [(0, 3), (2, 2), (-1, 2), (0, 0)])
+def test_row_shares_need_a_batch_the_ranks_divide(rank: int, world_size: int):
+    with pytest.raises(CharLSTMError, match="multiple of the"):
+        ConsecutiveBatches(torch.arange(1000), 8, 7, rank, world_size)

@@ -221,3 +221,13 @@ def test_cli_auto_discount_and_bad_discount(tmp_path: Path) -> None:
     assert bad.returncode == 2
     assert "not a number or 'auto'" in bad.stderr
     assert "Traceback" not in bad.stderr
+
+
+def test_fit_refuses_a_text_over_the_limit_on_one_line(monkeypatch):
+    import charlstm.ngram as ngram_module
+
+    monkeypatch.setattr(ngram_module, "MAX_NGRAM_CHARS", 10)
+    with pytest.raises(CharLSTMError, match="limited to 10 training characters") as info:
+        ngram_module.check_ngram_chars(11, ngram_module.MAX_NGRAM_CHARS)
+    assert "--max-chars" in str(info.value) and "\n" not in str(info.value)
+    ngram_module.check_ngram_chars(10, ngram_module.MAX_NGRAM_CHARS)

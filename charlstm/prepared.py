@@ -1,0 +1,495 @@
+"""Prepared corpora: the indices on disk, read back through ``np.memmap``.
+
+``prepare`` turns a corpus file (as :func:`charlstm.corpus.read_text` reads it) into a
+directory that training can open in constant memory, the way nanoGPT's ``prepare.py``
+and torch-rnn's ``preprocess.py`` do::
+
+    out_dir/
+      train.bin   the first split_point(n, val_fraction) indices, uint16 (uint32 when the
+                  vocabulary has more than 65,535 characters), native byte order
+      val.bin     the rest
+      vocab.json  the vocabulary, a JSON list of characters (index order), as runs write it
+      meta.json   format version, dtype, sizes, SHA-256 of the text, the DataConfig,
+                  val_fraction and the count of every character; written last
+
+The source is streamed twice in chunks of ``chunk_bytes`` bytes, never held whole:
+
+* pass 1 decodes it (strict UTF-8, restarting a source with GB18030 on a decode error,
+  as :func:`charlstm.corpus.decode_bytes` chooses), normalises it as
+  :func:`charlstm.corpus.normalize` does, and counts the characters, the length and the
+  SHA-256 of the text's UTF-8 bytes (:meth:`charlstm.corpus.Corpus.fingerprint`);
+* pass 2 decodes it again with the encodings pass 1 chose and writes the indices.
+
+The result is the same as ``Corpus.from_text(read_text(...))``: the same vocabulary
+(sorted distinct characters), indices and fingerprint. Everything is written into a
+hidden temporary directory beside ``out_dir`` and renamed at the end, so a killed
+``prepare`` never leaves a directory that :meth:`PreparedCorpus.open` accepts.
+"""
+
+from __future__ import annotations
+
+import codecs
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import time
+import zipfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+
+from charlstm.config import DataConfig
+from charlstm.corpus import (
+    FALLBACK_ENCODINGS,
+    ZIP_ERRORS,
+    Vocab,
+    check_plain_file,
+    check_source,
+    split_point,
+    zip_text_members,
+)
+from charlstm.errors import CharLSTMError
+
+FORMAT_VERSION = 1
+FORMAT_NAME = "charlstm-prepared"
+#: Bytes read from the source at a time: a few tens of MB of NumPy work per chunk.
+CHUNK_BYTES = 4 << 20
+#: Above this vocabulary size the indices are stored as uint32.
+MAX_UINT16_VOCAB = 65_535
+FILES = ("train.bin", "val.bin", "vocab.json", "meta.json")
+
+_UNICODE = 0x110000  # code points
+
+
+# ---------------------------------------------------------------------- reading the source
+
+
+@contextmanager
+def _sources(path: Path, member: str | None) -> Iterator[list[tuple[str, Callable[[], IO[bytes]]]]]:
+    """``(name, open)`` for each text source of ``path``, in ``read_text``'s order."""
+    check_source(path)
+    if zipfile.is_zipfile(path):
+        try:
+            with zipfile.ZipFile(path) as archive:
+                names = zip_text_members(archive, path, member)
+                yield [(name, lambda name=name: archive.open(name)) for name in names]
+        except ZIP_ERRORS as err:
+            raise CharLSTMError(f"cannot read zip file {path}: {err}") from err
+        return
+    check_plain_file(path, member)
+    try:
+        yield [(path.name, lambda: open(path, "rb"))]
+    except OSError as err:
+        raise CharLSTMError(f"cannot read corpus {path}: {err.strerror}") from err
+
+
+def _binary(name: str) -> CharLSTMError:
+    return CharLSTMError(f"{name} looks like a binary file, not text (it contains NUL bytes)")
+
+
+def _decoded(
+    opener: Callable[[], IO[bytes]], name: str, encoding: str, sniffing: bool, chunk_bytes: int
+) -> Iterator[str]:
+    """The text of one source, decoded with ``encoding`` piece by piece.
+
+    As :func:`charlstm.corpus.decode_bytes`: NUL bytes mark a binary file when no encoding
+    was named (``sniffing``), a NUL character always; one leading BOM is dropped. A decode
+    error raises ``UnicodeDecodeError``.
+    """
+    try:
+        decoder = codecs.getincrementaldecoder(encoding)()
+    except LookupError as err:
+        raise CharLSTMError(f"unknown encoding: {encoding}") from err
+    at_start = True
+    with opener() as stream:
+        while True:
+            raw = stream.read(chunk_bytes)
+            if sniffing and b"\x00" in raw:
+                raise _binary(name)
+            piece = decoder.decode(raw, final=not raw)
+            if "\x00" in piece:
+                raise _binary(name)
+            if at_start and piece:
+                piece, at_start = piece.removeprefix("\ufeff"), False
+            if piece:
+                yield piece
+            if not raw:
+                return
+
+
+def _has_nul(opener: Callable[[], IO[bytes]], chunk_bytes: int) -> bool:
+    with opener() as stream:
+        while raw := stream.read(chunk_bytes):
+            if b"\x00" in raw:
+                return True
+    return False
+
+
+class _Normalizer:
+    """:func:`charlstm.corpus.normalize` applied to a stream of pieces of the joined text.
+
+    ``keep``: ``\\r\\n`` and ``\\r`` become ``\\n`` (a ``\\r`` at the end of a piece waits
+    for the next), then at most ``max_chars`` characters; ``space``: the first
+    ``max_chars`` characters, then ``\\n`` and ``\\r`` become spaces.
+    """
+
+    def __init__(self, newlines: str, max_chars: int | None) -> None:
+        if newlines not in ("keep", "space"):
+            raise CharLSTMError(f"--newlines must be 'keep' or 'space', not {newlines!r}")
+        self.newlines, self.max_chars = newlines, max_chars
+        self.pending = ""  # a trailing "\r" (keep)
+        self.taken = 0  # characters passed on (keep) or read (space)
+
+    @property
+    def done(self) -> bool:
+        return self.max_chars is not None and self.taken >= self.max_chars
+
+    def state(self) -> tuple[str, int]:
+        return self.pending, self.taken
+
+    def restore(self, state: tuple[str, int]) -> None:
+        self.pending, self.taken = state
+
+    def _limit(self, text: str) -> str:
+        if self.max_chars is not None:
+            text = text[: max(0, self.max_chars - self.taken)]
+        self.taken += len(text)
+        return text
+
+    def feed(self, piece: str) -> str:
+        if self.done:
+            return ""
+        if self.newlines == "space":
+            return self._limit(piece).replace("\n", " ").replace("\r", " ")
+        text = self.pending + piece
+        self.pending = "\r" if text.endswith("\r") else ""
+        if self.pending:
+            text = text[:-1]
+        return self._limit(text.replace("\r\n", "\n").replace("\r", "\n"))
+
+    def finish(self) -> str:
+        text, self.pending = ("\n" if self.pending else ""), ""
+        return "" if self.done else self._limit(text)
+
+
+def _codes(text: str) -> np.ndarray:
+    """``(len(text),)`` uint32 code points, without a Python object per character."""
+    return np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+
+
+class _Pass1:
+    """Counts, length, whitespace and SHA-256 of the normalised text."""
+
+    def __init__(self) -> None:
+        self.counts = np.zeros(_UNICODE, dtype=np.int64)
+        self.sha = hashlib.sha256()
+        self.length = 0
+        self.visible = False  # a character other than whitespace was seen
+
+    def add(self, text: str) -> None:
+        if not text:
+            return
+        counts = np.bincount(_codes(text))
+        self.counts[: len(counts)] += counts
+        self.sha.update(text.encode("utf-8", "surrogatepass"))
+        self.length += len(text)
+        self.visible = self.visible or bool(text.strip())
+
+    def state(self) -> tuple[Any, ...]:
+        return self.counts.copy(), self.sha.copy(), self.length, self.visible
+
+    def restore(self, state: tuple[Any, ...]) -> None:
+        counts, sha, self.length, self.visible = state
+        self.counts, self.sha = counts, sha.copy()
+
+
+class _Pass2:
+    """Writes the indices of the normalised text: ``train.bin`` up to ``cut``, then ``val.bin``."""
+
+    def __init__(self, vocab: Vocab, dtype: np.dtype, cut: int, train: IO, val: IO) -> None:
+        self.table = np.zeros(_UNICODE, dtype=dtype)
+        self.table[[ord(ch) for ch in vocab.idx_to_char]] = np.arange(len(vocab), dtype=dtype)
+        self.cut, self.train, self.val = cut, train, val
+        self.position = 0
+        self.train_counts = np.zeros(len(vocab), dtype=np.int64)
+
+    def add(self, text: str) -> None:
+        if not text:
+            return
+        indices = self.table[_codes(text)]
+        head = indices[: max(0, self.cut - self.position)]
+        if len(head):
+            self.train.write(head.tobytes())
+            self.train_counts += np.bincount(head, minlength=len(self.train_counts))
+        if len(head) < len(indices):
+            self.val.write(indices[len(head) :].tobytes())
+        self.position += len(indices)
+
+
+def _stream(
+    data: DataConfig,
+    path: Path,
+    consumer: _Pass1 | _Pass2,
+    chunk_bytes: int,
+    encodings: list[str] | None = None,
+) -> list[str]:
+    """Feed the normalised text of ``data`` to ``consumer``; return each source's encoding.
+
+    With ``encodings`` (pass 2) each source is decoded with its own and reading stops at
+    ``max_chars``; without (pass 1) each source is read to its end, as ``read_text`` does,
+    trying ``data.encoding`` or UTF-8 then GB18030, and restarting the source (and the
+    consumer's state) after a decode error.
+    """
+    normalizer = _Normalizer(data.newlines, data.max_chars)
+    chosen: list[str] = []
+    with _sources(path, data.member) as sources:
+        for number, (name, opener) in enumerate(sources):
+            if number:
+                consumer.add(normalizer.feed("\n"))  # read_text joins the members with "\n"
+            if encodings is not None:
+                if normalizer.done:
+                    break
+                tried: tuple[str, ...] = (encodings[number],)
+            else:
+                tried = (data.encoding,) if data.encoding else FALLBACK_ENCODINGS
+            for encoding in tried:
+                saved = normalizer.state(), consumer.state() if encodings is None else None
+                try:
+                    for piece in _decoded(
+                        opener, name, encoding, data.encoding is None, chunk_bytes
+                    ):
+                        consumer.add(normalizer.feed(piece))
+                        if encodings is not None and normalizer.done:
+                            break
+                except UnicodeDecodeError:
+                    if encodings is not None:
+                        raise
+                    normalizer.restore(saved[0])
+                    consumer.restore(saved[1])  # type: ignore[union-attr]
+                    continue
+                chosen.append(encoding)
+                break
+            else:
+                if data.encoding is None and _has_nul(opener, chunk_bytes):
+                    raise _binary(name)
+                raise CharLSTMError(
+                    f"cannot decode {name} as {' or '.join(tried)}; "
+                    "pass --encoding to name its encoding"
+                )
+        consumer.add(normalizer.finish())
+    return chosen
+
+
+# ---------------------------------------------------------------------- prepare
+
+
+def _dtype_for(vocab_size: int) -> np.dtype:
+    return np.dtype(np.uint16 if vocab_size <= MAX_UINT16_VOCAB else np.uint32)
+
+
+def prepare(
+    data: DataConfig,
+    val_fraction: float,
+    out_dir: str | Path,
+    log: Callable[[str], object] = print,
+    chunk_bytes: int = CHUNK_BYTES,
+) -> PreparedCorpus:
+    """Write the prepared form of the corpus ``data`` names into ``out_dir``; open it.
+
+    ``out_dir`` must not exist, be empty, or hold a prepared corpus (which is replaced).
+    Raises ``CharLSTMError`` for what ``read_text`` refuses (missing file, undecodable or
+    binary text, an empty corpus...) and for a bad ``val_fraction``.
+    """
+    if data.max_chars is not None and data.max_chars <= 0:
+        raise CharLSTMError(f"--max-chars must be positive, not {data.max_chars}")
+    if chunk_bytes < 1:
+        raise CharLSTMError(f"chunk size must be positive, not {chunk_bytes}")
+    split_point(0, val_fraction)  # validates it before reading anything
+    path, out_dir = Path(data.path), Path(out_dir)
+    if out_dir.exists() and not (out_dir.is_dir() and (is_prepared(out_dir) or _empty(out_dir))):
+        raise CharLSTMError(
+            f"{out_dir} exists and is not a prepared corpus; choose a new directory"
+        )
+    started = time.perf_counter()
+
+    counter = _Pass1()
+    encodings = _stream(data, path, counter, chunk_bytes)
+    if not counter.visible:
+        raise CharLSTMError(f"corpus {path} is empty (or whitespace only)")
+    present = np.flatnonzero(counter.counts)
+    vocab = Vocab(chr(code) for code in present)
+    counts = counter.counts[present]
+    n = counter.length
+    cut = split_point(n, val_fraction)
+    dtype = _dtype_for(len(vocab))
+    log(f"pass 1: {n:,} characters, {len(vocab):,} distinct, {time.perf_counter() - started:.1f} s")
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir.parent / f".{out_dir.name}.preparing-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        with open(tmp / "train.bin", "wb") as train, open(tmp / "val.bin", "wb") as val:
+            writer = _Pass2(vocab, dtype, cut, train, val)
+            _stream(data, path, writer, chunk_bytes, encodings)
+        if writer.position != n:
+            raise CharLSTMError(f"{path} changed while it was being prepared; prepare it again")
+        (tmp / "vocab.json").write_text(
+            json.dumps(vocab.to_list(), ensure_ascii=False) + "\n", encoding="utf-8"
+        )
+        meta = {
+            "format": FORMAT_NAME,
+            "version": FORMAT_VERSION,
+            "dtype": dtype.name,
+            "num_chars": n,
+            "train_chars": cut,
+            "val_chars": n - cut,
+            "vocab_size": len(vocab),
+            "sha256": counter.sha.hexdigest(),
+            "data": dataclasses.asdict(data),
+            "val_fraction": val_fraction,
+            "encodings": encodings,
+            "counts": counts.tolist(),
+            "train_counts": writer.train_counts.tolist(),
+        }
+        (tmp / "meta.json").write_text(json.dumps(meta, ensure_ascii=False) + "\n", "utf-8")
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        tmp.rename(out_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    seconds = time.perf_counter() - started
+    log(
+        f"prepared {out_dir}: {cut:,} training and {n - cut:,} held-out characters, {seconds:.1f} s"
+    )
+    return PreparedCorpus.open(out_dir)
+
+
+def _empty(path: Path) -> bool:
+    return not any(path.iterdir())
+
+
+def is_prepared(path: str | Path) -> bool:
+    """Whether ``path`` is a directory that ``prepare`` finished (it has ``meta.json``)."""
+    path = Path(path)
+    return path.is_dir() and (path / "meta.json").is_file()
+
+
+# ---------------------------------------------------------------------- reading it back
+
+
+def _memmap(path: Path, dtype: np.dtype, length: int) -> np.ndarray:
+    if length == 0:
+        return np.zeros(0, dtype=dtype)
+    return np.memmap(path, dtype=dtype, mode="r", shape=(length,))
+
+
+@dataclasses.dataclass
+class PreparedCorpus:
+    """A prepared directory opened: ``train`` and ``val`` are read-only ``np.memmap`` arrays."""
+
+    path: Path
+    vocab: Vocab
+    train: np.ndarray  # (train_chars,) uint16 or uint32 memmap
+    val: np.ndarray  # (val_chars,)
+    meta: dict[str, Any]
+
+    @classmethod
+    def open(cls, path: str | Path) -> PreparedCorpus:
+        """Open a directory ``prepare`` wrote; ``CharLSTMError`` for anything else."""
+        path = Path(path)
+        if not path.is_dir():
+            raise CharLSTMError(f"not a prepared corpus directory: {path}")
+        if not (path / "meta.json").is_file():
+            raise CharLSTMError(
+                f"{path} is not a prepared corpus (no meta.json: not prepared, or the "
+                "prepare was interrupted); run charlstm prepare again"
+            )
+        try:
+            meta = json.loads((path / "meta.json").read_text(encoding="utf-8"))
+            chars = json.loads((path / "vocab.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError) as err:
+            raise CharLSTMError(f"cannot read prepared corpus {path}: {err}") from err
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME:
+            raise CharLSTMError(f"{path}/meta.json does not describe a prepared corpus")
+        if meta.get("version") != FORMAT_VERSION:
+            raise CharLSTMError(
+                f"{path} is a prepared corpus of format version {meta.get('version')!r}, and "
+                f"this charlstm reads version {FORMAT_VERSION}; prepare it again"
+            )
+        vocab = Vocab(chars)
+        dtype = np.dtype(meta["dtype"])
+        if len(vocab) != meta["vocab_size"]:
+            raise CharLSTMError(f"{path}/vocab.json does not match meta.json; prepare it again")
+        arrays = []
+        for name, length in (("train.bin", meta["train_chars"]), ("val.bin", meta["val_chars"])):
+            file = path / name
+            size = file.stat().st_size if file.is_file() else None
+            if size != length * dtype.itemsize:
+                raise CharLSTMError(
+                    f"{file} is missing or has the wrong size (a damaged prepared corpus); "
+                    "prepare it again"
+                )
+            arrays.append(_memmap(file, dtype, length))
+        return cls(path=path, vocab=vocab, train=arrays[0], val=arrays[1], meta=meta)
+
+    @property
+    def num_chars(self) -> int:
+        return int(self.meta["num_chars"])
+
+    @property
+    def sha256(self) -> str:
+        """The text's fingerprint, as :meth:`charlstm.corpus.Corpus.fingerprint` gives it."""
+        return str(self.meta["sha256"])
+
+    @property
+    def counts(self) -> np.ndarray:
+        """``(V,)`` int64: how often each character occurs in the whole text."""
+        return np.asarray(self.meta["counts"], dtype=np.int64)
+
+    @property
+    def train_counts(self) -> np.ndarray:
+        """``(V,)`` int64: how often each character occurs in the training part."""
+        return np.asarray(self.meta["train_counts"], dtype=np.int64)
+
+    @property
+    def data(self) -> DataConfig:
+        return DataConfig.from_dict(self.meta["data"])
+
+    @property
+    def val_fraction(self) -> float:
+        return float(self.meta["val_fraction"])
+
+    def __len__(self) -> int:
+        return self.num_chars
+
+    def decode(self, indices: np.ndarray) -> str:
+        """Indices -> text, without a Python object per character."""
+        table = getattr(self, "_code_table", None)
+        if table is None:
+            table = np.array([ord(ch) for ch in self.vocab.idx_to_char], dtype=np.uint32)
+            self._code_table = table
+        return table[np.asarray(indices)].tobytes().decode("utf-32-le", "surrogatepass")
+
+    def text(self, start: int = 0, stop: int | None = None) -> str:
+        """The text of positions ``start .. stop - 1`` of the whole corpus (train then val)."""
+        n, cut = self.num_chars, len(self.train)
+        start, stop, _ = slice(start, stop).indices(n)
+        if stop <= start:
+            return ""
+        parts = []
+        if start < cut:
+            parts.append(self.train[start : min(stop, cut)])
+        if stop > cut:
+            parts.append(self.val[max(start, cut) - cut : stop - cut])
+        return "".join(self.decode(part) for part in parts)
+
+    def train_text(self, limit: int | None = None) -> str:
+        """The training text, or its first ``limit`` characters."""
+        stop = len(self.train) if limit is None else min(limit, len(self.train))
+        return self.text(0, stop)
