@@ -272,6 +272,48 @@ def train(
 
 @app.command()
 @handle_errors
+@settings_options(DataConfig)
+def prepare(
+    corpus: Annotated[Path, typer.Argument(help="Corpus: a .zip of text files or a text file.")],
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            help="Directory to write (default: CORPUS's name + .prepared).", show_default=False
+        ),
+    ] = None,
+    val_fraction: Annotated[
+        float,
+        typer.Option(
+            help="Held-out part at the end of the corpus, never trained on.",
+            rich_help_panel="Corpus",
+        ),
+    ] = TrainConfig.val_fraction,
+    given: Given | None = None,
+) -> None:
+    """Read a corpus of any size once, in chunks, into token files for training.
+
+    Writes DIR/train.bin and DIR/val.bin (uint16 indices, uint32 past 65,535 characters, read
+    through memory maps), vocab.json and meta.json; train it with: charlstm train DIR.
+
+    Example: charlstm prepare ../shared/data/tang_poems.txt.zip --out data/tang
+    """
+    from charlstm.pipeline import layered
+    from charlstm.prepared import prepare as prepare_corpus
+
+    data = layered(DataConfig, given or {}, path=str(corpus.resolve()))
+    layered(TrainConfig, {"val_fraction": val_fraction})  # checked as train checks it
+    target = out if out is not None else corpus.with_name(corpus.name.split(".")[0] + ".prepared")
+    # Written into a temporary directory beside DIR and renamed into place when whole, so
+    # that a killed or concurrent prepare never leaves a half-written DIR.
+    prepared = prepare_corpus(data, val_fraction, target, log=typer.echo)
+    typer.echo(
+        f"wrote {target}: {len(prepared.train):,} training / {len(prepared.val):,} held-out "
+        f"characters, vocabulary {len(prepared.vocab):,}; train with: charlstm train {target}"
+    )
+
+
+@app.command()
+@handle_errors
 def generate(
     prefix: Annotated[
         list[str] | None,

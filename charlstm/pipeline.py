@@ -40,6 +40,8 @@ from charlstm.distill import NgramTeacher
 from charlstm.errors import CharLSTMError
 from charlstm.mixture import NgramMixture
 from charlstm.model import build_model, default_cutoffs
+from charlstm.ngram import MAX_EMBEDDED_NGRAM_CHARS
+from charlstm.prepared import PreparedCorpus, is_prepared
 from charlstm.train import Log, Trainer, TrainingData, resolve_device
 
 #: The demo corpus shipped in the repository (found next to the package in a source checkout).
@@ -68,6 +70,10 @@ class RunRequest:
         return {k: v for k, v in self.given.items() if k in names}
 
 
+def _only(given: dict[str, Any], *names: str) -> dict[str, Any]:
+    return {k: v for k, v in given.items() if k in names}
+
+
 def layered(cls: type[C], *layers: dict[str, Any], **fixed: Any) -> C:
     """``cls`` from its defaults overlaid by each layer in turn, then ``fixed``; validated."""
     merged: dict[str, Any] = {}
@@ -91,6 +97,38 @@ def _preset(name: str | None) -> dict[str, dict[str, Any]]:
     if name not in PRESETS:
         raise CharLSTMError(f"unknown --preset {name!r}; choose one of: {', '.join(PRESETS)}")
     return PRESETS[name]
+
+
+def training_data(
+    source: DataConfig, val_fraction: float, given_data: dict[str, Any], vocab: Vocab | None = None
+) -> tuple[TrainingData, DataConfig, float]:
+    """The run's data: a text corpus read into memory, or a prepared corpus (``charlstm
+    prepare``) read through memory maps, whose normalisation and split are its own."""
+    if not is_prepared(source.path):
+        corpus = load_corpus(source, vocab)
+        return TrainingData.from_corpus(corpus, val_fraction), source, val_fraction
+    prepared = PreparedCorpus.open(source.path)
+    fixed = {
+        **given_data,
+        **({"val_fraction": val_fraction} if "val_fraction" in given_data else {}),
+    }
+    _check_same(
+        replace(prepared.data, path=source.path),
+        {k: v for k, v in fixed.items() if k != "val_fraction"},
+        "prepared corpus",
+        "it was fixed by charlstm prepare (prepare the corpus again to change it)",
+    )
+    if "val_fraction" in given_data and given_data["val_fraction"] != prepared.val_fraction:
+        raise SettingError(
+            f"{{val_fraction}} {given_data['val_fraction']} differs from the prepared corpus's "
+            f"{prepared.val_fraction}; it was fixed by charlstm prepare"
+        )
+    if vocab is not None and vocab != prepared.vocab:
+        raise CharLSTMError(f"{source.path} has another vocabulary than the run's checkpoint")
+    data = TrainingData(
+        prepared.vocab, prepared.train, prepared.val, prepared.sha256, prepared.train_text
+    )
+    return data, replace(prepared.data, path=source.path), prepared.val_fraction
 
 
 def load_corpus(data: DataConfig, vocab: Vocab | None = None) -> Corpus:
@@ -171,6 +209,13 @@ def _ngram_features(
 ) -> tuple[NgramTeacher | None, NgramMixture | None]:
     """The n-gram teacher and the interpolated n-gram, fitted on the training text."""
     teacher = mixture = None
+    for name in ("ngram_teacher", "ngram_mix"):
+        if getattr(train, name) and len(data.train) > MAX_EMBEDDED_NGRAM_CHARS:
+            raise SettingError(
+                f"{{{name}}} fits an n-gram on the training text, which is limited to "
+                f"{MAX_EMBEDDED_NGRAM_CHARS:,} characters (this one has {len(data.train):,}); "
+                "use it on a smaller corpus (--max-chars), or train without it"
+            )
     if train.ngram_teacher:
         started = time.perf_counter()
         teacher = NgramTeacher(
@@ -223,12 +268,13 @@ def new_run(request: RunRequest, log: Log = print, progress_bar: bool | None = N
     source = layered(DataConfig, request.of(DataConfig), path=str(path.resolve()))
     train = layered(TrainConfig, chosen["train"], request.of(TrainConfig))
     resolve_device(train.device)  # before any file is read or written
-    corpus = load_corpus(source)
+    given_data = {**request.of(DataConfig), **_only(request.given, "val_fraction")}
+    data, source, val_fraction = training_data(source, train.val_fraction, given_data)
+    train = replace(train, val_fraction=val_fraction)
     model = layered(
-        ModelConfig, chosen["model"], request.of(ModelConfig), vocab_size=len(corpus.vocab)
+        ModelConfig, chosen["model"], request.of(ModelConfig), vocab_size=len(data.vocab)
     )
     check_given(request.given, model, train)
-    data = TrainingData.from_corpus(corpus, train.val_fraction)
     if model.softmax == "adaptive" and model.cutoffs is None:  # recorded in the run's config
         model = replace(model, cutoffs=default_cutoffs(data.counts())).validate()
     return _start(
@@ -344,13 +390,13 @@ def resume_run(request: RunRequest, log: Log = print, progress_bar: bool | None 
     source = checkpoint.data_config
     if request.corpus is not None:
         source = replace(source, path=str(Path(request.corpus).resolve()))
-    elif not Path(source.path).is_file():
+    elif not Path(source.path).exists():
         raise CharLSTMError(
             f"the run's corpus {source.path} is not here; pass it: "
             "charlstm train CORPUS --resume ..."
         )
-    corpus = load_corpus(source, checkpoint.vocab)
-    if checkpoint.corpus_sha256 and corpus.fingerprint() != checkpoint.corpus_sha256:
+    data, source, _ = training_data(source, train.val_fraction, {}, checkpoint.vocab)
+    if checkpoint.corpus_sha256 and data.fingerprint != checkpoint.corpus_sha256:
         raise CharLSTMError(
             f"{source.path} is not the text this run trained on (its content differs); a resumed "
             "run reads the same text: pass the original corpus, or start a new run from this "
@@ -365,7 +411,6 @@ def resume_run(request: RunRequest, log: Log = print, progress_bar: bool | None 
         )
     if branch:
         runs.check_new_run_dir(directory, request.overwrite)  # never write over another run
-    data = TrainingData.from_corpus(corpus, train.val_fraction)
     trainer = _trainer(
         data,
         checkpoint.model_config,

@@ -227,7 +227,7 @@ def rewind(source: str | Path, target: str | Path, epoch: int, step: int) -> Non
     logs are replaced atomically: a crash while rewinding leaves the old ones.
     """
     source, target = Path(source), Path(target)
-    metrics = _increasing(read_metrics(source), "step", step)  # a score per epoch or per --eval-every
+    metrics = _increasing(read_metrics(source), "step", step)
     steps = _increasing(read_steps(source), "step", step)
     safe_io.remove_temporary(target, (METRICS_FILE, STEPS_FILE))
     _write_jsonl(target / METRICS_FILE, metrics)

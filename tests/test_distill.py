@@ -63,9 +63,9 @@ def test_cross_entropy_equals_the_dense_formula() -> None:
 def test_bad_teacher_order_is_a_clear_error(small_corpus, tmp_path, order: int) -> None:
     with pytest.raises(CharLSTMError, match="ngram_teacher must be an n-gram order from 2 to 16"):
         train(small_corpus, tmp_path / "run", train_options={"ngram_teacher": order})
-    with pytest.raises(CharLSTMError, match="--teacher-weight"):
+    with pytest.raises(CharLSTMError, match="teacher_weight"):
         train(small_corpus, tmp_path / "run", train_options={"teacher_weight": 1.5})
-    with pytest.raises(CharLSTMError, match="--teacher-folds must be at least 2"):
+    with pytest.raises(CharLSTMError, match="teacher_folds must be at least 2"):
         train(small_corpus, tmp_path / "run", train_options={"teacher_folds": 1})
 
 

@@ -110,7 +110,7 @@ def test_bad_mixture_settings_are_refused():
     with pytest.raises(CharLSTMError, match="ngram_mix must be an n-gram order"):
         TrainConfig(ngram_mix=1).validate()
     for weight in (0.0, 1.0, float("nan")):
-        with pytest.raises(CharLSTMError, match="--mix-weight must be in"):
+        with pytest.raises(CharLSTMError, match="mix_weight must be in"):
             TrainConfig(ngram_mix=3, mix_weight=weight).validate()
 
 
