@@ -28,10 +28,11 @@ from charlstm.config import fraction
 from charlstm.corpus import Vocab, read_text, show_chars, split_point
 from charlstm.decoding import DEFAULT_PENALTY_WINDOW, SamplingConfig
 from charlstm.errors import CharLSTMError
-from charlstm.evaluate import EvalResult, score, score_heldout
+from charlstm.evaluate import HISTORY, EvalResult, score, score_heldout
 from charlstm.generation import generate
 from charlstm.mixture import NgramMixture
 from charlstm.model import CharLSTM, build_model
+from charlstm.prepared import PreparedCorpus, is_prepared
 
 
 @dataclass
@@ -177,6 +178,8 @@ class LanguageModel:
         data = self.checkpoint.data_config
         if val_fraction is not None:
             fraction("--val-fraction", val_fraction)
+        if is_prepared(path):
+            return self._evaluate_prepared(Path(path), val_fraction, cache, dynamic)
         same_corpus = Path(path).resolve() == Path(data.path).resolve() and member in (
             None,
             data.member,
@@ -207,6 +210,39 @@ class LanguageModel:
             "model": self.describe(),
             "scope": scope,
             "val_fraction": val_fraction,
+            "cache": None if cache is None else asdict(cache),
+            "dynamic": None if dynamic is None else asdict(dynamic),
+            **result.as_dict(),
+        }
+
+    def _evaluate_prepared(
+        self,
+        path: Path,
+        val_fraction: float | None,
+        cache: CacheConfig | None,
+        dynamic: DynamicConfig | None,
+    ) -> dict[str, Any]:
+        """Score a prepared corpus's held-out part (``charlstm prepare``), after the end of
+        its training part; its split is its own."""
+        prepared = PreparedCorpus.open(path)
+        if val_fraction is not None and val_fraction != prepared.val_fraction:
+            raise CharLSTMError(
+                f"--val-fraction {val_fraction} differs from the prepared corpus's "
+                f"{prepared.val_fraction}; its split was fixed by charlstm prepare"
+            )
+        if prepared.vocab != self.vocab:
+            raise CharLSTMError(f"{path} was prepared with another vocabulary than the model's")
+        history = torch.from_numpy(prepared.train[-HISTORY:].astype("int64"))
+        heldout = torch.from_numpy(prepared.val.astype("int64"))
+        result = score_heldout(
+            self.model, history, heldout, self.mixture, cache=cache, dynamic=dynamic
+        )
+        return {
+            "corpus": str(path),
+            "checkpoint": str(self.checkpoint.path),
+            "model": self.describe(),
+            "scope": f"held-out part of the prepared corpus ({prepared.val_fraction:g})",
+            "val_fraction": prepared.val_fraction,
             "cache": None if cache is None else asdict(cache),
             "dynamic": None if dynamic is None else asdict(dynamic),
             **result.as_dict(),

@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 from charlstm import checkpoint as ckpt
 from charlstm import runs
 from charlstm.cli import app
+from charlstm.errors import CharLSTMError
 
 
 def step_losses(run_dir) -> list[tuple[int, float]]:
@@ -98,3 +99,36 @@ def test_progress_lines_when_the_output_is_not_a_terminal(small_corpus, tmp_path
     assert [line.split()[1] for line in lines] == ["1/4", "2/4", "3/4", "4/4"]
     assert all("chars/s" in line and "loss" in line and "left" in line for line in lines)
     assert "step limit: 4 optimizer steps (--max-steps 4)" in result.output
+
+
+def test_a_prepared_corpus_trains_exactly_as_the_text_it_was_prepared_from(small_corpus, tmp_path):
+    """charlstm prepare, then train DIR: the same vocabulary, split and losses as train CORPUS."""
+    prepared = tmp_path / "prepared"
+    result = CliRunner().invoke(app, ["prepare", str(small_corpus), "--out", str(prepared)])
+    assert result.exit_code == 0, result.output
+    assert f"train with: charlstm train {prepared}" in result.output
+    options = {"max_steps": 12, "eval_every": 6}
+    text_run, _ = train(small_corpus, tmp_path / "text", train_options=options)
+    dir_run, _ = train(prepared, tmp_path / "dir", train_options=options)
+    assert dir_run.vocab == text_run.vocab
+    assert (len(dir_run.data.train), len(dir_run.data.val)) == (
+        len(text_run.data.train),
+        len(text_run.data.val),
+    )
+    assert dir_run.data.fingerprint == text_run.data.fingerprint
+    assert step_losses(tmp_path / "dir") == step_losses(tmp_path / "text")
+    text_rows = runs.read_metrics(tmp_path / "text")
+    assert [r["val_loss"] for r in runs.read_metrics(tmp_path / "dir")] == [
+        r["val_loss"] for r in text_rows
+    ]
+    # charlstm eval DIR scores the held-out part as training did
+    scored = CliRunner().invoke(
+        app, ["eval", str(prepared), "--checkpoint", str(tmp_path / "dir" / "last.pt"), "--json"]
+    )
+    assert scored.exit_code == 0, scored.output
+    assert json.loads(scored.output)["loss"] == pytest.approx(text_rows[-1]["val_loss"], rel=1e-6)
+    # resumed from the prepared directory, it goes on; its normalisation cannot change
+    _, more = train(prepared, None, train_options={"max_steps": 18}, resume=tmp_path / "dir")
+    assert [m.step for m in more.metrics] == [18]
+    with pytest.raises(CharLSTMError, match="fixed by charlstm prepare"):
+        train(prepared, tmp_path / "bad", data={"newlines": "space"})
