@@ -48,7 +48,7 @@ from charlstm.config import DataConfig, ModelConfig, TrainConfig
 from charlstm.corpus import Vocab
 from charlstm.errors import CharLSTMError, WriteFailed
 from charlstm.runs import then_for
-from charlstm.safe_io import write_failed
+from charlstm.safe_io import fsync_dir, write_failed
 
 #: Bumped when the layout changes; older versions listed in ``_UPGRADES`` still load.
 FORMAT_VERSION = 1
@@ -152,7 +152,7 @@ def save(checkpoint: Checkpoint, path: str | Path) -> Path:
     finally:
         if tmp_name is not None:  # the write failed: no half-written file stays behind
             Path(tmp_name).unlink(missing_ok=True)
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
     return path
 
 
@@ -178,19 +178,6 @@ def remove_partial_writes(directory: str | Path) -> list[Path]:
     for tmp in stray:
         tmp.unlink(missing_ok=True)
     return stray
-
-
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def _from_v0(data: dict[str, Any]) -> dict[str, Any]:
