@@ -351,15 +351,9 @@ def _start(
     return trainer
 
 
-def resume_run(request: RunRequest, log: Log = print, progress_bar: bool | None = None) -> Trainer:
-    """Continue the run in ``request.resume`` (a run directory: its ``last.pt``; or a
-    checkpoint file): the checkpoint's settings < the resumable settings given.
-
-    The run goes on in the checkpoint's directory, or in ``run_dir`` when given (a branch:
-    the logs up to the checkpoint are copied there).
-    """
-    source_file = ckpt.resolve(request.resume, prefer="last.pt")
-    checkpoint = ckpt.load(source_file)
+def _resumed_settings(request: RunRequest, checkpoint: ckpt.Checkpoint) -> TrainConfig:
+    """The resumed run's training settings: the checkpoint's, with the resumable ones given;
+    any other setting given must equal the checkpoint's."""
     _check_same(
         checkpoint.model_config,
         request.of(ModelConfig),
@@ -387,6 +381,19 @@ def resume_run(request: RunRequest, log: Log = print, progress_bar: bool | None 
             f"the run has already trained {checkpoint.epoch} epochs ({checkpoint.step:,} steps); "
             "pass a larger --epochs or --max-steps (the new total) to continue"
         )
+    return train
+
+
+def resume_run(request: RunRequest, log: Log = print, progress_bar: bool | None = None) -> Trainer:
+    """Continue the run in ``request.resume`` (a run directory: its ``last.pt``; or a
+    checkpoint file): the checkpoint's settings < the resumable settings given.
+
+    The run goes on in the checkpoint's directory, or in ``run_dir`` when given (a branch:
+    the logs up to the checkpoint are copied there).
+    """
+    source_file = ckpt.resolve(request.resume, prefer="last.pt")
+    checkpoint = ckpt.load(source_file)
+    train = _resumed_settings(request, checkpoint)
     source = checkpoint.data_config
     if request.corpus is not None:
         source = replace(source, path=str(Path(request.corpus).resolve()))
