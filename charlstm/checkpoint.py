@@ -6,7 +6,8 @@ A checkpoint holds everything a run needs to continue exactly where it stopped::
     model_config     dict (ModelConfig)        train_config  dict (TrainConfig)
     data_config      dict (DataConfig)         idx_to_char   list[str]; char_to_idx dict
     model            state dict                optimizer     state dict or None
-    scheduler        state dict or None        rng           {"torch": ByteTensor, "cuda": [...]}
+    rng              {"torch": ByteTensor, "cuda": [...]}  (the learning-rate schedule is
+                     derived from ``step`` and ``progress``: it has no state of its own)
     epoch            completed epochs          batch         next batch within epoch ``epoch``
     step             optimizer steps so far    best_val_loss float (inf when none)
     progress         {"loss_sum", "chars", "bad_epochs", "carry"}: mid-epoch training state
@@ -72,7 +73,6 @@ class Checkpoint:
     vocab: Vocab
     model: dict[str, torch.Tensor]
     optimizer: dict[str, Any] | None = None
-    scheduler: dict[str, Any] | None = None
     rng: dict[str, Any] = field(default_factory=dict)
     epoch: int = 0
     batch: int = 0
@@ -96,7 +96,6 @@ class Checkpoint:
             "char_to_idx": dict(self.vocab.char_to_idx),
             "model": self.model,
             "optimizer": self.optimizer,
-            "scheduler": self.scheduler,
             "rng": self.rng,
             "epoch": self.epoch,
             "batch": self.batch,
@@ -327,7 +326,6 @@ def load(path: str | Path) -> Checkpoint:
             vocab=vocab,
             model=data["model"],
             optimizer=data.get("optimizer"),
-            scheduler=data.get("scheduler"),
             rng=data.get("rng") or {},
             epoch=int(data.get("epoch", 0)),
             batch=int(data.get("batch", 0)),

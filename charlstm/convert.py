@@ -43,7 +43,6 @@ def convert_checkpoint(source: str | Path, to_backend: str, out: str | Path) -> 
         ),
         model=weights,
         optimizer=None,
-        scheduler=None,
         progress={},
         training_model=None,
     )
