@@ -16,33 +16,69 @@ both work with either backend and either softmax.
 from __future__ import annotations
 
 import copy
-import math
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 import torch
 from torch import nn
 
-from charlstm.config import positive
-from charlstm.errors import CharLSTMError
+from charlstm.config import (
+    at_least_zero,
+    build,
+    check_fields,
+    check_given,
+    in_range,
+    is_positive,
+    register,
+    setting,
+)
 from charlstm.mixture import NgramMixture
 from charlstm.model import CharLSTM, State
 
 
+@register
+@dataclass
+class Adaptation:
+    """The switches of evaluation-time adaptation, as ``charlstm eval`` and ``generate``
+    take them; the Python API passes a :class:`CacheConfig` / :class:`DynamicConfig` instead."""
+
+    cache: bool = setting(
+        False,
+        "Mix the model's distribution with a continuous cache of the text read so far.",
+        "Adaptation",
+    )
+    dynamic: bool = setting(
+        False,
+        "Dynamic evaluation: learn from the text read so far, one SGD step a segment.",
+        "Adaptation",
+    )
+
+    def validate(self) -> Adaptation:
+        return self
+
+
+@register
 @dataclass
 class CacheConfig:
     """Continuous cache (Grave et al., 2017): recent hidden states vote for what followed them.
 
     ``p(c | h_t) = (1 - mix) * p_model(c | h_t) + mix * p_cache(c | h_t)`` with
     ``p_cache(c) ∝ Σ_{i in window, i < t} [x_{i+1} = c] exp(flatness * h_t · h_i)``.
-    ``mix = 0`` leaves the model's distribution as it is.
+    ``mix = 0`` leaves the model's distribution as it is. Its settings are ``cache.window``
+    etc. (``--cache-window``).
     """
+
+    SETTING_PREFIX: ClassVar[str] = "cache"
 
     # Defaults tuned with scripts/tune_adaptation.py on a split inside jaychou's training
     # text (never on the held-out part); see docs/quality.md.
-    window: int = 500
-    flatness: float = 0.5
-    mix: float = 0.45
+    window: int = setting(500, "Cache: hidden states kept.", "Adaptation", check=is_positive)
+    flatness: float = setting(
+        0.5, "Cache: sharpness of the match.", "Adaptation", check=is_positive
+    )
+    mix: float = setting(
+        0.45, "Cache: its weight in the mixture, in [0, 1).", "Adaptation", check=in_range(0, 1)
+    )
 
     @classmethod
     def for_generation(cls, **settings: Any) -> CacheConfig:
@@ -55,36 +91,57 @@ class CacheConfig:
         alone (jaychou, the 1x512 small-corpus run, 16 samples x 300 characters, T = 0.8; see
         docs/generation.md).
         """
-        return cls(**{"mix": 0.05, **settings})
+        return cls(**{"mix": GENERATION_CACHE_MIX, **settings})
 
     def validate(self) -> CacheConfig:
-        positive("--cache-window", self.window)
-        if not 0 <= self.mix < 1:
-            raise CharLSTMError(f"--cache-mix must be in [0, 1), not {self.mix}")
-        if not (self.flatness > 0 and math.isfinite(self.flatness)):
-            raise CharLSTMError(f"--cache-flatness must be positive, not {self.flatness}")
+        check_fields(self)
         return self
 
 
+#: :meth:`CacheConfig.for_generation`'s mix.
+GENERATION_CACHE_MIX = 0.05
+
+
+@register
 @dataclass
 class DynamicConfig:
     """Dynamic evaluation (Krause et al., 2018): after scoring each segment, one SGD step
     on it, pulled back towards the trained weights by ``decay`` (a setting of the Python
-    API only; the CLI keeps 0). ``lr = 0`` never changes the weights."""
+    API only; the CLI keeps 0). ``lr = 0`` never changes the weights. Its settings are
+    ``dynamic.lr`` etc. (``--dynamic-lr``)."""
 
-    lr: float = 0.1  # tuned together with the cache (alone, 0.3 scored better)
-    segment: int = 50
-    decay: float = 0.0
+    SETTING_PREFIX: ClassVar[str] = "dynamic"
+
+    lr: float = setting(  # tuned together with the cache (alone, 0.3 scored better)
+        0.1, "Dynamic evaluation: SGD step size.", "Adaptation", check=at_least_zero()
+    )
+    segment: int = setting(
+        50, "Dynamic evaluation: characters per update.", "Adaptation", check=is_positive
+    )
+    decay: float = setting(0.0, cli=False, check=in_range(0, 1))
 
     def validate(self) -> DynamicConfig:
-        if not (self.lr >= 0 and math.isfinite(self.lr)):
-            raise CharLSTMError(f"--dynamic-lr must be >= 0, not {self.lr}")
-        positive("--dynamic-segment", self.segment)
-        if not 0 <= self.decay < 1:
-            raise CharLSTMError(
-                f"dynamic evaluation's decay must be in [0, 1), not {self.decay}"
-            )
+        check_fields(self)
         return self
+
+
+def from_settings(
+    given: dict[str, Any], generating: bool = False
+) -> tuple[CacheConfig | None, DynamicConfig | None]:
+    """The validated configs of ``--cache`` and ``--dynamic`` from the settings given by key
+    (``None`` when a switch is off; a setting given without its switch is an error, from
+    :data:`charlstm.config.REQUIRES`). ``generating``: :meth:`CacheConfig.for_generation`'s
+    defaults."""
+    switches = build(Adaptation, given)
+    check_given(given, switches)
+    cache = dynamic = None
+    if switches.cache:
+        cache = build(
+            CacheConfig, {"cache.mix": GENERATION_CACHE_MIX, **given} if generating else given
+        )
+    if switches.dynamic:
+        dynamic = build(DynamicConfig, given)
+    return cache, dynamic
 
 
 # -- the continuous cache ---------------------------------------------------------------------

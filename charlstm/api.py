@@ -24,12 +24,12 @@ import torch
 
 from charlstm import checkpoint as ckpt
 from charlstm.adaptation import CacheConfig, DynamicConfig
-from charlstm.config import fraction
+from charlstm.config import SettingError, check_value, in_range, optional, register, setting
 from charlstm.corpus import Vocab, read_text, show_chars, split_point
 from charlstm.decoding import DEFAULT_PENALTY_WINDOW, SamplingConfig
 from charlstm.errors import CharLSTMError
 from charlstm.evaluate import HISTORY, EvalResult, score, score_heldout
-from charlstm.generation import generate
+from charlstm.generation import generate, read_prefix_file
 from charlstm.mixture import NgramMixture
 from charlstm.model import CharLSTM, build_model
 from charlstm.prepared import PreparedCorpus, is_prepared
@@ -177,7 +177,7 @@ class LanguageModel:
         """
         data = self.checkpoint.data_config
         if val_fraction is not None:
-            fraction("--val-fraction", val_fraction)
+            check_value(EvalScope, "val_fraction", val_fraction)
         if is_prepared(path):
             return self._evaluate_prepared(Path(path), val_fraction, cache, dynamic)
         same_corpus = Path(path).resolve() == Path(data.path).resolve() and member in (
@@ -226,8 +226,8 @@ class LanguageModel:
         its training part; its split is its own."""
         prepared = PreparedCorpus.open(path)
         if val_fraction is not None and val_fraction != prepared.val_fraction:
-            raise CharLSTMError(
-                f"--val-fraction {val_fraction} differs from the prepared corpus's "
+            raise SettingError(
+                f"{{val_fraction}} {val_fraction} differs from the prepared corpus's "
                 f"{prepared.val_fraction}; its split was fixed by charlstm prepare"
             )
         if prepared.vocab != self.vocab:
@@ -273,20 +273,43 @@ def load_model(path: str | Path | None = None, device: str = "cpu") -> LanguageM
     )
 
 
-def read_prefix_file(path: str | Path) -> list[str]:
-    """Prefixes from a UTF-8 text file, one per line; empty lines are skipped."""
-    path = Path(path)
-    if path.is_dir():
-        raise CharLSTMError(f"prefix file is a directory: {path}")
-    if not path.is_file():
-        raise CharLSTMError(f"prefix file not found: {path}")
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as err:
-        raise CharLSTMError(f"prefix file {path} is not UTF-8 text") from err
-    except OSError as err:
-        raise CharLSTMError(f"cannot read prefix file {path}: {err.strerror}") from err
-    prefixes = [line for line in text.splitlines() if line.strip()]
-    if not prefixes:
-        raise CharLSTMError(f"prefix file {path} has no prefixes (one per line)")
-    return prefixes
+__all__ = ["EvalScope", "LanguageModel", "ModelChoice", "load_model", "read_prefix_file"]
+
+
+@register
+@dataclass
+class ModelChoice:
+    """Which trained model ``charlstm generate`` and ``eval`` read, and where it runs."""
+
+    checkpoint: Path | None = setting(
+        None, "Run directory or checkpoint file (default: the newest run's best.pt).", "Input"
+    )
+    lstm_only: bool = setting(
+        False,
+        "Use the LSTM alone, without the n-gram a run trained with --ngram-mix interpolates.",
+        "Adaptation",
+    )
+    device: str = setting("cpu", "auto, cpu or cuda.", "Input")
+
+    def validate(self) -> ModelChoice:
+        return self
+
+    def load(self, runs_root: Path) -> LanguageModel:
+        """The model (``checkpoint``, else the newest run's ``best.pt`` under ``runs_root``)."""
+        path = ckpt.resolve(self.checkpoint, prefer="best.pt", runs_root=runs_root)
+        model = load_model(path, self.device)
+        return model.lstm_only() if self.lstm_only else model
+
+
+@register
+@dataclass
+class EvalScope:
+    """Which part of a text ``charlstm eval`` scores (:meth:`LanguageModel.evaluate_file`)."""
+
+    val_fraction: float | None = setting(
+        None,
+        "Score only this last part of the text (default: the run's held-out part if CORPUS "
+        "is the run's corpus, else the whole text).",
+        "Input",
+        check=optional(in_range(0, 1)),
+    )

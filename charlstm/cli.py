@@ -18,17 +18,19 @@ import typer
 
 from charlstm import checkpoint as ckpt
 from charlstm import safe_io
-from charlstm.config import (
-    PRESETS,
-    DataConfig,
-    ModelConfig,
-    SettingError,
-    TrainConfig,
-    option_name,
-    positive,
+from charlstm.adaptation import (
+    GENERATION_CACHE_MIX,
+    Adaptation,
+    CacheConfig,
+    DynamicConfig,
+    from_settings,
 )
+from charlstm.api import EvalScope, LanguageModel, ModelChoice
+from charlstm.config import PRESETS, DataConfig, ModelConfig, SettingError, TrainConfig, build
+from charlstm.config import option_name as option
+from charlstm.decoding import SamplingConfig
 from charlstm.errors import CharLSTMError
-from charlstm.evaluate import CacheConfig, DynamicConfig
+from charlstm.generation import GenerateRequest
 from charlstm.options import Given, settings_options
 
 app = typer.Typer(
@@ -41,7 +43,6 @@ app = typer.Typer(
 )
 
 F = TypeVar("F", bound=Callable[..., Any])
-C = TypeVar("C", CacheConfig, DynamicConfig)
 
 
 def fail(message: str, code: int = 2) -> typer.Exit:
@@ -51,9 +52,10 @@ def fail(message: str, code: int = 2) -> typer.Exit:
 
 #: What to make smaller when a command runs out of memory.
 OUT_OF_MEMORY_HINTS = {  # by the command's function name
-    "train": "a smaller --batch-size or --hidden",
-    "generate": "a smaller --length, --num-samples or --cache-window",
-    "evaluate": "a shorter text or a smaller --cache-window",
+    "train": f"a smaller {option('batch_size')} or {option('hidden_size')}",
+    "generate": f"a smaller {option('length')}, {option('num_samples')} or "
+    f"{option('cache.window')}",
+    "evaluate": f"a shorter text or a smaller {option('cache.window')}",
 }
 
 
@@ -72,7 +74,7 @@ def handle_errors(command: F) -> F:
         try:
             return command(*args, **kwargs)
         except SettingError as err:  # the library names fields; a user typed options
-            raise fail(err.render(option_name), err.exit_code) from None
+            raise fail(err.render(option), err.exit_code) from None
         except CharLSTMError as err:
             raise fail(str(err), err.exit_code) from None
         except KeyboardInterrupt:
@@ -96,100 +98,7 @@ RunsRoot = Annotated[
 ]
 
 
-# Evaluation-time adaptation, the same options for eval and generate. The settings default
-# to None ("not given") so that one given without its switch is an error, not ignored.
-def _adaptation_option(name: str, help: str, default: object = None) -> Any:
-    """A typer option of the Adaptation panel; a setting's help shows the library default."""
-    if default is not None:
-        help += f" [default: {default}]"
-    return typer.Option(name, help=help, rich_help_panel="Adaptation", show_default=False)
-
-
-CacheSwitch = Annotated[
-    bool,
-    _adaptation_option(
-        "--cache", "Mix the model's distribution with a continuous cache of the text read so far."
-    ),
-]
-CacheWindow = Annotated[
-    int | None,
-    _adaptation_option("--cache-window", "Cache: hidden states kept.", CacheConfig.window),
-]
-CacheFlatness = Annotated[
-    float | None,
-    _adaptation_option("--cache-flatness", "Cache: sharpness of the match.", CacheConfig.flatness),
-]
-CacheMix = Annotated[
-    float | None,
-    _adaptation_option(
-        "--cache-mix", "Cache: its weight in the mixture, in [0, 1).", CacheConfig.mix
-    ),
-]
-GenerateCacheMix = Annotated[  # writing feeds the cache its own text: a lighter default
-    float | None,
-    _adaptation_option(
-        "--cache-mix",
-        "Cache: its weight in the mixture, in [0, 1).",
-        CacheConfig.for_generation().mix,
-    ),
-]
-LstmOnly = Annotated[
-    bool,
-    typer.Option(
-        "--lstm-only",
-        help="Use the LSTM alone, without the n-gram a run trained with --ngram-mix interpolates.",
-    ),
-]
-DynamicSwitch = Annotated[
-    bool,
-    _adaptation_option(
-        "--dynamic", "Dynamic evaluation: learn from the text read so far, one SGD step a segment."
-    ),
-]
-DynamicLr = Annotated[
-    float | None,
-    _adaptation_option("--dynamic-lr", "Dynamic evaluation: SGD step size.", DynamicConfig.lr),
-]
-DynamicSegment = Annotated[
-    int | None,
-    _adaptation_option(
-        "--dynamic-segment", "Dynamic evaluation: characters per update.", DynamicConfig.segment
-    ),
-]
-
-
-def adaptation(
-    cache: bool,
-    cache_window: int | None,
-    cache_flatness: float | None,
-    cache_mix: float | None,
-    dynamic: bool,
-    dynamic_lr: float | None,
-    dynamic_segment: int | None,
-    generating: bool = False,
-) -> tuple[CacheConfig | None, DynamicConfig | None]:
-    """The validated configs of ``--cache`` and ``--dynamic`` (``None`` when off).
-
-    ``generating``: the cache's defaults for writing (:meth:`CacheConfig.for_generation`).
-    """
-    cache_settings = {"window": cache_window, "flatness": cache_flatness, "mix": cache_mix}
-    dynamic_settings = {"lr": dynamic_lr, "segment": dynamic_segment}
-    cache_kind = CacheConfig.for_generation if generating else CacheConfig
-    return (
-        _switched(cache_kind, "--cache", cache, cache_settings),
-        _switched(DynamicConfig, "--dynamic", dynamic, dynamic_settings),
-    )
-
-
-def _switched(kind: Callable[..., C], switch: str, on: bool, settings: dict[str, Any]) -> C | None:
-    """``kind`` from the settings given (the rest: its defaults) when ``switch`` is on."""
-    given = {name: value for name, value in settings.items() if value is not None}
-    if not on:
-        if given:
-            option = f"{switch}-{next(iter(given))}"
-            raise CharLSTMError(f"{option} is a setting of {switch}; add {switch}")
-        return None
-    return kind(**given).validate()
+AsJson = Annotated[bool, typer.Option("--json", help="Print one JSON object.")]
 
 
 @app.command()
@@ -272,7 +181,7 @@ def train(
 
 @app.command()
 @handle_errors
-@settings_options(DataConfig)
+@settings_options(DataConfig, (TrainConfig, ("val_fraction",)))
 def prepare(
     corpus: Annotated[Path, typer.Argument(help="Corpus: a .zip of text files or a text file.")],
     out: Annotated[
@@ -281,13 +190,6 @@ def prepare(
             help="Directory to write (default: CORPUS's name + .prepared).", show_default=False
         ),
     ] = None,
-    val_fraction: Annotated[
-        float,
-        typer.Option(
-            help="Held-out part at the end of the corpus, never trained on.",
-            rich_help_panel="Corpus",
-        ),
-    ] = TrainConfig.val_fraction,
     given: Given | None = None,
 ) -> None:
     """Read a corpus of any size once, in chunks, into token files for training.
@@ -297,11 +199,10 @@ def prepare(
 
     Example: charlstm prepare ../shared/data/tang_poems.txt.zip --out data/tang
     """
-    from charlstm.pipeline import layered
     from charlstm.prepared import prepare as prepare_corpus
 
-    data = layered(DataConfig, given or {}, path=str(corpus.resolve()))
-    layered(TrainConfig, {"val_fraction": val_fraction})  # checked as train checks it
+    data = build(DataConfig, given or {}, path=str(corpus.resolve()))
+    val_fraction = build(TrainConfig, given or {}).val_fraction  # checked as train checks it
     target = out if out is not None else corpus.with_name(corpus.name.split(".")[0] + ".prepared")
     # Written into a temporary directory beside DIR and renamed into place when whole, so
     # that a killed or concurrent prepare never leaves a half-written DIR.
@@ -314,129 +215,16 @@ def prepare(
 
 @app.command()
 @handle_errors
-def generate(
-    prefix: Annotated[
-        list[str] | None,
-        typer.Option(help="Text to continue (repeatable).", rich_help_panel="Input"),
-    ] = None,
-    prefix_file: Annotated[
-        Path | None,
-        typer.Option(
-            help="A UTF-8 file of prefixes, one per line (after any --prefix).",
-            rich_help_panel="Input",
-            show_default=False,
-        ),
-    ] = None,
-    checkpoint: Annotated[
-        Path | None,
-        typer.Option(
-            help="Run directory or checkpoint file (default: the newest run's best.pt).",
-            show_default=False,
-            rich_help_panel="Input",
-        ),
-    ] = None,
-    length: Annotated[
-        int,
-        typer.Option(
-            help="Characters to generate after the prefix (at most, with --stop-at/--lines).",
-            rich_help_panel="Length",
-        ),
-    ] = 100,
-    temperature: Annotated[
-        float, typer.Option(help="Below 1: safer; above 1: wilder.", rich_help_panel="Sampling")
-    ] = 1.0,
-    top_k: Annotated[
-        int | None,
-        typer.Option(
-            help="Sample only among the K likeliest characters.", rich_help_panel="Sampling"
-        ),
-    ] = None,
-    top_p: Annotated[
-        float | None,
-        typer.Option(
-            help="Sample only among the likeliest characters holding this much probability.",
-            rich_help_panel="Sampling",
-        ),
-    ] = None,
-    greedy: Annotated[
-        bool,
-        typer.Option(
-            "--greedy",
-            help="Always take the likeliest character (tends to loop).",
-            rich_help_panel="Sampling",
-        ),
-    ] = False,
-    repetition_penalty: Annotated[
-        float,
-        typer.Option(
-            help="Divide the probability of characters generated in the last --penalty-window "
-            "characters by this (1: off; try 1.5 to 3).",
-            rich_help_panel="Sampling",
-        ),
-    ] = 1.0,
-    penalty_window: Annotated[
-        int,
-        typer.Option(
-            help="How many generated characters back --repetition-penalty looks.",
-            rich_help_panel="Sampling",
-        ),
-    ] = 32,
-    seed: Annotated[
-        int | None,
-        typer.Option(
-            help="Seed: the same seed gives the same text (default: a random one, "
-            "recorded by --format jsonl).",
-            rich_help_panel="Sampling",
-        ),
-    ] = None,
-    num_samples: Annotated[
-        int,
-        typer.Option(
-            help="Samples per prefix (all generated as one batch).", rich_help_panel="Sampling"
-        ),
-    ] = 1,
-    stop_at: Annotated[
-        str | None,
-        typer.Option(
-            help="End each sample with the first CHAR it generates ('\\n' for a newline).",
-            rich_help_panel="Length",
-            metavar="CHAR",
-        ),
-    ] = None,
-    lines: Annotated[
-        int | None,
-        typer.Option(
-            help="End each sample at its N-th newline.", rich_help_panel="Length", metavar="N"
-        ),
-    ] = None,
-    out: Annotated[
-        Path | None,
-        typer.Option(
-            help="Write the samples to FILE instead of the terminal.",
-            rich_help_panel="Output",
-            show_default=False,
-        ),
-    ] = None,
-    output_format: Annotated[
-        str,
-        typer.Option(
-            "--format",
-            help="text, or jsonl: one JSON object per sample (prefix, text, settings, "
-            "checkpoint, seed).",
-            rich_help_panel="Output",
-        ),
-    ] = "text",
-    cache: CacheSwitch = False,
-    cache_window: CacheWindow = None,
-    cache_flatness: CacheFlatness = None,
-    cache_mix: GenerateCacheMix = None,
-    dynamic: DynamicSwitch = False,
-    dynamic_lr: DynamicLr = None,
-    dynamic_segment: DynamicSegment = None,
-    lstm_only: LstmOnly = False,
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "cpu",
-    runs_root: RunsRoot = Path("runs"),
-) -> None:
+@settings_options(
+    GenerateRequest,
+    SamplingConfig,
+    ModelChoice,
+    Adaptation,
+    CacheConfig,
+    DynamicConfig,
+    shown={"cache.mix": GENERATION_CACHE_MIX},  # writing feeds the cache its own text
+)
+def generate(runs_root: RunsRoot = Path("runs"), given: Given | None = None) -> None:
     """Write text that continues each prefix, streamed as it is generated.
 
     --cache and --dynamic adapt each sample to its own text (the prefix, then every
@@ -445,52 +233,32 @@ def generate(
 
     Example: charlstm generate --prefix 分开 --length 100 --temperature 0.8 --seed 1
     """
-    from charlstm.api import load_model, read_prefix_file
     from charlstm.display import SampleStream, render_samples, use_style
-    from charlstm.sampling import SamplingConfig, check_request, new_seed, parse_char
+    from charlstm.sampling import new_seed
 
-    if output_format not in ("text", "jsonl"):
-        raise CharLSTMError(f"unknown --format {output_format!r}; choose text or jsonl")
-    prefixes = list(prefix or []) + (read_prefix_file(prefix_file) if prefix_file else [])
-    if not prefixes:
-        raise CharLSTMError("give a prefix to continue, e.g. --prefix 分开, or --prefix-file")
-    sampling = SamplingConfig(
-        temperature, top_k, top_p, greedy, repetition_penalty, penalty_window
-    ).validate()
-    stop_char = parse_char(stop_at) if stop_at is not None else None
-    check_request(length, num_samples, seed)  # before any row of the batch is built
-    if lines is not None:
-        positive("--lines", lines)
-    cache_config, dynamic_config = adaptation(
-        cache,
-        cache_window,
-        cache_flatness,
-        cache_mix,
-        dynamic,
-        dynamic_lr,
-        dynamic_segment,
-        generating=True,
-    )
-    model = load_model(ckpt.resolve(checkpoint, prefer="best.pt", runs_root=runs_root), device)
-    if lstm_only:
-        model = model.lstm_only()
-    seed = new_seed() if seed is None else seed
+    given = given or {}
+    request = build(GenerateRequest, given)
+    prefixes = request.all_prefixes()
+    sampling = build(SamplingConfig, given)
+    cache, dynamic = from_settings(given, generating=True)
+    model = build(ModelChoice, given).load(runs_root)
+    seed = new_seed() if request.seed is None else request.seed
     stream = None
-    if out is None and output_format == "text":
-        rows = [p for p in prefixes for _ in range(num_samples)]
+    if request.out is None and request.output_format == "text":
+        rows = [p for p in prefixes for _ in range(request.num_samples)]
         stream = SampleStream(rows, lambda s: typer.echo(s, nl=False), use_style(sys.stdout))
     try:
         texts = model.generate_many(
             prefixes,
-            length,
-            num_samples,
+            request.length,
+            request.num_samples,
             sampling,
             seed,
-            stop_at=stop_char,
-            lines=lines,
+            stop_at=request.stop_at,
+            lines=request.lines,
             on_step=stream.on_step if stream else None,
-            cache=cache_config,
-            dynamic=dynamic_config,
+            cache=cache,
+            dynamic=dynamic,
         )
     except KeyboardInterrupt:
         if stream is not None and stream.started:
@@ -499,61 +267,52 @@ def generate(
     if stream is not None:
         stream.close()
         return
-    settings = {
-        "length": length,
+    settings = _generation_record(model, request, sampling, cache, dynamic)
+    checkpoint = str(model.checkpoint.path)
+    body = render_samples(prefixes, texts, request.output_format, settings, checkpoint, seed)
+    if request.out is None:
+        typer.echo(body, nl=False)
+        return
+    safe_io.write_atomic(request.out, body)  # a full disk: one line, and no half-written file
+    typer.echo(f"wrote {len(prefixes) * request.num_samples} samples to {request.out}", err=True)
+
+
+def _generation_record(
+    model: LanguageModel,
+    request: GenerateRequest,
+    sampling: SamplingConfig,
+    cache: CacheConfig | None,
+    dynamic: DynamicConfig | None,
+) -> dict[str, Any]:
+    """The settings ``--format jsonl`` records beside each sample."""
+    return {
+        "length": request.length,
         **sampling.as_dict(),
-        "stop_at": stop_char,
-        "lines": lines,
-        "num_samples": num_samples,
-        "cache": None if cache_config is None else asdict(cache_config),
-        "dynamic": None if dynamic_config is None else asdict(dynamic_config),
+        "stop_at": request.stop_at,
+        "lines": request.lines,
+        "num_samples": request.num_samples,
+        "cache": None if cache is None else asdict(cache),
+        "dynamic": None if dynamic is None else asdict(dynamic),
         "model": model.describe(),
         "device": str(model.device),
     }
-    body = render_samples(
-        prefixes, texts, output_format, settings, str(model.checkpoint.path), seed
-    )
-    if out is None:
-        typer.echo(body, nl=False)
-        return
-    safe_io.write_atomic(out, body)  # a full disk: one line, and no half-written file
-    typer.echo(f"wrote {len(prefixes) * num_samples} samples to {out}", err=True)
 
 
 @app.command("eval")
 @handle_errors
+@settings_options(
+    ModelChoice,
+    EvalScope,
+    (DataConfig, ("member", "encoding")),
+    Adaptation,
+    CacheConfig,
+    DynamicConfig,
+)
 def evaluate(
     corpus: Annotated[Path, typer.Argument(help="Text to score: a .zip or .txt file.")],
-    checkpoint: Annotated[
-        Path | None,
-        typer.Option(
-            help="Run directory or checkpoint file (default: the newest run's best.pt).",
-            show_default=False,
-        ),
-    ] = None,
-    val_fraction: Annotated[
-        float | None,
-        typer.Option(
-            help="Score only this last part of the text (default: the run's held-out "
-            "part if CORPUS is the run's corpus, else the whole text).",
-            show_default=False,
-        ),
-    ] = None,
-    member: Annotated[str | None, typer.Option(help="Zip member to read.")] = None,
-    encoding: Annotated[
-        str | None, typer.Option(help="Text encoding (default: UTF-8, else GB18030).")
-    ] = None,
-    cache: CacheSwitch = False,
-    cache_window: CacheWindow = None,
-    cache_flatness: CacheFlatness = None,
-    cache_mix: CacheMix = None,
-    dynamic: DynamicSwitch = False,
-    dynamic_lr: DynamicLr = None,
-    dynamic_segment: DynamicSegment = None,
-    lstm_only: LstmOnly = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "cpu",
+    as_json: AsJson = False,
     runs_root: RunsRoot = Path("runs"),
+    given: Given | None = None,
 ) -> None:
     """Score a text with a trained model: loss (nats/char), bits per char, perplexity.
 
@@ -562,21 +321,16 @@ def evaluate(
 
     Example: charlstm eval ../shared/data/jaychou_lyrics.txt.zip --checkpoint runs/x --cache
     """
-    from charlstm.api import load_model
-
-    cache_config, dynamic_config = adaptation(
-        cache, cache_window, cache_flatness, cache_mix, dynamic, dynamic_lr, dynamic_segment
-    )
-    model = load_model(ckpt.resolve(checkpoint, prefer="best.pt", runs_root=runs_root), device)
-    if lstm_only:
-        model = model.lstm_only()
+    given = given or {}
+    cache, dynamic = from_settings(given)
+    model = build(ModelChoice, given).load(runs_root)
     report = model.evaluate_file(
         corpus,
-        val_fraction=val_fraction,
-        member=member,
-        encoding=encoding,
-        cache=cache_config,
-        dynamic=dynamic_config,
+        val_fraction=given.get("val_fraction"),
+        member=given.get("member"),
+        encoding=given.get("encoding"),
+        cache=cache,
+        dynamic=dynamic,
     )
     if report["chars"] == 0:
         raise CharLSTMError(f"nothing to score: {corpus} ({report['scope']}) is too short")
@@ -619,7 +373,7 @@ def info(
             show_default=False,
         ),
     ] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    as_json: AsJson = False,
     runs_root: RunsRoot = Path("runs"),
 ) -> None:
     """Describe a trained model: backend, sizes, parameters, vocabulary, corpus, epochs,

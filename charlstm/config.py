@@ -103,7 +103,7 @@ class SettingError(CharLSTMError):
 
     def render(self, name: Callable[[str], str]) -> str:
         return re.sub(
-            r"\{([a-z_]+)\}",
+            r"\{([a-z_.]+)\}",
             lambda m: name(m.group(1)) if m.group(1) in _FIELDS else m.group(0),
             self.template,
         )
@@ -187,6 +187,7 @@ class Setting:
         None  # the option takes text that this turns into the value
     )
     repeat: bool = False  # a list given by repeating the option
+    metavar: str | None = None  # the help's name for the value (default: its type)
     fine_tune: bool = False  # --init-from may change it (regularisation, not architecture)
 
 
@@ -207,21 +208,76 @@ def settings_of(cls: type) -> Iterator[tuple[dataclasses.Field[Any], Setting]]:
             yield f, meta
 
 
+def setting_key(cls: type, name: str) -> str:
+    """How the settings of ``cls`` are named outside it: the field name, or with the class's
+    ``SETTING_PREFIX`` (``cache.window``: ``CacheConfig.window``, option ``--cache-window``)."""
+    prefix = getattr(cls, "SETTING_PREFIX", "")
+    return f"{prefix}.{name}" if prefix else name
+
+
+def keyed_settings(cls: type) -> Iterator[tuple[str, dataclasses.Field[Any], Setting]]:
+    for f, meta in settings_of(cls):
+        yield setting_key(cls, f.name), f, meta
+
+
+def _option(key: str, meta: Setting | None) -> str:
+    return (meta.option if meta and meta.option else None) or "--" + re.sub(r"[._]", "-", key)
+
+
 def option_name(name: str) -> str:
-    """The command-line option of config field ``name``."""
-    meta = _FIELDS.get(name)
-    return (meta.option if meta and meta.option else None) or "--" + name.replace("_", "-")
+    """The command-line option of setting ``name`` (a field name, or a key like ``cache.mix``)."""
+    return _option(name, _FIELDS.get(name))
 
 
-def _check_fields(config: Any) -> None:
-    for f, meta in settings_of(type(config)):
-        if meta.check is not None:
-            problem = meta.check(getattr(config, f.name))
-            if problem:  # "{}" marks where the setting's name goes; else it leads
-                name = "{" + f.name + "}"
-                raise SettingError(
-                    problem.replace("{}", name) if "{}" in problem else f"{name} {problem}"
-                )
+#: Every setting by key (see :func:`register`).
+_FIELDS: dict[str, Setting] = {}
+
+
+def register(cls: type[C]) -> type[C]:
+    """Make the settings of ``cls`` known by key, for :func:`option_name` and the names in
+    :class:`SettingError`. A key two classes share (``seed``) must be one option."""
+    for key, _, meta in keyed_settings(cls):
+        known = _FIELDS.setdefault(key, meta)
+        if _option(key, known) != _option(key, meta):
+            raise TypeError(
+                f"setting {key} is two options: {_option(key, known)}, {_option(key, meta)}"
+            )
+    return cls
+
+
+def _problem(key: str, meta: Setting, value: Any) -> SettingError | None:
+    problem = meta.check(value) if meta.check is not None else None
+    if not problem:
+        return None
+    name = "{" + key + "}"  # "{}" marks where the setting's name goes; else it leads
+    return SettingError(problem.replace("{}", name) if "{}" in problem else f"{name} {problem}")
+
+
+def check_fields(config: Any) -> None:
+    for key, f, meta in keyed_settings(type(config)):
+        error = _problem(key, meta, getattr(config, f.name))
+        if error is not None:
+            raise error
+
+
+def check_value(cls: type, name: str, value: Any) -> None:
+    """Run the check of field ``name`` of ``cls`` on ``value`` (a value given on its own)."""
+    meta = next(meta for f, meta in settings_of(cls) if f.name == name)
+    error = _problem(setting_key(cls, name), meta, value)
+    if error is not None:
+        raise error
+
+
+def setting_values(config: Any) -> dict[str, Any]:
+    """The settings of ``config`` by key."""
+    return {key: getattr(config, f.name) for key, f, _ in keyed_settings(type(config))}
+
+
+def build(cls: type[C], given: dict[str, Any], **fixed: Any) -> C:
+    """``cls`` from its defaults, the settings of it in ``given`` (by key) and ``fixed``;
+    validated."""
+    values = {f.name: given[key] for key, f, _ in keyed_settings(cls) if key in given}
+    return cls(**{**values, **fixed}).validate()  # type: ignore[attr-defined]
 
 
 def parse_cutoffs(text: str) -> list[int]:
@@ -259,7 +315,7 @@ class DataConfig:
     )
 
     def validate(self) -> DataConfig:
-        _check_fields(self)
+        check_fields(self)
         return self
 
     @classmethod
@@ -344,7 +400,7 @@ class ModelConfig:
         return self.embedding_size or self.hidden_size
 
     def validate(self) -> ModelConfig:
-        _check_fields(self)
+        check_fields(self)
         if self.backend == "torch" and self.peephole:
             raise SettingError("{peephole} needs {backend} scratch (nn.LSTM has no peepholes)")
         if self.backend == "torch" and self.weight_drop > 0:
@@ -544,7 +600,7 @@ class TrainConfig:
     )
 
     def validate(self) -> TrainConfig:
-        _check_fields(self)
+        check_fields(self)
         return self
 
     @classmethod
@@ -552,10 +608,8 @@ class TrainConfig:
         return _from_dict(cls, data)
 
 
-#: Every setting by field name (field names are unique across the three configs).
-_FIELDS: dict[str, Setting] = {
-    f.name: meta for cls in (DataConfig, ModelConfig, TrainConfig) for f, meta in settings_of(cls)
-}
+for _cls in (DataConfig, ModelConfig, TrainConfig):
+    register(_cls)
 #: Training settings a resumed run may change; everything else must match the checkpoint.
 RESUME_OVERRIDABLE = frozenset(f.name for f, meta in settings_of(TrainConfig) if meta.resume)
 
@@ -585,6 +639,13 @@ REQUIRES: tuple[Requires, ...] = (
         "{scratch_impl} needs {backend} scratch (it chooses how the scratch layer runs)",
     ),
     Requires("cutoffs", "softmax", lambda v: v == "adaptive", "{softmax} adaptive"),
+    # evaluation-time adaptation (charlstm.adaptation): --cache-* and --dynamic-* need
+    # their switch
+    *(
+        Requires(f"cache.{name}", "cache", bool, "{cache}")
+        for name in ("window", "flatness", "mix")
+    ),
+    *(Requires(f"dynamic.{name}", "dynamic", bool, "{dynamic}") for name in ("lr", "segment")),
 )
 
 
@@ -604,7 +665,7 @@ def check_together(model: ModelConfig, train: TrainConfig) -> None:
 
 def check_given(given: dict[str, Any], *configs: Any) -> None:
     """Refuse settings that were given (``given``'s keys) but would do nothing."""
-    values = {k: v for c in configs for k, v in dataclasses.asdict(c).items()}
+    values = {k: v for c in configs for k, v in setting_values(c).items()}
     for rule in REQUIRES:
         if rule.setting in given and rule.switch in values and not rule.when(values[rule.switch]):
             raise SettingError(

@@ -22,6 +22,8 @@ row has weights of its own, so each step loops over the rows.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -32,7 +34,17 @@ from charlstm.adaptation import (
     LearningStreams,
     Streams,
 )
-from charlstm.config import check_seed, non_negative, positive
+from charlstm.config import (
+    SettingError,
+    at_least_zero,
+    check_fields,
+    check_value,
+    is_positive,
+    optional,
+    register,
+    seed_range,
+    setting,
+)
 from charlstm.corpus import Vocab, show_chars
 from charlstm.decoding import RepetitionPenalty, SamplingConfig, next_chars
 from charlstm.errors import CharLSTMError
@@ -86,28 +98,125 @@ def open_streams(
     return AdaptiveStreams(streams, model, batch, cache, mixture)
 
 
+ESCAPES = {"\\n": "\n", "\\t": "\t", "\\r": "\r", "\\\\": "\\"}
+
+
+def parse_char(text: str) -> str:
+    """One character from the command line, where ``\\n``, ``\\t``, ``\\r`` and ``\\\\`` are
+    accepted for a newline, a tab, a carriage return and a backslash."""
+    char = ESCAPES.get(text, text)
+    if len(char) != 1:
+        raise SettingError(f"{{stop_at}} takes one character (or \\n, \\t), not {text!r}")
+    return char
+
+
+def _format(value: str) -> str | None:
+    return None if value in ("text", "jsonl") else f"unknown {{}} {value!r}; choose text or jsonl"
+
+
+@register
+@dataclass
+class GenerateRequest:
+    """What ``charlstm generate`` writes, from what, and where (the sampling controls are a
+    :class:`~charlstm.decoding.SamplingConfig`, the adaptation a
+    :class:`~charlstm.adaptation.CacheConfig` / :class:`~charlstm.adaptation.DynamicConfig`)."""
+
+    prefixes: list[str] = setting(
+        [], "Text to continue (repeatable).", "Input", option="--prefix", repeat=True
+    )
+    prefix_file: Path | None = setting(
+        None, "A UTF-8 file of prefixes, one per line (after any --prefix).", "Input"
+    )
+    length: int = setting(
+        100,
+        "Characters to generate after the prefix (at most, with --stop-at/--lines).",
+        "Length",
+        check=at_least_zero(),
+    )
+    stop_at: str | None = setting(
+        None,
+        "End each sample with the first CHAR it generates ('\\n' for a newline).",
+        "Length",
+        parse=parse_char,
+        metavar="CHAR",
+    )
+    lines: int | None = setting(
+        None,
+        "End each sample at its N-th newline.",
+        "Length",
+        check=optional(is_positive),
+        metavar="N",
+    )
+    num_samples: int = setting(
+        1, "Samples per prefix (all generated as one batch).", "Sampling", check=is_positive
+    )
+    seed: int | None = setting(
+        None,
+        "Seed: the same seed gives the same text.",
+        "Sampling",
+        check=optional(seed_range),
+        default_text="a random one, recorded by --format jsonl",
+    )
+    out: Path | None = setting(None, "Write the samples to FILE instead of the terminal.", "Output")
+    output_format: str = setting(
+        "text",
+        "text, or jsonl: one JSON object per sample (prefix, text, settings, checkpoint, seed).",
+        "Output",
+        option="--format",
+        check=_format,
+    )
+
+    def validate(self) -> GenerateRequest:
+        check_fields(self)
+        if not self.prefixes and self.prefix_file is None:
+            raise SettingError("give a prefix to continue, e.g. {prefixes} 分开, or {prefix_file}")
+        return self
+
+    def all_prefixes(self) -> list[str]:
+        """The ``prefixes``, then those of ``prefix_file``."""
+        from_file = read_prefix_file(self.prefix_file) if self.prefix_file is not None else []
+        return list(self.prefixes) + from_file
+
+
+def read_prefix_file(path: str | Path) -> list[str]:
+    """Prefixes from a UTF-8 text file, one per line; empty lines are skipped."""
+    path = Path(path)
+    if path.is_dir():
+        raise CharLSTMError(f"prefix file is a directory: {path}")
+    if not path.is_file():
+        raise CharLSTMError(f"prefix file not found: {path}")
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise CharLSTMError(f"prefix file {path} is not UTF-8 text") from err
+    except OSError as err:
+        raise CharLSTMError(f"cannot read prefix file {path}: {err.strerror}") from err
+    prefixes = [line for line in text.splitlines() if line.strip()]
+    if not prefixes:
+        raise CharLSTMError(f"prefix file {path} has no prefixes (one per line)")
+    return prefixes
+
+
 def check_request(length: int, num_samples: int, seed: int | None) -> None:
     """How much to generate, and from which seed: errors before any work is done."""
-    non_negative("--length", length)
-    positive("--num-samples", num_samples)
-    if seed is not None:
-        check_seed(seed)
+    for name, value in (("length", length), ("num_samples", num_samples), ("seed", seed)):
+        check_value(GenerateRequest, name, value)
 
 
 def check_stop(vocab: Vocab, stop_at: str | None, lines: int | None) -> None:
     if stop_at is not None:
         if len(stop_at) != 1:
-            raise CharLSTMError(f"--stop-at takes one character, not {stop_at!r}")
+            raise SettingError(f"{{stop_at}} takes one character, not {stop_at!r}")
         if stop_at not in vocab:
-            raise CharLSTMError(
-                f"--stop-at {stop_at!r} is not in the model's vocabulary, so it never appears"
+            raise SettingError(
+                f"{{stop_at}} {stop_at!r} is not in the model's vocabulary, so it never appears"
             )
     if lines is not None:
-        positive("--lines", lines)
+        check_value(GenerateRequest, "lines", lines)
         if "\n" not in vocab:
-            raise CharLSTMError(
-                "--lines needs newlines, but this model's vocabulary has none "
-                "(it was trained with --newlines space)"
+            raise SettingError(
+                "{lines} needs newlines, but this model's vocabulary has none "
+                "(it was trained with {newlines} space)"
             )
 
 
@@ -143,7 +252,7 @@ def generate(
     dynamic = dynamic.validate() if dynamic is not None else None
     check_request(length, num_samples, seed)
     if not prefixes or any(p == "" for p in prefixes):
-        raise CharLSTMError("the prefix is empty; give at least one character with --prefix")
+        raise SettingError("the prefix is empty; give at least one character with {prefixes}")
     unknown = list(dict.fromkeys(ch for p in prefixes for ch in vocab.missing(p)))
     if unknown:
         raise CharLSTMError(
@@ -187,65 +296,89 @@ def _run(
     batch = len(prefixes) * num_samples
     if length == 0:
         return [[] for _ in range(batch)]
+    penalty = None
+    if config.repetition_penalty != 1.0:
+        penalty = RepetitionPenalty(config, batch, len(vocab), device)
     sequences = [p for p in prefixes for _ in range(num_samples)]
-    penalty = (
-        RepetitionPenalty(config, batch, len(vocab), device)
-        if config.repetition_penalty != 1.0
-        else None
-    )
-
-    def choose(logits: torch.Tensor) -> torch.Tensor:
-        if penalty is not None:
-            logits = penalty(logits)
-        return next_chars(logits, config, generator)
-
-    # Read each prefix in one pass; prefixes of different lengths are run one group each.
-    last = torch.empty(batch, dtype=torch.long, device=device)
-    for group_length in sorted({len(p) for p in prefixes}):
-        rows = [i for i, p in enumerate(sequences) if len(p) == group_length]
-        x = torch.stack([vocab.encode(sequences[i]) for i in rows], dim=1).to(device)  # (T, N')
-        index = torch.tensor(rows, device=device)
-        _, logits = streams.read(index, x)
-        last[index] = next_chars(logits, config, generator)  # nothing to penalise yet
-
+    last = _read_prefixes(streams, vocab, sequences, config, generator)  # (N,)
     out = torch.empty((batch, length), dtype=torch.long, device=device)  # (N, length)
-    stopping = stop_at is not None or lines is not None
-    if stopping:
-        stop_index = vocab.char_to_idx[stop_at] if stop_at is not None else -1
-        newline = vocab.char_to_idx["\n"] if lines is not None else -1
-        newlines = torch.zeros(batch, dtype=torch.long, device=device)
-        done = torch.zeros(batch, dtype=torch.bool, device=device)
-        ends = torch.full((batch,), length, dtype=torch.long, device=device)
+    stop = None
+    if stop_at is not None or lines is not None:
+        stop = _Stop(vocab, stop_at, lines, batch, length, device)
     chars = vocab.idx_to_char
     steps = length
     for t in range(length):
         out[:, t] = last
         if on_step is not None:
-            if stopping:
-                on_step(
-                    [
-                        "" if ended else chars[i]
-                        for i, ended in zip(last.tolist(), done.tolist(), strict=True)
-                    ]
-                )
-            else:
-                on_step([chars[i] for i in last.tolist()])
-        if stopping:
-            hit = last == stop_index
-            if lines is not None:
-                newlines += last == newline
-                hit |= newlines >= lines
-            ends = torch.where(hit & ~done, t + 1, ends)
-            done |= hit
-            if bool(done.all()):
-                steps = t + 1
-                break
+            on_step(stop.shown(last, chars) if stop else [chars[i] for i in last.tolist()])
+        if stop is not None and stop.update(last, t):
+            steps = t + 1
+            break
         if t == length - 1:
             break
+        logits = streams.step(last)[1]
         if penalty is not None:
             penalty.push(last)
-        last = choose(streams.step(last)[1])
+            logits = penalty(logits)
+        last = next_chars(logits, config, generator)
     rows = out[:, :steps].tolist()
-    if stopping:
-        return [row[:end] for row, end in zip(rows, ends.tolist(), strict=True)]
-    return rows
+    return stop.cut(rows) if stop is not None else rows
+
+
+def _read_prefixes(
+    streams: ModelStreams | AdaptiveStreams,
+    vocab: Vocab,
+    sequences: list[str],
+    config: SamplingConfig,
+    generator: torch.Generator | None,
+) -> torch.Tensor:
+    """Read each row's prefix in one pass (rows of different lengths one group each) and
+    choose every row's first character (N,)."""
+    device = streams.device
+    first = torch.empty(len(sequences), dtype=torch.long, device=device)
+    for group_length in sorted({len(p) for p in sequences}):
+        rows = [i for i, p in enumerate(sequences) if len(p) == group_length]
+        x = torch.stack([vocab.encode(sequences[i]) for i in rows], dim=1).to(device)  # (T, N')
+        index = torch.tensor(rows, device=device)
+        _, logits = streams.read(index, x)
+        first[index] = next_chars(logits, config, generator)  # nothing to penalise yet
+    return first
+
+
+class _Stop:
+    """Where each row ends: after (and with) its first ``stop_at`` character or its
+    ``lines``-th newline; ``ends`` (N,) holds each row's length once it has ended."""
+
+    def __init__(
+        self,
+        vocab: Vocab,
+        stop_at: str | None,
+        lines: int | None,
+        batch: int,
+        length: int,
+        device: torch.device,
+    ) -> None:
+        self.stop_index = vocab.char_to_idx[stop_at] if stop_at is not None else -1
+        self.newline = vocab.char_to_idx["\n"] if lines is not None else -1
+        self.lines = lines
+        self.newlines = torch.zeros(batch, dtype=torch.long, device=device)
+        self.done = torch.zeros(batch, dtype=torch.bool, device=device)
+        self.ends = torch.full((batch,), length, dtype=torch.long, device=device)
+
+    def shown(self, last: torch.Tensor, chars: list[str]) -> list[str]:
+        """Each row's character of this step, ``""`` for a row that has already ended."""
+        ended = self.done.tolist()
+        return ["" if end else chars[i] for i, end in zip(last.tolist(), ended, strict=True)]
+
+    def update(self, last: torch.Tensor, t: int) -> bool:
+        """Account for step ``t``'s characters (N,); whether every row has now ended."""
+        hit = last == self.stop_index
+        if self.lines is not None:
+            self.newlines += last == self.newline
+            hit |= self.newlines >= self.lines
+        self.ends = torch.where(hit & ~self.done, t + 1, self.ends)
+        self.done |= hit
+        return bool(self.done.all())
+
+    def cut(self, rows: list[list[int]]) -> list[list[int]]:
+        return [row[:end] for row, end in zip(rows, self.ends.tolist(), strict=True)]

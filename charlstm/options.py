@@ -6,10 +6,12 @@ A command declares which config classes it takes settings of::
     @settings_options(DataConfig, ModelConfig, TrainConfig)
     def train(corpus: ..., given: Given) -> None: ...
 
-and receives ``given``: the settings the user typed, by field name (an option left out is
-absent, so that a preset or a checkpoint can supply it). Typer sees one option per field,
-with the field's help, panel, option name and default; nothing about an option is written
-twice.
+and receives ``given``: the settings the user typed, by key (a field name, or ``cache.mix``
+for a class with a ``SETTING_PREFIX``; an option left out is absent, so that a preset or a
+checkpoint can supply it). Typer sees one option per field, with the field's help, panel,
+option name and default; nothing about an option is written twice. ``(cls, ("a", "b"))``
+takes only some settings of ``cls``; ``shown`` changes the default a help text names, for a
+command whose default is not the field's (``charlstm generate``'s lighter cache).
 """
 
 from __future__ import annotations
@@ -24,10 +26,11 @@ from typing import Annotated, Any, Literal, TypeVar
 
 import typer
 
-from charlstm.config import Setting, option_name, settings_of
+from charlstm.config import Setting, keyed_settings, option_name
 
 F = TypeVar("F", bound=Callable[..., Any])
 Given = dict[str, Any]
+Source = type | tuple[type, tuple[str, ...]]
 
 
 def _base_type(hint: Any) -> Any:
@@ -39,9 +42,12 @@ def _base_type(hint: Any) -> Any:
     return hint
 
 
-def _default_text(value: Any, meta: Setting) -> str:
+def _default_text(value: Any, meta: Setting) -> str | None:
+    """What the help names as the default; ``None``: nothing (no value, or a plain switch)."""
     if meta.default_text is not None:
         return meta.default_text
+    if value is None or value == [] or (isinstance(value, bool) and not meta.flag):
+        return None
     if isinstance(value, bool):
         return "on" if value else "off"
     if isinstance(value, float):
@@ -49,35 +55,47 @@ def _default_text(value: Any, meta: Setting) -> str:
     return str(value)
 
 
-def _parameter(field: dataclasses.Field[Any], meta: Setting, hint: Any) -> inspect.Parameter:
-    option = option_name(field.name)
+def _parameter(
+    key: str, field: dataclasses.Field[Any], meta: Setting, hint: Any, shown: dict[str, Any]
+) -> inspect.Parameter:
+    option = option_name(key)
     kind = str if meta.parse is not None else _base_type(hint)
     default = field.default_factory() if callable(field.default_factory) else field.default
+    text = _default_text(shown.get(key, default), meta)
     decls = [f"{option}/--no-{option[2:]}"] if meta.flag else [option]
     info = typer.Option(
         *decls,
-        help=f"{meta.help} [default: {_default_text(default, meta)}]",
-        rich_help_panel=meta.panel,
+        help=meta.help if text is None else f"{meta.help} [default: {text}]",
+        rich_help_panel=meta.panel or None,
         show_default=False,
+        metavar=meta.metavar,
     )
     annotation = Annotated[kind | None, info]  # type: ignore[valid-type]
     return inspect.Parameter(
-        field.name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=annotation
+        key.replace(".", "_"), inspect.Parameter.KEYWORD_ONLY, default=None, annotation=annotation
     )
 
 
-def settings_options(*classes: type, exclude: tuple[str, ...] = ()) -> Callable[[F], F]:
-    """Give the command one option per setting of ``classes`` (see the module docstring)."""
+def settings_options(
+    *sources: Source, exclude: tuple[str, ...] = (), shown: dict[str, Any] | None = None
+) -> Callable[[F], F]:
+    """Give the command one option per setting of ``sources`` (see the module docstring)."""
     generated: list[inspect.Parameter] = []
+    keys: dict[str, str] = {}  # parameter name -> setting key
     parsers: dict[str, Callable[[str], Any]] = {}
-    for cls in classes:
+    switches: set[str] = set()  # plain switches (--cache): off is "not typed"
+    for source in sources:
+        cls, only = source if isinstance(source, tuple) else (source, None)
         hints = typing.get_type_hints(cls)
-        for field, meta in settings_of(cls):
-            if meta.cli and field.name not in exclude:
-                generated.append(_parameter(field, meta, hints[field.name]))
+        for key, field, meta in keyed_settings(cls):
+            if meta.cli and key not in exclude and (only is None or field.name in only):
+                parameter = _parameter(key, field, meta, hints[field.name], shown or {})
+                generated.append(parameter)
+                keys[parameter.name] = key
                 if meta.parse is not None:
-                    parsers[field.name] = meta.parse
-    names = {p.name for p in generated}
+                    parsers[key] = meta.parse
+                if isinstance(field.default, bool) and not meta.flag:
+                    switches.add(key)
 
     def decorate(command: F) -> F:
         signature = inspect.signature(command, eval_str=True)
@@ -85,11 +103,11 @@ def settings_options(*classes: type, exclude: tuple[str, ...] = ()) -> Callable[
         @wraps(command)
         def wrapper(**kwargs: Any) -> Any:
             given = {}
-            for name in names:
+            for name, key in keys.items():
                 value = kwargs.pop(name, None)
-                if value is None or value == []:  # not typed (a repeatable option: no values)
-                    continue
-                given[name] = parsers[name](value) if name in parsers else value
+                if value is None or value == [] or (value is False and key in switches):
+                    continue  # not typed (a repeatable option: no values)
+                given[key] = parsers[key](value) if key in parsers else value
             return command(**kwargs, given=given)
 
         own = [p for p in signature.parameters.values() if p.name != "given"]

@@ -17,12 +17,20 @@ from charlstm.decoding import (
     filter_logits,
     next_chars,
 )
-from charlstm.errors import CharLSTMError
-from charlstm.generation import check_request, check_stop, generate
+from charlstm.generation import (
+    ESCAPES,
+    GenerateRequest,
+    check_request,
+    check_stop,
+    generate,
+    parse_char,
+    read_prefix_file,
+)
 
 __all__ = [
     "DEFAULT_PENALTY_WINDOW",
     "ESCAPES",
+    "GenerateRequest",
     "RepetitionPenalty",
     "SamplingConfig",
     "check_request",
@@ -33,21 +41,10 @@ __all__ = [
     "new_seed",
     "next_chars",
     "parse_char",
+    "read_prefix_file",
 ]
 
 
 def new_seed() -> int:
     """A fresh random seed, to be reported so that a run can be repeated."""
     return secrets.randbelow(2**31)
-
-
-ESCAPES = {"\\n": "\n", "\\t": "\t", "\\r": "\r", "\\\\": "\\"}
-
-
-def parse_char(text: str, option: str = "--stop-at") -> str:
-    """One character from the command line, where ``\\n``, ``\\t``, ``\\r`` and ``\\\\`` are
-    accepted for a newline, a tab, a carriage return and a backslash."""
-    char = ESCAPES.get(text, text)
-    if len(char) != 1:
-        raise CharLSTMError(f"{option} takes one character (or \\n, \\t), not {text!r}")
-    return char

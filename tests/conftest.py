@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from charlstm import checkpoint as ckpt
-from charlstm.config import DataConfig, ModelConfig, TrainConfig
+from charlstm.config import DataConfig, ModelConfig, SettingError, TrainConfig, option_name
 from charlstm.corpus import Vocab
 from charlstm.model import build_model
 
@@ -31,6 +31,12 @@ def shared_file(name: str) -> Path:
             pytest.fail(f"{reason} (CHARLSTM_REQUIRE_SHARED=1)")
         pytest.skip(reason)
     return path
+
+
+def shown(error: Exception) -> str:
+    """The message ``charlstm`` prints for ``error``: a :class:`SettingError` names the
+    settings by their options (the library names them by field)."""
+    return error.render(option_name) if isinstance(error, SettingError) else str(error)
 
 
 @pytest.fixture

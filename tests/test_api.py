@@ -9,9 +9,11 @@ from pathlib import Path
 import conftest
 import pytest
 import torch
+from conftest import shown
 
 from charlstm import load_model
 from charlstm.api import LanguageModel, read_prefix_file
+from charlstm.config import SettingError
 from charlstm.errors import CharLSTMError
 from charlstm.evaluate import CacheConfig, DynamicConfig
 from charlstm.sampling import SamplingConfig
@@ -94,7 +96,7 @@ def test_adaptive_generation_keywords(model: LanguageModel):
     assert texts == model.generate_many(
         ["a", "bc"], 12, 2, SamplingConfig(temperature=0.5), 4, cache=CacheConfig(), dynamic=dynamic
     )
-    with pytest.raises(CharLSTMError, match=r"--cache-mix must be in \[0, 1\)"):
+    with pytest.raises(SettingError, match=r"cache\.mix must be in \[0, 1\)"):
         model.generate("a", 5, cache=CacheConfig(mix=2.0))
 
 
@@ -132,6 +134,6 @@ def test_read_prefix_file(tmp_path: Path):
 )
 def test_the_api_refuses_what_the_cli_refuses(model: LanguageModel, controls, message):
     """One rule in SamplingConfig.validate: settings that cannot act are refused here too."""
-    with pytest.raises(CharLSTMError, match="^[^\n]*$") as err:
+    with pytest.raises(SettingError, match="^[^\n]*$") as err:
         model.generate("a", 5, **controls)
-    assert message in str(err.value)
+    assert message in shown(err.value)

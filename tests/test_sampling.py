@@ -8,8 +8,9 @@ from collections import Counter
 
 import pytest
 import torch
+from conftest import shown
 
-from charlstm.config import ModelConfig
+from charlstm.config import ModelConfig, SettingError
 from charlstm.corpus import Vocab
 from charlstm.errors import CharLSTMError
 from charlstm.evaluate import CacheConfig, DynamicConfig, score_adaptive
@@ -235,18 +236,28 @@ def test_bad_settings_raise_one_line_errors(kwargs, message):
     kwargs = {"prefixes": ["分开"], **kwargs}
     with pytest.raises(CharLSTMError, match="^[^\n]*$") as err:
         generate(model, vocab, **kwargs)
-    assert message in str(err.value)
+    assert message in shown(err.value)
+
+
+def test_library_errors_name_the_setting_and_the_cli_its_option():
+    with pytest.raises(SettingError, match=r"^top_p must be in \(0, 1\], not 0.0$") as err:
+        SamplingConfig(top_p=0.0).validate()
+    assert shown(err.value) == "--top-p must be in (0, 1], not 0.0"
+    with pytest.raises(SettingError, match=r"^cache\.mix must be in \[0, 1\), not 2.0$") as err:
+        CacheConfig(mix=2.0).validate()
+    assert shown(err.value) == "--cache-mix must be in [0, 1), not 2.0"
 
 
 def test_lines_needs_a_newline_in_the_vocabulary():
     model, vocab = known_model({"a": 0.5, "b": 0.5})
-    with pytest.raises(CharLSTMError, match="--newlines space"):
+    with pytest.raises(SettingError, match="trained with newlines space") as err:
         generate(model, vocab, ["a"], 5, lines=1)
+    assert "--lines needs newlines" in shown(err.value)
 
 
 def test_stop_character_escapes():
     assert parse_char("\\n") == "\n" and parse_char("\\t") == "\t" and parse_char("。") == "。"
-    with pytest.raises(CharLSTMError, match="one character"):
+    with pytest.raises(SettingError, match="stop_at takes one character"):
         parse_char("ab")
 
 
