@@ -5,6 +5,11 @@ its help text, its command-line panel and option name, whether ``--resume`` may 
 and the check its value must pass. The CLI's options, the help's defaults, the resume rules
 and the option names in error messages are all generated from these fields
 (:func:`settings_of`, :func:`option_name`); adding a training option is one field here.
+The other commands' settings are fields made the same way beside the code that uses them
+(``charlstm generate``: :class:`~charlstm.generation.GenerateRequest` and
+:class:`~charlstm.decoding.SamplingConfig`; both it and ``eval``:
+:class:`~charlstm.adaptation.CacheConfig`, :class:`~charlstm.adaptation.DynamicConfig`,
+:class:`~charlstm.api.ModelChoice`), each class passed to :func:`register`.
 
 Library errors name the field (``hidden_size must be positive, not 0``); the CLI shows the
 same :class:`SettingError` with option names (``--hidden must be positive, not 0``).
@@ -51,11 +56,6 @@ def _from_dict(cls: type[C], data: dict[str, Any]) -> C:
     return cls(**{k: v for k, v in data.items() if k in names})
 
 
-def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise CharLSTMError(f"unknown {name} {value!r}; choose one of: {', '.join(allowed)}")
-
-
 #: Counts and sizes beyond this cannot fit in memory; larger values are typing errors.
 MAX_INT = 2**31 - 1
 #: Seeds are 64-bit (torch's generators); negative ones are not accepted.
@@ -73,24 +73,6 @@ def positive(name: str, value: float) -> None:
     finite(name, value)
     if value <= 0:
         raise CharLSTMError(f"{name} must be positive, not {value}")
-
-
-def non_negative(name: str, value: float, note: str = "") -> None:
-    finite(name, value)
-    if value < 0:
-        raise CharLSTMError(f"{name} must be >= 0{note}, not {value}")
-
-
-def check_seed(value: int) -> None:
-    """Seeds are integers in [0, 2**63 - 1]."""
-    if not 0 <= value <= MAX_SEED:
-        raise CharLSTMError(f"--seed must be in [0, 2**63 - 1], not {value}")
-
-
-def fraction(name: str, value: float, upper_open: bool = True) -> None:
-    ok = 0.0 <= value < 1.0 if upper_open else 0.0 <= value <= 1.0
-    if not ok:
-        raise CharLSTMError(f"{name} must be in [0, 1), not {value}")
 
 
 class SettingError(CharLSTMError):

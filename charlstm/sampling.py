@@ -1,4 +1,4 @@
-"""Sampling as the CLI sees it: its small parsing helpers, and the names it imports.
+"""Sampling's public names in one place, and :func:`new_seed`.
 
 Generation itself is three modules: the decoding rules (:mod:`charlstm.decoding`), the
 generation loop (:mod:`charlstm.generation`) and evaluation-time adaptation

@@ -1,15 +1,27 @@
-"""Shared fixtures: real corpora from ../shared/data, small corpora written on the fly."""
+"""Shared fixtures and helpers: real corpora from ../shared/data, small corpora written on the
+fly, one tiny trained run, and the command line through typer's ``CliRunner``:
+
+* :func:`invoke` runs ``charlstm ARGS`` (stdout and stderr apart, as a terminal shows them);
+* :data:`FAST` is the training options that keep a run to seconds (30 steps an epoch on
+  :func:`small_corpus`);
+* :func:`tiny_run` is one epoch of that: a real run directory, shared by every test that
+  only reads it; a test that changes a run works on :func:`copy_run`'s copy;
+* :func:`one_line_error` is what every refused command must print.
+"""
 
 from __future__ import annotations
 
 import os
+import shutil
 import zipfile
 from pathlib import Path
 
 import pytest
 import torch
+from typer.testing import CliRunner, Result
 
 from charlstm import checkpoint as ckpt
+from charlstm.cli import app
 from charlstm.config import DataConfig, ModelConfig, SettingError, TrainConfig, option_name
 from charlstm.corpus import Vocab
 from charlstm.model import build_model
@@ -96,3 +108,40 @@ def save_known_model(path: Path, probs: dict[str, float], **fields: object) -> P
         model_config=config, vocab=vocab, model=model.state_dict(), **fields
     )
     return ckpt.save(checkpoint, path)
+
+
+#: Training options that keep a run to seconds: 30 optimizer steps an epoch on small_corpus.
+FAST = ["--hidden", "32", "--batch-size", "8", "--num-steps", "20", "--sample-every", "0"]
+
+
+def invoke(*args: object) -> Result:
+    """``charlstm ARGS`` through typer's CliRunner; ``result.stdout`` / ``.stderr`` apart."""
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def one_line_error(result: Result, message: str, code: int = 2) -> str:
+    """A refused command: exit ``code``, one ``error:`` line holding ``message`` on stderr,
+    nothing on stdout, no traceback. Returns the line."""
+    assert result.exit_code == code, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    line = result.stderr.strip()
+    assert len(line.splitlines()) == 1 and "Traceback" not in result.output, result.output
+    assert line.startswith("error: ") and message in line, line
+    assert result.stdout == "", result.stdout
+    return line
+
+
+@pytest.fixture(scope="session")
+def tiny_run(small_corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``charlstm train small_corpus --epochs 1 FAST``: a run directory to read, never to change."""
+    run = tmp_path_factory.mktemp("tiny") / "run"
+    result = invoke("train", small_corpus, "--run-dir", run, "--epochs", "1", *FAST)
+    assert result.exit_code == 0, result.output
+    assert "epoch   1/1" in result.stdout and (run / "best.pt").is_file()
+    return run
+
+
+def copy_run(run: Path, to: Path) -> Path:
+    """A copy of ``run`` at ``to``, to resume, break or change."""
+    shutil.copytree(run, to)
+    return to

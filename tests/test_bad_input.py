@@ -1,7 +1,8 @@
 """Bad input, the whole surface: every mistake is one line, a non-zero exit and no damage.
 
-One table of bad invocations, each run twice: through typer's ``CliRunner`` and as a real
-``python -m charlstm`` process. Each must exit non-zero with exactly one line on stderr
+The one table of bad command lines, for every command, each run twice: through typer's
+``CliRunner`` and as a real ``python -m charlstm`` process. Each must exit non-zero with
+exactly one line on stderr
 (``error: ...``, naming the problem), print no traceback, and leave every file as it was,
 in particular the run directory that already exists (hashed before and after), without
 creating any (no half-made run directory for a refused command).
@@ -25,11 +26,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import REPO_ROOT, copy_run
 from typer.testing import CliRunner
 
 from charlstm.cli import app
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA GPU")
 NOT_ROOT = pytest.mark.skipif(
     hasattr(os, "geteuid") and os.geteuid() == 0,
@@ -60,13 +61,17 @@ CASES = [
     case("missing-zip-member", ["train", C, "--member", "x.txt", *TINY, *NEW], "no member"),
     case("unknown-encoding", ["train", C, "--encoding", "klingon", *TINY, *NEW], "encoding"),
     # -- training settings -----------------------------------------------------------------
-    case("batch-size-0", ["train", C, *TINY, "--batch-size", "0", *NEW], "--batch-size"),
+    case("batch-size-0", ["train", C, *TINY, "--batch-size", "0", *NEW],
+         "--batch-size must be positive"),
+    case("batch-beyond-the-corpus", ["train", C, "--epochs", "1", "--batch-size", "64",
+                                     "--num-steps", "200", *NEW], "too short"),
     case("negative-lr", ["train", C, *TINY, "--lr", "-0.1", *NEW], "--lr must be positive"),
     case("num-steps-0", ["train", C, *TINY, "--num-steps", "0", *NEW], "--num-steps"),
     case("epochs-0", ["train", C, *TINY, "--epochs", "0", *NEW], "--epochs must be"),
     case("dropout-1.5", ["train", C, *TINY, "--dropout", "1.5", *NEW], "--dropout"),
     case("val-fraction-1", ["train", C, *TINY, "--val-fraction", "1", *NEW], "--val-fraction"),
-    case("unknown-backend", ["train", C, *TINY, "--backend", "keras", *NEW], "'keras'"),
+    case("unknown-backend", ["train", C, *TINY, "--backend", "keras", *NEW],
+         "unknown --backend 'keras'"),
     case("scratch-impl-with-torch", ["train", C, *TINY, "--backend", "torch", "--scratch-impl",
                                      "autograd", *NEW], "--scratch-impl needs --backend scratch"),
     case("peephole-with-torch", ["train", C, *TINY, "--backend", "torch", "--peephole", *NEW],
@@ -124,7 +129,8 @@ CASES = [
     case("init-from-random-bytes", ["train", C, "--init-from", f"{T}/random.pt", *TINY, *NEW],
          "not a readable charlstm checkpoint"),
     # -- generate --------------------------------------------------------------------------
-    case("temperature-0", [*GEN, "--prefix", "分", "--temperature", "0"], "--temperature"),
+    case("temperature-0", [*GEN, "--prefix", "分", "--temperature", "0"],
+         "--temperature must be positive"),
     case("temperature-negative", [*GEN, "--prefix", "分", "--temperature", "-1"], "--temperature"),
     case("length-negative", [*GEN, "--prefix", "分", "--length", "-1"], "--length"),
     case("length-overflowing", [*GEN, "--prefix", "分", "--length", "1" + "0" * 19],
@@ -134,7 +140,8 @@ CASES = [
     case("generate-seed-beyond-64-bits", [*GEN, "--prefix", "分", "--seed", str(2**64)],
          "--seed must be in [0, 2**63 - 1]"),
     case("top-k-above-vocabulary", [*GEN, "--prefix", "分", "--top-k", "5000"], "vocabulary"),
-    case("prefix-outside-vocabulary", [*GEN, "--prefix", "xyz"], "not in the model's vocabulary"),
+    case("prefix-outside-vocabulary", [*GEN, "--prefix", "分xy"],
+         "not in the model's vocabulary: 'x' 'y'"),
     case("empty-prefix", [*GEN, "--prefix", ""], "prefix is empty"),
     case("generate-cuda-without-gpu", [*GEN, "--prefix", "分", "--device", "cuda"], "CUDA",
          NO_CUDA),
@@ -148,12 +155,44 @@ CASES = [
          "--dynamic-segment", "0"], "--dynamic-segment must be positive"),
     case("generate-cache-setting-alone", [*GEN, "--prefix", "分", "--cache-window", "10"],
          "--cache-window is a setting of --cache; add --cache"),
+    case("cache-mix-alone", [*GEN, "--prefix", "分", "--cache-mix", "0.2"],
+         "--cache-mix is a setting of --cache; add --cache"),
+    case("cache-window-0", [*GEN, "--prefix", "分", "--cache", "--cache-window", "0"],
+         "--cache-window must be positive, not 0"),
+    case("cache-flatness-negative", [*GEN, "--prefix", "分", "--cache", "--cache-flatness",
+         "-1"], "--cache-flatness must be positive"),
+    case("generate-dynamic-lr-negative", [*GEN, "--prefix", "分", "--dynamic", "--dynamic-lr",
+         "-1"], "--dynamic-lr must be >= 0, not -1.0"),
+    case("dynamic-segment-alone", [*GEN, "--prefix", "分", "--dynamic-segment", "5"],
+         "--dynamic-segment is a setting of --dynamic; add --dynamic"),
+    case("top-p-0", [*GEN, "--prefix", "分", "--top-p", "0"], "--top-p must be in (0, 1], not 0.0"),
+    case("top-p-1.5", [*GEN, "--prefix", "分", "--top-p", "1.5"],
+         "--top-p must be in (0, 1], not 1.5"),
+    case("repetition-penalty-below-1", [*GEN, "--prefix", "分", "--repetition-penalty", "0.8"],
+         "--repetition-penalty must be at least 1"),
+    case("penalty-window-0", [*GEN, "--prefix", "分", "--repetition-penalty", "2",
+         "--penalty-window", "0"], "--penalty-window must be positive"),
+    case("lines-0", [*GEN, "--prefix", "分", "--lines", "0"], "--lines must be positive"),
+    case("stop-at-two-characters", [*GEN, "--prefix", "分", "--stop-at", "ab"],
+         "--stop-at takes one character"),
+    case("stop-at-outside-vocabulary", [*GEN, "--prefix", "分", "--stop-at", "x"],
+         "--stop-at 'x' is not in the model's vocabulary"),
+    case("unknown-format", [*GEN, "--prefix", "分", "--format", "xml"],
+         "unknown --format 'xml'; choose text or jsonl"),
+    case("num-samples-0", [*GEN, "--prefix", "分", "--num-samples", "0"],
+         "--num-samples must be positive"),
+    case("prefix-file-missing", [*GEN, "--prefix-file", f"{T}/missing.txt"],
+         "prefix file not found"),
+    case("prefix-file-without-prefixes", [*GEN, "--prefix-file", f"{T}/empty.txt"],
+         "has no prefixes"),
+    case("out-in-a-missing-directory", [*GEN, "--prefix", "分", "--out", f"{T}/no/such/out.txt"],
+         f"cannot write {T}/no/such/out.txt"),
     # -- eval and convert ------------------------------------------------------------------
     case("eval-missing-corpus", ["eval", f"{T}/missing.txt", "--checkpoint", R],
          "corpus not found"),
     case("eval-one-character", ["eval", f"{T}/one.txt", "--checkpoint", R], "too short"),
     case("eval-corpus-as-checkpoint", ["eval", C, "--checkpoint", C],
-         "zip archive without PyTorch data"),
+         f"not a readable charlstm checkpoint: {C} is a zip archive without PyTorch data"),
     case("eval-new-characters", ["eval", f"{T}/english.txt", "--checkpoint", R],
          "not in the model's vocabulary"),
     case("eval-truncated-checkpoint", ["eval", C, "--checkpoint", f"{T}/truncated.pt"],
@@ -215,7 +254,9 @@ def snapshot(root: Path) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def world(small_corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def world(
+    small_corpus: Path, tiny_run: Path, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, Path]:
     """A workspace with bad inputs of every kind and one existing run, ``run/``."""
     tmp = tmp_path_factory.mktemp("bad-input")
     (tmp / "emptydir").mkdir()
@@ -231,13 +272,7 @@ def world(small_corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[
     (tmp / "readonly").mkdir()
     (tmp / "random.pt").write_bytes(os.urandom(4096))
     torch.save({"format_version": 1, "model": Payload(str(tmp / "MARKER"))}, tmp / "evil.pt")
-    run = tmp / "run"
-    result = CliRunner().invoke(
-        app,
-        ["train", str(small_corpus), "--run-dir", str(run), "--epochs", "1", "--hidden", "16"]
-        + ["--batch-size", "8", "--num-steps", "20", "--sample-every", "0"],
-    )
-    assert result.exit_code == 0, result.output
+    run = copy_run(tiny_run, tmp / "run")
     whole = (run / "last.pt").read_bytes()
     (tmp / "truncated.pt").write_bytes(whole[: len(whole) // 2])
     (tmp / "readonly").chmod(0o555)
@@ -370,6 +405,7 @@ def test_bad_invocation_is_one_line_non_zero_and_harmless(
     assert result.exception is None or isinstance(result.exception, SystemExit), repr(
         result.exception
     )
+    message = argv([message], world)[0]
     check(result.exit_code, result.stdout, result.stderr, message)
     assert snapshot(world["tmp"]) == before
 

@@ -147,5 +147,5 @@ def test_vocabulary_is_identical_across_processes(tmp_path: Path) -> None:
 def test_split_point_rule() -> None:
     assert split_point(63_282, 0.1) == 56_953  # the shared README's int(n * 0.9)
     assert split_point(100, 0.0) == 100
-    with pytest.raises(CharLSTMError):
+    with pytest.raises(CharLSTMError, match=r"val-fraction must be in \[0, 1\), not 1.0"):
         split_point(100, 1.0)

@@ -22,12 +22,11 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import invoke
 from test_robustness import ENV, PACED, same_weights
-from typer.testing import CliRunner
 
 from charlstm import checkpoint as ckpt
 from charlstm import locking, runs, safe_io
-from charlstm.cli import app
 from charlstm.errors import CharLSTMError, Locked, WriteFailed
 
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="needs POSIX signals and rlimits")
@@ -268,11 +267,11 @@ def test_damaged_logs_never_give_a_traceback_in_info_or_resume(reference, tmp_pa
     with open(directory / "steps.jsonl", "ab") as handle:
         handle.write(b'{"step": 7, "epoch": 1}\n{"step": 55, "epo')  # a repeat, a torn tail
 
-    shown = CliRunner().invoke(app, ["info", str(directory)])
+    shown = invoke("info", directory)
     assert shown.exit_code == 0, shown.output
     assert "Traceback" not in shown.output and "held-out" in shown.output
 
-    resumed = CliRunner().invoke(app, ["train", "--resume", str(directory), "--epochs", "3"])
+    resumed = invoke("train", "--resume", directory, "--epochs", "3")
     assert resumed.exit_code == 0, resumed.output
     metrics = [json.loads(raw) for raw in (directory / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in metrics] == [1, 2, 3]

@@ -177,43 +177,20 @@ def test_convert_command_gives_same_logits_and_text(small_corpus, tmp_path, regu
     """``charlstm convert`` both ways: same logits (1e-5) and, with a seed, the same text.
 
     DropConnect only acts in training, so a model trained with it converts too."""
-    from typer.testing import CliRunner
+    from conftest import invoke
 
     from charlstm.api import load_model
-    from charlstm.cli import app
 
-    runner = CliRunner()
     run = tmp_path / "run"
-    args = [
-        "train",
-        str(small_corpus),
-        "--epochs",
-        "1",
-        "--hidden",
-        "24",
-        "--layers",
-        "2",
-        "--batch-size",
-        "8",
-        "--num-steps",
-        "10",
-        "--sample-every",
-        "0",
-        "--run-dir",
-        str(run),
-        *regularised,
-    ]
-    assert runner.invoke(app, args).exit_code == 0
-    as_torch = tmp_path / "torch.pt"
-    result = runner.invoke(app, ["convert", str(run), "--to", "torch", "--out", str(as_torch)])
-    assert result.exit_code == 0, result.output
-    back = tmp_path / "scratch.pt"
-    assert (
-        runner.invoke(
-            app, ["convert", str(as_torch), "--to", "scratch", "--out", str(back)]
-        ).exit_code
-        == 0
-    )
+    size = ["--hidden", "24", "--layers", "2", "--batch-size", "8", "--num-steps", "10"]
+    trained = invoke("train", small_corpus, "--epochs", "1", *size, "--sample-every", "0",
+                     "--run-dir", run, *regularised)  # fmt: skip
+    assert trained.exit_code == 0 and (run / "best.pt").is_file(), trained.output
+    as_torch, back = tmp_path / "torch.pt", tmp_path / "scratch.pt"
+    for source, backend, out in ((run, "torch", as_torch), (as_torch, "scratch", back)):
+        result = invoke("convert", source, "--to", backend, "--out", out)
+        assert result.exit_code == 0, result.output
+        assert result.stdout == f"wrote {out} ({backend} backend)\n"
     original, converted = load_model(run), load_model(as_torch)
     assert converted.model.config.backend == "torch" and converted.model.config.weight_drop == 0
     x = original.vocab.encode("我们说好不分开分开以后的雨天").view(-1, 1)

@@ -122,15 +122,22 @@ def test_char_outside_vocab_raises() -> None:
     model = KneserNeyLM(3, D).fit(TEXT, VOCAB)
     with pytest.raises(CharLSTMError, match="not in the vocabulary"):
         model.score("abra§")
-    with pytest.raises(CharLSTMError):
+    with pytest.raises(CharLSTMError, match="character not in the vocabulary: '§'"):
         model.log_prob("abr", "§")
-    with pytest.raises(CharLSTMError):
+    with pytest.raises(CharLSTMError, match="training text has characters not in the vocabulary"):
         KneserNeyLM(3, D).fit("abc§", VOCAB)
 
 
-@pytest.mark.parametrize("order, discount", [(0, 0.75), (3, 0.0), (3, 1.5)])
-def test_bad_settings_raise(order: int, discount: float) -> None:
-    with pytest.raises(CharLSTMError):
+@pytest.mark.parametrize(
+    "order, discount, message",
+    [
+        (0, 0.75, "order must be a positive integer, not 0"),
+        (3, 0.0, r"discount must be in \(0, 1\], not 0.0"),
+        (3, 1.5, r"discount must be in \(0, 1\], not 1.5"),
+    ],
+)
+def test_bad_settings_raise(order: int, discount: float, message: str) -> None:
+    with pytest.raises(CharLSTMError, match=message):
         KneserNeyLM(order, discount)
 
 

@@ -20,11 +20,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from typer.testing import CliRunner
+from conftest import FAST, copy_run, invoke
 
 from charlstm import checkpoint as ckpt
 from charlstm import runs
-from charlstm.cli import app
 from charlstm.errors import CharLSTMError
 from charlstm.pipeline import prepare_training
 
@@ -231,16 +230,8 @@ def test_kill_during_a_checkpoint_write_keeps_the_previous_one(reference, small_
     assert same_weights(run / "last.pt", reference / "last.pt")
 
 
-FAST = ["--hidden", "32", "--batch-size", "8", "--num-steps", "20", "--sample-every", "0"]
-
-
-def invoke(*args: object):
-    return CliRunner().invoke(app, [str(a) for a in args])
-
-
-def test_divergence_stops_with_one_line_and_a_lower_lr_resumes(small_corpus, tmp_path):
-    run = tmp_path / "run"
-    assert invoke("train", small_corpus, "--run-dir", run, "--epochs", "1", *FAST).exit_code == 0
+def test_divergence_stops_with_one_line_and_a_lower_lr_resumes(tiny_run, tmp_path):
+    run = copy_run(tiny_run, tmp_path / "run")
     good = (run / "last.pt").read_bytes()
 
     result = invoke("train", "--resume", run, "--epochs", "2", "--lr", "1e36", "--clip", "0")
@@ -261,11 +252,10 @@ def test_divergence_stops_with_one_line_and_a_lower_lr_resumes(small_corpus, tmp
     assert [row["step"] for row in runs.read_steps(run)] == list(range(1, 61))
 
 
-def test_after_divergence_best_pt_is_the_fallback(small_corpus, tmp_path):
+def test_after_divergence_best_pt_is_the_fallback(tiny_run, tmp_path):
     """A checkpoint written between the blow-up and the non-finite loss holds huge (finite)
     weights; resuming it fails again, and ``--resume RUN/best.pt`` is the way back."""
-    run = tmp_path / "run"
-    assert invoke("train", small_corpus, "--run-dir", run, "--epochs", "1", *FAST).exit_code == 0
+    run = copy_run(tiny_run, tmp_path / "run")
     diverge = ["--epochs", "2", "--lr", "1e36", "--clip", "0", "--checkpoint-every", "1"]
     assert invoke("train", "--resume", run, *diverge).exit_code == 2
     assert ckpt.load(run / "last.pt").step == 31  # saved after the step that blew up
@@ -279,12 +269,10 @@ def test_after_divergence_best_pt_is_the_fallback(small_corpus, tmp_path):
     assert ckpt.load(run / "last.pt").epoch == 2
 
 
-def test_resume_into_another_run_dir_branches_and_never_overwrites(small_corpus, tmp_path):
+def test_resume_into_another_run_dir_branches_and_never_overwrites(tiny_run, tmp_path):
     source, other, branch = tmp_path / "source", tmp_path / "other", tmp_path / "branch"
     for run in (source, other):
-        assert (
-            invoke("train", small_corpus, "--run-dir", run, "--epochs", "1", *FAST).exit_code == 0
-        )
+        copy_run(tiny_run, run)
     files = {p: p.read_bytes() for p in source.iterdir()} | {
         p: p.read_bytes() for p in other.iterdir()
     }
@@ -304,16 +292,8 @@ def test_resume_into_another_run_dir_branches_and_never_overwrites(small_corpus,
 NEW_TEXT = "晴天的雨 rain 下个不停\n" * 150
 
 
-@pytest.fixture(scope="module")
-def base_run(small_corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    run = tmp_path_factory.mktemp("base") / "run"
-    result = invoke("train", small_corpus, "--run-dir", run, "--epochs", "1", *FAST)
-    assert result.exit_code == 0, result.output
-    return run
-
-
-def test_init_from_starts_a_new_run_from_the_exact_weights(base_run, small_corpus, tmp_path):
-    base = ckpt.load(base_run / "best.pt")
+def test_init_from_starts_a_new_run_from_the_exact_weights(tiny_run, small_corpus, tmp_path):
+    base = ckpt.load(tiny_run / "best.pt")
 
     def fine_tune(model_options, run_dir):
         return prepare_training(
@@ -322,7 +302,7 @@ def test_init_from_starts_a_new_run_from_the_exact_weights(base_run, small_corpu
             {"batch_size": 8, "num_steps": 20, "sample_every": 0, "epochs": 1, "lr": 1e-3},
             {},
             run_dir=run_dir,
-            init_from=base_run,
+            init_from=tiny_run,
             log=lambda _: None,
             progress_bar=False,
         )
@@ -339,13 +319,13 @@ def test_init_from_starts_a_new_run_from_the_exact_weights(base_run, small_corpu
     assert not (tmp_path / "wider").exists()
 
 
-def test_init_from_lists_the_missing_characters(base_run, tmp_path):
+def test_init_from_lists_the_missing_characters(tiny_run, tmp_path):
     corpus = tmp_path / "new.txt"
     corpus.write_text(NEW_TEXT, encoding="utf-8")
-    vocab = ckpt.load(base_run / "best.pt").vocab
+    vocab = ckpt.load(tiny_run / "best.pt").vocab
     missing = vocab.missing(NEW_TEXT)
     assert len(missing) > 3
-    result = invoke("train", corpus, "--init-from", base_run, "--run-dir", tmp_path / "ft", *FAST)
+    result = invoke("train", corpus, "--init-from", tiny_run, "--run-dir", tmp_path / "ft", *FAST)
     assert result.exit_code == 2
     line = result.stderr.strip()
     assert len(line.splitlines()) == 1 and "--extend-vocab" in line
@@ -354,10 +334,10 @@ def test_init_from_lists_the_missing_characters(base_run, tmp_path):
     assert not (tmp_path / "ft").exists()
 
 
-def test_extend_vocab_keeps_old_rows_exactly_and_adds_fresh_ones(base_run, tmp_path):
+def test_extend_vocab_keeps_old_rows_exactly_and_adds_fresh_ones(tiny_run, tmp_path):
     corpus = tmp_path / "new.txt"
     corpus.write_text(NEW_TEXT, encoding="utf-8")
-    base = ckpt.load(base_run / "best.pt")
+    base = ckpt.load(tiny_run / "best.pt")
     old = len(base.vocab)
     trainer = prepare_training(
         corpus,
@@ -365,7 +345,7 @@ def test_extend_vocab_keeps_old_rows_exactly_and_adds_fresh_ones(base_run, tmp_p
         {"batch_size": 8, "num_steps": 20, "sample_every": 0, "epochs": 1, "seed": 4},
         {},
         run_dir=tmp_path / "ft",
-        init_from=base_run,
+        init_from=tiny_run,
         extend_vocab=True,
         log=lambda _: None,
         progress_bar=False,
@@ -396,3 +376,4 @@ def test_extend_vocab_keeps_old_rows_exactly_and_adds_fresh_ones(base_run, tmp_p
         "generate", "--checkpoint", tmp_path / "ft", "--prefix", "晴天", "--length", "5"
     )
     assert generated.exit_code == 0, generated.output
+    assert generated.stdout.startswith("晴天") and len(generated.stdout.strip()) == 7

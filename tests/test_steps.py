@@ -6,12 +6,11 @@ from __future__ import annotations
 import json
 
 import pytest
+from conftest import FAST, invoke
 from test_train import make_trainer, train
-from typer.testing import CliRunner
 
 from charlstm import checkpoint as ckpt
 from charlstm import runs
-from charlstm.cli import app
 from charlstm.errors import CharLSTMError
 
 
@@ -73,25 +72,8 @@ def test_time_limit_is_honoured_between_steps(small_corpus, tmp_path):
 
 def test_progress_lines_when_the_output_is_not_a_terminal(small_corpus, tmp_path, monkeypatch):
     monkeypatch.setenv("CHARLSTM_PROGRESS_EVERY", "0")  # a line after every step
-    result = CliRunner().invoke(
-        app,
-        [
-            "train",
-            str(small_corpus),
-            "--run-dir",
-            str(tmp_path / "run"),
-            "--hidden",
-            "16",
-            "--batch-size",
-            "8",
-            "--num-steps",
-            "20",
-            "--max-steps",
-            "4",
-            "--sample-every",
-            "0",
-        ],
-    )
+    steps = ["--max-steps", "4", "--sample-every", "0"]
+    result = invoke("train", small_corpus, "--run-dir", tmp_path / "run", *FAST, *steps)
     assert result.exit_code == 0, result.output
     lines = [
         line for line in result.output.splitlines() if line.startswith("step ") and "/" in line
@@ -104,7 +86,7 @@ def test_progress_lines_when_the_output_is_not_a_terminal(small_corpus, tmp_path
 def test_a_prepared_corpus_trains_exactly_as_the_text_it_was_prepared_from(small_corpus, tmp_path):
     """charlstm prepare, then train DIR: the same vocabulary, split and losses as train CORPUS."""
     prepared = tmp_path / "prepared"
-    result = CliRunner().invoke(app, ["prepare", str(small_corpus), "--out", str(prepared)])
+    result = invoke("prepare", small_corpus, "--out", prepared)
     assert result.exit_code == 0, result.output
     assert f"train with: charlstm train {prepared}" in result.output
     options = {"max_steps": 12, "eval_every": 6}
@@ -122,9 +104,7 @@ def test_a_prepared_corpus_trains_exactly_as_the_text_it_was_prepared_from(small
         r["val_loss"] for r in text_rows
     ]
     # charlstm eval DIR scores the held-out part as training did
-    scored = CliRunner().invoke(
-        app, ["eval", str(prepared), "--checkpoint", str(tmp_path / "dir" / "last.pt"), "--json"]
-    )
+    scored = invoke("eval", prepared, "--checkpoint", tmp_path / "dir" / "last.pt", "--json")
     assert scored.exit_code == 0, scored.output
     assert json.loads(scored.output)["loss"] == pytest.approx(text_rows[-1]["val_loss"], rel=1e-6)
     # resumed from the prepared directory, it goes on; its normalisation cannot change
