@@ -111,7 +111,11 @@ def setup() -> World:
     if torch.cuda.is_available():
         torch.cuda.set_device(world.local_rank % torch.cuda.device_count())
         backend = "cpu:gloo,cuda:nccl"
-    dist.init_process_group(backend, timeout=TIMEOUT)
+    # torchrun's store outlives a restart: without a prefix per attempt a restarted rank
+    # may read the address a dead rank published and fail to connect (gloo).
+    store, rank, size = next(dist.rendezvous("env://", timeout=TIMEOUT))
+    store = dist.PrefixStore(f"charlstm/attempt-{world.restarts}", store)
+    dist.init_process_group(backend, store=store, rank=rank, world_size=size, timeout=TIMEOUT)
     if not world.main:
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115  (for the life of the process)
     return world
@@ -152,6 +156,13 @@ def gather_rows(world: World, tensor: torch.Tensor) -> torch.Tensor:
     parts = [torch.empty_like(tensor) for _ in range(world.size)]
     dist.all_gather(parts, tensor.contiguous())
     return torch.cat(parts, dim=1)
+
+
+def lost_peer(err: RuntimeError) -> bool:
+    """Whether ``err`` is a collective that failed because another process died or hung."""
+    text = str(err)
+    signs = ("gloo", "NCCL", "Connection reset by peer", "Connection closed by peer")
+    return isinstance(err, getattr(dist, "DistError", ())) or any(sign in text for sign in signs)
 
 
 class OtherRankFailed(SystemExit):

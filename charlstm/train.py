@@ -33,7 +33,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from torch import nn
 
 from charlstm import checkpoint as ckpt
@@ -778,12 +777,14 @@ class Trainer:
         except (TrainingInterrupted, NonFiniteLoss) as err:
             distributed.leave_quietly(self.world, err)
             raise
-        except dist.DistBackendError as err:  # another rank died: the collective broke
-            raise CharLSTMError(
-                f"rank {self.world.rank}: the job lost a process at step "
-                f"{self.progress.step + 1} ({_first_line(err)}); torchrun names the rank that "
-                f"failed; continue from the last checkpoint: charlstm train --resume "
-                f"{self.run_dir} (with torchrun, as before)",
+        except RuntimeError as err:
+            if not (self.world.distributed and distributed.lost_peer(err)):
+                raise
+            raise CharLSTMError(  # another rank died or hung: the collective broke
+                f"rank {self.world.rank} lost contact with another process of the job at step "
+                f"{self.progress.step + 1} (torchrun's report names the rank that failed); the "
+                f"last good checkpoint is {self.run_dir / runs.LAST}: continue with the same "
+                f"torchrun command and --resume {self.run_dir}",
                 exit_code=1,
             ) from err
 
@@ -799,9 +800,9 @@ class Trainer:
             while reason is None:
                 try:
                     budget = self._train_until_score(flag, meter)
-                except dist.DistBackendError:
-                    raise
                 except RuntimeError as err:  # numerical or memory failure inside torch
+                    if self.world.distributed and distributed.lost_peer(err):
+                        raise
                     raise CharLSTMError(
                         f"training failed at step {p.step + 1}: {_first_line(err)}; the last "
                         f"good checkpoint is {self.run_dir / runs.LAST}"
