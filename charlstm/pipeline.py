@@ -178,7 +178,8 @@ def _write_run_files(trainer: Trainer, resumed_from: Path | None) -> None:
             "vocab_size": len(data.vocab),
             "parameters": trainer.model.num_parameters(),
             "resumed_from": None if resumed_from is None else str(resumed_from),
-            "machine": {**machine(trainer.device), "processes": world.size},
+            "machine": machine(trainer.device),
+            "processes": world.size,  # under torchrun: the world size
             "torchrun_job": world.job,  # a restarted job resumes only its own run
         },
     )

@@ -142,7 +142,7 @@ def test_only_rank_0_writes_files_and_prints(trained: dict[str, Any]):
     assert out.count("done: ") == 1 and out.count(f"run {run_dir}:") == 1
     assert "2 processes (torchrun)" in out
     config = json.loads((run_dir / runs.CONFIG_FILE).read_text())
-    assert config["machine"]["processes"] == 2
+    assert config["processes"] == 2
 
 
 def test_a_batch_the_processes_cannot_share_is_one_line(small_corpus: Path, tmp_path: Path):
