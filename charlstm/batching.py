@@ -43,6 +43,15 @@ def check_length(num_chars: int, batch_size: int, num_steps: int, what: str = "c
         )
 
 
+def check_share(batch_size: int, rank: int, world_size: int) -> None:
+    """Raise unless ``world_size`` processes can split ``batch_size`` rows evenly."""
+    if world_size < 1 or not 0 <= rank < world_size or batch_size % world_size:
+        raise CharLSTMError(
+            f"--batch-size {batch_size} must be a multiple of the {world_size} processes "
+            f"(rank {rank} of {world_size})"
+        )
+
+
 class ConsecutiveBatches:
     """Adjacent windows: batch ``i + 1`` continues each row where batch ``i`` stopped.
 
@@ -70,11 +79,7 @@ class ConsecutiveBatches:
         world_size: int = 1,
     ) -> None:
         check_length(len(indices), batch_size, num_steps)
-        if world_size < 1 or not 0 <= rank < world_size or batch_size % world_size:
-            raise CharLSTMError(
-                f"--batch-size {batch_size} must be a multiple of the {world_size} processes "
-                f"(rank {rank} of {world_size})"
-            )
+        check_share(batch_size, rank, world_size)
         self.batch_size, self.num_steps = batch_size, num_steps
         row_len = len(indices) // batch_size
         # (N, L): a view in both cases, a tensor view or a NumPy (memmap) view, no copy
@@ -120,19 +125,32 @@ class RandomBatches:
 
     The corpus is cut into ``(n - 1) // T`` examples starting at multiples of ``T``; each
     epoch shuffles them and groups ``N`` per batch. Windows are independent, so the hidden
-    state is reset for every batch.
+    state is reset for every batch. With ``world_size`` W, rank ``r`` takes the examples
+    ``[r N / W, (r + 1) N / W)`` of each global batch: a disjoint, fixed share, the same
+    order on every rank (it depends on ``(seed, epoch)`` only).
     """
 
     carries_state = False
 
-    def __init__(self, indices: Indices, batch_size: int, num_steps: int, seed: int = 0) -> None:
+    def __init__(
+        self,
+        indices: Indices,
+        batch_size: int,
+        num_steps: int,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
         check_length(len(indices), batch_size, num_steps)
+        check_share(batch_size, rank, world_size)
         self.indices, self.batch_size, self.num_steps, self.seed = (
             indices,
             batch_size,
             num_steps,
             seed,
         )
+        share = batch_size // world_size
+        self._share = slice(rank * share, (rank + 1) * share)
         self.num_examples = (len(indices) - 1) // num_steps
         self.set_epoch(0)
 
@@ -143,8 +161,14 @@ class RandomBatches:
     def __len__(self) -> int:
         return self.num_examples // self.batch_size
 
+    def _starts(self, i: int) -> torch.Tensor:
+        """(N / W,) where this rank's windows of batch ``i`` start."""
+        batch = self.order[i * self.batch_size : (i + 1) * self.batch_size]
+        return batch[self._share] * self.num_steps
+
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        starts = self.order[i * self.batch_size : (i + 1) * self.batch_size] * self.num_steps
+        """``(x, y)``, each ``(T, N)``; with ``world_size`` W, ``N`` is ``batch_size / W``."""
+        starts = self._starts(i)
         offsets = torch.arange(self.num_steps)
         positions = offsets[:, None] + starts[None, :]  # (T, N)
         if isinstance(self.indices, torch.Tensor):
@@ -155,16 +179,22 @@ class RandomBatches:
 
     def positions(self, i: int) -> torch.Tensor:
         """(T, N) int64: where batch ``i``'s targets sit in the indices: ``y = indices[pos]``."""
-        starts = self.order[i * self.batch_size : (i + 1) * self.batch_size] * self.num_steps
-        return torch.arange(self.num_steps)[:, None] + starts[None, :] + 1
+        return torch.arange(self.num_steps)[:, None] + self._starts(i)[None, :] + 1
 
 
 def make_batches(
-    indices: Indices, batch_size: int, num_steps: int, sampling: str, seed: int = 0
+    indices: Indices,
+    batch_size: int,
+    num_steps: int,
+    sampling: str,
+    seed: int = 0,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> ConsecutiveBatches | RandomBatches:
-    """The batcher named by ``sampling`` (``consecutive`` or ``random``)."""
+    """The batcher named by ``sampling`` (``consecutive`` or ``random``); with
+    ``world_size`` W > 1, rank ``rank``'s share of each batch (``batch_size / W`` rows)."""
     if sampling == "consecutive":
-        return ConsecutiveBatches(indices, batch_size, num_steps)
+        return ConsecutiveBatches(indices, batch_size, num_steps, rank, world_size)
     if sampling == "random":
-        return RandomBatches(indices, batch_size, num_steps, seed)
+        return RandomBatches(indices, batch_size, num_steps, seed, rank, world_size)
     raise CharLSTMError(f"unknown --sampling {sampling!r}; choose consecutive or random")

@@ -26,6 +26,7 @@ from charlstm.adaptation import (
     read_log_probs,
 )
 from charlstm.config import positive
+from charlstm.distributed import World, sum_values
 from charlstm.errors import CharLSTMError
 from charlstm.mixture import NgramMixture
 from charlstm.model import CharLSTM
@@ -84,35 +85,41 @@ def score(
     columns: int | None = None,
     num_steps: int = 256,
     mixture: NgramMixture | None = None,
+    world: World | None = None,
 ) -> EvalResult:
     """Score ``targets`` (n,) given ``context`` (at least one character before them).
 
     ``context[-1]`` is the input that predicts ``targets[0]``; earlier context characters
     only warm the state of the first column. With ``mixture`` each character is scored by
-    the LSTM interpolated with the n-gram (:mod:`charlstm.mixture`).
+    the LSTM interpolated with the n-gram (:mod:`charlstm.mixture`). With a distributed
+    ``world`` each rank scores its share of the columns and the sums are all-reduced: the
+    loss is the single-process one (``per_char`` then holds this rank's columns only).
     """
     model.eval()
     device = model.device
     n = len(targets)
     if n == 0:
         return EvalResult(loss=float("nan"), chars=0)
+    world = world or World()
     inputs = torch.cat([context[-1:], targets[:-1]])  # (n,)
     columns = columns or eval_columns(n)
     length = math.ceil(n / columns)
     pad = columns * length - n
     ignore = -100
+    first, last = world.share(columns)  # this rank's columns [first, last)
     x = torch.cat([inputs, inputs.new_zeros(pad)]).view(columns, length).t()  # (T_all, C)
     y = torch.cat([targets, targets.new_full((pad,), ignore)]).view(columns, length).t()
-    x, y = x.to(device), y.to(device)
-    state = model.init_state(columns)
+    x, y = x[:, first:last].to(device), y[:, first:last].to(device)
+    mine = last - first
+    state = model.init_state(mine)
     warm = context[:-1]
-    if len(warm):
+    if len(warm) and first == 0 and mine:
         # Only the first column follows the context; the others start mid-text from zero.
         _, warm_state = model.features(warm.view(-1, 1).to(device), None)
         state[0][:, 0] = warm_state[0][:, 0]
         state[1][:, 0] = warm_state[1][:, 0]
-    losses = []
-    for start in range(0, length, num_steps):
+    losses = [torch.empty(0, mine, device=device)]
+    for start in range(0, length if mine else 0, num_steps):
         log_p, state = model.log_probs(x[start : start + num_steps], state)  # (T, C, V)
         losses.append(
             nn.functional.nll_loss(
@@ -120,12 +127,16 @@ def score(
                 y[start : start + num_steps].flatten(),
                 ignore_index=ignore,
                 reduction="none",
-            ).view(-1, columns)
+            ).view(-1, mine)
         )
-    per_char = torch.cat(losses).t().reshape(-1)[:n].cpu().double()  # (n,) in text order
+    begin, end = min(first * length, n), min(last * length, n)  # its characters, text order
+    per_char = torch.cat(losses).t().reshape(-1)[: end - begin].cpu().double()
     if mixture is not None:
-        per_char = -mixture.mix(-per_char, mixture.target_log_probs(targets.cpu(), context.cpu()))
-    return EvalResult(loss=per_char.sum().item() / n, chars=n, per_char=per_char)
+        lstm = -per_char
+        ngram = mixture.target_log_probs(targets.cpu(), context.cpu())[begin:end]
+        per_char = -mixture.mix(lstm, ngram)
+    (total,) = sum_values(world, [per_char.sum().item()])
+    return EvalResult(loss=total / n, chars=n, per_char=per_char)
 
 
 def score_heldout(
@@ -137,6 +148,7 @@ def score_heldout(
     *,
     cache: CacheConfig | None = None,
     dynamic: DynamicConfig | None = None,
+    world: World | None = None,
 ) -> EvalResult:
     """Score a run's held-out part ``heldout_ids`` (n,) after its training part
     ``history_ids`` (indices): the first held-out character is predicted from the last
@@ -144,6 +156,7 @@ def score_heldout(
     state. Without a training part (``history_ids`` empty) the held-out text is scored
     after its own first character. ``max_chars`` scores only the first ``max_chars``
     held-out characters; ``cache`` / ``dynamic`` score with :func:`score_adaptive`.
+    With a distributed ``world`` the ranks score parts and agree (:func:`score`).
     """
     if len(history_ids) > 0:
         targets, context = heldout_ids, history_ids[-HISTORY:]
@@ -153,7 +166,9 @@ def score_heldout(
         positive("the number of held-out characters to score", max_chars)
         targets = targets[:max_chars]
     if cache is None and dynamic is None:
-        return score(model, targets, context, mixture=mixture)
+        return score(model, targets, context, mixture=mixture, world=world)
+    if world is not None and world.distributed:
+        raise CharLSTMError("adaptive scoring (cache, dynamic evaluation) runs in one process")
     return score_adaptive(model, targets, context, cache, dynamic, mixture=mixture)
 
 

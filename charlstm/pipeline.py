@@ -14,6 +14,7 @@ can be wrong with the input is found before the run directory is created or touc
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -21,7 +22,7 @@ from typing import Any, TypeVar
 
 import torch
 
-from charlstm import __version__, runs
+from charlstm import __version__, distributed, runs
 from charlstm import checkpoint as ckpt
 from charlstm.config import (
     PRESETS,
@@ -163,7 +164,7 @@ def machine(device: torch.device) -> dict[str, Any]:
 
 
 def _write_run_files(trainer: Trainer, resumed_from: Path | None) -> None:
-    data = trainer.data
+    data, world = trainer.data, trainer.world
     runs.write_config(
         trainer.run_dir,
         {
@@ -178,6 +179,8 @@ def _write_run_files(trainer: Trainer, resumed_from: Path | None) -> None:
             "parameters": trainer.model.num_parameters(),
             "resumed_from": None if resumed_from is None else str(resumed_from),
             "machine": machine(trainer.device),
+            "processes": world.size,  # under torchrun: the world size
+            "torchrun_job": world.job,  # a restarted job resumes only its own run
         },
     )
     runs.write_vocab(trainer.run_dir, data.vocab.to_list())
@@ -344,10 +347,15 @@ def _start(
     run_dir = request.run_dir
     if run_dir is None:
         run_dir = Path(request.runs_root) / runs.default_run_name(source.path, model.backend)
-    runs.check_new_run_dir(run_dir, request.overwrite)  # refuse early, before any work
-    trainer = _trainer(data, model, train, source, Path(run_dir), log, progress_bar, **state)
-    runs.prepare_run_dir(run_dir, overwrite=request.overwrite)
-    _write_run_files(trainer, None)
+    world = distributed.from_env()
+    with distributed.agreed(world):  # every rank's checks pass before a file is written
+        if world.main:
+            runs.check_new_run_dir(run_dir, request.overwrite)  # refuse early, before any work
+        trainer = _trainer(data, model, train, source, Path(run_dir), log, progress_bar, **state)
+    with distributed.agreed(world):
+        if world.main:  # rank 0 alone writes
+            runs.prepare_run_dir(run_dir, overwrite=request.overwrite)
+            _write_run_files(trainer, None)
     return trainer
 
 
@@ -416,20 +424,34 @@ def resume_run(request: RunRequest, log: Log = print, progress_bar: bool | None 
             "--overwrite has nothing to replace: a resume continues its own run directory "
             "(to branch over another run, give --run-dir DIR --overwrite)"
         )
+    world = distributed.from_env()
+    with distributed.agreed(world):  # every rank's checks pass before a file is written
+        if branch and world.main:
+            runs.check_new_run_dir(directory, request.overwrite)  # never write over another run
+        trainer = _trainer(
+            data,
+            checkpoint.model_config,
+            train,
+            source,
+            directory,
+            log,
+            progress_bar,
+            resume=checkpoint,
+        )
+    with distributed.agreed(world):
+        if world.main:  # rank 0 alone writes
+            _continue_run_dir(trainer, source_file, checkpoint, branch, request.overwrite)
+    return trainer
+
+
+def _continue_run_dir(
+    trainer: Trainer, source_file: Path, checkpoint: ckpt.Checkpoint, branch: bool, overwrite: bool
+) -> None:
+    """Take the resumed run's directory (a new one for a branch) and bring its files to the
+    checkpoint's step."""
+    directory, log = trainer.run_dir, trainer.log
     if branch:
-        runs.check_new_run_dir(directory, request.overwrite)  # never write over another run
-    trainer = _trainer(
-        data,
-        checkpoint.model_config,
-        train,
-        source,
-        directory,
-        log,
-        progress_bar,
-        resume=checkpoint,
-    )
-    if branch:
-        runs.prepare_run_dir(directory, overwrite=request.overwrite)
+        runs.prepare_run_dir(directory, overwrite=overwrite)
     else:
         runs.ensure_writable(directory)
     for stray in ckpt.remove_partial_writes(directory):
@@ -441,11 +463,51 @@ def resume_run(request: RunRequest, log: Log = print, progress_bar: bool | None 
         f"resuming {source_file} at epoch {checkpoint.epoch + 1}, batch {checkpoint.batch}, "
         f"step {checkpoint.step}"
     )
-    return trainer
+
+
+def _restarted(request: RunRequest, world: distributed.World) -> RunRequest:
+    """Under ``torchrun --max-restarts``: a restarted job continues its own run from its
+    ``last.pt`` (the run whose config.json names this job), whatever the command said."""
+    if world.max_restarts and request.run_dir is None and request.resume is None:
+        raise CharLSTMError(
+            "under torchrun --max-restarts give --run-dir DIR: a restarted job resumes "
+            "DIR/last.pt by itself"
+        )
+    if not world.restarts:
+        return request
+    directory = Path(request.run_dir if request.run_dir is not None else request.resume or "")
+    if directory.is_file():  # --resume RUN/best.pt: the run goes on in RUN
+        directory = directory.parent
+    try:
+        job = json.loads((directory / runs.CONFIG_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return request  # the first attempt wrote nothing: start as asked
+    if not isinstance(job, dict) or job.get("torchrun_job") != world.job:
+        return request  # another run's directory: the command's own rules apply
+    if not (directory / runs.LAST).is_file():  # this job's, stopped before its first step
+        return dataclasses.replace(request, overwrite=True)
+    return RunRequest(
+        request.corpus, request.given, None, None, request.runs_root, directory / runs.LAST
+    )
 
 
 def start_run(request: RunRequest, log: Log = print, progress_bar: bool | None = None) -> Trainer:
-    """The trainer for ``request``: a resumed run, a fine-tuned one, or a new one."""
+    """The trainer for ``request``: a resumed run, a fine-tuned one, or a new one.
+
+    Under torchrun (:mod:`charlstm.distributed`) every process builds its trainer; rank 0
+    alone writes the run's files, and a restarted job resumes its own ``last.pt``.
+    """
+    world = distributed.setup()
+    if not world.main:
+        log, progress_bar = distributed.silent, False
+    try:
+        return _start_run(_restarted(request, world), log, progress_bar)
+    except Exception as err:  # failed before the ranks' agreement: take part in it
+        distributed.settle(world, err)
+        raise
+
+
+def _start_run(request: RunRequest, log: Log, progress_bar: bool | None) -> Trainer:
     if request.extend_vocab and request.init_from is None:
         raise CharLSTMError("--extend-vocab is a setting of --init-from (fine-tuning); add it")
     if request.resume is not None:

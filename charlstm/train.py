@@ -36,9 +36,9 @@ import torch
 from torch import nn
 
 from charlstm import checkpoint as ckpt
-from charlstm import runs
+from charlstm import distributed, runs
 from charlstm.batching import check_length, make_batches
-from charlstm.config import DataConfig, ModelConfig, TrainConfig
+from charlstm.config import DataConfig, ModelConfig, SettingError, TrainConfig
 from charlstm.corpus import Corpus, Vocab, split_point
 from charlstm.decoding import SamplingConfig
 from charlstm.distill import NgramTeacher
@@ -75,10 +75,11 @@ class NonFiniteLoss(CharLSTMError):
     pass
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, world: distributed.World | None = None) -> torch.device:
     """``auto`` is CUDA when available, else the CPU; asking for CUDA without one is an error.
 
     On CUDA, float32 matrix products use TensorFloat-32, as cuDNN's LSTM already does.
+    Under torchrun (``world``) plain ``cuda`` is the rank's own GPU, ``cuda:LOCAL_RANK``.
     """
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
@@ -88,6 +89,8 @@ def resolve_device(name: str) -> torch.device:
         raise CharLSTMError(f"unknown --device {name!r}; choose auto, cpu or cuda")
     if name.startswith("cuda"):
         torch.backends.cuda.matmul.allow_tf32 = True
+        if name == "cuda" and world is not None and world.distributed:
+            return torch.device("cuda", world.local_rank % torch.cuda.device_count())
     return torch.device(name)
 
 
@@ -132,12 +135,17 @@ class TrainingData:
         return total
 
     def score_heldout(
-        self, model: CharLSTM, max_chars: int = 0, mixture: NgramMixture | None = None
+        self,
+        model: CharLSTM,
+        max_chars: int = 0,
+        mixture: NgramMixture | None = None,
+        world: distributed.World | None = None,
     ) -> EvalResult:
-        """Score the held-out part (its first ``max_chars`` characters; 0: all of it)."""
+        """Score the held-out part (its first ``max_chars`` characters; 0: all of it); with
+        a distributed ``world`` the ranks score parts of it and agree on the figure."""
         val = self.val[:max_chars] if max_chars else self.val
         history = as_tensor(self.train[-HISTORY:])
-        return score_heldout(model, history, as_tensor(val), mixture)
+        return score_heldout(model, history, as_tensor(val), mixture, world=world)
 
 
 def default_prefixes(vocab: Vocab, text: str) -> list[str]:
@@ -322,6 +330,38 @@ class TrainingLoss:
         return loss, true_loss, state
 
 
+class LossStep(nn.Module):
+    """A training step's forward as one module (the model and its :class:`TrainingLoss`):
+    what ``DistributedDataParallel`` wraps, so that it sees the whole step, whichever
+    method of the model (``forward``, ``nll``) the loss calls."""
+
+    def __init__(self, model: CharLSTM, loss: TrainingLoss) -> None:
+        super().__init__()
+        self.model, self.loss = model, loss
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        state: State | None,
+        positions: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor, State]:
+        return self.loss(self.model, x, y, state, positions)
+
+
+def data_parallel(module: nn.Module, world: distributed.World, device: torch.device) -> nn.Module:
+    """``module`` wrapped in ``DistributedDataParallel`` when the job has several processes:
+    its backward averages the gradients over the ranks (before any clipping)."""
+    if not world.distributed:
+        return module
+    return nn.parallel.DistributedDataParallel(
+        module,
+        device_ids=[device.index] if device.type == "cuda" else None,
+        # an adaptive softmax's tail clusters may have no targets in one rank's share
+        find_unused_parameters=getattr(module, "model", module).config.softmax == "adaptive",
+    )
+
+
 def scores(config: TrainConfig) -> str:
     """What one held-out score follows: an epoch, or --eval-every steps."""
     return f"scores (every {config.eval_every} steps)" if config.eval_every else "epochs"
@@ -409,9 +449,17 @@ class Trainer:
         self.data, self.vocab = data, data.vocab
         self.model_config, self.config, self.data_config = model_config, train_config, data_config
         self.run_dir = Path(run_dir)
+        self.world = world = distributed.setup()  # one process without torchrun
+        if not world.main:  # rank 0 alone prints
+            log, progress_bar = distributed.silent, False
         self.log, self.progress_bar, self.on_step = log, progress_bar, on_step
-        self.device = resolve_device(self.config.device)
+        self.device = resolve_device(self.config.device, world)
         config = self.config
+        if config.batch_size % world.size:
+            raise SettingError(
+                f"{{batch_size}} {config.batch_size} is not a multiple of the {world.size} "
+                "processes torchrun started: it is the global batch, split evenly between them"
+            )
         self.has_val = len(data.val) > 0 and config.val_fraction > 0
         check_length(
             len(data.train),
@@ -420,7 +468,13 @@ class Trainer:
             what="training text" if self.has_val else "corpus",
         )
         self.batches = make_batches(
-            data.train, config.batch_size, config.num_steps, config.sampling, config.seed
+            data.train,
+            config.batch_size,
+            config.num_steps,
+            config.sampling,
+            config.seed,
+            world.rank,
+            world.size,
         )
         self.prefixes = list(config.prefixes) or default_prefixes(
             data.vocab, data.train_text()[:200]
@@ -441,6 +495,7 @@ class Trainer:
         elif self.model_config.softmax == "adaptive" and resume is None:
             self.model.set_class_order(data.counts())  # its clusters follow the frequencies
         self.model.to(self.device)
+        self.loss_step = data_parallel(LossStep(self.model, self.loss), world, self.device)
         self.optimizer = make_optimizer(self.model, config)
         self.average = WeightAverage(self.model, config.ema) if config.ema else None
         self.progress = Progress()
@@ -456,6 +511,7 @@ class Trainer:
             f"{self.model.num_parameters():,} parameters, vocabulary {m.vocab_size}, "
             f"{len(data.train):,} training / {len(data.val):,} held-out characters, "
             f"{len(self.batches)} batches per epoch, device {self.device}"
+            + (f", {self.world.size} processes (torchrun)" if self.world.distributed else "")
         )
 
     # -- state -----------------------------------------------------------------------------
@@ -472,6 +528,14 @@ class Trainer:
         for group in self.optimizer.param_groups:  # --lr may change on resume
             group["initial_lr"] = self.config.lr
         self.progress = Progress.from_checkpoint(checkpoint)
+        carry = self.progress.carry  # all N rows: this rank carries its share
+        if carry is not None:
+            if carry[0].shape[1] != self.config.batch_size:
+                raise CharLSTMError(
+                    f"the checkpoint carries {carry[0].shape[1]} rows of hidden state, not "
+                    f"--batch-size {self.config.batch_size}"
+                )
+            self.progress.carry = (self.world.rows(carry[0]), self.world.rows(carry[1]))
         ckpt.restore_rng(checkpoint.rng)
 
     def checkpoint(self) -> ckpt.Checkpoint:
@@ -506,6 +570,26 @@ class Trainer:
         for name in names or (runs.LAST,):
             ckpt.save(state, self.run_dir / name)
 
+    def _save(self, *names: str) -> None:
+        """:meth:`save` at a point every rank reaches: the carried state of all rows is
+        gathered (a collective), then rank 0 alone writes."""
+        local = self.progress.carry
+        if local is not None and self.world.distributed:
+            self.progress.carry = (
+                distributed.gather_rows(self.world, local[0]),
+                distributed.gather_rows(self.world, local[1]),
+            )
+        try:
+            if self.world.main:
+                self.save(*names)
+        finally:
+            self.progress.carry = local
+
+    def _stopping(self, flag: dict[str, int | None]) -> bool:
+        """Whether any rank got SIGINT / SIGTERM (agreed by all: they stop together)."""
+        _, flag["signum"] = distributed.agree(self.world, [], flag["signum"])
+        return flag["signum"] is not None
+
     @contextmanager
     def averaged(self) -> Iterator[None]:
         """Inside the block the model holds the averaged weights (unchanged without --ema)."""
@@ -524,9 +608,24 @@ class Trainer:
         self, x: torch.Tensor, y: torch.Tensor, state: State | None, positions: torch.Tensor | None
     ) -> tuple[float, State]:
         """One optimizer step on batch ``(x, y)``; ``positions`` (T, N) locate ``y`` in the
-        training text for the n-gram teacher. Returns the batch's true (unsmoothed) loss."""
-        loss, true_loss, state = self.loss(self.model, x, y, state, positions)
+        training text for the n-gram teacher. Returns the batch's true (unsmoothed) loss
+        (under torchrun: this rank's share's; the loop agrees on the global one)."""
+        if self.world.distributed:  # dropout masks: per rank and step, as on a resume
+            torch.manual_seed(
+                (self.config.seed * 1_000_003 + self.progress.step) * 4099 + self.world.rank
+            )
+        loss, true_loss, state = self.loss_step(x, y, state, positions)
         value = true_loss.item()
+        if not self.world.distributed:  # else checked on the agreed loss, by every rank
+            self._check_finite(value)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.config.clip > 0:
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.config.clip)
+        self.optimizer.step()
+        return value, state
+
+    def _check_finite(self, value: float) -> None:
         if not math.isfinite(value):
             last = self.run_dir / runs.LAST
             raise NonFiniteLoss(
@@ -535,12 +634,6 @@ class Trainer:
                 f"a lower --lr or a smaller --clip: charlstm train --resume {self.run_dir} "
                 f"--lr ... (if it diverges again, resume from {self.run_dir / runs.BEST})"
             )
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if self.config.clip > 0:
-            nn.utils.clip_grad_norm_(self.model.parameters(), self.config.clip)
-        self.optimizer.step()
-        return value, state
 
     def _train_until_score(self, flag: dict[str, int | None], meter: ProgressMeter) -> str | None:
         """Steps until the next held-out score is due (the end of an epoch, or with
@@ -568,24 +661,30 @@ class Trainer:
                     group["lr"] = lr
                 loss, state = self.train_step(x, y, state if carry else None, positions)
                 state = detach_state(state)
+                p.seconds = time.perf_counter() - start
+                if self.world.distributed:  # the global loss, one clock, any rank's signal
+                    (loss, p.seconds), flag["signum"] = distributed.agree(
+                        self.world, [loss, p.seconds], flag["signum"]
+                    )
+                    self._check_finite(loss)
                 if self.average is not None:
                     self.average.update(p.step)
                 p.step, p.batch = p.step + 1, index + 1
-                p.loss_sum += loss * y.numel()
-                p.chars += y.numel()
-                p.seconds = time.perf_counter() - start
+                p.loss_sum += loss * y.numel() * self.world.size  # equal shares
+                p.chars += y.numel() * self.world.size
                 p.carry = state if carry else None
-                self.step_log.write(p.step, p.epoch + 1, p.batch, loss, lr)
+                if self.world.main:
+                    self.step_log.write(p.step, p.epoch + 1, p.batch, loss, lr)
                 if p.batch == len(self.batches):  # the epoch is done
                     p.epoch, p.batch, p.carry = p.epoch + 1, 0, None
                 meter.update(p, loss, lr)
                 if self.on_step is not None:
                     self.on_step(self)
                 if flag["signum"] is not None:
-                    self.save()
+                    self._save()
                     raise TrainingInterrupted(flag["signum"], self.run_dir)
                 if config.checkpoint_every and p.step % config.checkpoint_every == 0:
-                    self.save()
+                    self._save()
                 reason = self.stop_rules.out_of_budget(p)
                 if reason is not None:
                     return reason
@@ -604,7 +703,7 @@ class Trainer:
         if self.has_val:
             with self.averaged():
                 val_loss = self.data.score_heldout(
-                    self.model, self.config.eval_chars, self.mixture
+                    self.model, self.config.eval_chars, self.mixture, self.world
                 ).loss
         improved = val_loss is not None and val_loss < p.best_val_loss
         if improved:
@@ -630,8 +729,11 @@ class Trainer:
         return metrics
 
     def _record(self, metrics: EpochMetrics) -> None:
-        runs.append_metrics(self.run_dir, asdict(metrics))
-        self.save(runs.BEST, runs.LAST) if metrics.best else self.save(runs.LAST)
+        if self.world.main:
+            runs.append_metrics(self.run_dir, asdict(metrics))
+        self._save(runs.BEST, runs.LAST) if metrics.best else self._save(runs.LAST)
+        if not self.world.main:
+            return
         self.log(format_epoch(metrics, self.config.epochs))
         every, eval_every = self.config.sample_every, self.config.eval_every
         count = metrics.step // eval_every if eval_every else metrics.epoch  # scores so far
@@ -666,29 +768,50 @@ class Trainer:
 
     def fit(self) -> TrainResult:
         """Train until ``epochs`` / ``max_steps`` (totals, counting steps before a resume),
-        the time limit, or an early stop."""
+        the time limit, or an early stop.
+
+        Under torchrun every rank trains its share; a stop or a failure all ranks met alike
+        is rank 0's line (the others leave quietly with its exit code)."""
+        try:
+            return self._fit()
+        except (TrainingInterrupted, NonFiniteLoss) as err:
+            distributed.leave_quietly(self.world, err)
+            raise
+        except RuntimeError as err:
+            if not (self.world.distributed and distributed.lost_peer(err)):
+                raise
+            raise CharLSTMError(  # another rank died or hung: the collective broke
+                f"rank {self.world.rank} lost contact with another process of the job at step "
+                f"{self.progress.step + 1} (torchrun's report names the rank that failed); the "
+                f"last good checkpoint is {self.run_dir / runs.LAST}: continue with the same "
+                f"torchrun command and --resume {self.run_dir}",
+                exit_code=1,
+            ) from err
+
+    def _fit(self) -> TrainResult:
         p = self.progress
         result = TrainResult(run_dir=self.run_dir)
         flag: dict[str, int | None] = {"signum": None}
         meter = ProgressMeter(self.config, len(self.batches), self.log, self.progress_bar)
         if p.step == 0 and p.epoch == 0:
-            self.save()  # resumable from the very start
+            self._save()  # resumable from the very start
         with _stop_on_signals(flag), closing(self.step_log), closing(meter):
             reason: str | None = None
             while reason is None:
                 try:
                     budget = self._train_until_score(flag, meter)
                 except RuntimeError as err:  # numerical or memory failure inside torch
-                    first = str(err).strip().splitlines()[0] if str(err).strip() else repr(err)
+                    if self.world.distributed and distributed.lost_peer(err):
+                        raise
                     raise CharLSTMError(
-                        f"training failed at step {p.step + 1}: {first}; the last good "
-                        f"checkpoint is {self.run_dir / runs.LAST}"
+                        f"training failed at step {p.step + 1}: {_first_line(err)}; the last "
+                        f"good checkpoint is {self.run_dir / runs.LAST}"
                     ) from err
                 meter.pause()
                 metrics = self._score()
                 result.metrics.append(metrics)
                 self._record(metrics)
-                if flag["signum"] is not None:
+                if self._stopping(flag):
                     raise TrainingInterrupted(flag["signum"], self.run_dir)
                 reason = budget if budget is not None else self.stop_rules.after_score(p)
             if reason:
@@ -696,6 +819,11 @@ class Trainer:
                 result.stopped_early = True
         result.best_val_loss = p.best_val_loss
         return result
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else repr(err)
 
 
 def _ppl(value: float | None) -> str:

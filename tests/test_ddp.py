@@ -1,0 +1,182 @@
+"""Data parallelism under PyTorch's own ``torchrun`` equals one process.
+
+Every run here is a real command: ``torchrun --standalone --nproc_per_node=2 -m charlstm
+train ...`` (gloo on the CPU, two processes) against plain ``python -m charlstm train``
+with the same global ``--batch-size``. The independent runs start together (module
+fixtures), so the file costs about two rounds of process start-up.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from test_robustness import ENV
+
+from charlstm import checkpoint as ckpt
+from charlstm import runs
+
+pytestmark = pytest.mark.skipif(
+    os.name != "posix" or not torch.distributed.is_available(),
+    reason="needs POSIX signals and torch.distributed",
+)
+
+STEPS = 20
+SETTINGS = [
+    "--hidden", "16", "--batch-size", "4", "--num-steps", "12", "--dropout", "0",
+    "--eval-every", "10", "--sample-every", "0", "--seed", "5", "--device", "cpu",
+]  # fmt: skip
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+TOLERANCE = 1e-5
+NAMES = ("one-torch", "two-torch", "one-scratch", "two-scratch", "two-then-one", "one-then-two")
+
+
+def command(processes: int, *args: object) -> list[str]:
+    """``charlstm ARGS`` in one process, or under torchrun in ``processes``."""
+    if processes == 1:
+        return [sys.executable, "-m", "charlstm", *map(str, args)]
+    return [*TORCHRUN, f"--nproc_per_node={processes}", "-m", "charlstm", *map(str, args)]
+
+
+def start(processes: int, *args: object, cwd: Path | None = None) -> subprocess.Popen:
+    return subprocess.Popen(
+        command(processes, *args),
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=ENV,
+    )
+
+
+def finish(*jobs: subprocess.Popen) -> list[tuple[str, str]]:
+    """Wait for every job; each must succeed. Returns (stdout, stderr) per job."""
+    outputs = [job.communicate(timeout=600) for job in jobs]
+    for job, (out, err) in zip(jobs, outputs, strict=True):
+        assert job.returncode == 0, f"{job.args}\n{out}\n{err}"
+    return outputs
+
+
+def train(corpus: Path, run_dir: Path, steps: int, backend: str = "torch") -> list[object]:
+    return ["train", corpus, *SETTINGS, "--backend", backend, "--max-steps", steps,
+            "--run-dir", run_dir]  # fmt: skip
+
+
+def losses(run_dir: Path) -> list[float]:
+    return [row["loss"] for row in runs.read_steps(run_dir)]
+
+
+def loss_gap(a: Path, b: Path) -> float:
+    first, second = losses(a), losses(b)
+    assert len(first) == len(second) == STEPS
+    return max(abs(x - y) for x, y in zip(first, second, strict=True))
+
+
+def weight_gap(a: Path, b: Path) -> float:
+    first, second = ckpt.load(a / runs.LAST).model, ckpt.load(b / runs.LAST).model
+    assert first.keys() == second.keys()
+    return max((first[k].double() - second[k].double()).abs().max().item() for k in first)
+
+
+def held_out(run_dir: Path) -> list[float]:
+    return [row["val_loss"] for row in runs.read_metrics(run_dir)]
+
+
+@pytest.fixture(scope="module")
+def trained(small_corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The runs compared below, by name: ``one-B`` / ``two-B``: 20 steps of backend B on
+    1 / 2 processes; ``two-then-one``: 10 steps on 2, resumed on 1 to step 20; and
+    ``one-then-two``, the reverse."""
+    root = tmp_path_factory.mktemp("ddp")  # every run's working directory too
+    dirs = {name: root / name for name in NAMES}
+    outputs = finish(
+        start(1, *train(small_corpus, dirs["one-torch"], STEPS), cwd=root),
+        start(2, *train(small_corpus, dirs["two-torch"], STEPS), cwd=root),
+        start(1, *train(small_corpus, dirs["one-scratch"], STEPS, "scratch"), cwd=root),
+        start(2, *train(small_corpus, dirs["two-scratch"], STEPS, "scratch"), cwd=root),
+        start(2, *train(small_corpus, dirs["two-then-one"], STEPS // 2), cwd=root),
+        start(1, *train(small_corpus, dirs["one-then-two"], STEPS // 2), cwd=root),
+    )
+    finish(
+        start(1, "train", "--resume", dirs["two-then-one"], "--max-steps", STEPS, cwd=root),
+        start(2, "train", "--resume", dirs["one-then-two"], "--max-steps", STEPS, cwd=root),
+    )
+    return {**dirs, "two-torch.out": outputs[1]}
+
+
+@pytest.mark.parametrize("backend", ["torch", "scratch"])
+def test_two_processes_take_the_steps_of_one(trained: dict[str, Any], backend: str):
+    one, two = trained[f"one-{backend}"], trained[f"two-{backend}"]
+    gaps = loss_gap(one, two), weight_gap(one, two)
+    print(f"{backend}: max |loss difference| {gaps[0]:.2e}, max |weight difference| {gaps[1]:.2e}")
+    assert gaps[0] < TOLERANCE and gaps[1] < TOLERANCE
+    assert held_out(one) == pytest.approx(held_out(two), abs=TOLERANCE)
+    assert len(held_out(one)) == 2  # scored at steps 10 and 20, by both processes together
+
+
+@pytest.mark.parametrize("name", ["two-then-one", "one-then-two"])
+def test_a_run_resumed_on_another_number_of_processes_continues_exactly(
+    trained: dict[str, Any], name: str
+):
+    reference, resumed = trained["one-torch"], trained[name]
+    assert [row["step"] for row in runs.read_steps(resumed)] == list(range(1, STEPS + 1))
+    assert loss_gap(reference, resumed) < TOLERANCE
+    assert weight_gap(reference, resumed) < TOLERANCE
+    assert held_out(resumed) == pytest.approx(held_out(reference), abs=TOLERANCE)
+
+
+def test_only_rank_0_writes_files_and_prints(trained: dict[str, Any]):
+    run_dir = trained["two-torch"]
+    files = {path.name for path in run_dir.iterdir()} - {".lock"}
+    assert files == set(runs.RUN_FILES)
+    assert {p.name for p in run_dir.parent.iterdir()} == set(NAMES)  # nothing elsewhere
+    out, _ = trained["two-torch.out"]
+    assert out.count("done: ") == 1 and out.count(f"run {run_dir}:") == 1
+    assert "2 processes (torchrun)" in out
+    config = json.loads((run_dir / runs.CONFIG_FILE).read_text())
+    assert config["processes"] == 2
+
+
+def test_a_batch_the_processes_cannot_share_is_one_line(small_corpus: Path, tmp_path: Path):
+    job = start(2, "train", small_corpus, *SETTINGS, "--batch-size", "3", "--run-dir", tmp_path)
+    _, err = job.communicate(timeout=600)
+    assert job.returncode != 0
+    ours = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert ours == [
+        "error: --batch-size 3 is not a multiple of the 2 processes torchrun started: it is "
+        "the global batch, split evenly between them"
+    ], err
+    assert not (tmp_path / runs.CONFIG_FILE).exists()  # refused before a file is written
+
+
+def test_sigterm_to_torchrun_stops_every_rank_and_leaves_a_resumable_last_pt(
+    small_corpus: Path, tmp_path: Path
+):
+    run_dir = tmp_path / "run"
+    args = train(small_corpus, run_dir, 100_000)
+    job = start(2, *args, "--checkpoint-every", "5")
+    deadline = time.monotonic() + 300
+    while len(runs.read_steps(run_dir)) < 10:  # steps.jsonl grows at each checkpoint
+        assert job.poll() is None and time.monotonic() < deadline, job.communicate()
+        time.sleep(0.2)
+    job.send_signal(signal.SIGTERM)  # the launcher's pid: torchrun passes it on
+    _, err = job.communicate(timeout=120)
+    ours = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert ours == [
+        f"error: SIGTERM: training stopped, state saved in {run_dir / runs.LAST}; continue "
+        f"with: charlstm train --resume {run_dir}"
+    ], err
+    stopped = ckpt.load(run_dir / runs.LAST)
+    assert stopped.step == len(runs.read_steps(run_dir)) >= 10
+    [(out, _)] = finish(start(1, "train", "--resume", run_dir, "--max-steps", stopped.step + 3))
+    assert f"step {stopped.step}" in out
+    steps = [row["step"] for row in runs.read_steps(run_dir)]
+    assert steps == list(range(1, stopped.step + 4))
