@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import sys
 import time
 from pathlib import Path
@@ -101,6 +102,8 @@ def main(argv: list[str] | None = None) -> int:
         return err.exit_code
     result["corpus"] = str(args.corpus)
     result["seconds"] = round(time.perf_counter() - start, 3)
+    # ru_maxrss is in KiB on Linux: the peak of the whole process, interpreter included
+    result["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     if args.json:
         print(json.dumps(result, ensure_ascii=False))
         return 0
@@ -115,7 +118,8 @@ def main(argv: list[str] | None = None) -> int:
         f"  loss              {result['loss']:.4f} nats/char\n"
         f"  bits per char     {result['bpc']:.4f}\n"
         f"  perplexity        {result['perplexity']:.2f}\n"
-        f"  time              {result['seconds']:.1f} s"
+        f"  time              {result['seconds']:.1f} s\n"
+        f"  peak memory       {result['peak_rss_mb']:,} MB (resident, whole process)"
     )
     return 0
 

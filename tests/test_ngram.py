@@ -238,3 +238,39 @@ def test_fit_refuses_a_text_over_the_limit_on_one_line(monkeypatch):
         ngram_module.check_ngram_chars(11, ngram_module.MAX_NGRAM_CHARS)
     assert "--max-chars" in str(info.value) and "\n" not in str(info.value)
     ngram_module.check_ngram_chars(10, ngram_module.MAX_NGRAM_CHARS)
+
+
+def direct_kneser_ney(text: str, vocab: Vocab, order: int, context: str, char: str) -> float:
+    """``P(char | context)`` straight from the definition, counting strings of ``text``."""
+    n = order
+    grams = {m: [text[i : i + m] for i in range(len(text) - m + 1)] for m in range(1, n + 1)}
+
+    def a(k: int, gram: str) -> int:  # raw count at the top level, continuation count below
+        if k == n - 1:
+            return grams[n].count(gram)
+        return len({g[0] for g in set(grams[k + 2]) if g[1:] == gram})
+
+    prob = 1.0 / len(vocab)
+    for k in range(min(len(context), n - 1) + 1):
+        h = context[len(context) - k :]
+        followers = {w: a(k, h + w) for w in vocab.idx_to_char}
+        total = sum(followers.values())
+        if total:
+            distinct = sum(1 for count in followers.values() if count)
+            prob = (max(followers[char] - D, 0.0) + D * distinct * prob) / total
+    return prob
+
+
+@pytest.mark.parametrize("order", [1, 2, 3, 4])
+def test_counts_in_arrays_give_the_definition_s_probabilities(order: int) -> None:
+    """The NumPy counts give exactly the probabilities of counting strings directly."""
+    text = "abracadabra, cadabra! abra kadabra."
+    model = KneserNeyLM(order, D).fit(text, VOCAB)
+    for context in ["", "a", "abr", "zz a", "q", "dabr"]:
+        expected = [direct_kneser_ney(text, VOCAB, order, context, ch) for ch in VOCAB.idx_to_char]
+        np.testing.assert_allclose(model.distribution(context), expected, rtol=1e-13)
+        np.testing.assert_allclose(model.distributions([context])[0], expected, rtol=1e-13)
+        for ch in "abz":
+            assert math.exp(model.log_prob(context, ch)) == pytest.approx(
+                expected[VOCAB.char_to_idx[ch]], rel=1e-13
+            )
