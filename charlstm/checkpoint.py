@@ -155,6 +155,42 @@ def save(checkpoint: Checkpoint, path: str | Path) -> Path:
     return path
 
 
+def save_as(checkpoint: Checkpoint, paths: list[Path]) -> None:
+    """Write ``checkpoint`` at every one of ``paths`` (all in one directory), serialised once.
+
+    The first is written by :func:`save`; the others become hard links to it, each made
+    under a temporary name and renamed over its target, so every name is at any moment
+    the old file or the whole new one, as with :func:`save`. Where the file system has no
+    hard links the others are written by :func:`save` too.
+    """
+    first, *others = paths
+    save(checkpoint, first)
+    for path in others:
+        try:
+            _link_atomic(first, path)
+        except OSError:  # no hard links here (some network or FAT file systems)
+            save(checkpoint, path)
+
+
+def _link_atomic(source: Path, path: Path) -> None:
+    """``path`` becomes another name of ``source``: a hard link renamed over it."""
+    for _ in range(100):
+        tmp = path.parent / f".{path.name}.{os.urandom(6).hex()}.tmp"
+        try:
+            os.link(source, tmp)
+            break
+        except FileExistsError:
+            continue
+    else:
+        raise FileExistsError(f"no free temporary name beside {path}")
+    try:
+        os.replace(tmp, path)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+
+
 def _torn_by_torch(err: RuntimeError) -> bool:
     """torch.save reports a failed write (disk full, file too large) as a RuntimeError:
     ``[enforce fail at inline_container.cc:...] . unexpected pos ...``."""

@@ -321,7 +321,12 @@ class ModelConfig:
     )
     num_layers: int = setting(1, "LSTM layers.", "Model", option="--layers", check=is_positive)
     embedding_size: int | None = setting(
-        None, "Embedding size.", "Model", check=optional(is_positive), default_text="--hidden"
+        None,
+        "Embedding size; 0: d2l's one-hot inputs (scratch: the input weights are a "
+        "vocabulary x 4H table whose rows are looked up, no embedding, no matrix product).",
+        "Model",
+        check=optional(at_least_zero(" (0: one-hot inputs)")),
+        default_text="--hidden",
     )
     dropout: float = setting(
         0.3,
@@ -378,7 +383,16 @@ class ModelConfig:
     )
 
     @property
+    def one_hot(self) -> bool:
+        """d2l's one-hot inputs (``embedding_size`` 0): the first layer's input weights
+        are a (V, 4H) table looked up by character."""
+        return self.embedding_size == 0
+
+    @property
     def input_size(self) -> int:
+        """D, the first layer's input size: V for one-hot inputs."""
+        if self.one_hot:
+            return self.vocab_size
         return self.embedding_size or self.hidden_size
 
     def validate(self) -> ModelConfig:
@@ -405,6 +419,8 @@ class ModelConfig:
                     "{cutoffs} must be increasing sizes between 1 and the vocabulary size - 1 "
                     f"({self.vocab_size - 1}), not {cutoffs}"
                 )
+        if self.one_hot:
+            _check_one_hot(self)
         if self.tie_weights and self.input_size != self.hidden_size:
             raise SettingError(
                 "{tie_weights} needs {embedding_size} equal to {hidden_size} "
@@ -415,6 +431,24 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
         return _from_dict(cls, data)
+
+
+def _check_one_hot(config: ModelConfig) -> None:
+    """What one-hot inputs (``embedding_size`` 0) cannot be combined with."""
+    if config.backend != "scratch":
+        raise SettingError(
+            "{embedding_size} 0 (one-hot inputs) needs {backend} scratch (the torch backend "
+            "feeds nn.LSTM an embedding)"
+        )
+    if config.tie_weights:
+        raise SettingError(
+            "{tie_weights} needs an embedding: with {embedding_size} 0 (one-hot inputs) there "
+            "is no (V, H) matrix to share"
+        )
+    if config.embed_dropout > 0:
+        raise SettingError(
+            "{embed_dropout} needs an embedding ({embedding_size} 0: one-hot inputs)"
+        )
 
 
 @dataclass

@@ -17,7 +17,11 @@ should call :meth:`CharLSTM.nll`, which never builds the whole distribution.
 
 ``x`` is embedded (an ``nn.Embedding`` row lookup is exactly d2l's one-hot vector times a
 weight matrix, without building the one-hot), run through ``L`` LSTM layers and projected
-onto the vocabulary. The LSTM layers are either written out gate by gate
+onto the vocabulary. With ``embedding_size=0`` (scratch backend) the model is d2l's own
+parameterisation, one-hot vectors straight into the gates: ``one_hot(x) @ W_x`` is row
+``x`` of the first layer's ``W_x`` (V, 4H), so that table is the embedding
+(``embedding.weight``), looked up with no matrix product, and its gradient is non-zero
+only on the rows looked up. The LSTM layers are either written out gate by gate
 (:class:`ScratchLSTMLayer`, backend ``scratch``) or ``nn.LSTM`` (backend ``torch``);
 :func:`build_model` picks one from a :class:`~charlstm.config.ModelConfig`.
 
@@ -59,6 +63,10 @@ class ScratchLSTMLayer(nn.Module):
     ``impl="fused"`` runs the loop in :class:`charlstm.lstm_function.LSTMRecurrence` (no
     autograd graph; hand-derived backpropagation through time); ``impl="autograd"`` runs
     the same equations as plain tensor code and lets autograd differentiate them.
+
+    With ``one_hot`` the layer has no ``W_x``: its inputs are already rows of a one-hot
+    layer's ``W_x`` (V, 4H), looked up by the model (``one_hot(x_t) @ W_x = W_x[x_t]``),
+    and only ``b`` is added to them.
     """
 
     def __init__(
@@ -68,11 +76,14 @@ class ScratchLSTMLayer(nn.Module):
         impl: str = "fused",
         peephole: bool = False,
         weight_drop: float = 0.0,
+        one_hot: bool = False,
     ) -> None:
         super().__init__()
         self.input_size, self.hidden_size = input_size, hidden_size
         self.impl, self.weight_drop = impl, weight_drop
-        self.W_x = nn.Parameter(torch.empty(input_size, 4 * hidden_size))  # (D, 4H)
+        self.W_x: nn.Parameter | None = None
+        if not one_hot:
+            self.W_x = nn.Parameter(torch.empty(input_size, 4 * hidden_size))  # (D, 4H)
         self.W_h = nn.Parameter(torch.empty(hidden_size, 4 * hidden_size))  # (H, 4H)
         self.b = nn.Parameter(torch.empty(4 * hidden_size))  # (4H,)
         self.peephole = nn.Parameter(torch.empty(3, hidden_size)) if peephole else None
@@ -91,17 +102,20 @@ class ScratchLSTMLayer(nn.Module):
         return self.W_h
 
     def forward(self, x: torch.Tensor, state: LayerState) -> tuple[torch.Tensor, LayerState]:
-        """``x`` (T, N, D), ``state`` ((N, H), (N, H)) -> ``h`` for every step (T, N, H)."""
-        steps, batch, _ = x.shape
-        gx = torch.addmm(self.b, x.reshape(steps * batch, -1), self.W_x)
-        gx = gx.view(steps, batch, 4 * self.hidden_size)  # (T, N, 4H)
+        """``x`` (T, N, D), ``state`` ((N, H), (N, H)) -> ``h`` for every step (T, N, H).
+
+        For a ``one_hot`` layer ``x`` is the looked-up rows ``W_x[x_t]`` (T, N, 4H)."""
+        gx = self.input_term(x.flatten(0, 1)).view(*x.shape[:2], 4 * self.hidden_size)
         recurrence = lstm_recurrence if self.impl == "fused" else lstm_recurrence_autograd
         h0, c0 = state
         hs, c_last = recurrence(gx, self.recurrent_weight(), h0, c0, self.peephole)
         return hs, (hs[-1], c_last)
 
     def input_term(self, x: torch.Tensor) -> torch.Tensor:
-        """``x W_x + b``: (N, D) -> (N, 4H), the part of the gates that does not recur."""
+        """``x W_x + b``: (N, D) -> (N, 4H), the part of the gates that does not recur
+        (for a ``one_hot`` layer ``x`` is ``W_x``'s rows already: ``x + b``)."""
+        if self.W_x is None:
+            return x + self.b
         return torch.addmm(self.b, x, self.W_x)
 
     def step(
@@ -117,7 +131,7 @@ class ScratchLSTMLayer(nn.Module):
         """
         h, c = state
         W_h = self.recurrent_weight()
-        if gx is None and self.peephole is None:
+        if gx is None and self.peephole is None and self.W_x is not None:
             return torch.lstm_cell(x, (h, c), self.W_x.t(), W_h.t(), self.b)
         if gx is None:
             gx = self.input_term(x)
@@ -194,13 +208,23 @@ class CharLSTM(nn.Module):
         config.validate()
         self.config = config
         V, D, H = config.vocab_size, config.input_size, config.hidden_size
-        self.embedding = nn.Embedding(V, D)
+        # One-hot inputs: the embedding is the first layer's W_x (V, 4H) itself.
+        self.embedding = nn.Embedding(V, 4 * H if config.one_hot else D)
         sizes = [D] + [H] * (config.num_layers - 1)
         if config.backend == "scratch":
             layers = [
-                ScratchLSTMLayer(size, H, config.scratch_impl, config.peephole, config.weight_drop)
-                for size in sizes
+                ScratchLSTMLayer(
+                    size,
+                    H,
+                    config.scratch_impl,
+                    config.peephole,
+                    config.weight_drop,
+                    one_hot=config.one_hot and index == 0,
+                )
+                for index, size in enumerate(sizes)
             ]
+            if config.one_hot:  # nn.LSTM's start for a one-hot input: uniform +-1/sqrt(H)
+                nn.init.uniform_(self.embedding.weight, -1 / math.sqrt(H), 1 / math.sqrt(H))
         else:
             layers = [TorchLSTMLayer(size, H) for size in sizes]
         self.layers = nn.ModuleList(layers)
@@ -276,9 +300,7 @@ class CharLSTM(nn.Module):
         ranked = head.log_prob(features.reshape(-1, features.shape[-1]))  # (M, V) by rank
         return ranked.index_select(1, self.head_order).view(*features.shape[:-1], -1)
 
-    def log_probs(
-        self, x: torch.Tensor, state: State | None = None
-    ) -> tuple[torch.Tensor, State]:
+    def log_probs(self, x: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
         """``x`` (T, N) -> log-probabilities of the next character (T, N, V), float32 or
         wider, and the state."""
         out, state = self.features(x, state)
@@ -413,6 +435,11 @@ def convert_state_dict(
         return dict(state_dict)
     if config.peephole:
         raise CharLSTMError("a model with peephole connections has no nn.LSTM equivalent")
+    if config.one_hot:
+        raise CharLSTMError(
+            "a one-hot model (embedding size 0) stays on the scratch backend: charlstm's torch "
+            "backend feeds nn.LSTM an embedding"
+        )
     out = {}
     for key, value in state_dict.items():
         if not key.startswith("layers."):

@@ -564,11 +564,10 @@ class Trainer:
 
     def save(self, *names: str) -> None:
         """Write the current state as each of ``names`` (default ``last.pt``): serialised
-        once, however many names."""
+        and written once, however many names (the others are hard links to it, see
+        :func:`charlstm.checkpoint.save_as`)."""
         self.step_log.flush()  # the log covers at least the steps the checkpoint holds
-        state = self.checkpoint()
-        for name in names or (runs.LAST,):
-            ckpt.save(state, self.run_dir / name)
+        ckpt.save_as(self.checkpoint(), [self.run_dir / name for name in names or (runs.LAST,)])
 
     def _save(self, *names: str) -> None:
         """:meth:`save` at a point every rank reaches: the carried state of all rows is
