@@ -250,6 +250,10 @@ def test_generate_out_convert_and_plot_on_a_full_disk_keep_the_old_file(referenc
     assert not converted.exists() and not temporary_files(reference)
 
     pytest.importorskip("matplotlib")
+    # matplotlib builds its font cache on first use; build it here, before the size limit,
+    # so the child's stderr holds charlstm's line and not matplotlib's cache warnings.
+    import matplotlib.font_manager  # noqa: F401
+
     plot = tmp_path / "perplexity.png"
     line = one_error(run("plot", reference, "--out", plot, limit=1000))
     fix = EFBIG_FIX.format(note="", dir=tmp_path)
