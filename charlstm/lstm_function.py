@@ -113,55 +113,26 @@ def _forward_steps(
     tanh_c_ = tanh_cells.unbind(0)
     h_ = (h0, *hs.unbind(0))  # h_[t] = h_{t-1}
     gx_ = gx.unbind(0)
-    if peephole is None:
-        _plain_steps(gx_, h_, W_h, gate_rows, (i_, f_, g_, o_), c_, tanh_c_)
-        return gates, cells, tanh_cells, hs
-    if_pairs = gates.view(T, N, 4, H)[:, :, :2].unbind(0)  # (N, 2, H)
-    c_col = cells.unsqueeze(2).unbind(0)  # (N, 1, H)
-    p_if = peephole[:2]  # (2, H)
-    p_o = peephole[2]  # (H,)
+    if peephole is not None:
+        if_pairs = gates.view(T, N, 4, H)[:, :, :2].unbind(0)  # (N, 2, H)
+        c_col = cells.unsqueeze(2).unbind(0)  # (N, 1, H)
+        p_if = peephole[:2]  # (2, H)
+        p_o = peephole[2]  # (H,)
     for t in range(T):
         torch.addmm(gx_[t], h_[t], W_h, out=gate_rows[t])  # pre-activations
-        if_pairs[t].addcmul_(c_col[t], p_if)
+        if peephole is not None:
+            if_pairs[t].addcmul_(c_col[t], p_if)
         if_[t].sigmoid_()
         g_[t].tanh_()
         c = c_[t + 1]
         torch.mul(f_[t], c_[t], out=c)
         c.addcmul_(i_[t], g_[t])
-        o_[t].addcmul_(c, p_o)
+        if peephole is not None:
+            o_[t].addcmul_(c, p_o)
         o_[t].sigmoid_()
         torch.tanh(c, out=tanh_c_[t])
         torch.mul(o_[t], tanh_c_[t], out=h_[t + 1])
     return gates, cells, tanh_cells, hs
-
-
-def _plain_steps(
-    gx_: Sequence[Tensor],
-    h_: Sequence[Tensor],
-    W_h: Tensor,
-    gate_rows: Sequence[Tensor],
-    blocks: tuple[Sequence[Tensor], ...],
-    c_: Sequence[Tensor],
-    tanh_c_: Sequence[Tensor],
-) -> None:
-    """The forward loop without peepholes: every gate's pre-activation is known after the
-    step's one matmul, so one sigmoid over the whole row ``[i | f | g | o]`` (from a
-    scratch buffer) serves i, f and o, and one tanh reads g's pre-activation from it:
-    seven ops a step instead of eight. The wasted sigmoid over g's block is ``N H``
-    cheap elementwise work, less than one more dispatch costs. The views are
-    :func:`_forward_steps`' (``h_[t]`` is ``h_{t-1}``)."""
-    i_, f_, g_, o_ = blocks  # (N, H) views of each step's gate activations
-    pre = torch.empty_like(gate_rows[0])  # (N, 4H): this step's pre-activations
-    pre_g = pre.chunk(4, 1)[2]
-    for t in range(len(gate_rows)):
-        torch.addmm(gx_[t], h_[t], W_h, out=pre)
-        torch.sigmoid(pre, out=gate_rows[t])  # right for i, f, o; g's block is overwritten
-        torch.tanh(pre_g, out=g_[t])
-        c = c_[t + 1]
-        torch.mul(f_[t], c_[t], out=c)
-        c.addcmul_(i_[t], g_[t])
-        torch.tanh(c, out=tanh_c_[t])
-        torch.mul(o_[t], tanh_c_[t], out=h_[t + 1])
 
 
 def _backward_steps(
