@@ -151,46 +151,81 @@ def _backward_steps(
 
     A grad is ``None`` where ``needs_input_grad`` says it is not needed (``gx``'s, which
     ``W_h``'s is made from, is always computed).
-    """
-    # With a_* the pre-activations, step t of the backward pass is, given dh = dL/dh_t
-    # (from hs[t] and from step t + 1) and dc = dL/dc_t carried from step t + 1:
-    #   da_o  = dh * tanh(c_t) * o (1 - o)
-    #   dc   += dh * o (1 - tanh(c_t)^2) + da_o * p_o
-    #   da_i  = dc * g * i (1 - i)
-    #   da_f  = dc * c_{t-1} * f (1 - f)
-    #   da_g  = dc * i * (1 - g^2)
-    #   dc_{t-1} = dc * f + da_i * p_i + da_f * p_f
-    #   dh_{t-1} = dL/dh_{t-1} from hs[t-1] + da @ W_h^T
-    # The factors that multiply dh and dc depend on the forward pass only, so they are
-    # computed for all steps at once before the loop, leaving five small ops per step.
-    need_gx, need_W_h, need_h0, need_c0, need_peephole = needs_input_grad
-    T, N, H4 = gates.shape
-    H = H4 // 4
-    i, f, g, o = gates.chunk(4, 2)  # (T, N, H) each
-    c_prev, c = cells[:-1], cells[1:]
 
-    # factor[t] = [g i(1-i) | c_{t-1} f(1-f) | i (1-g^2) | tanh(c_t) o(1-o)]   (T, N, 4H)
+    With ``a_*`` the pre-activations, step ``t`` of the backward pass is, given
+    ``dh = dL/dh_t`` (from ``hs[t]`` and from step ``t + 1``) and ``dc = dL/dc_t`` carried
+    from step ``t + 1``::
+
+        da_o  = dh * tanh(c_t) * o (1 - o)
+        dc   += dh * o (1 - tanh(c_t)^2) + da_o * p_o
+        da_i  = dc * g * i (1 - i)
+        da_f  = dc * c_{t-1} * f (1 - f)
+        da_g  = dc * i * (1 - g^2)
+        dc_{t-1} = dc * f + da_i * p_i + da_f * p_f
+        dh_{t-1} = dL/dh_{t-1} from hs[t-1] + da @ W_h^T
+
+    The factors that multiply ``dh`` and ``dc`` depend on the forward pass only, so
+    :func:`_backward_factors` computes them for all steps at once, leaving
+    :func:`_backward_loop` five small ops per step; :func:`_parameter_grads` then turns
+    ``dL/da`` for every step into the weight grads with a few large products.
+    """
+    need_gx, need_W_h, need_h0, need_c0, need_peephole = needs_input_grad
+    factor, dc_from_h = _backward_factors(gates, cells, tanh_cells)
+    W_h_T = W_h.t().contiguous()  # (4H, H): the per-step matmul runs faster on it
+    grad_gates, dc = _backward_loop(W_h_T, peephole, gates, factor, dc_from_h, grad_hs, grad_c_T)
+    grad_W_h, grad_h0, grad_peephole = _parameter_grads(
+        W_h_T, peephole, h0, cells, hs, grad_gates, (need_W_h, need_h0, need_peephole)
+    )
+    return (
+        grad_gates if need_gx else None,
+        grad_W_h,
+        grad_h0,
+        dc if need_c0 else None,
+        grad_peephole,
+    )
+
+
+def _backward_factors(gates: Tensor, cells: Tensor, tanh_cells: Tensor) -> tuple[Tensor, Tensor]:
+    """The forward-only factors of the backward step, for every step at once.
+
+    ``factor[t] = [g i(1-i) | c_{t-1} f(1-f) | i (1-g^2) | tanh(c_t) o(1-o)]`` (T, N, 4H)
+    and ``dc_from_h[t] = o (1 - tanh(c_t)^2)`` (T, N, H).
+    """
+    i, f, g, o = gates.chunk(4, 2)  # (T, N, H) each
     factor = torch.addcmul(gates, gates, gates, value=-1)  # s (1 - s): right for i, f, o
     k_i, k_f, k_g, k_o = factor.chunk(4, 2)
     k_i.mul_(g)
-    k_f.mul_(c_prev)
+    k_f.mul_(cells[:-1])
     k_o.mul_(tanh_cells)
     torch.mul(g, g, out=k_g)
     torch.addcmul(i, i, k_g, value=-1, out=k_g)
-    # dc_from_h[t] = o (1 - tanh(c_t)^2)   (T, N, H)
     dc_from_h = torch.mul(tanh_cells, tanh_cells)
     torch.addcmul(o, o, dc_from_h, value=-1, out=dc_from_h)
+    return factor, dc_from_h
 
+
+def _backward_loop(
+    W_h_T: Tensor,
+    peephole: Tensor | None,
+    gates: Tensor,
+    factor: Tensor,
+    dc_from_h: Tensor,
+    grad_hs: Tensor,
+    grad_c_T: Tensor,
+) -> tuple[Tensor, Tensor]:
+    """The steps ``T - 1 .. 0``: ``dL/da`` for every step (T, N, 4H), also ``dL/dgx``, and
+    ``dL/dc0`` (N, H). ``W_h_T`` is ``W_h`` transposed and contiguous (4H, H)."""
+    T, N, H4 = gates.shape
+    H = H4 // 4
     grad_gates = gates.new_empty(T, N, H4)  # dL/da for every step: also dL/dgx
     da_ = grad_gates.unbind(0)  # (N, 4H)
     da_o_ = grad_gates[:, :, 3 * H :].unbind(0)  # (N, H)
     da_ifg_ = grad_gates.view(T, N, 4, H)[:, :, :3].unbind(0)  # (N, 3, H)
     k_ifg_ = factor.view(T, N, 4, H)[:, :, :3].unbind(0)  # (N, 3, H)
-    k_o_ = k_o.unbind(0)
+    k_o_ = factor[:, :, 3 * H :].unbind(0)  # (N, H)
     dc_from_h_ = dc_from_h.unbind(0)
-    f_ = f.unbind(0)
+    f_ = gates[:, :, H : 2 * H].unbind(0)
     grad_h_ = grad_hs.unbind(0)
-    W_h_T = W_h.t().contiguous()  # (4H, H): the per-step matmul runs faster on it
     # Own, dense buffers: the incoming grads may be expanded views that must not be written.
     dh = grad_hs[T - 1].clone(memory_format=torch.contiguous_format)
     dc = grad_c_T.clone(memory_format=torch.contiguous_format)
@@ -211,7 +246,22 @@ def _backward_steps(
             dc.addcmul_(da_f_[t], p_f)
         if t > 0:
             torch.addmm(grad_h_[t - 1], da_[t], W_h_T, out=dh)
+    return grad_gates, dc
 
+
+def _parameter_grads(
+    W_h_T: Tensor,
+    peephole: Tensor | None,
+    h0: Tensor,
+    cells: Tensor,
+    hs: Tensor,
+    grad_gates: Tensor,
+    needs: tuple[bool, bool, bool],
+) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+    """Grads of ``(W_h, h0, peephole)`` from ``dL/da`` (T, N, 4H); ``None`` where not needed."""
+    need_W_h, need_h0, need_peephole = needs
+    T, N, H4 = grad_gates.shape
+    H = H4 // 4
     grad_W_h = grad_h0 = grad_peephole = None
     if need_W_h:
         # sum_t h_{t-1}^T @ da_t: h0's term, then one matmul over steps 1 .. T-1.
@@ -223,16 +273,10 @@ def _backward_steps(
     if need_h0:
         grad_h0 = grad_gates[0].mm(W_h_T)
     if need_peephole and peephole is not None:
-        grad_if = grad_gates.view(T, N, 4, H)[:, :, :2] * c_prev.unsqueeze(2)
-        grad_o = grad_gates[:, :, 3 * H :] * c
+        grad_if = grad_gates.view(T, N, 4, H)[:, :, :2] * cells[:-1].unsqueeze(2)
+        grad_o = grad_gates[:, :, 3 * H :] * cells[1:]
         grad_peephole = torch.cat([grad_if.sum((0, 1)), grad_o.sum((0, 1)).unsqueeze(0)])
-    return (
-        grad_gates if need_gx else None,
-        grad_W_h,
-        grad_h0,
-        dc if need_c0 else None,
-        grad_peephole,
-    )
+    return grad_W_h, grad_h0, grad_peephole
 
 
 # -- CUDA graphs ---------------------------------------------------------------------------

@@ -93,7 +93,9 @@ def main() -> None:
         results: dict[str, list[dict[str, float]]] = {name: [] for name in sources}
         for _ in range(args.repeats):
             for name, source in sources.items():
-                results[name].append(run_once(source, args.corpus, args.backend, args.threads))
+                row = run_once(source, args.corpus, args.backend, args.threads)
+                results[name].append(row)
+                print(f"{name}: " + ", ".join(f"{k} {v:.2f}" for k, v in row.items()), flush=True)
     print(
         f"charlstm train {args.corpus.name} {' '.join(D2L_SETUP)} --backend {args.backend}; "
         f"OMP_NUM_THREADS={args.threads}; median of {args.repeats} runs"
