@@ -164,7 +164,12 @@ def training_data(
 
 def _from_prepared(prepared: PreparedCorpus) -> TrainingData:
     return TrainingData(
-        prepared.vocab, prepared.train, prepared.val, prepared.sha256, prepared.train_text
+        prepared.vocab,
+        prepared.train,
+        prepared.val,
+        prepared.sha256,
+        prepared.train_text,
+        prepared.train_counts,
     )
 
 
