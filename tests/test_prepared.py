@@ -300,6 +300,11 @@ def test_a_big_corpus_is_prepared_in_the_run_and_trains_as_in_memory(
     assert val_losses[0] == val_losses[1]
     config = json.loads((tmp_path / "big" / "config.json").read_text(encoding="utf-8"))
     assert config["data"]["path"] == str(small_corpus.resolve())  # the run names its file
+    # charlstm eval RUN/corpus scores the held-out part as training did
+    last = tmp_path / "big" / "last.pt"
+    scored = invoke("eval", tmp_path / "big" / prep.RUN_CORPUS, "--checkpoint", last, "--json")
+    assert scored.exit_code == 0, scored.output
+    assert json.loads(scored.output)["loss"] == pytest.approx(val_losses[1][-1], rel=1e-6)
 
 
 def test_resume_reuses_the_prepared_corpus_even_without_the_file(
