@@ -34,7 +34,7 @@ ScratchImpl = Literal["fused", "autograd"]
 Sampling = Literal["consecutive", "random"]
 Optimizer = Literal["sgd", "adam", "adamw"]
 Schedule = Literal["none", "cosine", "plateau"]
-Softmax = Literal["full", "adaptive"]
+Softmax = Literal["full", "adaptive", "auto"]
 
 #: The n-gram teacher's counts grow with the order; beyond this it cannot help and
 #: exhausts memory.
@@ -45,7 +45,11 @@ SCRATCH_IMPLS: tuple[str, ...] = ("fused", "autograd")
 SAMPLINGS: tuple[str, ...] = ("consecutive", "random")
 OPTIMIZERS: tuple[str, ...] = ("sgd", "adam", "adamw")
 SCHEDULES: tuple[str, ...] = ("none", "cosine", "plateau")
-SOFTMAXES: tuple[str, ...] = ("full", "adaptive")
+SOFTMAXES: tuple[str, ...] = ("full", "adaptive", "auto")
+#: ``--softmax auto`` is the adaptive softmax above this many distinct characters, the
+#: full one up to it (Tiny Shakespeare's 65, a lyrics corpus's 2,583: full; tang_poems'
+#: 9,700: adaptive, 2.3x the characters per second on 2 CPU cores, docs/benchmarks.md).
+AUTO_ADAPTIVE_VOCAB = 4_000
 
 C = TypeVar("C")
 
@@ -368,9 +372,10 @@ class ModelConfig:
     peephole: bool = setting(False, "Peephole connections (scratch only).", "Model", flag=True)
     softmax: Softmax = setting(
         "full",
-        "Output layer: full softmax over the vocabulary, or adaptive "
+        "Output layer: full softmax over the vocabulary, adaptive "
         "(torch.nn.AdaptiveLogSoftmaxWithLoss: frequent characters cost less; for "
-        "vocabularies of thousands).",
+        f"vocabularies of thousands), or auto (adaptive above {AUTO_ADAPTIVE_VOCAB:,} "
+        "distinct characters, else full; the run records which).",
         "Model",
         check=one_of(*SOFTMAXES),
     )
@@ -396,7 +401,17 @@ class ModelConfig:
         return self.embedding_size or self.hidden_size
 
     def validate(self) -> ModelConfig:
+        """Check the settings; ``softmax`` "auto" becomes "full" or "adaptive" here, by
+        ``vocab_size``, so that a validated config names the output layer it builds."""
         check_fields(self)
+        if self.softmax == "auto":
+            self.softmax = "adaptive" if self.vocab_size > AUTO_ADAPTIVE_VOCAB else "full"
+            if self.softmax == "full" and self.cutoffs is not None:
+                raise SettingError(
+                    f"{{cutoffs}} is a setting of the adaptive softmax, and {{softmax}} auto "
+                    f"chose the full one for this vocabulary of {self.vocab_size:,} characters "
+                    f"(adaptive above {AUTO_ADAPTIVE_VOCAB:,}); give {{softmax}} adaptive"
+                )
         if self.backend == "torch" and self.peephole:
             raise SettingError("{peephole} needs {backend} scratch (nn.LSTM has no peepholes)")
         if self.backend == "torch" and self.weight_drop > 0:
@@ -741,10 +756,14 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             "time_limit": 14.0,
         },
     },
-    # Megabyte-sized text (Tiny Shakespeare): a wider model, light dropout, longer windows,
-    # and a 10-minute training budget on a CPU (--time-limit 0 lifts it).
+    # Megabyte-sized text (Tiny Shakespeare, tang_poems): a wider model, light dropout,
+    # longer windows, and a 10-minute training budget on a CPU (--time-limit 0 lifts it).
+    # With --softmax auto: the adaptive softmax for thousands of distinct characters
+    # (tang_poems, V = 9,700: 2.3x the characters per second of the full softmax on 2 CPU
+    # cores and a lower held-out loss after the same minute, docs/benchmarks.md), the full
+    # one for a small alphabet (Tiny Shakespeare, V = 65), where the adaptive one saves nothing.
     "large-corpus": {
-        "model": {"hidden_size": 512, "num_layers": 1, "dropout": 0.1},
+        "model": {"hidden_size": 512, "num_layers": 1, "dropout": 0.1, "softmax": "auto"},
         "train": {
             "optimizer": "adam",
             "lr": 2e-3,

@@ -15,7 +15,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
@@ -42,7 +45,14 @@ from charlstm.errors import CharLSTMError
 from charlstm.mixture import NgramMixture
 from charlstm.model import build_model, default_cutoffs
 from charlstm.ngram import MAX_EMBEDDED_NGRAM_CHARS
-from charlstm.prepared import PreparedCorpus, is_prepared
+from charlstm.prepared import (
+    RUN_CORPUS,
+    PreparedCorpus,
+    is_prepared,
+    matching,
+    prepare,
+    prepared_in_run,
+)
 from charlstm.train import Log, Trainer, TrainingData, resolve_device
 
 #: The demo corpus shipped in the repository (found next to the package in a source checkout).
@@ -101,11 +111,34 @@ def _preset(name: str | None) -> dict[str, dict[str, Any]]:
 
 
 def training_data(
-    source: DataConfig, val_fraction: float, given_data: dict[str, Any], vocab: Vocab | None = None
+    source: DataConfig,
+    val_fraction: float,
+    given_data: dict[str, Any],
+    vocab: Vocab | None = None,
+    *,
+    run_dir: Path | None = None,
+    fingerprint: str | None = None,
+    log: Log = print,
 ) -> tuple[TrainingData, DataConfig, float]:
     """The run's data: a text corpus read into memory, or a prepared corpus (``charlstm
-    prepare``) read through memory maps, whose normalisation and split are its own."""
+    prepare``) read through memory maps, whose normalisation and split are its own.
+
+    With ``run_dir``, a corpus file over :data:`~charlstm.prepared.PREPARE_ABOVE_BYTES` is
+    prepared inside it (``RUN/corpus``) and read from there; on resume (``fingerprint``: the
+    checkpoint's) the one already there is reused when its text has that SHA-256.
+    """
     if not is_prepared(source.path):
+        inside = None if run_dir is None else Path(run_dir) / RUN_CORPUS
+        if (
+            inside is not None
+            and (vocab is None or vocab.idx_to_char == sorted(vocab.idx_to_char))
+            and (
+                prepared_in_run(source.path)
+                or (fingerprint and matching(inside, fingerprint) is not None)
+            )
+        ):
+            prepared = _run_corpus(source, val_fraction, inside, fingerprint, log)
+            return _from_prepared(prepared), source, val_fraction
         corpus = load_corpus(source, vocab)
         return TrainingData.from_corpus(corpus, val_fraction), source, val_fraction
     prepared = PreparedCorpus.open(source.path)
@@ -126,10 +159,32 @@ def training_data(
         )
     if vocab is not None and vocab != prepared.vocab:
         raise CharLSTMError(f"{source.path} has another vocabulary than the run's checkpoint")
-    data = TrainingData(
-        prepared.vocab, prepared.train, prepared.val, prepared.sha256, prepared.train_text
+    return _from_prepared(prepared), replace(prepared.data, path=source.path), prepared.val_fraction
+
+
+def _from_prepared(prepared: PreparedCorpus) -> TrainingData:
+    return TrainingData(
+        prepared.vocab,
+        prepared.train,
+        prepared.val,
+        prepared.sha256,
+        prepared.train_text,
+        prepared.train_counts,
     )
-    return data, replace(prepared.data, path=source.path), prepared.val_fraction
+
+
+def _run_corpus(
+    source: DataConfig, val_fraction: float, path: Path, fingerprint: str | None, log: Log
+) -> PreparedCorpus:
+    """The corpus file prepared at ``path`` in the run directory, once for the run: rank 0
+    prepares it while the other ranks wait; a resumed run reuses it when its text has the
+    run's ``fingerprint``."""
+    world = distributed.from_env()
+    with distributed.agreed(world):  # the other ranks wait here for rank 0
+        if world.main and (fingerprint is None or matching(path, fingerprint) is None):
+            log(f"preparing {source.path} in {path} (a file this big is not read into memory)")
+            prepare(source, val_fraction, path, log=log)
+    return PreparedCorpus.open(path)
 
 
 def load_corpus(data: DataConfig, vocab: Vocab | None = None) -> Corpus:
@@ -272,23 +327,53 @@ def new_run(request: RunRequest, log: Log = print, progress_bar: bool | None = N
     train = layered(TrainConfig, chosen["train"], request.of(TrainConfig))
     resolve_device(train.device)  # before any file is read or written
     given_data = {**request.of(DataConfig), **_only(request.given, "val_fraction")}
-    data, source, val_fraction = training_data(source, train.val_fraction, given_data)
-    train = replace(train, val_fraction=val_fraction)
-    model = layered(
-        ModelConfig, chosen["model"], request.of(ModelConfig), vocab_size=len(data.vocab)
-    )
-    check_given(request.given, model, train)
-    if model.softmax == "adaptive" and model.cutoffs is None:  # recorded in the run's config
-        model = replace(model, cutoffs=default_cutoffs(data.counts())).validate()
-    return _start(
-        request,
-        data,
-        model,
-        train,
-        source,
-        log,
-        progress_bar,
-    )
+    request = replace(request, run_dir=_new_run_dir(request, source, chosen))
+    with _removed_on_failure(Path(request.run_dir)):
+        data, source, val_fraction = training_data(
+            source, train.val_fraction, given_data, run_dir=request.run_dir, log=log
+        )
+        train = replace(train, val_fraction=val_fraction)
+        model = layered(
+            ModelConfig, chosen["model"], request.of(ModelConfig), vocab_size=len(data.vocab)
+        )
+        check_given(request.given, model, train)
+        if model.softmax == "adaptive" and model.cutoffs is None:  # recorded in the run's config
+            model = replace(model, cutoffs=default_cutoffs(data.counts())).validate()
+        return _start(request, data, model, train, source, log, progress_bar)
+
+
+def _new_run_dir(request: RunRequest, source: DataConfig, chosen: dict[str, Any]) -> Path:
+    """The new run's directory (``--run-dir``, or a fresh name under ``--runs-root``); for
+    a corpus file prepared inside it, checked before the preparation starts."""
+    world = distributed.from_env()
+    if request.run_dir is not None:
+        run_dir = Path(request.run_dir)
+    elif world.distributed and prepared_in_run(source.path):
+        raise CharLSTMError(
+            f"{source.path} is prepared inside the run directory, and under torchrun every "
+            "process must name the same one: give --run-dir DIR (or run charlstm prepare "
+            "first and train from its directory)"
+        )
+    else:
+        default = next(f.default for f in dataclasses.fields(ModelConfig) if f.name == "backend")
+        backend = {**chosen["model"], **request.of(ModelConfig)}.get("backend", default)
+        run_dir = Path(request.runs_root) / runs.default_run_name(source.path, backend)
+    if world.main and prepared_in_run(source.path):
+        runs.check_new_run_dir(run_dir, request.overwrite)  # refuse before preparing
+    return run_dir
+
+
+@contextmanager
+def _removed_on_failure(run_dir: Path) -> Iterator[None]:
+    """A run directory that does not exist yet is removed again, with the corpus prepared
+    in it, when the new run fails before writing its files."""
+    fresh = not run_dir.exists()
+    try:
+        yield
+    except BaseException:
+        if fresh and distributed.from_env().main and not runs.holds_run(run_dir):
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
 
 
 def fine_tune(request: RunRequest, log: Log = print, progress_bar: bool | None = None) -> Trainer:
@@ -345,7 +430,7 @@ def _start(
 ) -> Trainer:
     """Build the trainer of a new run, then create its directory and write its files."""
     run_dir = request.run_dir
-    if run_dir is None:
+    if run_dir is None:  # a fine-tuned run
         run_dir = Path(request.runs_root) / runs.default_run_name(source.path, model.backend)
     world = distributed.from_env()
     with distributed.agreed(world):  # every rank's checks pass before a file is written
@@ -405,12 +490,23 @@ def resume_run(request: RunRequest, log: Log = print, progress_bar: bool | None 
     source = checkpoint.data_config
     if request.corpus is not None:
         source = replace(source, path=str(Path(request.corpus).resolve()))
-    elif not Path(source.path).exists():
+    elif not Path(source.path).exists() and not (
+        checkpoint.corpus_sha256
+        and matching(source_file.parent / RUN_CORPUS, checkpoint.corpus_sha256) is not None
+    ):
         raise CharLSTMError(
             f"the run's corpus {source.path} is not here; pass it: "
             "charlstm train CORPUS --resume ..."
         )
-    data, source, _ = training_data(source, train.val_fraction, {}, checkpoint.vocab)
+    data, source, _ = training_data(
+        source,
+        train.val_fraction,
+        {},
+        checkpoint.vocab,
+        run_dir=source_file.parent,  # a corpus prepared there is reused
+        fingerprint=checkpoint.corpus_sha256,
+        log=log,
+    )
     if checkpoint.corpus_sha256 and data.fingerprint != checkpoint.corpus_sha256:
         raise CharLSTMError(
             f"{source.path} is not the text this run trained on (its content differs); a resumed "

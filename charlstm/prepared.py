@@ -62,6 +62,14 @@ CHUNK_BYTES = 4 << 20
 #: Above this vocabulary size the indices are stored as uint32.
 MAX_UINT16_VOCAB = 65_535
 FILES = ("train.bin", "val.bin", "vocab.json", "meta.json")
+#: ``charlstm train FILE`` prepares a corpus file larger than this on disk (bytes; a zip
+#: file's own size) inside the run directory, in :data:`RUN_CORPUS`, rather than reading
+#: it into memory; a smaller one is read into memory, as it always was.
+PREPARE_ABOVE_BYTES = 32 << 20
+#: The environment variable that lowers :data:`PREPARE_ABOVE_BYTES` (bytes), for tests.
+PREPARE_ABOVE_ENV = "CHARLSTM_PREPARE_ABOVE"
+#: The prepared corpus inside a run directory.
+RUN_CORPUS = "corpus"
 
 _UNICODE = 0x110000  # code points
 
@@ -368,6 +376,31 @@ def prepare(
         f"prepared {out_dir}: {cut:,} training and {n - cut:,} held-out characters, {seconds:.1f} s"
     )
     return PreparedCorpus.open(out_dir)
+
+
+def prepared_in_run(path: str | Path) -> bool:
+    """Whether ``charlstm train`` prepares the corpus file ``path`` inside the run directory:
+    it is larger than :data:`PREPARE_ABOVE_BYTES` (or ``$CHARLSTM_PREPARE_ABOVE``)."""
+    limit = os.environ.get(PREPARE_ABOVE_ENV, "")
+    try:
+        threshold = int(limit) if limit else PREPARE_ABOVE_BYTES
+    except ValueError:
+        raise CharLSTMError(
+            f"the environment's {PREPARE_ABOVE_ENV}={limit!r} is not a number of bytes"
+        ) from None
+    path = Path(path)
+    return path.is_file() and path.stat().st_size > threshold
+
+
+def matching(path: str | Path, sha256: str) -> PreparedCorpus | None:
+    """The prepared corpus at ``path`` if it is whole and its text has this SHA-256."""
+    if not is_prepared(path):
+        return None
+    try:
+        prepared = PreparedCorpus.open(path)
+    except CharLSTMError:
+        return None
+    return prepared if prepared.sha256 == sha256 else None
 
 
 def _empty(path: Path) -> bool:

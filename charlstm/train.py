@@ -110,7 +110,10 @@ class TrainingData:
     train: Any  # (n_train,) indices
     val: Any  # (n_val,) indices
     fingerprint: str
-    train_text: Callable[[], str]  # the training part as text (the n-gram features fit on it)
+    # train_text(limit=None): the training part as text (the n-gram features fit on it),
+    # or its first ``limit`` characters
+    train_text: Callable[..., str]
+    train_counts: np.ndarray | None = None  # (V,) counts() when known (a prepared corpus)
 
     @classmethod
     def from_corpus(cls, corpus: Corpus, val_fraction: float) -> TrainingData:
@@ -120,7 +123,7 @@ class TrainingData:
             corpus.indices[:cut],
             corpus.indices[cut:],
             corpus.fingerprint(),
-            lambda: corpus.text[:cut],
+            lambda limit=None: corpus.text[: cut if limit is None else min(cut, limit)],
         )
 
     def __len__(self) -> int:
@@ -128,6 +131,8 @@ class TrainingData:
 
     def counts(self) -> np.ndarray:
         """How often each vocabulary character occurs in the training part (V,)."""
+        if self.train_counts is not None:  # without reading (and mapping) all of it
+            return self.train_counts.copy()
         total = np.zeros(len(self.vocab), dtype=np.int64)
         for start in range(0, len(self.train), COUNT_CHUNK):
             chunk = np.asarray(self.train[start : start + COUNT_CHUNK])
@@ -477,7 +482,8 @@ class Trainer:
             world.size,
         )
         self.prefixes = list(config.prefixes) or default_prefixes(
-            data.vocab, data.train_text()[:200]
+            data.vocab,
+            data.train_text(200),  # not all of a prepared corpus
         )
         self.teacher = None if teacher is None else teacher.to(self.device)
         self.mixture = mixture

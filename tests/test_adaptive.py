@@ -5,16 +5,18 @@ evaluation, the n-gram mixture, conversion, saving and loading)."""
 from __future__ import annotations
 
 import io
+import json
 import math
 from collections import Counter
 
 import pytest
 import torch
+from conftest import FAST, invoke, write_zip
 
 from charlstm import checkpoint as ckpt
 from charlstm.adaptation import DynamicEvaluation, read_log_probs
 from charlstm.api import load_model
-from charlstm.config import DataConfig, ModelConfig, TrainConfig
+from charlstm.config import DataConfig, ModelConfig, SettingError, TrainConfig
 from charlstm.corpus import Vocab
 from charlstm.errors import CharLSTMError
 from charlstm.evaluate import CacheConfig, DynamicConfig, score, score_adaptive, score_heldout
@@ -272,3 +274,35 @@ def test_the_class_order_survives_a_state_dict_and_a_checkpoint(tmp_path):
     assert loaded.perplexity("我们说好不分开") == pytest.approx(
         math.exp(score(model, VOCAB.encode("们说好不分开"), VOCAB.encode("我")).loss)
     )
+
+
+# ---------------------------------------------------------------------- --softmax auto
+
+
+@pytest.mark.parametrize(
+    ("vocab_size", "chosen"), [(65, "full"), (4_000, "full"), (4_001, "adaptive")]
+)
+def test_softmax_auto_is_adaptive_only_for_thousands_of_characters(vocab_size, chosen):
+    config = ModelConfig(vocab_size=vocab_size, hidden_size=8, softmax="auto").validate()
+    assert config.softmax == chosen == build_model(config).config.softmax
+
+
+def test_softmax_auto_with_cutoffs_for_a_small_alphabet_is_refused():
+    with pytest.raises(SettingError, match="auto chose the full one for this vocabulary of 65"):
+        ModelConfig(vocab_size=65, softmax="auto", cutoffs=[10]).validate()
+
+
+def test_the_large_corpus_preset_chooses_by_the_vocabulary(small_corpus, tmp_path):
+    """--preset large-corpus: full softmax for the 38 characters of small_corpus, adaptive for
+    a corpus of 4,100 distinct characters; the run records the softmax it chose."""
+    many = "".join(chr(0x4E00 + i) for i in range(4_100))
+    wide = write_zip(tmp_path / "wide.zip", {"wide.txt": (many + "\n").encode("utf-8") * 3})
+    options = [*FAST, "--max-steps", "1", "--eval-chars", "50", "--time-limit", "0"]
+    for corpus, chosen in ((small_corpus, "full"), (wide, "adaptive")):
+        run = tmp_path / chosen
+        result = invoke("train", corpus, "--preset", "large-corpus", "--run-dir", run, *options)
+        assert result.exit_code == 0, result.output
+        assert ckpt.load(run / "last.pt").model_config.softmax == chosen
+        config = json.loads((run / "config.json").read_text(encoding="utf-8"))
+        assert config["model"]["softmax"] == chosen
+        assert (config["model"]["cutoffs"] is None) == (chosen == "full")

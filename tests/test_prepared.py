@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import write_zip
+from conftest import FAST, copy_run, invoke, one_line_error, write_zip
+from test_ddp import command as ddp_command
+from test_robustness import ENV
 
 from charlstm import prepared as prep
+from charlstm import runs
 from charlstm.batching import ConsecutiveBatches, RandomBatches
 from charlstm.config import DataConfig
 from charlstm.corpus import Corpus, read_text, split_point
@@ -259,3 +264,126 @@ def test_memmap_batches_equal_tensor_batches(tmp_path: Path, sampling: str) -> N
         assert x.dtype == y.dtype == torch.int64
         assert torch.equal(x, tx) and torch.equal(y, ty)
         assert torch.equal(ours.positions(i), theirs.positions(i))
+
+
+# ---------------------------------------------------------------------- train CORPUS, big
+
+
+def steps_of(run: Path) -> list[tuple[int, float]]:
+    return [(row["step"], row["loss"]) for row in runs.read_steps(run)]
+
+
+@pytest.fixture
+def big_means_any(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every corpus file counts as big: train CORPUS prepares it inside the run directory."""
+    monkeypatch.setenv(prep.PREPARE_ABOVE_ENV, "0")
+
+
+def test_a_big_corpus_is_prepared_in_the_run_and_trains_as_in_memory(
+    small_corpus: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    steps = [*FAST, "--max-steps", "6", "--eval-every", "3"]
+    small = invoke("train", small_corpus, "--run-dir", tmp_path / "memory", *steps)
+    assert small.exit_code == 0, small.output
+    assert not (tmp_path / "memory" / prep.RUN_CORPUS).exists()  # below the threshold
+    monkeypatch.setenv(prep.PREPARE_ABOVE_ENV, str(small_corpus.stat().st_size - 1))
+    big = invoke("train", small_corpus, "--run-dir", tmp_path / "big", *steps)
+    assert big.exit_code == 0, big.output
+    assert f"preparing {small_corpus}" in big.output
+    inside = PreparedCorpus.open(tmp_path / "big" / prep.RUN_CORPUS)
+    text = Corpus.from_text(read_text(small_corpus))
+    assert inside.vocab == text.vocab and inside.sha256 == text.fingerprint()
+    assert steps_of(tmp_path / "big") == steps_of(tmp_path / "memory")
+    val_losses = [
+        [r["val_loss"] for r in runs.read_metrics(tmp_path / d)] for d in ("memory", "big")
+    ]
+    assert val_losses[0] == val_losses[1]
+    config = json.loads((tmp_path / "big" / "config.json").read_text(encoding="utf-8"))
+    assert config["data"]["path"] == str(small_corpus.resolve())  # the run names its file
+    # charlstm eval RUN/corpus scores the held-out part as training did
+    last = tmp_path / "big" / "last.pt"
+    scored = invoke("eval", tmp_path / "big" / prep.RUN_CORPUS, "--checkpoint", last, "--json")
+    assert scored.exit_code == 0, scored.output
+    assert json.loads(scored.output)["loss"] == pytest.approx(val_losses[1][-1], rel=1e-6)
+
+
+def test_resume_reuses_the_prepared_corpus_even_without_the_file(
+    small_corpus: Path, tmp_path: Path, big_means_any: None
+) -> None:
+    source = tmp_path / "lyrics.zip"
+    source.write_bytes(small_corpus.read_bytes())
+    run = tmp_path / "run"
+    first = invoke("train", source, "--run-dir", run, *FAST, "--max-steps", "4")
+    assert first.exit_code == 0, first.output
+    meta = run / prep.RUN_CORPUS / "meta.json"
+    written = meta.stat().st_mtime_ns
+    source.unlink()
+    more = invoke("train", "--resume", run, "--max-steps", "8")
+    assert more.exit_code == 0, more.output
+    assert "preparing" not in more.output and meta.stat().st_mtime_ns == written
+    assert [step for step, _ in steps_of(run)] == list(range(1, 9))
+
+
+def test_resume_prepares_again_when_the_corpus_in_the_run_is_not_the_runs(
+    small_corpus: Path, tmp_path: Path, big_means_any: None
+) -> None:
+    run = tmp_path / "run"
+    assert invoke("train", small_corpus, "--run-dir", run, *FAST, "--max-steps", "4").exit_code == 0
+    meta_file = run / prep.RUN_CORPUS / "meta.json"
+    meta = json.loads(meta_file.read_text(encoding="utf-8"))
+    meta_file.write_text(json.dumps({**meta, "sha256": "0" * 64}), encoding="utf-8")
+    more = invoke("train", "--resume", run, "--max-steps", "6")
+    assert more.exit_code == 0, more.output
+    assert f"preparing {small_corpus}" in more.output
+    assert PreparedCorpus.open(run / prep.RUN_CORPUS).sha256 == meta["sha256"]
+
+
+def test_a_new_run_that_fails_after_preparing_leaves_no_directory(
+    small_corpus: Path, tmp_path: Path, big_means_any: None
+) -> None:
+    run = tmp_path / "run"
+    result = invoke("train", small_corpus, "--run-dir", run, *FAST, "--prefix", "xyz")
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    assert result.stderr.strip() == (
+        "error: --prefix 'xyz' has characters not in the corpus's vocabulary: 'x' 'y' 'z'"
+    )
+    assert not run.exists()
+
+
+def test_a_run_directory_holding_a_run_is_refused_before_preparing(
+    tiny_run: Path, small_corpus: Path, tmp_path: Path, big_means_any: None
+) -> None:
+    run = copy_run(tiny_run, tmp_path / "run")
+    result = invoke("train", small_corpus, "--run-dir", run, *FAST)
+    one_line_error(result, "already holds a run")
+    assert not (run / prep.RUN_CORPUS).exists()
+
+
+def test_a_bad_threshold_in_the_environment_is_one_line(
+    small_corpus: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(prep.PREPARE_ABOVE_ENV, "lots")
+    result = invoke("train", small_corpus, "--run-dir", tmp_path / "run", *FAST)
+    one_line_error(result, f"{prep.PREPARE_ABOVE_ENV}='lots' is not a number of bytes")
+
+
+@pytest.mark.skipif(
+    os.name != "posix" or not torch.distributed.is_available(), reason="needs torch.distributed"
+)
+def test_under_torchrun_rank_0_prepares_and_the_other_waits(
+    small_corpus: Path, tmp_path: Path
+) -> None:
+    run = tmp_path / "run"
+    env = {**ENV, prep.PREPARE_ABOVE_ENV: "0"}
+    args = ["train", small_corpus, "--run-dir", run, *FAST, "--max-steps", "3", "--device", "cpu"]
+    done = subprocess.run(ddp_command(2, *args), capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count("preparing") == 1
+    assert is_prepared(run / prep.RUN_CORPUS) and len(steps_of(run)) == 3
+    nameless = subprocess.run(
+        ddp_command(2, "train", small_corpus, "--runs-root", tmp_path, *FAST),
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert nameless.returncode != 0 and "give --run-dir DIR" in nameless.stderr
