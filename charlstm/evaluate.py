@@ -47,6 +47,10 @@ __all__ = [
 HISTORY = 256
 #: How many characters :func:`score_adaptive` reads at a time without dynamic evaluation.
 SEGMENT = 256
+#: The most logits (steps x columns x vocabulary) one chunk of :func:`score` computes at
+#: once: 2**24 float32 values, 64 MB, so that scoring a 10,000-character vocabulary stays
+#: in bounded memory.
+CHUNK_VALUES = 2**24
 
 
 @dataclass
@@ -104,11 +108,10 @@ def score(
     inputs = torch.cat([context[-1:], targets[:-1]])  # (n,)
     columns = columns or eval_columns(n)
     length = math.ceil(n / columns)
-    pad = columns * length - n
-    ignore = -100
+    pad = columns * length - n  # at the end of the last column, cut off below
     first, last = world.share(columns)  # this rank's columns [first, last)
     x = torch.cat([inputs, inputs.new_zeros(pad)]).view(columns, length).t()  # (T_all, C)
-    y = torch.cat([targets, targets.new_full((pad,), ignore)]).view(columns, length).t()
+    y = torch.cat([targets, targets.new_zeros(pad)]).view(columns, length).t()
     x, y = x[:, first:last].to(device), y[:, first:last].to(device)
     mine = last - first
     state = model.init_state(mine)
@@ -118,17 +121,14 @@ def score(
         _, warm_state = model.features(warm.view(-1, 1).to(device), None)
         state[0][:, 0] = warm_state[0][:, 0]
         state[1][:, 0] = warm_state[1][:, 0]
+    # Only the targets' log-probabilities are kept (the adaptive softmax computes only
+    # their clusters); a chunk's logits are bounded by CHUNK_VALUES whatever the vocabulary.
+    steps = max(1, min(num_steps, CHUNK_VALUES // max(1, mine * model.config.vocab_size)))
     losses = [torch.empty(0, mine, device=device)]
-    for start in range(0, length if mine else 0, num_steps):
-        log_p, state = model.log_probs(x[start : start + num_steps], state)  # (T, C, V)
-        losses.append(
-            nn.functional.nll_loss(
-                log_p.flatten(0, 1),
-                y[start : start + num_steps].flatten(),
-                ignore_index=ignore,
-                reduction="none",
-            ).view(-1, mine)
-        )
+    for start in range(0, length if mine else 0, steps):
+        chunk = slice(start, start + steps)
+        nll, state = model.nll(x[chunk], y[chunk], state, reduction="none")
+        losses.append(nll.float().view(-1, mine))
     begin, end = min(first * length, n), min(last * length, n)  # its characters, text order
     per_char = torch.cat(losses).t().reshape(-1)[: end - begin].cpu().double()
     if mixture is not None:

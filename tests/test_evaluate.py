@@ -57,6 +57,29 @@ def test_every_character_scored_once_whatever_the_columns(model):
     assert score_adaptive(model, targets, context).loss == pytest.approx(one.loss, rel=1e-5)
 
 
+@pytest.mark.parametrize("softmax", ["full", "adaptive"])
+def test_scoring_in_small_chunks_changes_nothing(softmax, monkeypatch):
+    # A big vocabulary is scored a few steps at a time (evaluate.CHUNK_VALUES bounds the
+    # logits held at once); shrinking the bound to 3 steps of 5 columns of 30 characters
+    # must give the same loss for every character as the whole text in one chunk.
+    torch.manual_seed(0)
+    config = ModelConfig(vocab_size=V, hidden_size=16, dropout=0.0, softmax=softmax)
+    model = build_model(config).eval()
+    targets = torch.randint(0, V, (400,))
+    context = torch.randint(0, V, (20,))
+    whole = score(model, targets, context, columns=5)
+    monkeypatch.setattr("charlstm.evaluate.CHUNK_VALUES", 3 * 5 * V)
+    chunked = score(model, targets, context, columns=5)
+    assert chunked.chars == whole.chars == 400
+    torch.testing.assert_close(chunked.per_char, whole.per_char, rtol=1e-5, atol=1e-6)
+    with torch.no_grad():  # and the target's log-probability in the whole distribution
+        inputs = torch.cat([context[-1:], targets[:-1]])
+        _, state = model.features(context[:-1].view(-1, 1), None)
+        log_p, _ = model.log_probs(inputs[:80].view(-1, 1), state)  # the first column
+    expected = -log_p[:, 0].gather(1, targets[:80, None])[:, 0].double()
+    torch.testing.assert_close(chunked.per_char[:80], expected, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize(
     "options",
     [
