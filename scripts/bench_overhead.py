@@ -9,7 +9,12 @@ no held-out part) and reports, per run:
   ``metrics.jsonl``'s ``seconds`` (what each epoch line reports);
 - ``outside``: the difference (interpreter and import start-up, reading the corpus, the
   checkpoints written with fsync, samples, logs), and its share of ``wall``;
-- ``startup``: ``python -m charlstm --help``, the cost of starting the command at all.
+- ``startup``: ``python -m charlstm --help``, the cost of starting the command at all;
+- ``floor``: what any PyTorch training program pays before its first step, measured in the
+  same minutes: ``import torch`` and one ``torch.optim.Adam``, whose first use imports
+  ``torch._dynamo`` (torch.optim decorates its methods with it); ``own`` = ``outside`` -
+  ``floor`` is the part of the overhead that charlstm itself adds, and ``own share`` its
+  share of ``wall``.
 
 ``--baseline REF`` also runs the code of git commit ``REF`` (exported with ``git archive``
 into a temporary folder; the checkout is not touched), alternating with this tree run by
@@ -46,6 +51,10 @@ D2L_SETUP = [
 ]  # fmt: skip
 
 
+#: The start-up every PyTorch training program pays (see the module's docstring).
+FLOOR = "import torch; torch.optim.Adam([torch.zeros(1, requires_grad=True)]).step()"
+
+
 def run_once(source: Path, corpus: Path, backend: str, threads: int) -> dict[str, float]:
     env = dict(os.environ, PYTHONPATH=str(source), OMP_NUM_THREADS=str(threads))
     with tempfile.TemporaryDirectory() as tmp:
@@ -66,7 +75,18 @@ def run_once(source: Path, corpus: Path, backend: str, threads: int) -> dict[str
             cwd=tmp,
         )
         startup = time.perf_counter() - start
-    return {"wall": wall, "steps": steps, "outside": wall - steps, "startup": startup}
+        start = time.perf_counter()
+        subprocess.run([sys.executable, "-c", FLOOR], env=env, check=True, cwd=tmp)
+        floor = time.perf_counter() - start
+    outside = wall - steps
+    return {
+        "wall": wall,
+        "steps": steps,
+        "outside": outside,
+        "startup": startup,
+        "floor": floor,
+        "own": outside - floor,
+    }
 
 
 def export(ref: str, into: Path) -> Path:
@@ -101,13 +121,15 @@ def main() -> None:
         f"OMP_NUM_THREADS={args.threads}; median of {args.repeats} runs"
     )
     print(f"{'code':22s} {'wall s':>7s} {'steps s':>8s} {'outside s':>10s} {'share':>6s} "
-          f"{'--help s':>9s}")  # fmt: skip
+          f"{'--help s':>9s} {'floor s':>8s} {'own s':>6s} {'own share':>9s}")  # fmt: skip
     for name, rows in results.items():
         median = {key: statistics.median(row[key] for row in rows) for key in rows[0]}
         share = statistics.median(row["outside"] / row["wall"] for row in rows)
+        own = statistics.median(row["own"] / row["wall"] for row in rows)
         print(
             f"{name:22s} {median['wall']:7.2f} {median['steps']:8.2f} {median['outside']:10.2f} "
-            f"{100 * share:5.1f}% {median['startup']:9.2f}"
+            f"{100 * share:5.1f}% {median['startup']:9.2f} {median['floor']:8.2f} "
+            f"{median['own']:6.2f} {100 * own:8.1f}%"
         )
 
 
