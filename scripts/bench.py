@@ -18,7 +18,10 @@ transposed products of the backward pass). ``GFLOP`` is a step's matrix-product 
 rates: 100 % would be a step that does nothing but its matrix products, at the speed this
 machine multiplies matrices of those shapes.
 
-Each measurement is a full training step (forward, cross-entropy, backward, clipping, Adam).
+Each measurement is a full training step (forward, cross-entropy, backward, clipping, Adam):
+charlstm's models with the optimizer ``charlstm train`` builds (torch's fused Adam kernel),
+d2l's models with ``torch.optim.Adam``'s default implementation, as d2l-style code writes it
+(one more row shows the one-hot model with that default too).
 Rounds interleave the models, and the median of the rounds is reported, so that a noisy
 neighbour on a shared machine slows every model alike.
 
@@ -36,9 +39,10 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from charlstm.config import ModelConfig
+from charlstm.config import ModelConfig, TrainConfig
 from charlstm.lstm_function import use_cuda_graphs
-from charlstm.model import build_model
+from charlstm.model import CharLSTM, build_model
+from charlstm.train import make_optimizer
 
 
 class D2LScratchLSTM(nn.Module):
@@ -118,6 +122,18 @@ def charlstm_model(
             return self.inner(x)[0]
 
     return Wrapped()
+
+
+class DefaultAdam(nn.Module):
+    """The wrapped charlstm model, stepped by ``torch.optim.Adam``'s default implementation
+    instead of charlstm's fused one: the row shows what the fused kernel buys."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner(x)
 
 
 class WithoutGraphs(nn.Module):
@@ -205,7 +221,14 @@ def roofline(products: list[Product], rates: dict, seconds: float) -> tuple[floa
 
 
 def make_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Callable[[], None]:
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    """One training step of ``model``: charlstm's models update with the optimizer
+    ``charlstm train`` builds (:func:`charlstm.train.make_optimizer`, torch's fused Adam),
+    any other model (d2l's, or one wrapped in :class:`DefaultAdam`) with
+    ``torch.optim.Adam``'s default implementation, as d2l-style code writes it."""
+    if isinstance(model, (CharLSTM, WithoutGraphs)):
+        optimizer = make_optimizer(model, TrainConfig(optimizer="adam", lr=1e-3))
+    else:
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
 
     def step() -> None:
         logits = model(x)
@@ -254,6 +277,10 @@ def main() -> None:
         "charlstm scratch (autograd)": (charlstm_model("scratch", "autograd", V, H), embedded),
         "charlstm scratch one-hot (--embedding-size 0)": (
             charlstm_model("scratch", "fused", V, H, embedding_size=0),
+            lstm_products(V, V, H, N, T, input_matmul=False, input_grad=False),
+        ),
+        "  the same with torch's default (unfused) Adam": (
+            DefaultAdam(charlstm_model("scratch", "fused", V, H, embedding_size=0)),
             lstm_products(V, V, H, N, T, input_matmul=False, input_grad=False),
         ),
     }

@@ -4,11 +4,14 @@ A 1x512 model on the Tang poems (a vocabulary of about 9,700 characters), batch 
 characters from the corpus: one training step (forward, loss through ``model.nll``,
 backward) for ``softmax="full"`` and for ``softmax="adaptive"`` with
 :func:`charlstm.model.default_cutoffs` of the corpus's character counts and the class
-order set from them. Rounds interleave the two, and the median of the rounds counts, so
-a noisy neighbour on a shared machine slows both alike. Prints both times and their ratio.
+order set from them (``--cutoffs 1800,6800 --cutoffs 980,6800`` compares given cutoffs
+instead); and the LSTM alone (its features and their backward, no output layer), the floor
+that no output layer can go under. Rounds interleave the models, and the median of the
+rounds counts, so a noisy neighbour on a shared machine slows all alike. Prints the times
+and each adaptive softmax's ratio to the full one.
 
     python scripts/bench_softmax.py
-    python scripts/bench_softmax.py --corpus ../shared/data/tang_poems.txt.zip --rounds 5
+    python scripts/bench_softmax.py --cutoffs 1800,6800 --cutoffs 980,6800 --rounds 5
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import statistics
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -27,7 +31,7 @@ try:
 except ImportError:  # run from a checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from charlstm.config import ModelConfig
+from charlstm.config import ModelConfig, parse_cutoffs
 from charlstm.corpus import Vocab, read_text
 from charlstm.model import CharLSTM, build_model, default_cutoffs
 
@@ -43,6 +47,12 @@ def main() -> int:
     parser.add_argument("--backend", default="scratch", help="scratch or torch")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument(
+        "--cutoffs",
+        action="append",
+        type=parse_cutoffs,
+        help="adaptive cutoffs to compare, e.g. 980,6800 (repeatable; default: the default's)",
+    )
     args = parser.parse_args()
     if args.threads is not None:
         torch.set_num_threads(args.threads)
@@ -51,25 +61,29 @@ def main() -> int:
     vocab = Vocab.from_text(text)
     counts = Counter(text)
     char_counts = [counts[ch] for ch in vocab.idx_to_char]
-    cutoffs = default_cutoffs(char_counts)
+    variants = args.cutoffs or [default_cutoffs(char_counts)]
     indices = vocab.encode(text)
     torch.manual_seed(0)
     starts = torch.randint(0, len(indices) - args.steps - 1, (args.batch,))
     window = torch.stack([indices[s : s + args.steps + 1] for s in starts.tolist()], dim=1)
     x, y = window[:-1], window[1:]  # (T, N)
 
-    models: dict[str, CharLSTM] = {}
-    for softmax in ("full", "adaptive"):
+    def build(cutoffs: list[int] | None) -> CharLSTM:
         config = ModelConfig(
             vocab_size=len(vocab),
             hidden_size=args.hidden,
             backend=args.backend,
             dropout=0.0,
-            softmax=softmax,
-            cutoffs=cutoffs if softmax == "adaptive" else None,
+            softmax="full" if cutoffs is None else "adaptive",
+            cutoffs=cutoffs,
         )
-        models[softmax] = build_model(config).train()
-    models["adaptive"].set_class_order(char_counts)
+        model = build_model(config).train()
+        if cutoffs is not None:
+            model.set_class_order(char_counts)
+        return model
+
+    models = {"full softmax": build(None)}
+    models.update({f"adaptive {cutoffs}": build(cutoffs) for cutoffs in variants})
 
     def train_step(model: CharLSTM) -> float:
         start = time.perf_counter()
@@ -78,20 +92,33 @@ def main() -> int:
         loss.backward()
         return time.perf_counter() - start
 
-    for model in models.values():  # warm up: allocator, thread pool
-        train_step(model)
-    times: dict[str, list[float]] = {name: [] for name in models}
+    def lstm_alone() -> float:
+        model = models["full softmax"]
+        start = time.perf_counter()
+        features, _ = model.features(x)
+        model.zero_grad(set_to_none=True)
+        features.sum().backward()
+        return time.perf_counter() - start
+
+    steps: dict[str, Callable[[], float]] = {
+        name: (lambda model=model: train_step(model)) for name, model in models.items()
+    }
+    steps["LSTM alone (no output layer)"] = lstm_alone
+    for step in steps.values():  # warm up: allocator, thread pool
+        step()
+    times: dict[str, list[float]] = {name: [] for name in steps}
     for _ in range(args.rounds):
-        for name, model in models.items():
-            times[name].append(train_step(model))
-    full, adaptive = (statistics.median(times[name]) for name in ("full", "adaptive"))
+        for name, step in steps.items():
+            times[name].append(step())
+    median = {name: statistics.median(values) for name, values in times.items()}
+    full = median["full softmax"]
     print(
         f"# V={len(vocab):,}, 1x{args.hidden} {args.backend}, batch {args.batch} x {args.steps}, "
-        f"cutoffs {cutoffs}, {torch.get_num_threads()} threads, median of {args.rounds}"
+        f"{torch.get_num_threads()} threads, median of {args.rounds}; one training step "
+        "(forward, loss, backward)"
     )
-    print(f"full softmax:     {full * 1000:8.0f} ms per training step")
-    print(f"adaptive softmax: {adaptive * 1000:8.0f} ms per training step")
-    print(f"ratio full / adaptive: {full / adaptive:.2f}x")
+    for name, seconds in median.items():
+        print(f"{name:34s} {seconds * 1000:8.0f} ms   full / this {full / seconds:5.2f}x")
     return 0
 
 
