@@ -376,12 +376,16 @@ ADAPTIVE_DIV_VALUE = 4.0
 #: shortlist covering 85 % (980 characters) instead of 93 % (1,800) makes a 1x512 training
 #: step 1.3x faster and scores lower held out after the same minutes of training.
 CUTOFF_COVERAGE = (0.85, 0.999)
+#: The widths :func:`align_cutoffs` rounds the adaptive softmax's head and tail clusters to.
+ALIGN = 8
 
 
 def default_cutoffs(counts: Sequence[int] | torch.Tensor | int) -> list[int]:
     """Cutoffs for the adaptive softmax: the numbers of most frequent characters that
     cover 85 % and 99.9 % of the text, rounded up to two significant digits, below V
-    (the second only where it leaves more than one character to the last cluster).
+    (the second only where it leaves more than one character to the last cluster); then
+    each moved up a little (:func:`align_cutoffs`) so that the head and every tail cluster
+    but the last are a multiple of :data:`ALIGN` outputs wide.
 
     ``counts`` (V,) is how often each character occurs (in any order), or just V, which
     assumes Zipf's law (the r-th most frequent character ``1 / r`` as often as the first).
@@ -406,7 +410,25 @@ def default_cutoffs(counts: Sequence[int] | torch.Tensor | int) -> list[int]:
         if cutoffs and size >= vocab_size - 1:
             break  # a last cluster of one character or none
         cutoffs.append(min(size, vocab_size - 1))
-    return cutoffs
+    return align_cutoffs(cutoffs, vocab_size)
+
+
+def align_cutoffs(cutoffs: Sequence[int], vocab_size: int) -> list[int]:
+    """``cutoffs`` moved up so that the adaptive softmax's head (the shortlist and one
+    output per tail cluster: ``cutoffs[0] + len(cutoffs)`` wide) and each tail cluster
+    but the last (``cutoffs[i] - cutoffs[i - 1]``) are a multiple of :data:`ALIGN`
+    outputs, where that keeps them increasing and leaves the last cluster more than one
+    character. Same model, same cost in multiply-adds: the CPU's matrix products run an
+    output width that is not a multiple of 8 at about two thirds of the speed
+    (docs/benchmarks.md: tang_poems' head 982 wide against 984)."""
+    aligned = list(cutoffs)
+    for i, cutoff in enumerate(aligned):
+        start = -len(aligned) if i == 0 else aligned[i - 1]
+        moved = start + -(-(cutoff - start) // ALIGN) * ALIGN
+        below = aligned[i + 1] if i + 1 < len(aligned) else vocab_size - 1
+        if moved < below:
+            aligned[i] = moved
+    return aligned
 
 
 def build_model(config: ModelConfig) -> CharLSTM:

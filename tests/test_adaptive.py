@@ -22,7 +22,13 @@ from charlstm.errors import CharLSTMError
 from charlstm.evaluate import CacheConfig, DynamicConfig, score, score_adaptive, score_heldout
 from charlstm.generation import open_streams
 from charlstm.mixture import NgramMixture
-from charlstm.model import CharLSTM, build_model, convert_state_dict, default_cutoffs
+from charlstm.model import (
+    CharLSTM,
+    align_cutoffs,
+    build_model,
+    convert_state_dict,
+    default_cutoffs,
+)
 from charlstm.sampling import SamplingConfig, generate
 
 TEXT = "我们说好不分开\n分开以后的雨天\n窗外的风吹过\n你说的话还在耳边\n不分开的夜晚\n" * 4
@@ -95,10 +101,10 @@ def test_the_class_order_maps_vocabulary_indices_to_frequency_ranks():
 @pytest.mark.parametrize(
     ("counts", "expected"),
     [
-        (9700, [2300]),  # Zipf's law: 99.9 % needs all but a handful
-        (65, [32]),
-        (2, [1]),
-        ([1000] * 10 + [1] * 90, [9, 90]),  # 9 hold 89.2 %; 81 more reach 99.9 %
+        (9700, [2303]),  # Zipf's law: 85 % needs 2,300 (head 2,304 wide); 99.9 % nearly all
+        (65, [39]),  # 32 cover 85 %; moved up to a head 40 wide
+        (2, [1]),  # too small to move
+        ([1000] * 10 + [1] * 90, [14, 94]),  # 9 hold 89.2 %, 90 reach 99.9 %; head 16, tail 80
         ([5, 1, 1, 1], [3]),
     ],
 )
@@ -107,25 +113,40 @@ def test_default_cutoffs_cover_85_and_99_9_percent_of_the_text(counts, expected)
     assert cutoffs == expected
     size = counts if isinstance(counts, int) else len(counts)
     ModelConfig(vocab_size=size, softmax="adaptive", cutoffs=cutoffs).validate()
+    if isinstance(counts, int):  # a config without cutoffs builds Zipf's default
+        model = build_model(ModelConfig(vocab_size=size, hidden_size=8, softmax="adaptive"))
+        assert model.head.cutoffs == [*expected, size]
+
+
+@pytest.mark.parametrize(
+    ("cutoffs", "vocab_size", "expected"),
+    [
+        ([980, 6800], 9700, [982, 6806]),  # head 984 = 982 + 2 clusters; tail 5,824
+        ([982, 6806], 9700, [982, 6806]),  # already aligned: unchanged
+        ([20, 24], 100, [22, 30]),  # head 24 = 22 + 2; first tail 2 -> 8
+        ([20, 24, 26], 100, [21, 24, 32]),  # head 24; the first tail cannot pass 26
+        ([97], 100, [97]),  # the last cluster would shrink to one character: kept
+    ],
+)
+def test_align_cutoffs_rounds_head_and_tail_widths_to_multiples_of_8(cutoffs, vocab_size, expected):
+    aligned = align_cutoffs(cutoffs, vocab_size)
+    assert aligned == expected
+    assert aligned == sorted(set(aligned)) and aligned[-1] < vocab_size - 1
 
 
 def test_default_cutoffs_of_the_tang_poems():
     # The real case they were chosen on (docs/benchmarks.md): 9,700 distinct characters,
-    # of which the 980 most frequent cover 85 % of the text and 6,800 cover 99.9 %.
+    # of which the 980 most frequent cover 85 % of the text and 6,800 cover 99.9 %; the
+    # head is then 984 outputs wide (982 + 2 clusters) and the first tail 5,824.
     text = read_text(shared_file("tang_poems.txt.zip"))
     vocab = Vocab.from_text(text)
     counts = Counter(text)
-    assert default_cutoffs([counts[ch] for ch in vocab.idx_to_char]) == [980, 6800]
+    assert default_cutoffs([counts[ch] for ch in vocab.idx_to_char]) == [982, 6806]
 
 
 def test_default_cutoffs_refuse_a_single_character():
     with pytest.raises(CharLSTMError, match="at least 2 characters"):
         default_cutoffs([7])
-
-
-def test_a_config_without_cutoffs_builds_the_default_for_its_vocabulary():
-    model = build_model(ModelConfig(vocab_size=65, hidden_size=8, softmax="adaptive"))
-    assert model.head.cutoffs == [32, 65]
 
 
 @pytest.mark.parametrize("options", BACKENDS)
