@@ -374,7 +374,7 @@ ADAPTIVE_DIV_VALUE = 4.0
 #: The shares of the text the adaptive softmax's shortlist and first tail cluster cover
 #: (:func:`default_cutoffs`). Chosen by measurement on tang_poems (docs/benchmarks.md): a
 #: shortlist covering 85 % (980 characters) instead of 93 % (1,800) makes a 1x512 training
-#: step 1.3x faster and scores lower held out after the same minutes of training.
+#: step 1.15-1.3x faster and scores lower held out after the same minutes of training.
 CUTOFF_COVERAGE = (0.85, 0.999)
 #: The widths :func:`align_cutoffs` rounds the adaptive softmax's head and tail clusters to.
 ALIGN = 8
@@ -418,7 +418,7 @@ def align_cutoffs(cutoffs: Sequence[int], vocab_size: int) -> list[int]:
     output per tail cluster: ``cutoffs[0] + len(cutoffs)`` wide) and each tail cluster
     but the last (``cutoffs[i] - cutoffs[i - 1]``) are a multiple of :data:`ALIGN`
     outputs, where that keeps them increasing and leaves the last cluster more than one
-    character. Same model, same cost in multiply-adds: the CPU's matrix products run an
+    character. Nearly the same multiply-adds, yet faster: the CPU's matrix products run an
     output width that is not a multiple of 8 at about two thirds of the speed
     (docs/benchmarks.md: tang_poems' head 982 wide against 984)."""
     aligned = list(cutoffs)
