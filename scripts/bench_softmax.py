@@ -31,11 +31,19 @@ try:
 except ImportError:  # run from a checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from charlstm.config import ModelConfig, parse_cutoffs
+from charlstm.config import ModelConfig, SettingError, parse_cutoffs
 from charlstm.corpus import Vocab, read_text
 from charlstm.model import CharLSTM, build_model, default_cutoffs
 
 DEFAULT_CORPUS = Path(__file__).resolve().parents[2] / "shared" / "data" / "tang_poems.txt.zip"
+
+
+def cutoffs_argument(text: str) -> list[int]:
+    """``--cutoffs`` as argparse reads it: a bad value is argparse's one-line usage error."""
+    try:
+        return parse_cutoffs(text)
+    except SettingError as error:
+        raise argparse.ArgumentTypeError(str(error).replace("{cutoffs}", "--cutoffs")) from None
 
 
 def main() -> int:
@@ -50,7 +58,7 @@ def main() -> int:
     parser.add_argument(
         "--cutoffs",
         action="append",
-        type=parse_cutoffs,
+        type=cutoffs_argument,
         help="adaptive cutoffs to compare, e.g. 980,6800 (repeatable; default: the default's)",
     )
     args = parser.parse_args()
