@@ -25,6 +25,9 @@ Rank 0 alone writes files and prints; the other ranks' standard output goes to
 
 from __future__ import annotations
 
+import atexit
+import gc
+import importlib
 import os
 import signal
 import sys
@@ -111,14 +114,35 @@ def setup() -> World:
     if torch.cuda.is_available():
         torch.cuda.set_device(world.local_rank % torch.cuda.device_count())
         backend = "cpu:gloo,cuda:nccl"
+    importlib.import_module("torch.distributed.nn")  # before the group exists: see leave()
     # torchrun's store outlives a restart: without a prefix per attempt a restarted rank
     # may read the address a dead rank published and fail to connect (gloo).
     store, rank, size = next(dist.rendezvous("env://", timeout=TIMEOUT))
     store = dist.PrefixStore(f"charlstm/attempt-{world.restarts}", store)
     dist.init_process_group(backend, store=store, rank=rank, world_size=size, timeout=TIMEOUT)
+    atexit.register(leave)
     if not world.main:
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115  (for the life of the process)
     return world
+
+
+def leave() -> None:
+    """Destroy the process group and join its threads while the interpreter is whole.
+
+    :func:`setup` registers this with :mod:`atexit`: it runs on every way out (a finished
+    run, a failure, another rank's failure). Left to the interpreter's teardown, a gloo
+    worker thread that is still releasing the tensors of the last collective (it needs the
+    GIL for that) is killed mid-destructor: the process aborts with ``terminate called
+    without an active exception`` after the run has finished, and torchrun reports the job
+    failed (about one 2-process run in 30). The threads end only with the last reference to
+    the group, so first ``gc.collect()`` frees what reference cycles still hold (a failed
+    run's traceback keeps its frames, and its DDP model). And DDP's first use imports
+    ``torch.distributed.nn``, whose functions keep the default group in their default
+    arguments when imported after it exists: :func:`setup` imports it before it makes one.
+    """
+    if dist.is_initialized():
+        gc.collect()
+        dist.destroy_process_group()
 
 
 def silent(line: str) -> None:

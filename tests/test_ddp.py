@@ -180,3 +180,43 @@ def test_sigterm_to_torchrun_stops_every_rank_and_leaves_a_resumable_last_pt(
     assert f"step {stopped.step}" in out
     steps = [row["step"] for row in runs.read_steps(run_dir)]
     assert steps == list(range(1, stopped.step + 4))
+
+
+COUNT_THREADS_AT_EXIT = """
+import atexit, os, sys
+from charlstm.cli import main
+
+def threads():
+    return len(os.listdir("/proc/self/task"))
+
+def record(alone):
+    with open(f"threads-{os.environ['RANK']}", "w") as out:
+        out.write(f"{alone} {threads()}")
+
+atexit.register(record, threads())  # registered first: it runs after charlstm's exit handler
+
+sys.argv[0] = "charlstm"
+main()
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="counts threads in /proc")
+def test_a_finished_rank_has_ended_the_process_groups_threads_at_exit(
+    small_corpus: Path, tmp_path: Path
+):
+    """What lets a rank exit cleanly: by the interpreter's teardown, gloo's threads have
+    ended. One still releasing the last collective's tensors then aborts the finished
+    process (``terminate called without an active exception``, SIGABRT; about one
+    2-process run in 30 before ``distributed.leave``), and torchrun reports the job failed."""
+    script = tmp_path / "count_threads.py"
+    script.write_text(COUNT_THREADS_AT_EXIT)
+    args = train(small_corpus, tmp_path / "run", 3)
+    job = subprocess.Popen(
+        [*TORCHRUN, "--nproc_per_node=2", script, *map(str, args)],
+        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=ENV,
+    )  # fmt: skip
+    _, err = job.communicate(timeout=600)
+    assert job.returncode == 0, err
+    for rank in (0, 1):
+        alone, left = (tmp_path / f"threads-{rank}").read_text().split()
+        assert left == alone, rank  # gloo's worker and transport threads are gone
