@@ -761,7 +761,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     # nn.LSTM: at 1x512 its fused oneDNN layer runs a training step 1.2-1.5x as fast as the
     # scratch layer's per-step loop on a CPU (docs/benchmarks.md), and the preset needs no
     # scratch-only regulariser. With --softmax auto: the adaptive softmax for thousands of
-    # distinct characters (tang_poems, V = 9,700: about 3.5x the characters per second of
+    # distinct characters (tang_poems, V = 9,700: 3.3x the characters per second of
     # the full softmax on a CPU and a lower held-out loss after the same minutes,
     # docs/benchmarks.md), the full one for a small alphabet (Tiny Shakespeare, V = 65),
     # where the adaptive one saves nothing.
