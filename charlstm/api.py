@@ -22,24 +22,24 @@ from typing import Any
 
 import torch
 
-from charlstm import checkpoint as ckpt
-from charlstm.adaptation import CacheConfig, DynamicConfig
 from charlstm.config import SettingError, check_value, in_range, optional, register, setting
-from charlstm.corpus import Vocab, read_text, show_chars, split_point
-from charlstm.decoding import DEFAULT_PENALTY_WINDOW, SamplingConfig
+from charlstm.data.corpus import Vocab, read_text, show_chars, split_point
+from charlstm.data.prepared import PreparedCorpus, is_prepared
 from charlstm.errors import CharLSTMError
-from charlstm.evaluate import HISTORY, EvalResult, score, score_heldout
-from charlstm.generation import generate, read_prefix_file
-from charlstm.mixture import NgramMixture
+from charlstm.generation.adaptation import CacheConfig, DynamicConfig
+from charlstm.generation.decoding import DEFAULT_PENALTY_WINDOW, SamplingConfig
+from charlstm.generation.sample import generate, read_prefix_file
+from charlstm.generation.scoring import HISTORY, EvalResult, score, score_heldout
 from charlstm.model import CharLSTM, build_model
-from charlstm.prepared import PreparedCorpus, is_prepared
+from charlstm.ngram.mixture import NgramMixture
+from charlstm.storage import checkpoint as ckpt
 
 
 @dataclass
 class LanguageModel:
     """A trained model with its vocabulary and the checkpoint it came from.
 
-    ``mixture`` is the run's interpolated n-gram (``--ngram-mix``, :mod:`charlstm.mixture`),
+    ``mixture`` is the run's interpolated n-gram (``--ngram-mix``, :mod:`charlstm.ngram.mixture`),
     used by every method here; ``None`` when the run has none, or after :meth:`lstm_only`.
     """
 
@@ -79,7 +79,7 @@ class LanguageModel:
     ) -> str:
         """``prefix`` followed by up to ``length`` generated characters.
 
-        The controls are those of ``charlstm generate`` (see :mod:`charlstm.decoding`):
+        The controls are those of ``charlstm generate`` (see :mod:`charlstm.generation.decoding`):
         ``stop_at`` ends the text with the first such character, ``lines`` with its N-th
         newline; ``seed`` makes the text repeatable on the same backend and device.
         ``cache`` / ``dynamic`` adapt to the text as it is written, as ``--cache`` /
@@ -172,8 +172,9 @@ class LanguageModel:
         and, unless ``val_fraction`` is given, only its held-out part is scored (after the
         end of the training text, as during training). Any other text is read whole.
         ``cache`` / ``dynamic`` adapt causally to the scored text as it is read (see
-        :func:`charlstm.evaluate.score_adaptive`); the model itself is not changed. The
-        held-out part is scored by :func:`charlstm.evaluate.score_heldout`, as in training.
+        :func:`charlstm.generation.scoring.score_adaptive`); the model itself is not changed.
+        The held-out part is scored by :func:`charlstm.generation.scoring.score_heldout`, as
+        in training.
         """
         data = self.checkpoint.data_config
         if val_fraction is not None:
@@ -251,7 +252,7 @@ class LanguageModel:
 
 def load_model(path: str | Path | None = None, device: str = "cpu") -> LanguageModel:
     """Load a run directory (its ``best.pt``) or a checkpoint file, ready to generate."""
-    from charlstm.train import resolve_device
+    from charlstm.training.loop import resolve_device
 
     checkpoint = ckpt.load(ckpt.resolve(path, prefer="best.pt"))
     model = build_model(checkpoint.model_config)

@@ -6,9 +6,10 @@ and the check its value must pass. The CLI's options, the help's defaults, the r
 and the option names in error messages are all generated from these fields
 (:func:`settings_of`, :func:`option_name`); adding a training option is one field here.
 The other commands' settings are fields made the same way beside the code that uses them
-(``charlstm generate``: :class:`~charlstm.generation.GenerateRequest` and
-:class:`~charlstm.decoding.SamplingConfig`; both it and ``eval``:
-:class:`~charlstm.adaptation.CacheConfig`, :class:`~charlstm.adaptation.DynamicConfig`,
+(``charlstm generate``: :class:`~charlstm.generation.sample.GenerateRequest` and
+:class:`~charlstm.generation.decoding.SamplingConfig`; both it and ``eval``:
+:class:`~charlstm.generation.adaptation.CacheConfig`,
+:class:`~charlstm.generation.adaptation.DynamicConfig`,
 :class:`~charlstm.api.ModelChoice`), each class passed to :func:`register`.
 
 Library errors name the field (``hidden_size must be positive, not 0``); the CLI shows the
@@ -277,7 +278,7 @@ def parse_cutoffs(text: str) -> list[int]:
 
 @dataclass
 class DataConfig:
-    """Where the text comes from and how it is normalised (see :mod:`charlstm.corpus`)."""
+    """Where the text comes from and how it is normalised (see :mod:`charlstm.data.corpus`)."""
 
     path: str = setting(cli=False)
     member: str | None = setting(
@@ -512,7 +513,7 @@ class TrainConfig:
         "Training",
         check=in_range(0, 1),
     )
-    # Distillation from a cross-fitted Kneser-Ney n-gram (charlstm.distill).
+    # Distillation from a cross-fitted Kneser-Ney n-gram (charlstm.ngram.teacher).
     ngram_teacher: int = setting(
         0,
         "Distil a Kneser-Ney n-gram of this order into the model: it supplies soft training "
@@ -533,7 +534,8 @@ class TrainConfig:
         "Training",
         check=lambda v: _number(v) or (f"must be at least 2, not {v}" if v < 2 else None),
     )
-    # The LSTM interpolated with a Kneser-Ney n-gram fitted on the training text (charlstm.mixture).
+    # The LSTM interpolated with a Kneser-Ney n-gram fitted on the training text
+    # (charlstm.ngram.mixture).
     ngram_mix: int = setting(
         0,
         "Predict with the LSTM interpolated with a Kneser-Ney n-gram of this order, fitted on "
@@ -670,7 +672,7 @@ REQUIRES: tuple[Requires, ...] = (
         "{scratch_impl} needs {backend} scratch (it chooses how the scratch layer runs)",
     ),
     Requires("cutoffs", "softmax", lambda v: v == "adaptive", "{softmax} adaptive"),
-    # evaluation-time adaptation (charlstm.adaptation): --cache-* and --dynamic-* need
+    # evaluation-time adaptation (charlstm.generation.adaptation): --cache-* and --dynamic-* need
     # their switch
     *(
         Requires(f"cache.{name}", "cache", bool, "{cache}")
@@ -723,9 +725,9 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     # Lyrics-sized text (tens of thousands of characters, thousands of distinct ones): a
     # tied 1x768 LSTM with the AWD-LSTM regularisers turned up (variational dropout 0.7,
     # DropConnect 0.6 on the recurrent weights, embedding dropout 0.4), label smoothing 0.2,
-    # AdamW and a cosine schedule, and a Kneser-Ney 6-gram teacher (charlstm.distill)
+    # AdamW and a cosine schedule, and a Kneser-Ney 6-gram teacher (charlstm.ngram.teacher)
     # supplying half of every training target; the model predicts with the LSTM
-    # interpolated with a 6-gram at weight 0.25 (charlstm.mixture). Tuned on a split inside
+    # interpolated with a 6-gram at weight 0.25 (charlstm.ngram.mixture). Tuned on a split inside
     # jaychou's training text; jaychou: held-out perplexity 167.8 (the LSTM alone 190.1,
     # the 6-gram 207.8), early-stopped after 22 epochs, 3.8 minutes of training on 2 CPU
     # cores (docs/quality.md). The 14-minute limit keeps a slower machine inside 15

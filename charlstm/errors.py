@@ -25,6 +25,6 @@ class WriteFailed(CharLSTMError):
 
 
 class Locked(CharLSTMError):
-    """Another charlstm process is writing the directory (see :mod:`charlstm.locking`)."""
+    """Another charlstm process is writing the directory (see :mod:`charlstm.storage.locking`)."""
 
     exit_code = 1

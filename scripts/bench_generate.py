@@ -10,7 +10,7 @@ generated per second by:
   state, takes the arg max with ``.item()`` and appends to a list, the prefix included,
   one character at a time. Its weights are charlstm's, ported, so it computes the same
   function, and its greedy text must equal charlstm's;
-* ``charlstm.sampling.generate`` (what ``charlstm generate`` and the Python API run), one
+* ``charlstm.generation.sample.generate`` (what ``charlstm generate`` and the Python API run), one
   stream greedy and sampled, and a batch of 32 streams sampled, for both backends.
 
 Each configuration runs ``--repeats`` times, round robin, and the best time counts (other
@@ -39,9 +39,10 @@ except ImportError:  # run from a checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from charlstm.config import ModelConfig
-from charlstm.corpus import Vocab
+from charlstm.data.corpus import Vocab
+from charlstm.generation.decoding import SamplingConfig
+from charlstm.generation.sample import generate
 from charlstm.model import CharLSTM, build_model, convert_state_dict
-from charlstm.sampling import SamplingConfig, generate
 
 VOCAB_SIZE = 1027  # d2l's Jay Chou lyrics vocabulary
 HIDDEN = 256

@@ -35,7 +35,7 @@ LIMIT_MB = 1536
 CHILD = """
 import sys
 from charlstm.config import DataConfig
-from charlstm.prepared import prepare
+from charlstm.data.prepared import prepare
 prepare(DataConfig(path=sys.argv[1]), 0.1, sys.argv[2])
 """
 
@@ -43,7 +43,7 @@ prepare(DataConfig(path=sys.argv[1]), 0.1, sys.argv[2])
 def synthesise(path: Path, size_mb: int) -> int:
     """Write tang_poems repeated to about ``size_mb`` MB; return the size in bytes."""
     sys.path.insert(0, str(ROOT))
-    from charlstm.corpus import read_text
+    from charlstm.data.corpus import read_text
 
     block = read_text(TANG).encode("utf-8")
     target = size_mb * 1_000_000

@@ -21,10 +21,10 @@ import numpy as np
 import torch
 
 from charlstm.api import load_model
-from charlstm.corpus import read_text, split_point
+from charlstm.data.corpus import read_text, split_point
 from charlstm.errors import CharLSTMError
-from charlstm.evaluate import score_heldout
-from charlstm.ngram import KneserNeyLM
+from charlstm.generation.scoring import score_heldout
+from charlstm.ngram.kneser_ney import KneserNeyLM
 
 
 def longest_match(train: str, text: str, cut: int, order: int) -> np.ndarray:

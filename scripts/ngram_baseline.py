@@ -23,9 +23,9 @@ try:
 except ImportError:  # run from a checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from charlstm.corpus import read_text
+from charlstm.data.corpus import read_text
 from charlstm.errors import CharLSTMError
-from charlstm.ngram import evaluate_ngram
+from charlstm.ngram.kneser_ney import evaluate_ngram
 
 
 def discount_arg(value: str) -> float | None:

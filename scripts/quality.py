@@ -1,7 +1,8 @@
 """Held-out quality table: charlstm presets against the Kneser-Ney n-gram, one command.
 
 For each corpus: train the preset (or reuse a finished run with --reuse), score the held-out
-split with ``charlstm.evaluate`` (plain, continuous cache, dynamic evaluation, both), score
+split with ``charlstm.generation.scoring`` (plain, continuous cache, dynamic evaluation, both),
+score
 the n-gram baseline on the same split with the same vocabulary, and write a markdown table
 with samples for 分开 to ``--out``.
 
@@ -19,12 +20,12 @@ import time
 from pathlib import Path
 
 from charlstm.api import load_model
-from charlstm.corpus import read_text, split_point
+from charlstm.data.corpus import read_text, split_point
 from charlstm.errors import CharLSTMError
-from charlstm.evaluate import CacheConfig, DynamicConfig, score, score_heldout
-from charlstm.ngram import evaluate_ngram
-from charlstm.pipeline import prepare_training
-from charlstm.runs import read_metrics
+from charlstm.generation.scoring import CacheConfig, DynamicConfig, score, score_heldout
+from charlstm.ngram.kneser_ney import evaluate_ngram
+from charlstm.storage.runs import read_metrics
+from charlstm.training.start import prepare_training
 
 
 def train_preset(corpus: Path, preset: str, run_dir: Path, reuse: bool, extra: dict) -> float:

@@ -19,10 +19,10 @@ import sys
 import time
 
 from charlstm.api import load_model
-from charlstm.corpus import split_point
+from charlstm.data.corpus import split_point
 from charlstm.errors import CharLSTMError
-from charlstm.evaluate import CacheConfig, DynamicConfig, score_heldout
-from charlstm.pipeline import load_corpus
+from charlstm.generation.scoring import CacheConfig, DynamicConfig, score_heldout
+from charlstm.training.start import load_corpus
 
 
 def main() -> int:

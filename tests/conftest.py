@@ -20,11 +20,11 @@ import pytest
 import torch
 from typer.testing import CliRunner, Result
 
-from charlstm import checkpoint as ckpt
-from charlstm.cli import app
+from charlstm.cli.app import app
 from charlstm.config import DataConfig, ModelConfig, SettingError, TrainConfig, option_name
-from charlstm.corpus import Vocab
+from charlstm.data.corpus import Vocab
 from charlstm.model import build_model
+from charlstm.storage import checkpoint as ckpt
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"

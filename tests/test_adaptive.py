@@ -13,15 +13,20 @@ import pytest
 import torch
 from conftest import FAST, invoke, shared_file, write_zip
 
-from charlstm import checkpoint as ckpt
-from charlstm.adaptation import DynamicEvaluation, read_log_probs
 from charlstm.api import load_model
 from charlstm.config import DataConfig, ModelConfig, SettingError, TrainConfig
-from charlstm.corpus import Vocab, read_text
+from charlstm.data.corpus import Vocab, read_text
 from charlstm.errors import CharLSTMError
-from charlstm.evaluate import CacheConfig, DynamicConfig, score, score_adaptive, score_heldout
-from charlstm.generation import open_streams
-from charlstm.mixture import NgramMixture
+from charlstm.generation.adaptation import DynamicEvaluation, read_log_probs
+from charlstm.generation.decoding import SamplingConfig
+from charlstm.generation.sample import generate, open_streams
+from charlstm.generation.scoring import (
+    CacheConfig,
+    DynamicConfig,
+    score,
+    score_adaptive,
+    score_heldout,
+)
 from charlstm.model import (
     CharLSTM,
     align_cutoffs,
@@ -29,7 +34,8 @@ from charlstm.model import (
     convert_state_dict,
     default_cutoffs,
 )
-from charlstm.sampling import SamplingConfig, generate
+from charlstm.ngram.mixture import NgramMixture
+from charlstm.storage import checkpoint as ckpt
 
 TEXT = "我们说好不分开\n分开以后的雨天\n窗外的风吹过\n你说的话还在耳边\n不分开的夜晚\n" * 4
 VOCAB = Vocab.from_text(TEXT)

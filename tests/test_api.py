@@ -15,8 +15,8 @@ from charlstm import load_model
 from charlstm.api import LanguageModel, read_prefix_file
 from charlstm.config import SettingError
 from charlstm.errors import CharLSTMError
-from charlstm.evaluate import CacheConfig, DynamicConfig
-from charlstm.sampling import SamplingConfig
+from charlstm.generation.decoding import SamplingConfig
+from charlstm.generation.scoring import CacheConfig, DynamicConfig
 
 PROBS = {"\n": 0.1, "a": 0.4, "b": 0.3, "c": 0.2}
 

@@ -29,7 +29,7 @@ import torch
 from conftest import REPO_ROOT, copy_run
 from typer.testing import CliRunner
 
-from charlstm.cli import app
+from charlstm.cli.app import app
 
 NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA GPU")
 NOT_ROOT = pytest.mark.skipif(
@@ -298,7 +298,7 @@ RUNNER = r"""
 import hashlib, json, os, runpy, sys, tempfile, traceback
 from pathlib import Path
 import contextlib, io
-import torch, charlstm.cli, charlstm.pipeline, charlstm.api, charlstm.convert
+import torch, charlstm.cli.app, charlstm.training.start, charlstm.api, charlstm.storage.convert
 
 SNAPSHOT
 

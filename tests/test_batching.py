@@ -1,4 +1,4 @@
-"""charlstm.batching: d2l's consecutive and random sampling, indexable for resume."""
+"""charlstm.data.batching: d2l's consecutive and random sampling, indexable for resume."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from charlstm.batching import ConsecutiveBatches, RandomBatches, make_batches
+from charlstm.data.batching import ConsecutiveBatches, RandomBatches, make_batches
 from charlstm.errors import CharLSTMError
 
 

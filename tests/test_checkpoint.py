@@ -1,4 +1,4 @@
-"""charlstm.checkpoint: files from elsewhere load safely or fail with one clear line.
+"""charlstm.storage.checkpoint: files from elsewhere load safely or fail with one clear line.
 
 A checkpoint is opened with ``weights_only=True``: a file whose unpickling would run code
 (here: create a marker file) is refused by every command that takes a checkpoint, and the
@@ -17,9 +17,9 @@ import pytest
 import torch
 from conftest import FAST, invoke, one_line_error
 
-from charlstm import checkpoint as ckpt
-from charlstm import runs
 from charlstm.errors import CharLSTMError
+from charlstm.storage import checkpoint as ckpt
+from charlstm.storage import runs
 
 
 def raw(run: Path) -> dict[str, Any]:

@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 from conftest import FAST, copy_run, invoke, write_zip
 
-from charlstm import checkpoint as ckpt
 from charlstm.api import load_model
-from charlstm.corpus import read_text, split_point
-from charlstm.evaluate import CacheConfig, DynamicConfig, score_adaptive
+from charlstm.data.corpus import read_text, split_point
+from charlstm.generation.scoring import CacheConfig, DynamicConfig, score_adaptive
+from charlstm.storage import checkpoint as ckpt
 
 
 def test_resume_prints_perplexities_and_samples(tiny_run: Path, small_corpus: Path, tmp_path):

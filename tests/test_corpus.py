@@ -1,4 +1,4 @@
-"""charlstm.corpus: reading zips and text files, encodings, vocabulary, split, errors."""
+"""charlstm.data.corpus: reading zips and text files, encodings, vocabulary, split, errors."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 import torch
 from conftest import write_zip
 
-from charlstm.corpus import Corpus, Vocab, read_text, split_point
+from charlstm.data.corpus import Corpus, Vocab, read_text, split_point
 from charlstm.errors import CharLSTMError
 
 LYRICS = "我们说好不分开\n分开以后的雨天\r\n窗外的风吹过\n"
@@ -128,7 +128,7 @@ def test_vocabulary_is_identical_across_processes(tmp_path: Path) -> None:
     """Hash randomisation differs per process; the sorted vocabulary must not."""
     path = write_zip(tmp_path / "a.zip", {"a.txt": (LYRICS * 3 + "abcxyz").encode()})
     code = (
-        "import sys; from charlstm.corpus import Vocab, read_text;"
+        "import sys; from charlstm.data.corpus import Vocab, read_text;"
         f"print(''.join(Vocab.from_text(read_text(r'{path}')).idx_to_char))"
     )
     outputs = {

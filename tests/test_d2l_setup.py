@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from charlstm.pipeline import prepare_training
+from charlstm.training.start import prepare_training
 
 D2L_DATA = {"max_chars": 10_000, "newlines": "space"}
 D2L_MODEL = {"hidden_size": 256, "num_layers": 1, "dropout": 0.0}

@@ -21,8 +21,8 @@ import pytest
 import torch
 from test_robustness import ENV
 
-from charlstm import checkpoint as ckpt
-from charlstm import runs
+from charlstm.storage import checkpoint as ckpt
+from charlstm.storage import runs
 
 pytestmark = pytest.mark.skipif(
     os.name != "posix" or not torch.distributed.is_available(),
@@ -184,7 +184,7 @@ def test_sigterm_to_torchrun_stops_every_rank_and_leaves_a_resumable_last_pt(
 
 COUNT_THREADS_AT_EXIT = """
 import atexit, os, sys
-from charlstm.cli import main
+from charlstm.cli.app import main
 
 def threads():
     return len(os.listdir("/proc/self/task"))

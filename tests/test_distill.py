@@ -1,4 +1,5 @@
-"""charlstm.distill: the cross-fitted n-gram teacher and training with it (--ngram-teacher)."""
+"""charlstm.ngram.teacher: the cross-fitted n-gram teacher, and training with it
+(--ngram-teacher)."""
 
 from __future__ import annotations
 
@@ -9,11 +10,11 @@ import pytest
 import torch
 from test_train import SMALL_MODEL, SMALL_TRAIN, losses, train
 
-from charlstm.corpus import Vocab, read_text, split_point
-from charlstm.distill import NgramTeacher
+from charlstm.data.corpus import Vocab, read_text, split_point
 from charlstm.errors import CharLSTMError
-from charlstm.ngram import KneserNeyLM
-from charlstm.pipeline import prepare_training
+from charlstm.ngram.kneser_ney import KneserNeyLM
+from charlstm.ngram.teacher import NgramTeacher
+from charlstm.training.start import prepare_training
 
 LINE = "我们说好不分开 分开以后的雨天 窗外的风吹过\n"
 # A phrase that occurs once, in the third of five folds: a teacher that had seen it would

@@ -1,4 +1,4 @@
-"""charlstm.evaluate: held-out scoring, continuous cache and dynamic evaluation."""
+"""charlstm.generation.scoring: held-out scoring, continuous cache and dynamic evaluation."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ import pytest
 import torch
 from conftest import shown
 
-from charlstm.adaptation import StreamCache
 from charlstm.config import ModelConfig, SettingError
 from charlstm.errors import CharLSTMError
-from charlstm.evaluate import (
+from charlstm.generation.adaptation import StreamCache
+from charlstm.generation.scoring import (
     CacheConfig,
     DynamicConfig,
     score,
@@ -68,7 +68,7 @@ def test_scoring_in_small_chunks_changes_nothing(softmax, monkeypatch):
     targets = torch.randint(0, V, (400,))
     context = torch.randint(0, V, (20,))
     whole = score(model, targets, context, columns=5)
-    monkeypatch.setattr("charlstm.evaluate.CHUNK_VALUES", 3 * 5 * V)
+    monkeypatch.setattr("charlstm.generation.scoring.CHUNK_VALUES", 3 * 5 * V)
     chunked = score(model, targets, context, columns=5)
     assert chunked.chars == whole.chars == 400
     torch.testing.assert_close(chunked.per_char, whole.per_char, rtol=1e-5, atol=1e-6)

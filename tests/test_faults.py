@@ -25,9 +25,9 @@ import pytest
 from conftest import invoke
 from test_robustness import ENV, PACED, same_weights
 
-from charlstm import checkpoint as ckpt
-from charlstm import locking, runs, safe_io
 from charlstm.errors import CharLSTMError, Locked, WriteFailed
+from charlstm.storage import checkpoint as ckpt
+from charlstm.storage import locking, runs, safe_io
 
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="needs POSIX signals and rlimits")
 
@@ -137,7 +137,7 @@ def test_a_second_trainer_is_refused_at_once_naming_the_first_ones_pid(
 
 HOLD = """
 import sys, time
-from charlstm import locking
+from charlstm.storage import locking
 with locking.exclusive(sys.argv[1], what="prepared-corpus directory"):
     print("held", flush=True)
     time.sleep(600)
@@ -314,8 +314,8 @@ def test_each_disk_fault_names_the_file_and_what_to_do(tmp_path, code, says):
 KILLER = """
 import io, os, runpy, signal, sys
 import torch
-from charlstm import safe_io
-from charlstm.train import Trainer
+from charlstm.storage import safe_io
+from charlstm.training.loop import Trainer
 
 event, nth, count = sys.argv[1], int(sys.argv[2]), [0]
 

@@ -14,11 +14,12 @@ import conftest
 import pytest
 from conftest import invoke
 
-from charlstm import load_model, runs
+from charlstm import load_model
+from charlstm.cli.display import BOLD, RESET, SampleStream, format_sample, sparkline, use_style
 from charlstm.config import DataConfig, ModelConfig, TrainConfig
-from charlstm.display import BOLD, RESET, SampleStream, format_sample, sparkline, use_style
-from charlstm.evaluate import CacheConfig, DynamicConfig
+from charlstm.generation.scoring import CacheConfig, DynamicConfig
 from charlstm.model import build_model
+from charlstm.storage import runs
 
 PROBS = {"\n": 0.15, "分": 0.3, "开": 0.25, "我": 0.2, "们": 0.1}
 

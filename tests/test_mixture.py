@@ -1,4 +1,4 @@
-"""charlstm.mixture: the LSTM interpolated with a Kneser-Ney n-gram (``--ngram-mix``)."""
+"""charlstm.ngram.mixture: the LSTM interpolated with a Kneser-Ney n-gram (``--ngram-mix``)."""
 
 from __future__ import annotations
 
@@ -9,17 +9,18 @@ import numpy as np
 import pytest
 import torch
 
-from charlstm import checkpoint as ckpt
 from charlstm.api import load_model
 from charlstm.config import ModelConfig, TrainConfig
-from charlstm.corpus import Vocab, read_text, split_point
+from charlstm.data.corpus import Vocab, read_text, split_point
 from charlstm.errors import CharLSTMError
-from charlstm.evaluate import CacheConfig, DynamicConfig, score, score_adaptive
-from charlstm.mixture import DISCOUNT, NgramMixture
+from charlstm.generation.decoding import SamplingConfig
+from charlstm.generation.sample import generate
+from charlstm.generation.scoring import CacheConfig, DynamicConfig, score, score_adaptive
 from charlstm.model import build_model
-from charlstm.ngram import KneserNeyLM
-from charlstm.pipeline import prepare_training
-from charlstm.sampling import SamplingConfig, generate
+from charlstm.ngram.kneser_ney import KneserNeyLM
+from charlstm.ngram.mixture import DISCOUNT, NgramMixture
+from charlstm.storage import checkpoint as ckpt
+from charlstm.training.start import prepare_training
 
 TEXT = "我们说好不分开\n分开以后的雨天\n我们说好的雨天\n不分开的夜晚\n" * 3
 VOCAB = Vocab.from_text(TEXT + "星")  # one character the n-gram never saw

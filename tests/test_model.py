@@ -137,10 +137,10 @@ def test_dropconnect_drops_recurrent_weights_in_training_only() -> None:
 
 
 def test_peephole_model_does_not_convert_to_nn_lstm(tmp_path) -> None:
-    from charlstm import checkpoint as ckpt
     from charlstm.config import DataConfig, TrainConfig
-    from charlstm.convert import convert_checkpoint
-    from charlstm.corpus import Vocab
+    from charlstm.data.corpus import Vocab
+    from charlstm.storage import checkpoint as ckpt
+    from charlstm.storage.convert import convert_checkpoint
 
     config = ModelConfig(vocab_size=3, hidden_size=8, peephole=True)
     source = ckpt.save(

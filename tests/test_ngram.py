@@ -1,4 +1,4 @@
-"""Tests for charlstm.ngram (interpolated Kneser-Ney) and scripts/ngram_baseline.py."""
+"""Tests for charlstm.ngram.kneser_ney (interpolated Kneser-Ney) and scripts/ngram_baseline.py."""
 
 from __future__ import annotations
 
@@ -13,9 +13,14 @@ import numpy as np
 import pytest
 from conftest import REPO_ROOT, shared_file
 
-from charlstm.corpus import Vocab, read_text, split_point
+from charlstm.data.corpus import Vocab, read_text, split_point
 from charlstm.errors import CharLSTMError
-from charlstm.ngram import KneserNeyLM, choose_discount, cross_fitted_loss, evaluate_ngram
+from charlstm.ngram.kneser_ney import (
+    KneserNeyLM,
+    choose_discount,
+    cross_fitted_loss,
+    evaluate_ngram,
+)
 
 TEXT = "abracadabra, cadabra! abra kadabra.\nabracadabra arbaca.\n" * 3
 VOCAB = Vocab.from_text(TEXT + "xyz")  # x, y, z are in the vocabulary but never in TEXT
@@ -231,7 +236,7 @@ def test_cli_auto_discount_and_bad_discount(tmp_path: Path) -> None:
 
 
 def test_fit_refuses_a_text_over_the_limit_on_one_line(monkeypatch):
-    import charlstm.ngram as ngram_module
+    import charlstm.ngram.kneser_ney as ngram_module
 
     monkeypatch.setattr(ngram_module, "MAX_NGRAM_CHARS", 10)
     with pytest.raises(CharLSTMError, match="limited to 10 training characters") as info:

@@ -14,12 +14,12 @@ import torch
 from torch import nn
 from typer.testing import CliRunner
 
-from charlstm import checkpoint as ckpt
-from charlstm.cli import app
+from charlstm.cli.app import app
 from charlstm.config import ModelConfig
-from charlstm.convert import convert_checkpoint
 from charlstm.errors import CharLSTMError
 from charlstm.model import build_model
+from charlstm.storage import checkpoint as ckpt
+from charlstm.storage.convert import convert_checkpoint
 
 V, H, T, N = 11, 6, 5, 3
 

@@ -1,4 +1,4 @@
-"""charlstm.prepared: a streamed, memory-mapped corpus equals the in-memory one."""
+"""charlstm.data.prepared: a streamed, memory-mapped corpus equals the in-memory one."""
 
 from __future__ import annotations
 
@@ -14,13 +14,13 @@ from conftest import FAST, copy_run, invoke, one_line_error, write_zip
 from test_ddp import command as ddp_command
 from test_robustness import ENV
 
-from charlstm import prepared as prep
-from charlstm import runs
-from charlstm.batching import ConsecutiveBatches, RandomBatches
 from charlstm.config import DataConfig
-from charlstm.corpus import Corpus, read_text, split_point
+from charlstm.data import prepared as prep
+from charlstm.data.batching import ConsecutiveBatches, RandomBatches
+from charlstm.data.corpus import Corpus, read_text, split_point
+from charlstm.data.prepared import PreparedCorpus, is_prepared, prepare
 from charlstm.errors import CharLSTMError
-from charlstm.prepared import PreparedCorpus, is_prepared, prepare
+from charlstm.storage import runs
 
 LYRICS = "\ufeff我们说好不分开\r\n分开以后的雨天\r窗外的风吹过 😀\n\r\n你说的话还在耳边\r"
 

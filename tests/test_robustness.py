@@ -22,10 +22,10 @@ import pytest
 import torch
 from conftest import FAST, copy_run, invoke
 
-from charlstm import checkpoint as ckpt
-from charlstm import runs
 from charlstm.errors import CharLSTMError
-from charlstm.pipeline import prepare_training
+from charlstm.storage import checkpoint as ckpt
+from charlstm.storage import runs
+from charlstm.training.start import prepare_training
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ENV = {
@@ -50,7 +50,7 @@ SETTINGS = [
 PACED = """
 import runpy, sys, time
 import torch
-from charlstm.train import Trainer
+from charlstm.training.loop import Trainer
 
 real_save, real_step, saves = torch.save, Trainer.train_step, []
 

@@ -11,12 +11,12 @@ import torch
 from conftest import shown
 
 from charlstm.config import ModelConfig, SettingError
-from charlstm.corpus import Vocab
+from charlstm.data.corpus import Vocab
 from charlstm.errors import CharLSTMError
-from charlstm.evaluate import CacheConfig, DynamicConfig, score_adaptive
-from charlstm.generation import open_streams
+from charlstm.generation.decoding import SamplingConfig, draw
+from charlstm.generation.sample import generate, open_streams, parse_char
+from charlstm.generation.scoring import CacheConfig, DynamicConfig, score_adaptive
 from charlstm.model import CharLSTM, build_model
-from charlstm.sampling import SamplingConfig, draw, generate, parse_char
 
 LYRICS = "我们说好不分开\n分开以后的雨天\n窗外的风吹过\n你说的话还在耳边\n"
 

@@ -9,9 +9,9 @@ import pytest
 from conftest import FAST, invoke
 from test_train import make_trainer, train
 
-from charlstm import checkpoint as ckpt
-from charlstm import runs
 from charlstm.errors import CharLSTMError
+from charlstm.storage import checkpoint as ckpt
+from charlstm.storage import runs
 
 
 def step_losses(run_dir) -> list[tuple[int, float]]:

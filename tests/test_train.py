@@ -1,4 +1,4 @@
-"""charlstm.train / pipeline / checkpoint: training, run directories, exact resume."""
+"""charlstm.training.loop / pipeline / checkpoint: training, run directories, exact resume."""
 
 from __future__ import annotations
 
@@ -13,12 +13,12 @@ import pytest
 import torch
 from conftest import write_zip
 
-from charlstm import checkpoint as ckpt
+from charlstm.cli.report import describe, render_info
 from charlstm.config import PRESETS
 from charlstm.errors import CharLSTMError
-from charlstm.pipeline import prepare_training
-from charlstm.report import describe, render_info
-from charlstm.train import TrainingInterrupted
+from charlstm.storage import checkpoint as ckpt
+from charlstm.training.loop import TrainingInterrupted
+from charlstm.training.start import prepare_training
 
 SMALL_MODEL = {"hidden_size": 32, "dropout": 0.2}
 SMALL_TRAIN = {"batch_size": 8, "num_steps": 20, "sample_every": 0, "seed": 3}

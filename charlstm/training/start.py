@@ -1,4 +1,4 @@
-"""From a request to a ready :class:`~charlstm.train.Trainer`, in one of three modes.
+"""From a request to a ready :class:`~charlstm.training.loop.Trainer`, in one of three modes.
 
 - :func:`new_run`: settings are dataclass defaults < ``--preset`` < options given.
 - :func:`fine_tune` (``--init-from``): a new run that starts from a checkpoint's weights,
@@ -25,8 +25,7 @@ from typing import Any, TypeVar
 
 import torch
 
-from charlstm import __version__, distributed, runs
-from charlstm import checkpoint as ckpt
+from charlstm import __version__
 from charlstm.config import (
     PRESETS,
     RESUME_OVERRIDABLE,
@@ -39,13 +38,8 @@ from charlstm.config import (
     option_name,
     settings_of,
 )
-from charlstm.corpus import Corpus, Vocab, read_text, show_chars
-from charlstm.distill import NgramTeacher
-from charlstm.errors import CharLSTMError
-from charlstm.mixture import NgramMixture
-from charlstm.model import build_model, default_cutoffs
-from charlstm.ngram import MAX_EMBEDDED_NGRAM_CHARS
-from charlstm.prepared import (
+from charlstm.data.corpus import Corpus, Vocab, read_text, show_chars
+from charlstm.data.prepared import (
     RUN_CORPUS,
     PreparedCorpus,
     is_prepared,
@@ -53,7 +47,15 @@ from charlstm.prepared import (
     prepare,
     prepared_in_run,
 )
-from charlstm.train import Log, Trainer, TrainingData, resolve_device
+from charlstm.errors import CharLSTMError
+from charlstm.model import build_model, default_cutoffs
+from charlstm.ngram.kneser_ney import MAX_EMBEDDED_NGRAM_CHARS
+from charlstm.ngram.mixture import NgramMixture
+from charlstm.ngram.teacher import NgramTeacher
+from charlstm.storage import checkpoint as ckpt
+from charlstm.storage import runs
+from charlstm.training import distributed
+from charlstm.training.loop import Log, Trainer, TrainingData, resolve_device
 
 #: The demo corpus shipped in the repository (found next to the package in a source checkout).
 DEMO_CORPUS = Path(__file__).resolve().parent.parent / "data" / "demo_lyrics.zip"
@@ -123,7 +125,7 @@ def training_data(
     """The run's data: a text corpus read into memory, or a prepared corpus (``charlstm
     prepare``) read through memory maps, whose normalisation and split are its own.
 
-    With ``run_dir``, a corpus file over :data:`~charlstm.prepared.PREPARE_ABOVE_BYTES` is
+    With ``run_dir``, a corpus file over :data:`~charlstm.data.prepared.PREPARE_ABOVE_BYTES` is
     prepared inside it (``RUN/corpus``) and read from there; on resume (``fingerprint``: the
     checkpoint's) the one already there is reused when its text has that SHA-256.
     """
@@ -590,7 +592,7 @@ def _restarted(request: RunRequest, world: distributed.World) -> RunRequest:
 def start_run(request: RunRequest, log: Log = print, progress_bar: bool | None = None) -> Trainer:
     """The trainer for ``request``: a resumed run, a fine-tuned one, or a new one.
 
-    Under torchrun (:mod:`charlstm.distributed`) every process builds its trainer; rank 0
+    Under torchrun (:mod:`charlstm.training.distributed`) every process builds its trainer; rank 0
     alone writes the run's files, and a restarted job resumes its own ``last.pt``.
     """
     world = distributed.setup()

@@ -1,12 +1,12 @@
 """Run directories: ``runs/<name>/`` holding ``config.json``, ``vocab.json``,
 ``metrics.jsonl`` (one line per epoch), ``steps.jsonl`` (one line per optimizer step),
-``last.pt`` and ``best.pt``, and ``.lock`` (see :mod:`charlstm.locking`).
+``last.pt`` and ``best.pt``, and ``.lock`` (see :mod:`charlstm.storage.locking`).
 
 A run directory has one writer: :func:`prepare_run_dir` and :func:`ensure_writable` take
 its lock, held until :func:`release_run_dir` or the end of the process; another trainer is
 refused at once. Readers need no lock: JSON files are replaced atomically and the logs are
 appended a whole line at a time (a reader ignores a torn last line; see
-:mod:`charlstm.safe_io`). A failed write is one :class:`~charlstm.errors.WriteFailed` line
+:mod:`charlstm.storage.safe_io`). A failed write is one :class:`~charlstm.errors.WriteFailed` line
 that says how to continue.
 """
 
@@ -19,8 +19,8 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
-from charlstm import locking, safe_io
 from charlstm.errors import CharLSTMError
+from charlstm.storage import locking, safe_io
 
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"

@@ -6,7 +6,7 @@ processes with ``WORLD_SIZE``, ``RANK`` and ``LOCAL_RANK`` in their environment;
 :func:`setup` joins them in one process group (gloo on the CPU, NCCL for CUDA tensors, the
 GPU picked by ``LOCAL_RANK``). Without torchrun the world is one process and nothing here
 communicates. The training step itself is synchronised by ``DistributedDataParallel``
-(:mod:`charlstm.train`); this module adds what DDP does not do:
+(:mod:`charlstm.training.loop`); this module adds what DDP does not do:
 
 - :func:`agree`: the global per-step loss (mean over ranks), the training time, and whether
   any rank got SIGINT / SIGTERM, in one small all-reduce per step, so every rank stops at

@@ -12,7 +12,7 @@ Its parts are built outside the loop and passed in or made small here: the learn
 :class:`Schedule`, the :class:`WeightAverage` (Polyak averaging, ``--ema``), the
 :class:`TrainingLoss` (label smoothing, the n-gram teacher), the :class:`StopRules`
 (``--epochs``, ``--max-steps``, ``--time-limit``, ``--patience``) and the
-:class:`~charlstm.progress.ProgressMeter`. A checkpoint can also be written every
+:class:`~charlstm.training.progress.ProgressMeter`. A checkpoint can also be written every
 ``checkpoint_every`` optimizer steps, and is always written when the run is interrupted
 (SIGINT / SIGTERM), so a run directory is resumable at any step.
 
@@ -35,19 +35,20 @@ import numpy as np
 import torch
 from torch import nn
 
-from charlstm import checkpoint as ckpt
-from charlstm import distributed, runs
-from charlstm.batching import check_length, make_batches
 from charlstm.config import DataConfig, ModelConfig, SettingError, TrainConfig
-from charlstm.corpus import Corpus, Vocab, split_point
-from charlstm.decoding import SamplingConfig
-from charlstm.distill import NgramTeacher
+from charlstm.data.batching import check_length, make_batches
+from charlstm.data.corpus import Corpus, Vocab, split_point
 from charlstm.errors import CharLSTMError
-from charlstm.evaluate import HISTORY, EvalResult, score_heldout
-from charlstm.generation import generate
-from charlstm.mixture import NgramMixture
+from charlstm.generation.decoding import SamplingConfig
+from charlstm.generation.sample import generate
+from charlstm.generation.scoring import HISTORY, EvalResult, score_heldout
 from charlstm.model import CharLSTM, State, build_model, detach_state
-from charlstm.progress import ProgressMeter
+from charlstm.ngram.mixture import NgramMixture
+from charlstm.ngram.teacher import NgramTeacher
+from charlstm.storage import checkpoint as ckpt
+from charlstm.storage import runs
+from charlstm.training import distributed
+from charlstm.training.progress import ProgressMeter
 
 DEFAULT_PREFIXES = ("分开", "不分开")
 #: Warn (once per streak) when held-out loss has not improved for this many scores.
@@ -314,7 +315,7 @@ class TrainingLoss:
 
     Label smoothing keeps ``1 - s`` on the target and spreads ``s`` evenly (as
     ``cross_entropy(label_smoothing=s)``); the n-gram teacher then supplies ``weight`` of
-    each target as its own distribution (:mod:`charlstm.distill`). An adaptive softmax
+    each target as its own distribution (:mod:`charlstm.ngram.teacher`). An adaptive softmax
     has neither, and computes its loss without the whole distribution.
     """
 
@@ -582,7 +583,7 @@ class Trainer:
     def save(self, *names: str) -> None:
         """Write the current state as each of ``names`` (default ``last.pt``): serialised
         and written once, however many names (the others are hard links to it, see
-        :func:`charlstm.checkpoint.save_as`)."""
+        :func:`charlstm.storage.checkpoint.save_as`)."""
         self.step_log.flush()  # the log covers at least the steps the checkpoint holds
         ckpt.save_as(self.checkpoint(), [self.run_dir / name for name in names or (runs.LAST,)])
 

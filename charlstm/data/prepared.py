@@ -1,6 +1,6 @@
 """Prepared corpora: the indices on disk, read back through ``np.memmap``.
 
-``prepare`` turns a corpus file (as :func:`charlstm.corpus.read_text` reads it) into a
+``prepare`` turns a corpus file (as :func:`charlstm.data.corpus.read_text` reads it) into a
 directory that training can open in constant memory, the way nanoGPT's ``prepare.py``
 and torch-rnn's ``preprocess.py`` do::
 
@@ -15,9 +15,9 @@ and torch-rnn's ``preprocess.py`` do::
 The source is streamed twice in chunks of ``chunk_bytes`` bytes, never held whole:
 
 * pass 1 decodes it (strict UTF-8, restarting a source with GB18030 on a decode error,
-  as :func:`charlstm.corpus.decode_bytes` chooses), normalises it as
-  :func:`charlstm.corpus.normalize` does, and counts the characters, the length and the
-  SHA-256 of the text's UTF-8 bytes (:meth:`charlstm.corpus.Corpus.fingerprint`);
+  as :func:`charlstm.data.corpus.decode_bytes` chooses), normalises it as
+  :func:`charlstm.data.corpus.normalize` does, and counts the characters, the length and the
+  SHA-256 of the text's UTF-8 bytes (:meth:`charlstm.data.corpus.Corpus.fingerprint`);
 * pass 2 decodes it again with the encodings pass 1 chose and writes the indices.
 
 The result is the same as ``Corpus.from_text(read_text(...))``: the same vocabulary
@@ -44,7 +44,7 @@ from typing import IO, Any
 import numpy as np
 
 from charlstm.config import DataConfig
-from charlstm.corpus import (
+from charlstm.data.corpus import (
     FALLBACK_ENCODINGS,
     ZIP_ERRORS,
     Vocab,
@@ -105,7 +105,7 @@ def _decoded(
 ) -> Iterator[str]:
     """The text of one source, decoded with ``encoding`` piece by piece.
 
-    As :func:`charlstm.corpus.decode_bytes`: NUL bytes mark a binary file when no encoding
+    As :func:`charlstm.data.corpus.decode_bytes`: NUL bytes mark a binary file when no encoding
     was named (``sniffing``), a NUL character always; one leading BOM is dropped. A decode
     error raises ``UnicodeDecodeError``.
     """
@@ -139,7 +139,7 @@ def _has_nul(opener: Callable[[], IO[bytes]], chunk_bytes: int) -> bool:
 
 
 class _Normalizer:
-    """:func:`charlstm.corpus.normalize` applied to a stream of pieces of the joined text.
+    """:func:`charlstm.data.corpus.normalize` applied to a stream of pieces of the joined text.
 
     ``keep``: ``\\r\\n`` and ``\\r`` become ``\\n`` (a ``\\r`` at the end of a piece waits
     for the next), then at most ``max_chars`` characters; ``space``: the first
@@ -477,7 +477,7 @@ class PreparedCorpus:
 
     @property
     def sha256(self) -> str:
-        """The text's fingerprint, as :meth:`charlstm.corpus.Corpus.fingerprint` gives it."""
+        """The text's fingerprint, as :meth:`charlstm.data.corpus.Corpus.fingerprint` gives it."""
         return str(self.meta["sha256"])
 
     @property

@@ -19,7 +19,7 @@ the training text is cut into ``folds`` contiguous parts, and the positions of p
 get their ``q`` from an n-gram fitted on the other parts. The held-out split is never
 read. Building the teacher takes seconds for lyrics and grows with the text (200,000
 characters of Tiny Shakespeare, order 7: 26 s on one core, 0.5 GB). ``q`` is stored
-compactly (:meth:`charlstm.ngram.KneserNeyLM.sparse_distributions`):
+compactly (:meth:`charlstm.ngram.kneser_ney.KneserNeyLM.sparse_distributions`):
 a scaled copy of the fold's unigram level plus at most ``top`` characters with extra
 probability.
 """
@@ -29,9 +29,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from charlstm.corpus import Vocab
+from charlstm.data.corpus import Vocab
 from charlstm.errors import CharLSTMError
-from charlstm.ngram import KneserNeyLM
+from charlstm.ngram.kneser_ney import KneserNeyLM
 
 FOLDS = 5
 TOP = 64

@@ -65,7 +65,7 @@ def hold(directory: str | Path, what: str = "directory") -> None:
     try:
         fd = os.open(key / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as err:
-        from charlstm.safe_io import write_failed
+        from charlstm.storage.safe_io import write_failed
 
         raise write_failed(key / LOCK_FILE, err, "run the command again") from err
     try:

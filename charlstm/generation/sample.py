@@ -1,12 +1,12 @@
 """Writing text: warm the state on a prefix, then feed back one character at a time.
 
 The distribution each step draws from is the model's; for a run trained with
-``--ngram-mix``, the LSTM interpolated with its n-gram (:mod:`charlstm.mixture`); with
+``--ngram-mix``, the LSTM interpolated with its n-gram (:mod:`charlstm.ngram.mixture`); with
 ``cache`` / ``dynamic``, from weights that have learnt from this sequence's text so far
 (dynamic evaluation), and mixed with the continuous cache of that text
-(:mod:`charlstm.adaptation`). ``log p`` then takes the place of the logits in the decoding
-rules (:mod:`charlstm.decoding`). At temperature 1 without filters, a character is drawn
-from exactly the distribution ``charlstm eval`` (with the same options) scores.
+(:mod:`charlstm.generation.adaptation`). ``log p`` then takes the place of the logits in the
+decoding rules (:mod:`charlstm.generation.decoding`). At temperature 1 without filters, a
+character is drawn from exactly the distribution ``charlstm eval`` (with the same options) scores.
 
 A sequence ends after ``length`` characters, or earlier with (and including) the first
 ``stop_at`` character it generates, or its ``lines``-th newline, whichever comes first.
@@ -27,13 +27,6 @@ from pathlib import Path
 
 import torch
 
-from charlstm.adaptation import (
-    AdaptiveStreams,
-    CacheConfig,
-    DynamicConfig,
-    LearningStreams,
-    Streams,
-)
 from charlstm.config import (
     SettingError,
     at_least_zero,
@@ -45,11 +38,18 @@ from charlstm.config import (
     seed_range,
     setting,
 )
-from charlstm.corpus import Vocab, show_chars
-from charlstm.decoding import RepetitionPenalty, SamplingConfig, next_chars
+from charlstm.data.corpus import Vocab, show_chars
 from charlstm.errors import CharLSTMError
-from charlstm.mixture import NgramMixture
+from charlstm.generation.adaptation import (
+    AdaptiveStreams,
+    CacheConfig,
+    DynamicConfig,
+    LearningStreams,
+    Streams,
+)
+from charlstm.generation.decoding import RepetitionPenalty, SamplingConfig, next_chars
 from charlstm.model import CharLSTM
+from charlstm.ngram.mixture import NgramMixture
 
 
 class ModelStreams:
@@ -118,8 +118,9 @@ def _format(value: str) -> str | None:
 @dataclass
 class GenerateRequest:
     """What ``charlstm generate`` writes, from what, and where (the sampling controls are a
-    :class:`~charlstm.decoding.SamplingConfig`, the adaptation a
-    :class:`~charlstm.adaptation.CacheConfig` / :class:`~charlstm.adaptation.DynamicConfig`)."""
+    :class:`~charlstm.generation.decoding.SamplingConfig`, the adaptation a
+    :class:`~charlstm.generation.adaptation.CacheConfig` /
+    :class:`~charlstm.generation.adaptation.DynamicConfig`)."""
 
     prefixes: list[str] = setting(
         [], "Text to continue (repeatable).", "Input", option="--prefix", repeat=True
@@ -245,7 +246,7 @@ def generate(
     one string per row: the character chosen, or ``""`` for a row that has already ended.
     ``cache`` / ``dynamic`` adapt each row to its own text as it is written (see the module
     docstring); ``model`` itself is never changed. ``mixture`` interpolates the LSTM with
-    the run's n-gram (:mod:`charlstm.mixture`) before anything else.
+    the run's n-gram (:mod:`charlstm.ngram.mixture`) before anything else.
     """
     config = (config or SamplingConfig()).validate(len(vocab))
     cache = cache.validate() if cache is not None else None

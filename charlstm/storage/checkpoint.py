@@ -14,7 +14,7 @@ A checkpoint holds everything a run needs to continue exactly where it stopped::
     training_model   state dict or None: with ``--ema``, the weights being trained (``model``
                      then holds their moving average, the weights to score and sample with)
     ngram_text       str or None: with ``--ngram-mix``, the training text the interpolated
-                     n-gram is fitted on (see :mod:`charlstm.mixture`)
+                     n-gram is fitted on (see :mod:`charlstm.ngram.mixture`)
     corpus_sha256    str or None: SHA-256 of the corpus text as read (after normalisation),
                      so that ``--resume`` can tell the same text from another one
 
@@ -46,10 +46,10 @@ from typing import Any
 import torch
 
 from charlstm.config import DataConfig, ModelConfig, TrainConfig
-from charlstm.corpus import Vocab
+from charlstm.data.corpus import Vocab
 from charlstm.errors import CharLSTMError, WriteFailed
-from charlstm.runs import then_for
-from charlstm.safe_io import fsync_dir, write_failed
+from charlstm.storage.runs import then_for
+from charlstm.storage.safe_io import fsync_dir, write_failed
 
 #: Bumped when the layout changes; older versions listed in ``_UPGRADES`` still load.
 FORMAT_VERSION = 1
@@ -81,7 +81,7 @@ class Checkpoint:
     progress: dict[str, Any] = field(default_factory=dict)
     # With --ema: the trained weights; ``model`` is then their average (see train.Trainer).
     training_model: dict[str, torch.Tensor] | None = None
-    # With --ngram-mix: the text the interpolated n-gram is fitted on (charlstm.mixture).
+    # With --ngram-mix: the text the interpolated n-gram is fitted on (charlstm.ngram.mixture).
     ngram_text: str | None = None
     corpus_sha256: str | None = None  # of the corpus text as read (None: older checkpoints)
     path: Path | None = None  # where it was loaded from
@@ -390,7 +390,7 @@ def resolve(
     resuming), falling back to the other; ``None`` means the newest run under ``runs_root``.
     """
     if path is None:
-        from charlstm.runs import latest_run
+        from charlstm.storage.runs import latest_run
 
         path = latest_run(runs_root)
     path = Path(path)

@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-from charlstm import checkpoint as ckpt
 from charlstm.errors import CharLSTMError
 from charlstm.model import convert_state_dict
+from charlstm.storage import checkpoint as ckpt
 
 
 def convert_checkpoint(source: str | Path, to_backend: str, out: str | Path) -> Path:

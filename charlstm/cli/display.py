@@ -32,8 +32,8 @@ class SampleStream:
     continuation already ends with one).
 
     ``on_step`` takes one string per sequence and step, ``""`` for a sequence that has
-    ended (the ``on_step`` contract of :func:`charlstm.generation.generate`); ``close`` writes
-    what is left once generation is over.
+    ended (the ``on_step`` contract of :func:`charlstm.generation.sample.generate`);
+    ``close`` writes what is left once generation is over.
     """
 
     def __init__(

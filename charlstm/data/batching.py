@@ -8,7 +8,7 @@ Shapes: ``x`` and ``y`` are ``(T, N)`` int64, time first; ``y`` is ``x`` shifted
 character ahead.
 
 The indices may be a ``(n,)`` torch tensor or a NumPy array of any integer dtype, such as
-the ``np.memmap`` of a prepared corpus (:mod:`charlstm.prepared`): then only the windows
+the ``np.memmap`` of a prepared corpus (:mod:`charlstm.data.prepared`): then only the windows
 a batch needs are read and turned into tensors, never the whole array.
 """
 

@@ -2,7 +2,7 @@
 
 Each step turns every sequence's logits (N, V) into one character by these rules, in this
 order (logits are any scores whose softmax is the distribution: a model's logits, or
-log-probabilities, which :mod:`charlstm.generation` passes when the distribution has been
+log-probabilities, which :mod:`charlstm.generation.sample` passes when the distribution has been
 adapted or mixed, and which the adaptive softmax gives anyway):
 
 1. repetition penalty: each character found among the last ``penalty_window`` characters
@@ -21,6 +21,7 @@ adapted or mixed, and which the adaptive softmax gives anyway):
 from __future__ import annotations
 
 import math
+import secrets
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -181,3 +182,8 @@ class RepetitionPenalty:
     def __call__(self, logits: torch.Tensor) -> torch.Tensor:
         seen = self.seen.zero_().scatter_(1, self.recent, True)[:, : self.vocab_size]
         return torch.where(seen, logits - self.log_penalty, logits)
+
+
+def new_seed() -> int:
+    """A fresh random seed, to be reported so that a run can be repeated."""
+    return secrets.randbelow(2**31)

@@ -16,22 +16,22 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
-from charlstm import checkpoint as ckpt
-from charlstm import safe_io
-from charlstm.adaptation import (
+from charlstm.api import EvalScope, LanguageModel, ModelChoice
+from charlstm.cli.options import Given, settings_options
+from charlstm.config import PRESETS, DataConfig, ModelConfig, SettingError, TrainConfig, build
+from charlstm.config import option_name as option
+from charlstm.errors import CharLSTMError
+from charlstm.generation.adaptation import (
     GENERATION_CACHE_MIX,
     Adaptation,
     CacheConfig,
     DynamicConfig,
     from_settings,
 )
-from charlstm.api import EvalScope, LanguageModel, ModelChoice
-from charlstm.config import PRESETS, DataConfig, ModelConfig, SettingError, TrainConfig, build
-from charlstm.config import option_name as option
-from charlstm.decoding import SamplingConfig
-from charlstm.errors import CharLSTMError
-from charlstm.generation import GenerateRequest
-from charlstm.options import Given, settings_options
+from charlstm.generation.decoding import SamplingConfig
+from charlstm.generation.sample import GenerateRequest
+from charlstm.storage import checkpoint as ckpt
+from charlstm.storage import safe_io
 
 app = typer.Typer(
     name="charlstm",
@@ -169,7 +169,7 @@ def train(
 
     Example: charlstm train ../shared/data/jaychou_lyrics.txt.zip --backend scratch --epochs 20
     """
-    from charlstm.pipeline import RunRequest, start_run
+    from charlstm.training.start import RunRequest, start_run
 
     request = RunRequest(
         corpus, given or {}, preset, run_dir, runs_root, resume, init_from, extend_vocab, overwrite
@@ -199,7 +199,7 @@ def prepare(
 
     Example: charlstm prepare ../shared/data/tang_poems.txt.zip --out data/tang
     """
-    from charlstm.prepared import prepare as prepare_corpus
+    from charlstm.data.prepared import prepare as prepare_corpus
 
     data = build(DataConfig, given or {}, path=str(corpus.resolve()))
     val_fraction = build(TrainConfig, given or {}).val_fraction  # checked as train checks it
@@ -233,8 +233,8 @@ def generate(runs_root: RunsRoot = Path("runs"), given: Given | None = None) -> 
 
     Example: charlstm generate --prefix 分开 --length 100 --temperature 0.8 --seed 1
     """
-    from charlstm.display import SampleStream, render_samples, use_style
-    from charlstm.sampling import new_seed
+    from charlstm.cli.display import SampleStream, render_samples, use_style
+    from charlstm.generation.decoding import new_seed
 
     given = given or {}
     request = build(GenerateRequest, given)
@@ -357,7 +357,7 @@ def convert(
 
     Example: charlstm convert runs/x --to torch --out runs/x/best-torch.pt
     """
-    from charlstm.convert import convert_checkpoint
+    from charlstm.storage.convert import convert_checkpoint
 
     path = convert_checkpoint(checkpoint, to, out)
     typer.echo(f"wrote {path} ({to} backend)")
@@ -381,7 +381,7 @@ def info(
 
     Example: charlstm info runs/x
     """
-    from charlstm.report import describe, render_info
+    from charlstm.cli.report import describe, render_info
 
     path = checkpoint if checkpoint is not None else ckpt.resolve(None, runs_root=runs_root)
     report = describe(path)
@@ -401,7 +401,7 @@ def plot(
 
     Needs matplotlib: pip install 'charlstm[plot]'. Example: charlstm plot runs/x
     """
-    from charlstm.report import plot_perplexity
+    from charlstm.cli.report import plot_perplexity
 
     typer.echo(f"wrote {plot_perplexity(run, out)}")
 

@@ -1,8 +1,8 @@
 """Evaluation-time adaptation: the continuous cache and dynamic evaluation, both causal.
 
 Both make the model's distribution depend on the text it has read so far, for scoring
-(:func:`charlstm.evaluate.score_adaptive`) and for writing (:mod:`charlstm.generation`
-reads through :class:`AdaptiveStreams`):
+(:func:`charlstm.generation.scoring.score_adaptive`) and for writing
+(:mod:`charlstm.generation.sample` reads through :class:`AdaptiveStreams`):
 
 * the continuous cache (:class:`CacheConfig`): recent hidden states vote for the character
   that followed them, ``p = (1 - mix) * p_model + mix * p_cache``;
@@ -32,8 +32,8 @@ from charlstm.config import (
     register,
     setting,
 )
-from charlstm.mixture import NgramMixture
 from charlstm.model import CharLSTM, State
+from charlstm.ngram.mixture import NgramMixture
 
 
 @register
@@ -199,7 +199,7 @@ class StreamCache:
     Each stream keeps a ring of its last ``window`` pairs (hidden state, the character that
     followed it): ``keys`` (N, W, H), ``key_next`` (N, W), ``filled`` (N, W); ``slot`` (N,)
     is where a stream writes next, its oldest pair once the ring is full. A query sees
-    exactly the pairs :func:`~charlstm.evaluate.score_adaptive` would let it see: the
+    exactly the pairs :func:`~charlstm.generation.scoring.score_adaptive` would let it see: the
     ``window`` latest ones before it, each pair added only once its next character is known.
     """
 
@@ -293,7 +293,7 @@ def read_log_probs(
 
 
 class Streams(Protocol):
-    """N sequences read side by side (see :class:`charlstm.generation.ModelStreams`):
+    """N sequences read side by side (see :class:`charlstm.generation.sample.ModelStreams`):
     :meth:`read` the prefix of the rows ``rows`` (R,), ``x`` (T, R), and :meth:`step` one
     character (N,) for every row; both return the last layer's output ((T, R, H) or
     (N, H)) and the logits of the next character ((R, V) or (N, V))."""
@@ -308,7 +308,7 @@ class LearningStream:
 
     The text (prefix, then each character generated) is cut into segments of
     ``config.segment`` characters, each predicted from the ones before it, exactly as
-    :func:`~charlstm.evaluate.score_adaptive` cuts it: once a segment's last character is
+    :func:`~charlstm.generation.scoring.score_adaptive` cuts it: once a segment's last character is
     known, one SGD step on the segment's loss (from the state at its start) updates the
     copy, which reads everything after it. ``segment`` holds the inputs read since the
     current segment began, ``start_state`` the state before them.
@@ -378,7 +378,7 @@ class AdaptiveStreams:
 
     ``streams`` reads the text (a :class:`LearningStreams` for dynamic evaluation).
     ``mixture``: the LSTM's distribution is interpolated with the run's n-gram
-    (:mod:`charlstm.mixture`), which reads the last characters of each row. ``cache``: a
+    (:mod:`charlstm.ngram.mixture`), which reads the last characters of each row. ``cache``: a
     :class:`StreamCache` holds each row's (hidden state, next character) pairs, the
     prefix's included, and the distribution is mixed with it. A pair joins the cache when
     its next character is read, so a query never sees its own answer.

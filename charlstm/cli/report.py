@@ -11,11 +11,11 @@ import math
 from pathlib import Path
 from typing import Any
 
-from charlstm import checkpoint as ckpt
-from charlstm import runs, safe_io
-from charlstm.display import sparkline, squeeze, table
+from charlstm.cli.display import sparkline, squeeze, table
 from charlstm.errors import CharLSTMError
 from charlstm.model import build_model
+from charlstm.storage import checkpoint as ckpt
+from charlstm.storage import runs, safe_io
 
 PLOT_FORMATS = (".png", ".pdf", ".svg")
 PLOT_HINT = "pip install 'charlstm[plot]'"

@@ -54,7 +54,7 @@ from typing import Any
 
 import numpy as np
 
-from charlstm.corpus import Vocab, show_chars, split_point
+from charlstm.data.corpus import Vocab, show_chars, split_point
 from charlstm.errors import CharLSTMError
 
 #: The longest training text :meth:`KneserNeyLM.fit` accepts. Counting peaks at about
@@ -73,7 +73,7 @@ def check_ngram_chars(num_chars: int, limit: int = MAX_NGRAM_CHARS, what: str = 
     if num_chars > limit:
         raise CharLSTMError(
             f"the {what} model is limited to {limit:,} training characters "
-            f"(charlstm.ngram.MAX_NGRAM_CHARS) and this text has {num_chars:,}; "
+            f"(charlstm.ngram.kneser_ney.MAX_NGRAM_CHARS) and this text has {num_chars:,}; "
             "fit it on a shorter text (--max-chars)"
         )
 
@@ -516,7 +516,7 @@ def evaluate_ngram(
     """Fit a Kneser-Ney ``order``-gram on the first part of ``text``, score the held-out rest.
 
     The vocabulary defaults to every character of the whole ``text`` (the rule charlstm's
-    LSTM uses); the split is :func:`charlstm.corpus.split_point`; the held-out part is
+    LSTM uses); the split is :func:`charlstm.data.corpus.split_point`; the held-out part is
     scored with the training text as history, so its first character is predicted from
     the end of the training text. ``discount=None`` chooses it on the training part by
     cross-fitting (:func:`choose_discount`).

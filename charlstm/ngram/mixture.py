@@ -4,9 +4,9 @@ With ``--ngram-mix ORDER --mix-weight w`` a run's model predicts the next charac
 
     p(c | text so far) = (1 - w) * p_LSTM(c | text so far) + w * p_KN(c | last ORDER - 1 chars)
 
-where ``p_KN`` is a Kneser-Ney n-gram (:class:`charlstm.ngram.KneserNeyLM`, discount 0.75)
-fitted on the run's training text, the held-out part excluded. The two models are good at
-different things: the LSTM generalises across contexts it has never seen verbatim, the
+where ``p_KN`` is a Kneser-Ney n-gram (:class:`charlstm.ngram.kneser_ney.KneserNeyLM`,
+discount 0.75) fitted on the run's training text, the held-out part excluded. The two models
+are good at different things: the LSTM generalises across contexts it has never seen verbatim, the
 n-gram recalls exactly which characters followed a five-character string anywhere in the
 training text (a chorus sung before, a stock phrase), which the regularised LSTM only
 half remembers. On lyrics the interpolation scores about 5 % better than the LSTM alone
@@ -27,8 +27,8 @@ import math
 import numpy as np
 import torch
 
-from charlstm.corpus import Vocab
-from charlstm.ngram import KneserNeyLM
+from charlstm.data.corpus import Vocab
+from charlstm.ngram.kneser_ney import KneserNeyLM
 
 #: The discount of the interpolated n-gram (the yardstick's; docs/quality.md).
 DISCOUNT = 0.75

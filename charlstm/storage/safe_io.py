@@ -1,6 +1,6 @@
 """Writes that fail cleanly: a whole new file or the old one, a whole line or none.
 
-Every file charlstm writes goes through here or through :func:`charlstm.checkpoint.save`:
+Every file charlstm writes goes through here or through :func:`charlstm.storage.checkpoint.save`:
 
 - :func:`write_atomic` (config.json, vocab.json, plots, ``generate --out``, rewritten logs):
   a temporary file in the same directory, fsync'ed, renamed over the target. A crash
@@ -24,7 +24,8 @@ from typing import IO
 
 from charlstm.errors import WriteFailed
 
-#: Temporary files of :func:`write_atomic` and :func:`charlstm.checkpoint.save`: ``.NAME.*.tmp``.
+#: Temporary files (``.NAME.*.tmp``) of :func:`write_atomic` and
+#: :func:`charlstm.storage.checkpoint.save`.
 TMP_SUFFIX = ".tmp"
 
 

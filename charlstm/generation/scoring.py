@@ -7,7 +7,7 @@ are given (for held-out text: the end of the training text, as the n-gram baseli
 :func:`score_heldout` is that rule for a run's held-out part, the one every caller uses.
 
 :func:`score_adaptive` scores one stream that adapts causally to the text already scored,
-with the continuous cache and dynamic evaluation of :mod:`charlstm.adaptation`.
+with the continuous cache and dynamic evaluation of :mod:`charlstm.generation.adaptation`.
 """
 
 from __future__ import annotations
@@ -18,18 +18,18 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from charlstm.adaptation import (
+from charlstm.config import positive
+from charlstm.errors import CharLSTMError
+from charlstm.generation.adaptation import (
     CacheConfig,
     DynamicConfig,
     DynamicEvaluation,
     cache_log_probs,
     read_log_probs,
 )
-from charlstm.config import positive
-from charlstm.distributed import World, sum_values
-from charlstm.errors import CharLSTMError
-from charlstm.mixture import NgramMixture
 from charlstm.model import CharLSTM
+from charlstm.ngram.mixture import NgramMixture
+from charlstm.training.distributed import World, sum_values
 
 __all__ = [
     "HISTORY",
@@ -95,7 +95,7 @@ def score(
 
     ``context[-1]`` is the input that predicts ``targets[0]``; earlier context characters
     only warm the state of the first column. With ``mixture`` each character is scored by
-    the LSTM interpolated with the n-gram (:mod:`charlstm.mixture`). With a distributed
+    the LSTM interpolated with the n-gram (:mod:`charlstm.ngram.mixture`). With a distributed
     ``world`` each rank scores its share of the columns and the sums are all-reduced: the
     loss is the single-process one (``per_char`` then holds this rank's columns only).
     """
