@@ -22,15 +22,22 @@ from typing import Any
 
 import torch
 
-from charlstm.config import SettingError, check_value, in_range, optional, register, setting
 from charlstm.data.corpus import Vocab, read_text, show_chars, split_point
 from charlstm.data.prepared import PreparedCorpus, is_prepared
+from charlstm.device import resolve_device
 from charlstm.errors import CharLSTMError
-from charlstm.generation.adaptation import CacheConfig, DynamicConfig
-from charlstm.generation.decoding import DEFAULT_PENALTY_WINDOW, SamplingConfig
-from charlstm.generation.sample import generate, read_prefix_file
+from charlstm.fields import SettingError
+from charlstm.generation.sample import generate
 from charlstm.generation.scoring import HISTORY, EvalResult, score, score_heldout
-from charlstm.model import CharLSTM, build_model
+from charlstm.generation.settings import (
+    DEFAULT_PENALTY_WINDOW,
+    CacheConfig,
+    DynamicConfig,
+    EvalScope,
+    SamplingConfig,
+    read_prefix_file,
+)
+from charlstm.model import CharLSTM
 from charlstm.ngram.mixture import NgramMixture
 from charlstm.storage import checkpoint as ckpt
 
@@ -86,7 +93,12 @@ class LanguageModel:
         ``--dynamic`` do; this model's weights are never changed.
         """
         sampling = SamplingConfig(
-            temperature, top_k, top_p, greedy, repetition_penalty, penalty_window
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            greedy=greedy,
+            repetition_penalty=repetition_penalty,
+            penalty_window=penalty_window,
         )
         texts = self.generate_many(
             [prefix],
@@ -125,7 +137,9 @@ class LanguageModel:
         """
         if isinstance(prefixes, str):
             prefixes = [prefixes]
-        sampling = replace(sampling or SamplingConfig(), **controls)
+        sampling = sampling or SamplingConfig()
+        if controls:
+            sampling = replace(sampling, **controls)
         return generate(
             self.model,
             self.vocab,
@@ -178,7 +192,7 @@ class LanguageModel:
         """
         data = self.checkpoint.data_config
         if val_fraction is not None:
-            check_value(EvalScope, "val_fraction", val_fraction)
+            EvalScope(val_fraction=val_fraction)  # checked as the option is
         if is_prepared(path):
             return self._evaluate_prepared(Path(path), val_fraction, cache, dynamic)
         same_corpus = Path(path).resolve() == Path(data.path).resolve() and member in (
@@ -250,18 +264,16 @@ class LanguageModel:
         }
 
 
-def load_model(path: str | Path | None = None, device: str = "cpu") -> LanguageModel:
-    """Load a run directory (its ``best.pt``) or a checkpoint file, ready to generate."""
-    from charlstm.training.loop import resolve_device
+def load_model(
+    path: str | Path | None = None, device: str = "cpu", *, runs_root: str | Path = "runs"
+) -> LanguageModel:
+    """Load a run directory (its ``best.pt``) or a checkpoint file, ready to generate;
+    ``None``: the newest run under ``runs_root``.
 
-    checkpoint = ckpt.load(ckpt.resolve(path, prefer="best.pt"))
-    model = build_model(checkpoint.model_config)
-    try:
-        model.load_state_dict(checkpoint.model)
-    except RuntimeError as err:
-        raise CharLSTMError(
-            f"checkpoint {checkpoint.path} does not match its model configuration"
-        ) from err
+    The path is resolved once, the model built once (its weights checked against it,
+    :func:`charlstm.storage.checkpoint.load_with_model`), the device resolved once.
+    """
+    checkpoint, model = ckpt.load_with_model(ckpt.resolve(path, "best.pt", runs_root))
     model.to(resolve_device(device)).eval()
     mixture = None
     config = checkpoint.train_config
@@ -274,43 +286,4 @@ def load_model(path: str | Path | None = None, device: str = "cpu") -> LanguageM
     )
 
 
-__all__ = ["EvalScope", "LanguageModel", "ModelChoice", "load_model", "read_prefix_file"]
-
-
-@register
-@dataclass
-class ModelChoice:
-    """Which trained model ``charlstm generate`` and ``eval`` read, and where it runs."""
-
-    checkpoint: Path | None = setting(
-        None, "Run directory or checkpoint file (default: the newest run's best.pt).", "Input"
-    )
-    lstm_only: bool = setting(
-        False,
-        "Use the LSTM alone, without the n-gram a run trained with --ngram-mix interpolates.",
-        "Adaptation",
-    )
-    device: str = setting("cpu", "auto, cpu or cuda.", "Input")
-
-    def validate(self) -> ModelChoice:
-        return self
-
-    def load(self, runs_root: Path) -> LanguageModel:
-        """The model (``checkpoint``, else the newest run's ``best.pt`` under ``runs_root``)."""
-        path = ckpt.resolve(self.checkpoint, prefer="best.pt", runs_root=runs_root)
-        model = load_model(path, self.device)
-        return model.lstm_only() if self.lstm_only else model
-
-
-@register
-@dataclass
-class EvalScope:
-    """Which part of a text ``charlstm eval`` scores (:meth:`LanguageModel.evaluate_file`)."""
-
-    val_fraction: float | None = setting(
-        None,
-        "Score only this last part of the text (default: the run's held-out part if CORPUS "
-        "is the run's corpus, else the whole text).",
-        "Input",
-        check=optional(in_range(0, 1)),
-    )
+__all__ = ["LanguageModel", "load_model", "read_prefix_file"]

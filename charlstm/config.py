@@ -1,19 +1,11 @@
-"""Typed configuration: what to read, what to build, how to train.
+"""Typed configuration of a run: what to read, what to build, how to train.
 
-Every setting is defined once, as a dataclass field made by :func:`setting`: its default,
-its help text, its command-line panel and option name, whether ``--resume`` may change it,
-and the check its value must pass. The CLI's options, the help's defaults, the resume rules
-and the option names in error messages are all generated from these fields
-(:func:`settings_of`, :func:`option_name`); adding a training option is one field here.
-The other commands' settings are fields made the same way beside the code that uses them
-(``charlstm generate``: :class:`~charlstm.generation.sample.GenerateRequest` and
-:class:`~charlstm.generation.decoding.SamplingConfig`; both it and ``eval``:
-:class:`~charlstm.generation.adaptation.CacheConfig`,
-:class:`~charlstm.generation.adaptation.DynamicConfig`,
-:class:`~charlstm.api.ModelChoice`), each class passed to :func:`register`.
-
-Library errors name the field (``hidden_size must be positive, not 0``); the CLI shows the
-same :class:`SettingError` with option names (``--hidden must be positive, not 0``).
+:class:`DataConfig`, :class:`ModelConfig` and :class:`TrainConfig` are made of
+:func:`~charlstm.fields.setting` fields (see :mod:`charlstm.fields`: every option, its help, its
+resume rule and its check are one field), and so are the other commands' settings, beside the
+code that uses them (:mod:`charlstm.generation.settings`). Adding a training option is one field
+here. :data:`REQUIRES` and :func:`check_given` refuse settings that were given but would do
+nothing; the named presets are in :mod:`charlstm.presets`.
 
 Each config round-trips through plain dicts (``asdict`` / ``from_dict``) so that it can be
 stored in ``config.json`` and in every checkpoint.
@@ -21,14 +13,26 @@ stored in ``config.json`` and in every checkpoint.
 
 from __future__ import annotations
 
-import dataclasses
-import math
-import re
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from typing import Any, Literal, TypeVar
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
 
-from charlstm.errors import CharLSTMError
+from charlstm.fields import (
+    SettingError,
+    at_least_zero,
+    check_fields,
+    finite_number,
+    from_dict_of,
+    in_range,
+    is_positive,
+    one_of,
+    optional,
+    register,
+    seed_range,
+    setting,
+    setting_values,
+    settings_of,
+)
 
 Backend = Literal["scratch", "torch"]
 ScratchImpl = Literal["fused", "autograd"]
@@ -52,219 +56,11 @@ SOFTMAXES: tuple[str, ...] = ("full", "adaptive", "auto")
 #: 9,700: adaptive, 2.3x the characters per second on 2 CPU cores, docs/benchmarks.md).
 AUTO_ADAPTIVE_VOCAB = 4_000
 
-C = TypeVar("C")
-
-
-def _from_dict(cls: type[C], data: dict[str, Any]) -> C:
-    """Build dataclass ``cls`` from ``data``, ignoring unknown keys (newer files)."""
-    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    return cls(**{k: v for k, v in data.items() if k in names})
-
-
-#: Counts and sizes beyond this cannot fit in memory; larger values are typing errors.
-MAX_INT = 2**31 - 1
-#: Seeds are 64-bit (torch's generators); negative ones are not accepted.
-MAX_SEED = 2**63 - 1
-
-
-def finite(name: str, value: float) -> None:
-    if isinstance(value, float) and not math.isfinite(value):
-        raise CharLSTMError(f"{name} must be a finite number, not {value}")
-    if isinstance(value, int) and value > MAX_INT:
-        raise CharLSTMError(f"{name} must be at most {MAX_INT:,}, not {value}")
-
-
-def positive(name: str, value: float) -> None:
-    finite(name, value)
-    if value <= 0:
-        raise CharLSTMError(f"{name} must be positive, not {value}")
-
-
-class SettingError(CharLSTMError):
-    """A bad setting. ``template`` names settings as ``{field}``; :meth:`render` fills them
-    with field names (the library's message) or, at the command line, option names."""
-
-    def __init__(self, template: str, exit_code: int | None = None) -> None:
-        self.template = template
-        super().__init__(self.render(lambda name: name), exit_code)
-
-    def render(self, name: Callable[[str], str]) -> str:
-        return re.sub(
-            r"\{([a-z_.]+)\}",
-            lambda m: name(m.group(1)) if m.group(1) in _FIELDS else m.group(0),
-            self.template,
-        )
-
-
-# -- checks: each returns what is wrong with a value (None: nothing) -------------------------
-
-Check = Callable[[Any], "str | None"]
-
-
-def _number(value: Any) -> str | None:
-    if isinstance(value, float) and not math.isfinite(value):
-        return f"must be a finite number, not {value}"
-    if isinstance(value, int) and value > MAX_INT:
-        return f"must be at most {MAX_INT:,}, not {value}"
-    return None
-
-
-def is_positive(value: Any) -> str | None:
-    return _number(value) or (f"must be positive, not {value}" if value <= 0 else None)
-
-
-def at_least_zero(note: str = "") -> Check:
-    def check(value: Any) -> str | None:
-        return _number(value) or (f"must be >= 0{note}, not {value}" if value < 0 else None)
-
-    return check
-
-
-def in_range(low: float, high: float, closed: str = "[)", note: str = "") -> Check:
-    """``closed``: which ends belong to the interval, as ``"[)"``, ``"(]"``, ``"()"``."""
-
-    def check(value: Any) -> str | None:
-        above = value >= low if closed[0] == "[" else value > low
-        below = value <= high if closed[1] == "]" else value < high
-        if _number(value) or not (above and below):
-            return f"must be in {closed[0]}{low:g}, {high:g}{closed[1]}{note}, not {value}"
-        return None
-
-    return check
-
-
-def one_of(*allowed: str) -> Check:
-    def check(value: Any) -> str | None:
-        return (
-            None
-            if value in allowed
-            else f"unknown {{}} {value!r}; choose one of: " + ", ".join(allowed)
-        )
-
-    return check
-
 
 def ngram_order(value: int) -> str | None:
     if value == 0 or 2 <= value <= MAX_NGRAM_ORDER:
         return None
     return f"must be an n-gram order from 2 to {MAX_NGRAM_ORDER} (0: off), not {value}"
-
-
-def seed_range(value: int) -> str | None:
-    return None if 0 <= value <= MAX_SEED else f"must be in [0, 2**63 - 1], not {value}"
-
-
-def optional(check: Check) -> Check:
-    return lambda value: None if value is None else check(value)
-
-
-@dataclass(frozen=True)
-class Setting:
-    """What the CLI and the resume rules need to know of one config field."""
-
-    help: str
-    panel: str
-    option: str | None = None  # None: "--" + the field name with dashes
-    resume: bool = False  # --resume may change it
-    check: Check | None = None
-    default_text: str | None = None  # the help's "[default: ...]" where the value misleads
-    cli: bool = True  # False: set by the program, not an option
-    flag: bool = False  # a bool shown as --x/--no-x
-    parse: Callable[[str], Any] | None = (
-        None  # the option takes text that this turns into the value
-    )
-    repeat: bool = False  # a list given by repeating the option
-    metavar: str | None = None  # the help's name for the value (default: its type)
-    fine_tune: bool = False  # --init-from may change it (regularisation, not architecture)
-
-
-def setting(
-    default: Any = dataclasses.MISSING, help: str = "", panel: str = "", **meta: Any
-) -> Any:
-    """A dataclass field carrying its :class:`Setting` (a list default is copied per instance)."""
-    info = {"setting": Setting(help=help, panel=panel, **meta)}
-    if isinstance(default, list):
-        return field(default_factory=lambda: list(default), metadata=info)
-    return field(default=default, metadata=info)
-
-
-def settings_of(cls: type) -> Iterator[tuple[dataclasses.Field[Any], Setting]]:
-    for f in dataclasses.fields(cls):
-        meta = f.metadata.get("setting")
-        if meta is not None:
-            yield f, meta
-
-
-def setting_key(cls: type, name: str) -> str:
-    """How the settings of ``cls`` are named outside it: the field name, or with the class's
-    ``SETTING_PREFIX`` (``cache.window``: ``CacheConfig.window``, option ``--cache-window``)."""
-    prefix = getattr(cls, "SETTING_PREFIX", "")
-    return f"{prefix}.{name}" if prefix else name
-
-
-def keyed_settings(cls: type) -> Iterator[tuple[str, dataclasses.Field[Any], Setting]]:
-    for f, meta in settings_of(cls):
-        yield setting_key(cls, f.name), f, meta
-
-
-def _option(key: str, meta: Setting | None) -> str:
-    return (meta.option if meta and meta.option else None) or "--" + re.sub(r"[._]", "-", key)
-
-
-def option_name(name: str) -> str:
-    """The command-line option of setting ``name`` (a field name, or a key like ``cache.mix``)."""
-    return _option(name, _FIELDS.get(name))
-
-
-#: Every setting by key (see :func:`register`).
-_FIELDS: dict[str, Setting] = {}
-
-
-def register(cls: type[C]) -> type[C]:
-    """Make the settings of ``cls`` known by key, for :func:`option_name` and the names in
-    :class:`SettingError`. A key two classes share (``seed``) must be one option."""
-    for key, _, meta in keyed_settings(cls):
-        known = _FIELDS.setdefault(key, meta)
-        if _option(key, known) != _option(key, meta):
-            raise TypeError(
-                f"setting {key} is two options: {_option(key, known)}, {_option(key, meta)}"
-            )
-    return cls
-
-
-def _problem(key: str, meta: Setting, value: Any) -> SettingError | None:
-    problem = meta.check(value) if meta.check is not None else None
-    if not problem:
-        return None
-    name = "{" + key + "}"  # "{}" marks where the setting's name goes; else it leads
-    return SettingError(problem.replace("{}", name) if "{}" in problem else f"{name} {problem}")
-
-
-def check_fields(config: Any) -> None:
-    for key, f, meta in keyed_settings(type(config)):
-        error = _problem(key, meta, getattr(config, f.name))
-        if error is not None:
-            raise error
-
-
-def check_value(cls: type, name: str, value: Any) -> None:
-    """Run the check of field ``name`` of ``cls`` on ``value`` (a value given on its own)."""
-    meta = next(meta for f, meta in settings_of(cls) if f.name == name)
-    error = _problem(setting_key(cls, name), meta, value)
-    if error is not None:
-        raise error
-
-
-def setting_values(config: Any) -> dict[str, Any]:
-    """The settings of ``config`` by key."""
-    return {key: getattr(config, f.name) for key, f, _ in keyed_settings(type(config))}
-
-
-def build(cls: type[C], given: dict[str, Any], **fixed: Any) -> C:
-    """``cls`` from its defaults, the settings of it in ``given`` (by key) and ``fixed``;
-    validated."""
-    values = {f.name: given[key] for key, f, _ in keyed_settings(cls) if key in given}
-    return cls(**{**values, **fixed}).validate()  # type: ignore[attr-defined]
 
 
 def parse_cutoffs(text: str) -> list[int]:
@@ -307,7 +103,7 @@ class DataConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DataConfig:
-        return _from_dict(cls, data)
+        return from_dict_of(cls, data)
 
 
 @dataclass
@@ -446,7 +242,7 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
-        return _from_dict(cls, data)
+        return from_dict_of(cls, data)
 
 
 def _check_one_hot(config: ModelConfig) -> None:
@@ -532,7 +328,7 @@ class TrainConfig:
         "Folds of the training text for the n-gram teacher: each fold's targets come from an "
         "n-gram fitted on the others.",
         "Training",
-        check=lambda v: _number(v) or (f"must be at least 2, not {v}" if v < 2 else None),
+        check=lambda v: finite_number(v) or (f"must be at least 2, not {v}" if v < 2 else None),
     )
     # The LSTM interpolated with a Kneser-Ney n-gram fitted on the training text
     # (charlstm.ngram.mixture).
@@ -638,7 +434,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        return _from_dict(cls, data)
+        return from_dict_of(cls, data)
 
 
 for _cls in (DataConfig, ModelConfig, TrainConfig):
@@ -672,7 +468,7 @@ REQUIRES: tuple[Requires, ...] = (
         "{scratch_impl} needs {backend} scratch (it chooses how the scratch layer runs)",
     ),
     Requires("cutoffs", "softmax", lambda v: v == "adaptive", "{softmax} adaptive"),
-    # evaluation-time adaptation (charlstm.generation.adaptation): --cache-* and --dynamic-* need
+    # evaluation-time adaptation (charlstm.generation.settings): --cache-* and --dynamic-* need
     # their switch
     *(
         Requires(f"cache.{name}", "cache", bool, "{cache}")
@@ -717,100 +513,3 @@ def check_given(given: dict[str, Any], *configs: Any) -> None:
                     f"{{{key}}} {given[key]} follows the held-out loss, but {{val_fraction}} 0 "
                     "leaves no held-out part"
                 )
-
-
-#: Named settings for common cases (``--preset``); explicit options override them.
-#: Measured figures for each are in docs/quality.md.
-PRESETS: dict[str, dict[str, dict[str, Any]]] = {
-    # Lyrics-sized text (tens of thousands of characters, thousands of distinct ones): a
-    # tied 1x768 LSTM with the AWD-LSTM regularisers turned up (variational dropout 0.7,
-    # DropConnect 0.6 on the recurrent weights, embedding dropout 0.4), label smoothing 0.2,
-    # AdamW and a cosine schedule, and a Kneser-Ney 6-gram teacher (charlstm.ngram.teacher)
-    # supplying half of every training target; the model predicts with the LSTM
-    # interpolated with a 6-gram at weight 0.25 (charlstm.ngram.mixture). Tuned on a split inside
-    # jaychou's training text; jaychou: held-out perplexity 167.8 (the LSTM alone 190.1,
-    # the 6-gram 207.8), early-stopped after 22 epochs, 3.8 minutes of training on 2 CPU
-    # cores (docs/quality.md). The 14-minute limit keeps a slower machine inside 15
-    # minutes (the cosine then follows the clock).
-    "small-corpus": {
-        "model": {
-            "hidden_size": 768,
-            "tie_weights": True,
-            "variational": True,
-            "embed_dropout": 0.4,
-            "dropout": 0.7,
-            "weight_drop": 0.6,
-        },
-        "train": {
-            "optimizer": "adamw",
-            "lr": 2e-3,
-            "weight_decay": 0.3,
-            "label_smoothing": 0.2,
-            "ngram_teacher": 6,
-            "teacher_weight": 0.5,
-            "ngram_mix": 6,
-            "mix_weight": 0.25,
-            "schedule": "cosine",
-            "epochs": 40,
-            "patience": 8,
-            "num_steps": 70,
-            "batch_size": 32,
-            "time_limit": 14.0,
-        },
-    },
-    # Megabyte-sized text (Tiny Shakespeare, tang_poems): a wider model, light dropout,
-    # longer windows, and a 10-minute training budget on a CPU (--time-limit 0 lifts it).
-    # nn.LSTM: at 1x512 its fused oneDNN layer runs a training step 1.2-1.5x as fast as the
-    # scratch layer's per-step loop on a CPU (docs/benchmarks.md), and the preset needs no
-    # scratch-only regulariser. With --softmax auto: the adaptive softmax for thousands of
-    # distinct characters (tang_poems, V = 9,700: 3.3x the characters per second of
-    # the full softmax on a CPU and a lower held-out loss after the same minutes,
-    # docs/benchmarks.md), the full one for a small alphabet (Tiny Shakespeare, V = 65),
-    # where the adaptive one saves nothing.
-    "large-corpus": {
-        "model": {
-            "backend": "torch",
-            "hidden_size": 512,
-            "num_layers": 1,
-            "dropout": 0.1,
-            "softmax": "auto",
-        },
-        "train": {
-            "optimizer": "adam",
-            "lr": 2e-3,
-            "schedule": "plateau",
-            "epochs": 50,
-            "patience": 3,
-            "num_steps": 100,
-            "batch_size": 64,
-            "time_limit": 10.0,
-        },
-    },
-    # Megabyte-sized text on a GPU: two 1024-unit scratch layers (CUDA-graph replay) with
-    # the AWD-LSTM regularisers turned up (the model has 17M parameters for 1M characters),
-    # long windows, and a 5-minute budget that the cosine schedule decays over.
-    # Tiny Shakespeare: best held-out perplexity 4.06 (about 1.401 nats/char) on an H100; see
-    # docs/quality.md.
-    "large-corpus-gpu": {
-        "model": {
-            "backend": "scratch",
-            "hidden_size": 1024,
-            "num_layers": 2,
-            "variational": True,
-            "embed_dropout": 0.1,
-            "dropout": 0.5,
-            "weight_drop": 0.5,
-        },
-        "train": {
-            "device": "cuda",
-            "optimizer": "adamw",
-            "lr": 2e-3,
-            "weight_decay": 0.1,
-            "schedule": "cosine",
-            "epochs": 1000,
-            "num_steps": 128,
-            "batch_size": 128,
-            "time_limit": 4.9,
-        },
-    },
-}

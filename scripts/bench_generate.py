@@ -40,8 +40,8 @@ except ImportError:  # run from a checkout without `pip install -e .`
 
 from charlstm.config import ModelConfig
 from charlstm.data.corpus import Vocab
-from charlstm.generation.decoding import SamplingConfig
 from charlstm.generation.sample import generate
+from charlstm.generation.settings import SamplingConfig
 from charlstm.model import CharLSTM, build_model, convert_state_dict
 
 VOCAB_SIZE = 1027  # d2l's Jay Chou lyrics vocabulary

@@ -31,8 +31,9 @@ try:
 except ImportError:  # run from a checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from charlstm.config import ModelConfig, SettingError, parse_cutoffs
+from charlstm.config import ModelConfig, parse_cutoffs
 from charlstm.data.corpus import Vocab, read_text
+from charlstm.fields import SettingError
 from charlstm.model import CharLSTM, build_model, default_cutoffs
 
 DEFAULT_CORPUS = Path(__file__).resolve().parents[2] / "shared" / "data" / "tang_poems.txt.zip"

@@ -22,7 +22,8 @@ from pathlib import Path
 from charlstm.api import load_model
 from charlstm.data.corpus import read_text, split_point
 from charlstm.errors import CharLSTMError
-from charlstm.generation.scoring import CacheConfig, DynamicConfig, score, score_heldout
+from charlstm.generation.scoring import score, score_heldout
+from charlstm.generation.settings import CacheConfig, DynamicConfig
 from charlstm.ngram.kneser_ney import evaluate_ngram
 from charlstm.storage.runs import read_metrics
 from charlstm.training.start import prepare_training

@@ -21,7 +21,8 @@ import time
 from charlstm.api import load_model
 from charlstm.data.corpus import split_point
 from charlstm.errors import CharLSTMError
-from charlstm.generation.scoring import CacheConfig, DynamicConfig, score_heldout
+from charlstm.generation.scoring import score_heldout
+from charlstm.generation.settings import CacheConfig, DynamicConfig
 from charlstm.training.start import load_corpus
 
 

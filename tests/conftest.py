@@ -21,8 +21,9 @@ import torch
 from typer.testing import CliRunner, Result
 
 from charlstm.cli.app import app
-from charlstm.config import DataConfig, ModelConfig, SettingError, TrainConfig, option_name
+from charlstm.config import DataConfig, ModelConfig, TrainConfig
 from charlstm.data.corpus import Vocab
+from charlstm.fields import SettingError, option_name
 from charlstm.model import build_model
 from charlstm.storage import checkpoint as ckpt
 

@@ -14,19 +14,15 @@ import torch
 from conftest import FAST, invoke, shared_file, write_zip
 
 from charlstm.api import load_model
-from charlstm.config import DataConfig, ModelConfig, SettingError, TrainConfig
+from charlstm.config import DataConfig, ModelConfig, TrainConfig
 from charlstm.data.corpus import Vocab, read_text
 from charlstm.errors import CharLSTMError
+from charlstm.fields import SettingError
 from charlstm.generation.adaptation import DynamicEvaluation, read_log_probs
-from charlstm.generation.decoding import SamplingConfig
-from charlstm.generation.sample import generate, open_streams
-from charlstm.generation.scoring import (
-    CacheConfig,
-    DynamicConfig,
-    score,
-    score_adaptive,
-    score_heldout,
-)
+from charlstm.generation.sample import generate
+from charlstm.generation.scoring import score, score_adaptive, score_heldout
+from charlstm.generation.settings import CacheConfig, DynamicConfig, SamplingConfig
+from charlstm.generation.streams import open_streams
 from charlstm.model import (
     CharLSTM,
     align_cutoffs,

@@ -13,10 +13,9 @@ from conftest import shown
 
 from charlstm import load_model
 from charlstm.api import LanguageModel, read_prefix_file
-from charlstm.config import SettingError
 from charlstm.errors import CharLSTMError
-from charlstm.generation.decoding import SamplingConfig
-from charlstm.generation.scoring import CacheConfig, DynamicConfig
+from charlstm.fields import SettingError
+from charlstm.generation.settings import CacheConfig, DynamicConfig, SamplingConfig
 
 PROBS = {"\n": 0.1, "a": 0.4, "b": 0.3, "c": 0.2}
 

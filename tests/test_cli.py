@@ -16,7 +16,8 @@ from conftest import FAST, copy_run, invoke, write_zip
 
 from charlstm.api import load_model
 from charlstm.data.corpus import read_text, split_point
-from charlstm.generation.scoring import CacheConfig, DynamicConfig, score_adaptive
+from charlstm.generation.scoring import score_adaptive
+from charlstm.generation.settings import CacheConfig, DynamicConfig
 from charlstm.storage import checkpoint as ckpt
 
 

@@ -17,7 +17,7 @@ from conftest import invoke
 from charlstm import load_model
 from charlstm.cli.display import BOLD, RESET, SampleStream, format_sample, sparkline, use_style
 from charlstm.config import DataConfig, ModelConfig, TrainConfig
-from charlstm.generation.scoring import CacheConfig, DynamicConfig
+from charlstm.generation.settings import CacheConfig, DynamicConfig
 from charlstm.model import build_model
 from charlstm.storage import runs
 

@@ -10,12 +10,15 @@ import pytest
 import torch
 from conftest import shown
 
-from charlstm.config import ModelConfig, SettingError
+from charlstm.config import ModelConfig
 from charlstm.data.corpus import Vocab
 from charlstm.errors import CharLSTMError
-from charlstm.generation.decoding import SamplingConfig, draw
-from charlstm.generation.sample import generate, open_streams, parse_char
-from charlstm.generation.scoring import CacheConfig, DynamicConfig, score_adaptive
+from charlstm.fields import SettingError
+from charlstm.generation.decoding import draw
+from charlstm.generation.sample import generate
+from charlstm.generation.scoring import score_adaptive
+from charlstm.generation.settings import CacheConfig, DynamicConfig, SamplingConfig, parse_char
+from charlstm.generation.streams import open_streams
 from charlstm.model import CharLSTM, build_model
 
 LYRICS = "我们说好不分开\n分开以后的雨天\n窗外的风吹过\n你说的话还在耳边\n"
@@ -212,12 +215,6 @@ def test_generate_restores_training_mode():
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"config": SamplingConfig(top_p=0.0)}, "--top-p must be in (0, 1]"),
-        ({"config": SamplingConfig(top_p=1.5)}, "--top-p must be in (0, 1]"),
-        ({"config": SamplingConfig(top_k=0)}, "--top-k must be positive"),
-        ({"config": SamplingConfig(temperature=0.0)}, "--temperature must be positive"),
-        ({"config": SamplingConfig(repetition_penalty=0.5)}, "--repetition-penalty must be at"),
-        ({"config": SamplingConfig(penalty_window=0)}, "--penalty-window must be positive"),
         ({"lines": 0}, "--lines must be positive"),
         ({"stop_at": "ab"}, "--stop-at takes one character"),
         ({"stop_at": "x"}, "'x' is not in the model's vocabulary"),
@@ -225,10 +222,7 @@ def test_generate_restores_training_mode():
         ({"prefixes": [""]}, "prefix is empty"),
         ({"length": -1}, "--length must be >= 0"),
         ({"num_samples": 0}, "--num-samples must be positive"),
-        ({"cache": CacheConfig(mix=2.0)}, "--cache-mix must be in [0, 1)"),
-        ({"cache": CacheConfig(window=0)}, "--cache-window must be positive"),
-        ({"dynamic": DynamicConfig(lr=-1.0)}, "--dynamic-lr must be >= 0"),
-        ({"dynamic": DynamicConfig(segment=0)}, "--dynamic-segment must be positive"),
+        ({"config": SamplingConfig(top_k=200)}, "--top-k 200 is larger than the vocabulary"),
     ],
 )
 def test_bad_settings_raise_one_line_errors(kwargs, message):
@@ -239,12 +233,34 @@ def test_bad_settings_raise_one_line_errors(kwargs, message):
     assert message in shown(err.value)
 
 
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda: SamplingConfig(top_p=0.0), "--top-p must be in (0, 1]"),
+        (lambda: SamplingConfig(top_p=1.5), "--top-p must be in (0, 1]"),
+        (lambda: SamplingConfig(top_k=0), "--top-k must be positive"),
+        (lambda: SamplingConfig(temperature=0.0), "--temperature must be positive"),
+        (lambda: SamplingConfig(repetition_penalty=0.5), "--repetition-penalty must be at"),
+        (lambda: SamplingConfig(penalty_window=0), "--penalty-window must be positive"),
+        (lambda: CacheConfig(mix=2.0), "--cache-mix must be in [0, 1)"),
+        (lambda: CacheConfig(window=0), "--cache-window must be positive"),
+        (lambda: DynamicConfig(lr=-1.0), "--dynamic-lr must be >= 0"),
+        (lambda: DynamicConfig(segment=0), "--dynamic-segment must be positive"),
+    ],
+)
+def test_bad_settings_are_refused_when_built(make, message):
+    """A config is checked once, when it is made: a bad one never reaches the model."""
+    with pytest.raises(SettingError, match="^[^\n]*$") as err:
+        make()
+    assert message in shown(err.value)
+
+
 def test_library_errors_name_the_setting_and_the_cli_its_option():
     with pytest.raises(SettingError, match=r"^top_p must be in \(0, 1\], not 0.0$") as err:
-        SamplingConfig(top_p=0.0).validate()
+        SamplingConfig(top_p=0.0)
     assert shown(err.value) == "--top-p must be in (0, 1], not 0.0"
     with pytest.raises(SettingError, match=r"^cache\.mix must be in \[0, 1\), not 2.0$") as err:
-        CacheConfig(mix=2.0).validate()
+        CacheConfig(mix=2.0)
     assert shown(err.value) == "--cache-mix must be in [0, 1), not 2.0"
 
 

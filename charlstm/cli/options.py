@@ -26,7 +26,7 @@ from typing import Annotated, Any, Literal, TypeVar
 
 import typer
 
-from charlstm.config import Setting, keyed_settings, option_name
+from charlstm.fields import Setting, keyed_settings, option_name
 
 F = TypeVar("F", bound=Callable[..., Any])
 Given = dict[str, Any]

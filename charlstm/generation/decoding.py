@@ -15,107 +15,18 @@ adapted or mixed, and which the adaptive softmax gives anyway):
    than ``top_p`` of the probability, so the smallest set holding ``top_p`` stays;
 5. a draw from what is left (one uniform number per sequence, inverse CDF), or the arg
    max with ``greedy`` (after the penalty; temperature, top-k and top-p cannot change it,
-   so :meth:`SamplingConfig.validate` refuses them beside it).
+   so :class:`~charlstm.generation.settings.SamplingConfig` refuses them beside it).
 """
 
 from __future__ import annotations
 
 import math
 import secrets
-from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
 
-from charlstm.config import (
-    SettingError,
-    check_fields,
-    is_positive,
-    optional,
-    register,
-    setting,
-)
-
-#: How many characters back the repetition penalty looks by default.
-DEFAULT_PENALTY_WINDOW = 32
-
-
-def _temperature(value: float) -> str | None:
-    if value > 0 and math.isfinite(value):
-        return None
-    return f"must be positive, not {value} (use {{greedy}} for arg max)"
-
-
-def _penalty(value: float) -> str | None:
-    if value >= 1 and math.isfinite(value):
-        return None
-    return f"must be at least 1 (1: off), not {value}"
-
-
-def _top_p(value: float) -> str | None:
-    return None if 0 < value <= 1 else f"must be in (0, 1], not {value}"
-
-
-@register
-@dataclass
-class SamplingConfig:
-    """How the next character is chosen (see the module docstring for the exact rules)."""
-
-    temperature: float = setting(
-        1.0, "Below 1: safer; above 1: wilder.", "Sampling", check=_temperature
-    )
-    top_k: int | None = setting(
-        None,
-        "Sample only among the K likeliest characters.",
-        "Sampling",
-        check=optional(is_positive),
-    )
-    top_p: float | None = setting(
-        None,
-        "Sample only among the likeliest characters holding this much probability.",
-        "Sampling",
-        check=optional(_top_p),
-    )
-    greedy: bool = setting(
-        False, "Always take the likeliest character (tends to loop).", "Sampling"
-    )
-    repetition_penalty: float = setting(
-        1.0,
-        "Divide the probability of characters generated in the last --penalty-window "
-        "characters by this (1: off; try 1.5 to 3).",
-        "Sampling",
-        check=_penalty,
-    )
-    penalty_window: int = setting(
-        DEFAULT_PENALTY_WINDOW,
-        "How many generated characters back --repetition-penalty looks.",
-        "Sampling",
-        check=is_positive,
-    )
-
-    def validate(self, vocab_size: int | None = None) -> SamplingConfig:
-        """Refuse settings out of range and settings that cannot act: the one place for
-        these rules, for the CLI and the Python API alike."""
-        check_fields(self)
-        if self.top_k is not None and vocab_size is not None and self.top_k > vocab_size:
-            raise SettingError(
-                f"{{top_k}} {self.top_k} is larger than the vocabulary ({vocab_size} characters)"
-            )
-        if self.greedy and (
-            self.temperature != 1.0 or self.top_k is not None or self.top_p is not None
-        ):
-            raise SettingError(
-                "{greedy} always takes the likeliest character: {temperature}, {top_k} and "
-                "{top_p} cannot change it (drop them, or drop {greedy} to sample)"
-            )
-        if self.penalty_window != DEFAULT_PENALTY_WINDOW and self.repetition_penalty == 1.0:
-            raise SettingError(
-                "{penalty_window} is a setting of {repetition_penalty}; add {repetition_penalty} P"
-            )
-        return self
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+from charlstm.generation.settings import SamplingConfig
 
 
 def filter_logits(logits: torch.Tensor, config: SamplingConfig) -> torch.Tensor:

@@ -4,7 +4,8 @@ The distribution each step draws from is the model's; for a run trained with
 ``--ngram-mix``, the LSTM interpolated with its n-gram (:mod:`charlstm.ngram.mixture`); with
 ``cache`` / ``dynamic``, from weights that have learnt from this sequence's text so far
 (dynamic evaluation), and mixed with the continuous cache of that text
-(:mod:`charlstm.generation.adaptation`). ``log p`` then takes the place of the logits in the
+(:mod:`charlstm.generation.adaptation`; the streams that read it:
+:mod:`charlstm.generation.streams`). ``log p`` then takes the place of the logits in the
 decoding rules (:mod:`charlstm.generation.decoding`). At temperature 1 without filters, a
 character is drawn from exactly the distribution ``charlstm eval`` (with the same options) scores.
 
@@ -22,180 +23,17 @@ row has weights of its own, so each step loops over the rows.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
-from charlstm.config import (
-    SettingError,
-    at_least_zero,
-    check_fields,
-    check_value,
-    is_positive,
-    optional,
-    register,
-    seed_range,
-    setting,
-)
 from charlstm.data.corpus import Vocab, show_chars
 from charlstm.errors import CharLSTMError
-from charlstm.generation.adaptation import (
-    AdaptiveStreams,
-    CacheConfig,
-    DynamicConfig,
-    LearningStreams,
-    Streams,
-)
-from charlstm.generation.decoding import RepetitionPenalty, SamplingConfig, next_chars
+from charlstm.fields import SettingError, check_value
+from charlstm.generation.decoding import RepetitionPenalty, next_chars
+from charlstm.generation.settings import CacheConfig, DynamicConfig, GenerateRequest, SamplingConfig
+from charlstm.generation.streams import MixedStreams, ModelStreams, open_streams
 from charlstm.model import CharLSTM
 from charlstm.ngram.mixture import NgramMixture
-
-
-class ModelStreams:
-    """N sequences read by the model as it is: each prefix in one pass, then one
-    :meth:`~charlstm.model.CharLSTM.step` per character for all rows at once.
-
-    With ``fold`` the steps use the model's :meth:`~charlstm.model.CharLSTM.step_table`
-    (built once, after the prefixes): worth it when the run computes at least V rows.
-    """
-
-    def __init__(self, model: CharLSTM, batch: int, fold: bool = False) -> None:
-        self.model = model
-        self.device = model.device
-        self.fold = fold
-        self.state = model.init_state(batch)  # (L, N, H) each
-        self.table: torch.Tensor | None = None
-
-    def read(self, rows: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        h, c = self.state[0][:, rows], self.state[1][:, rows]
-        features, (h, c) = self.model.features(x, (h, c))  # (T, R, H)
-        self.state[0][:, rows], self.state[1][:, rows] = h, c
-        return features, self.model.logits(features[-1])
-
-    def step(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.fold and self.table is None:
-            self.table = self.model.step_table()  # (V, 4H)
-        logits, self.state = self.model.step(x, self.state, self.table)
-        return self.state[0][-1], logits
-
-
-def open_streams(
-    model: CharLSTM,
-    batch: int,
-    cache: CacheConfig | None = None,
-    dynamic: DynamicConfig | None = None,
-    mixture: NgramMixture | None = None,
-    fold: bool = False,
-) -> ModelStreams | AdaptiveStreams:
-    """The streams that give each row's next-character distribution: the model's own
-    (logits), or with ``cache`` / ``dynamic`` / ``mixture`` the adapted one (log-probs)."""
-    if cache is None and dynamic is None and mixture is None:
-        return ModelStreams(model, batch, fold)
-    streams: Streams = ModelStreams(model, batch, fold)
-    if dynamic is not None:
-        streams = LearningStreams(model, batch, dynamic)
-    return AdaptiveStreams(streams, model, batch, cache, mixture)
-
-
-ESCAPES = {"\\n": "\n", "\\t": "\t", "\\r": "\r", "\\\\": "\\"}
-
-
-def parse_char(text: str) -> str:
-    """One character from the command line, where ``\\n``, ``\\t``, ``\\r`` and ``\\\\`` are
-    accepted for a newline, a tab, a carriage return and a backslash."""
-    char = ESCAPES.get(text, text)
-    if len(char) != 1:
-        raise SettingError(f"{{stop_at}} takes one character (or \\n, \\t), not {text!r}")
-    return char
-
-
-def _format(value: str) -> str | None:
-    return None if value in ("text", "jsonl") else f"unknown {{}} {value!r}; choose text or jsonl"
-
-
-@register
-@dataclass
-class GenerateRequest:
-    """What ``charlstm generate`` writes, from what, and where (the sampling controls are a
-    :class:`~charlstm.generation.decoding.SamplingConfig`, the adaptation a
-    :class:`~charlstm.generation.adaptation.CacheConfig` /
-    :class:`~charlstm.generation.adaptation.DynamicConfig`)."""
-
-    prefixes: list[str] = setting(
-        [], "Text to continue (repeatable).", "Input", option="--prefix", repeat=True
-    )
-    prefix_file: Path | None = setting(
-        None, "A UTF-8 file of prefixes, one per line (after any --prefix).", "Input"
-    )
-    length: int = setting(
-        100,
-        "Characters to generate after the prefix (at most, with --stop-at/--lines).",
-        "Length",
-        check=at_least_zero(),
-    )
-    stop_at: str | None = setting(
-        None,
-        "End each sample with the first CHAR it generates ('\\n' for a newline).",
-        "Length",
-        parse=parse_char,
-        metavar="CHAR",
-    )
-    lines: int | None = setting(
-        None,
-        "End each sample at its N-th newline.",
-        "Length",
-        check=optional(is_positive),
-        metavar="N",
-    )
-    num_samples: int = setting(
-        1, "Samples per prefix (all generated as one batch).", "Sampling", check=is_positive
-    )
-    seed: int | None = setting(
-        None,
-        "Seed: the same seed gives the same text.",
-        "Sampling",
-        check=optional(seed_range),
-        default_text="a random one, recorded by --format jsonl",
-    )
-    out: Path | None = setting(None, "Write the samples to FILE instead of the terminal.", "Output")
-    output_format: str = setting(
-        "text",
-        "text, or jsonl: one JSON object per sample (prefix, text, settings, checkpoint, seed).",
-        "Output",
-        option="--format",
-        check=_format,
-    )
-
-    def validate(self) -> GenerateRequest:
-        check_fields(self)
-        if not self.prefixes and self.prefix_file is None:
-            raise SettingError("give a prefix to continue, e.g. {prefixes} 分开, or {prefix_file}")
-        return self
-
-    def all_prefixes(self) -> list[str]:
-        """The ``prefixes``, then those of ``prefix_file``."""
-        from_file = read_prefix_file(self.prefix_file) if self.prefix_file is not None else []
-        return list(self.prefixes) + from_file
-
-
-def read_prefix_file(path: str | Path) -> list[str]:
-    """Prefixes from a UTF-8 text file, one per line; empty lines are skipped."""
-    path = Path(path)
-    if path.is_dir():
-        raise CharLSTMError(f"prefix file is a directory: {path}")
-    if not path.is_file():
-        raise CharLSTMError(f"prefix file not found: {path}")
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as err:
-        raise CharLSTMError(f"prefix file {path} is not UTF-8 text") from err
-    except OSError as err:
-        raise CharLSTMError(f"cannot read prefix file {path}: {err.strerror}") from err
-    prefixes = [line for line in text.splitlines() if line.strip()]
-    if not prefixes:
-        raise CharLSTMError(f"prefix file {path} has no prefixes (one per line)")
-    return prefixes
 
 
 def check_request(length: int, num_samples: int, seed: int | None) -> None:
@@ -248,9 +86,8 @@ def generate(
     docstring); ``model`` itself is never changed. ``mixture`` interpolates the LSTM with
     the run's n-gram (:mod:`charlstm.ngram.mixture`) before anything else.
     """
-    config = (config or SamplingConfig()).validate(len(vocab))
-    cache = cache.validate() if cache is not None else None
-    dynamic = dynamic.validate() if dynamic is not None else None
+    config = config or SamplingConfig()
+    config.check_vocab(len(vocab))
     check_request(length, num_samples, seed)
     if not prefixes or any(p == "" for p in prefixes):
         raise SettingError("the prefix is empty; give at least one character with {prefixes}")
@@ -278,7 +115,7 @@ def generate(
 
 
 def _run(
-    streams: ModelStreams | AdaptiveStreams,
+    streams: ModelStreams | MixedStreams,
     vocab: Vocab,
     prefixes: Sequence[str],
     length: int,
@@ -327,7 +164,7 @@ def _run(
 
 
 def _read_prefixes(
-    streams: ModelStreams | AdaptiveStreams,
+    streams: ModelStreams | MixedStreams,
     vocab: Vocab,
     sequences: list[str],
     config: SamplingConfig,

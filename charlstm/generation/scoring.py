@@ -13,35 +13,42 @@ with the continuous cache and dynamic evaluation of :mod:`charlstm.generation.ad
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import torch
 from torch import nn
 
-from charlstm.config import positive
 from charlstm.errors import CharLSTMError
-from charlstm.generation.adaptation import (
-    CacheConfig,
-    DynamicConfig,
-    DynamicEvaluation,
-    cache_log_probs,
-    read_log_probs,
-)
+from charlstm.fields import SettingError, check_argument, is_positive
+from charlstm.generation.adaptation import DynamicEvaluation, cache_log_probs, read_log_probs
+from charlstm.generation.settings import CacheConfig, DynamicConfig
 from charlstm.model import CharLSTM
 from charlstm.ngram.mixture import NgramMixture
-from charlstm.training.distributed import World, sum_values
 
-__all__ = [
-    "HISTORY",
-    "CacheConfig",  # re-exported: the CLI and older callers import them from here
-    "DynamicConfig",
-    "EvalResult",
-    "eval_columns",
-    "score",
-    "score_adaptive",
-    "score_heldout",
-    "score_split",
-]
+
+class Ranks(Protocol):
+    """The processes that score one text together, each its share of the columns
+    (:class:`charlstm.training.distributed.World` is one; ``None``: this process alone).
+    The sums are all-reduced over the default process group."""
+
+    @property
+    def distributed(self) -> bool: ...
+
+    def share(self, count: int) -> tuple[int, int]: ...
+
+
+def _sum_over(ranks: Ranks | None, values: Sequence[float]) -> list[float]:
+    """Each of ``values`` summed over the ranks (float64)."""
+    if ranks is None or not ranks.distributed:
+        return list(values)
+    import torch.distributed as dist
+
+    total = torch.tensor(list(values), dtype=torch.float64)
+    dist.all_reduce(total)
+    return total.tolist()
+
 
 #: How many training characters before the held-out part warm the state that scores it.
 HISTORY = 256
@@ -89,7 +96,7 @@ def score(
     columns: int | None = None,
     num_steps: int = 256,
     mixture: NgramMixture | None = None,
-    world: World | None = None,
+    world: Ranks | None = None,
 ) -> EvalResult:
     """Score ``targets`` (n,) given ``context`` (at least one character before them).
 
@@ -104,12 +111,11 @@ def score(
     n = len(targets)
     if n == 0:
         return EvalResult(loss=float("nan"), chars=0)
-    world = world or World()
     inputs = torch.cat([context[-1:], targets[:-1]])  # (n,)
     columns = columns or eval_columns(n)
     length = math.ceil(n / columns)
     pad = columns * length - n  # at the end of the last column, cut off below
-    first, last = world.share(columns)  # this rank's columns [first, last)
+    first, last = world.share(columns) if world is not None else (0, columns)
     x = torch.cat([inputs, inputs.new_zeros(pad)]).view(columns, length).t()  # (T_all, C)
     y = torch.cat([targets, targets.new_zeros(pad)]).view(columns, length).t()
     x, y = x[:, first:last].to(device), y[:, first:last].to(device)
@@ -135,7 +141,7 @@ def score(
         lstm = -per_char
         ngram = mixture.target_log_probs(targets.cpu(), context.cpu())[begin:end]
         per_char = -mixture.mix(lstm, ngram)
-    (total,) = sum_values(world, [per_char.sum().item()])
+    (total,) = _sum_over(world, [per_char.sum().item()])
     return EvalResult(loss=total / n, chars=n, per_char=per_char)
 
 
@@ -148,7 +154,7 @@ def score_heldout(
     *,
     cache: CacheConfig | None = None,
     dynamic: DynamicConfig | None = None,
-    world: World | None = None,
+    world: Ranks | None = None,
 ) -> EvalResult:
     """Score a run's held-out part ``heldout_ids`` (n,) after its training part
     ``history_ids`` (indices): the first held-out character is predicted from the last
@@ -163,28 +169,13 @@ def score_heldout(
     else:
         targets, context = heldout_ids[1:], heldout_ids[:1]
     if max_chars is not None:
-        positive("the number of held-out characters to score", max_chars)
+        check_argument("max_chars", max_chars, is_positive)
         targets = targets[:max_chars]
     if cache is None and dynamic is None:
         return score(model, targets, context, mixture=mixture, world=world)
     if world is not None and world.distributed:
         raise CharLSTMError("adaptive scoring (cache, dynamic evaluation) runs in one process")
     return score_adaptive(model, targets, context, cache, dynamic, mixture=mixture)
-
-
-def score_split(
-    model: CharLSTM,
-    indices: torch.Tensor,
-    cut: int,
-    history: int = HISTORY,
-    mixture: NgramMixture | None = None,
-) -> EvalResult:
-    """Score ``indices[cut:]`` (held out) after up to ``history`` (at most
-    :data:`HISTORY`) training characters: :func:`score_heldout` for the text ``indices``
-    cut at ``cut``; kept for callers of the older name."""
-    cut = max(cut, 0)
-    history_ids = indices[max(0, cut - history) : cut]
-    return score_heldout(model, history_ids, indices[cut:], mixture=mixture)
 
 
 def score_adaptive(
@@ -207,14 +198,13 @@ def score_adaptive(
     (adapted) LSTM's distribution is interpolated with the n-gram before the cache is mixed
     in; dynamic evaluation learns from the LSTM's own loss.
     """
-    cache = cache.validate() if cache is not None else None
-    learner = DynamicEvaluation(model, dynamic.validate()) if dynamic is not None else None
+    learner = DynamicEvaluation(model, dynamic) if dynamic is not None else None
     if segment is not None:
-        positive("segment", segment)
+        check_argument("segment", segment, is_positive)
     if learner is not None:
         if segment is not None and segment != learner.config.segment:
-            raise CharLSTMError(
-                f"with dynamic evaluation the segment is dynamic.segment "
+            raise SettingError(
+                f"with dynamic evaluation the segment is {{dynamic.segment}} "
                 f"({learner.config.segment}), not {segment}: give one of them"
             )
         model = learner.model  # set up for learning by DynamicEvaluation

@@ -48,6 +48,7 @@ import torch
 from charlstm.config import DataConfig, ModelConfig, TrainConfig
 from charlstm.data.corpus import Vocab
 from charlstm.errors import CharLSTMError, WriteFailed
+from charlstm.model import CharLSTM, build_model
 from charlstm.storage.runs import then_for
 from charlstm.storage.safe_io import fsync_dir, write_failed
 
@@ -297,17 +298,16 @@ def _read(path: Path) -> Any:
         ) from err
 
 
-def _check_weights(data: dict[str, Any], config: ModelConfig, vocab: Vocab, path: Path) -> None:
-    """The weights must be exactly those of the recorded architecture (names and shapes)."""
+def _check_weights(data: dict[str, Any], model: CharLSTM, vocab: Vocab, path: Path) -> None:
+    """The weights must be exactly those of ``model``, built from the recorded architecture
+    (names and shapes)."""
+    config = model.config
     if len(vocab) != config.vocab_size:
         raise CharLSTMError(
             f"checkpoint {path} is inconsistent: {len(vocab)} characters in its vocabulary "
             f"but a model for {config.vocab_size}"
         )
-    from charlstm.model import build_model
-
-    with torch.random.fork_rng(devices=[]):  # leave the caller's random state alone
-        expected = {k: tuple(v.shape) for k, v in build_model(config).state_dict().items()}
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     for key in ("model", "training_model"):
         weights = data.get(key)
         if key == "training_model" and weights is None:
@@ -341,6 +341,16 @@ def _ngram_text(data: dict[str, Any], path: Path) -> str | None:
 
 def load(path: str | Path) -> Checkpoint:
     """Read a checkpoint file onto the CPU; any problem is one ``CharLSTMError`` line."""
+    return load_with_model(path)[0]
+
+
+def load_with_model(path: str | Path) -> tuple[Checkpoint, CharLSTM]:
+    """Read a checkpoint file onto the CPU and build its model, holding its weights.
+
+    The model is built once, from the recorded architecture (without touching the caller's
+    random state), and the weights are checked against it; any problem is one
+    ``CharLSTMError`` line.
+    """
     path = Path(path)
     data = _read(path)
     if not isinstance(data, dict):
@@ -354,8 +364,11 @@ def load(path: str | Path) -> Checkpoint:
     try:
         model_config = ModelConfig.from_dict(data["model_config"]).validate()
         vocab = Vocab(data["idx_to_char"])
-        _check_weights(data, model_config, vocab, path)
-        return Checkpoint(
+        with torch.random.fork_rng(devices=[]):  # leave the caller's random state alone
+            model = build_model(model_config)
+        _check_weights(data, model, vocab, path)
+        model.load_state_dict(data["model"])
+        checkpoint = Checkpoint(
             model_config=model_config,
             train_config=TrainConfig.from_dict(data["train_config"]),
             data_config=DataConfig.from_dict(data["data_config"]),
@@ -379,6 +392,9 @@ def load(path: str | Path) -> Checkpoint:
         raise CharLSTMError(f"checkpoint {path} is malformed: {err}") from err
     except (TypeError, ValueError, AttributeError) as err:
         raise CharLSTMError(f"checkpoint {path} is malformed: {err}") from err
+    except RuntimeError as err:  # load_state_dict: what the shape check cannot see
+        raise CharLSTMError(f"checkpoint {path} does not match its model configuration") from err
+    return checkpoint, model
 
 
 def resolve(

@@ -35,13 +35,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from charlstm.config import DataConfig, ModelConfig, SettingError, TrainConfig
+from charlstm.config import DataConfig, ModelConfig, TrainConfig
 from charlstm.data.batching import check_length, make_batches
 from charlstm.data.corpus import Corpus, Vocab, split_point
+from charlstm.device import resolve_device
 from charlstm.errors import CharLSTMError
-from charlstm.generation.decoding import SamplingConfig
+from charlstm.fields import SettingError
 from charlstm.generation.sample import generate
 from charlstm.generation.scoring import HISTORY, EvalResult, score_heldout
+from charlstm.generation.settings import SamplingConfig
 from charlstm.model import CharLSTM, State, build_model, detach_state
 from charlstm.ngram.mixture import NgramMixture
 from charlstm.ngram.teacher import NgramTeacher
@@ -74,25 +76,6 @@ class TrainingInterrupted(CharLSTMError):
 
 class NonFiniteLoss(CharLSTMError):
     pass
-
-
-def resolve_device(name: str, world: distributed.World | None = None) -> torch.device:
-    """``auto`` is CUDA when available, else the CPU; asking for CUDA without one is an error.
-
-    On CUDA, float32 matrix products use TensorFloat-32, as cuDNN's LSTM already does.
-    Under torchrun (``world``) plain ``cuda`` is the rank's own GPU, ``cuda:LOCAL_RANK``.
-    """
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise CharLSTMError("--device cuda: no CUDA GPU is available here; use --device cpu")
-    if not (name == "cpu" or name.startswith("cuda")):
-        raise CharLSTMError(f"unknown --device {name!r}; choose auto, cpu or cuda")
-    if name.startswith("cuda"):
-        torch.backends.cuda.matmul.allow_tf32 = True
-        if name == "cuda" and world is not None and world.distributed:
-            return torch.device("cuda", world.local_rank % torch.cuda.device_count())
-    return torch.device(name)
 
 
 def as_tensor(indices: Any) -> torch.Tensor:

@@ -27,16 +27,12 @@ import torch
 
 from charlstm import __version__
 from charlstm.config import (
-    PRESETS,
     RESUME_OVERRIDABLE,
     DataConfig,
     ModelConfig,
-    SettingError,
     TrainConfig,
     check_given,
     check_together,
-    option_name,
-    settings_of,
 )
 from charlstm.data.corpus import Corpus, Vocab, read_text, show_chars
 from charlstm.data.prepared import (
@@ -47,15 +43,18 @@ from charlstm.data.prepared import (
     prepare,
     prepared_in_run,
 )
+from charlstm.device import resolve_device
 from charlstm.errors import CharLSTMError
+from charlstm.fields import SettingError, option_name, settings_of
 from charlstm.model import build_model, default_cutoffs
 from charlstm.ngram.kneser_ney import MAX_EMBEDDED_NGRAM_CHARS
 from charlstm.ngram.mixture import NgramMixture
 from charlstm.ngram.teacher import NgramTeacher
+from charlstm.presets import PRESETS
 from charlstm.storage import checkpoint as ckpt
 from charlstm.storage import runs
 from charlstm.training import distributed
-from charlstm.training.loop import Log, Trainer, TrainingData, resolve_device
+from charlstm.training.loop import Log, Trainer, TrainingData
 
 #: The demo corpus shipped in the repository (found next to the package in a source checkout).
 DEMO_CORPUS = Path(__file__).resolve().parent.parent / "data" / "demo_lyrics.zip"
