@@ -127,7 +127,7 @@ class ModelConfig:
         "vocabulary x 4H table whose rows are looked up, no embedding, no matrix product).",
         "Model",
         check=optional(at_least_zero(" (0: one-hot inputs)")),
-        default_text="--hidden",
+        default_text="{hidden_size}",
     )
     dropout: float = setting(
         0.3,

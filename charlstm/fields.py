@@ -43,18 +43,33 @@ MAX_SEED = 2**63 - 1
 
 class SettingError(CharLSTMError):
     """A bad setting. ``template`` names settings as ``{field}``; :meth:`render` fills them
-    with field names (the library's message) or, at the command line, option names."""
+    with field names (the library's message) or, at the command line, option names.
 
-    def __init__(self, template: str, exit_code: int | None = None) -> None:
+    ``arguments`` are further names the template may hold: a command's options that are no
+    setting of a config class (``{out}`` of ``charlstm convert``), named the same way.
+    """
+
+    def __init__(
+        self, template: str, exit_code: int | None = None, *, arguments: tuple[str, ...] = ()
+    ) -> None:
         self.template = template
+        self.arguments = arguments
         super().__init__(self.render(lambda name: name), exit_code)
 
     def render(self, name: Callable[[str], str]) -> str:
-        return re.sub(
-            r"\{([a-z_.]+)\}",
-            lambda m: name(m.group(1)) if m.group(1) in _FIELDS else m.group(0),
-            self.template,
-        )
+        return render_names(self.template, name, self.arguments)
+
+
+def render_names(template: str, name: Callable[[str], str], arguments: tuple[str, ...] = ()) -> str:
+    """``template`` with each ``{key}`` of a known setting (or of ``arguments``) replaced by
+    ``name(key)``; other braces are left as they are."""
+    return re.sub(
+        r"\{([a-z_.]+)\}",
+        lambda m: (
+            name(m.group(1)) if m.group(1) in _FIELDS or m.group(1) in arguments else m.group(0)
+        ),
+        template,
+    )
 
 
 # -- checks: each returns what is wrong with a value (None: nothing) -------------------------

@@ -23,6 +23,7 @@ import torch
 from charlstm.api import load_model
 from charlstm.data.corpus import read_text, split_point
 from charlstm.errors import CharLSTMError
+from charlstm.fields import SettingError, option_name
 from charlstm.generation.scoring import score_heldout
 from charlstm.ngram.kneser_ney import KneserNeyLM
 
@@ -54,7 +55,8 @@ def main() -> int:
         lstm = score_heldout(model.model, indices[:cut], indices[cut:])
         ngram = KneserNeyLM(args.order).fit(text[:cut], model.vocab)
     except CharLSTMError as err:
-        print(f"error: {err}", file=sys.stderr)
+        message = err.render(option_name) if isinstance(err, SettingError) else err
+        print(f"error: {message}", file=sys.stderr)
         return 2
     width = args.order - 1
     lstm_nats = lstm.per_char.double().numpy()

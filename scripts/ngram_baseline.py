@@ -25,6 +25,7 @@ except ImportError:  # run from a checkout without `pip install -e .`
 
 from charlstm.data.corpus import read_text
 from charlstm.errors import CharLSTMError
+from charlstm.fields import SettingError, option_name
 from charlstm.ngram.kneser_ney import evaluate_ngram
 
 
@@ -98,7 +99,8 @@ def main(argv: list[str] | None = None) -> int:
             text, order=args.order, val_fraction=args.val_fraction, discount=args.discount
         )
     except CharLSTMError as err:
-        print(f"error: {err}", file=sys.stderr)
+        message = err.render(option_name) if isinstance(err, SettingError) else err
+        print(f"error: {message}", file=sys.stderr)
         return err.exit_code
     result["corpus"] = str(args.corpus)
     result["seconds"] = round(time.perf_counter() - start, 3)

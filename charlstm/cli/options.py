@@ -26,7 +26,7 @@ from typing import Annotated, Any, Literal, TypeVar
 
 import typer
 
-from charlstm.fields import Setting, keyed_settings, option_name
+from charlstm.fields import Setting, keyed_settings, option_name, render_names
 
 F = TypeVar("F", bound=Callable[..., Any])
 Given = dict[str, Any]
@@ -44,8 +44,8 @@ def _base_type(hint: Any) -> Any:
 
 def _default_text(value: Any, meta: Setting) -> str | None:
     """What the help names as the default; ``None``: nothing (no value, or a plain switch)."""
-    if meta.default_text is not None:
-        return meta.default_text
+    if meta.default_text is not None:  # may name settings: {hidden_size} -> --hidden
+        return render_names(meta.default_text, option_name)
     if value is None or value == [] or (isinstance(value, bool) and not meta.flag):
         return None
     if isinstance(value, bool):

@@ -56,6 +56,7 @@ import numpy as np
 
 from charlstm.data.corpus import Vocab, show_chars, split_point
 from charlstm.errors import CharLSTMError
+from charlstm.fields import SettingError
 
 #: The longest training text :meth:`KneserNeyLM.fit` accepts. Counting peaks at about
 #: 100 bytes per training character for a 5-gram (tang_poems' 4.04 M characters: 370 MB
@@ -117,9 +118,13 @@ class KneserNeyLM:
 
     def __init__(self, order: int, discount: float = 0.75) -> None:
         if not isinstance(order, int) or order < 1:
-            raise CharLSTMError(f"--order must be a positive integer, not {order!r}")
+            raise SettingError(
+                f"{{order}} must be a positive integer, not {order!r}", arguments=("order",)
+            )
         if not 0.0 < discount <= 1.0:
-            raise CharLSTMError(f"--discount must be in (0, 1], not {discount}")
+            raise SettingError(
+                f"{{discount}} must be in (0, 1], not {discount}", arguments=("discount",)
+            )
         self.order = order
         self.discount = float(discount)
         self.vocab: Vocab | None = None

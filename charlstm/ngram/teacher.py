@@ -31,6 +31,7 @@ import torch
 
 from charlstm.data.corpus import Vocab
 from charlstm.errors import CharLSTMError
+from charlstm.fields import SettingError
 from charlstm.ngram.kneser_ney import KneserNeyLM
 
 FOLDS = 5
@@ -48,7 +49,7 @@ class NgramTeacher:
         self, text: str, vocab: Vocab, order: int, folds: int = FOLDS, top: int = TOP
     ) -> None:
         if order < 2:
-            raise CharLSTMError(f"--ngram-teacher must be an order >= 2 (0: off), not {order}")
+            raise SettingError(f"{{ngram_teacher}} must be an order >= 2 (0: off), not {order}")
         if len(text) < 2 * folds:
             raise CharLSTMError(
                 f"training text too short for an n-gram teacher on {folds} folds "

@@ -48,6 +48,7 @@ import torch
 from charlstm.config import DataConfig, ModelConfig, TrainConfig
 from charlstm.data.corpus import Vocab
 from charlstm.errors import CharLSTMError, WriteFailed
+from charlstm.fields import SettingError
 from charlstm.model import CharLSTM, build_model
 from charlstm.storage.runs import then_for
 from charlstm.storage.safe_io import fsync_dir, write_failed
@@ -416,10 +417,11 @@ def resolve(
             if (path / name).is_file():
                 return path / name
         if (path / "config.json").is_file():
-            raise CharLSTMError(
+            raise SettingError(
                 f"no checkpoint (best.pt or last.pt) in {path}: the run stopped before its "
                 "first checkpoint was written; start it again with the same command and "
-                "--overwrite"
+                "{overwrite}",
+                arguments=("overwrite",),
             )
         raise CharLSTMError(f"no checkpoint (best.pt or last.pt) in {path}")
     if not path.exists():

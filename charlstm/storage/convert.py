@@ -6,6 +6,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from charlstm.errors import CharLSTMError
+from charlstm.fields import SettingError
 from charlstm.model import convert_state_dict
 from charlstm.storage import checkpoint as ckpt
 
@@ -24,14 +25,18 @@ def convert_checkpoint(source: str | Path, to_backend: str, out: str | Path) -> 
     checkpoint = ckpt.load(ckpt.resolve(source, prefer="best.pt"))
     config = checkpoint.model_config
     if to_backend not in ("scratch", "torch"):
-        raise CharLSTMError(f"unknown --to {to_backend!r}; choose scratch or torch")
+        raise SettingError(
+            f"unknown {{to}} {to_backend!r}; choose scratch or torch", arguments=("to",)
+        )
     if to_backend == "torch" and config.peephole:
         raise CharLSTMError("this scratch model has peephole connections: nn.LSTM has none")
     out = Path(out)
     if out.resolve() == Path(checkpoint.path).resolve():
-        raise CharLSTMError("--out must differ from the source checkpoint")
+        raise SettingError("{out} must differ from the source checkpoint", arguments=("out",))
     if out.exists():  # it could be another run's best.pt
-        raise CharLSTMError(f"--out {out} exists; convert writes a new file, never over one")
+        raise SettingError(
+            f"{{out}} {out} exists; convert writes a new file, never over one", arguments=("out",)
+        )
     weights = convert_state_dict(checkpoint.model, config, to_backend)
     converted = replace(
         checkpoint,
