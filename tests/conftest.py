@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import zipfile
 from pathlib import Path
 
@@ -146,3 +147,82 @@ def copy_run(run: Path, to: Path) -> Path:
     """A copy of ``run`` at ``to``, to resume, break or change."""
     shutil.copytree(run, to)
     return to
+
+
+# -- helpers that several test modules share (test modules never import each other) ---------
+
+ENV = {
+    **os.environ,
+    "OMP_NUM_THREADS": "1",  # the same arithmetic in every process
+    "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])),
+}
+
+# ``python -m charlstm`` that slows down once it has saved its first mid-epoch checkpoint
+# (the second save: the first is the start of the run), so that a test polling for that
+# checkpoint always catches the run before it ends, however busy the machine. Sleeping
+# between steps leaves the arithmetic, and so every loss and weight, unchanged.
+PACED = """
+import runpy, sys, time
+import torch
+from charlstm.training.loop import Trainer
+
+real_save, real_step, saves = torch.save, Trainer.train_step, []
+
+def counting_save(*args, **kwargs):
+    saves.append(1)
+    return real_save(*args, **kwargs)
+
+def paced_step(self, *args, **kwargs):
+    if len(saves) >= 2:
+        time.sleep(0.05)
+    return real_step(self, *args, **kwargs)
+
+torch.save, Trainer.train_step = counting_save, paced_step
+sys.argv = ["charlstm", *sys.argv[1:]]
+runpy.run_module("charlstm", run_name="__main__", alter_sys=True)
+"""
+
+
+def same_weights(a: Path, b: Path) -> bool:
+    first, second = ckpt.load(a).model, ckpt.load(b).model
+    return first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
+
+
+#: ``torchrun`` on this machine: one node, its processes started here.
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+
+
+def command(processes: int, *args: object) -> list[str]:
+    """``charlstm ARGS`` in one process, or under torchrun in ``processes``."""
+    if processes == 1:
+        return [sys.executable, "-m", "charlstm", *map(str, args)]
+    return [*TORCHRUN, f"--nproc_per_node={processes}", "-m", "charlstm", *map(str, args)]
+
+
+SMALL_MODEL = {"hidden_size": 32, "dropout": 0.2}
+SMALL_TRAIN = {"batch_size": 8, "num_steps": 20, "sample_every": 0, "seed": 3}
+
+
+def make_trainer(corpus, run_dir, model=None, train_options=None, data=None, **kwargs):
+    """A trainer of the small model on ``corpus`` (no log, no progress bar)."""
+    from charlstm.training.start import prepare_training
+
+    return prepare_training(
+        corpus,
+        {**SMALL_MODEL, **(model or {})},
+        {**SMALL_TRAIN, **(train_options or {})},
+        data or {},
+        run_dir=run_dir,
+        log=lambda _: None,
+        progress_bar=False,
+        **kwargs,
+    )
+
+
+def train(corpus, run_dir, model=None, train_options=None, data=None, **kwargs):
+    trainer = make_trainer(corpus, run_dir, model, train_options, data, **kwargs)
+    return trainer, trainer.fit()
+
+
+def losses(result) -> list[tuple[float, float]]:
+    return [(m.train_loss, m.val_loss) for m in result.metrics]

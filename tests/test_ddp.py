@@ -12,14 +12,13 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
-from test_robustness import ENV
+from conftest import ENV, TORCHRUN, command
 
 from charlstm.storage import checkpoint as ckpt
 from charlstm.storage import runs
@@ -34,16 +33,8 @@ SETTINGS = [
     "--hidden", "16", "--batch-size", "4", "--num-steps", "12", "--dropout", "0",
     "--eval-every", "10", "--sample-every", "0", "--seed", "5", "--device", "cpu",
 ]  # fmt: skip
-TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
 TOLERANCE = 1e-5
 NAMES = ("one-torch", "two-torch", "one-scratch", "two-scratch", "two-then-one", "one-then-two")
-
-
-def command(processes: int, *args: object) -> list[str]:
-    """``charlstm ARGS`` in one process, or under torchrun in ``processes``."""
-    if processes == 1:
-        return [sys.executable, "-m", "charlstm", *map(str, args)]
-    return [*TORCHRUN, f"--nproc_per_node={processes}", "-m", "charlstm", *map(str, args)]
 
 
 def start(processes: int, *args: object, cwd: Path | None = None) -> subprocess.Popen:

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from test_train import SMALL_MODEL, SMALL_TRAIN, losses, train
+from conftest import SMALL_MODEL, SMALL_TRAIN, losses, train
 
 from charlstm.data.corpus import Vocab, read_text, split_point
 from charlstm.errors import CharLSTMError

@@ -22,8 +22,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import invoke
-from test_robustness import ENV, PACED, same_weights
+from conftest import ENV, PACED, invoke, same_weights
 
 from charlstm.errors import CharLSTMError, Locked, WriteFailed
 from charlstm.storage import checkpoint as ckpt

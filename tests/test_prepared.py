@@ -10,9 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import FAST, copy_run, invoke, one_line_error, write_zip
-from test_ddp import command as ddp_command
-from test_robustness import ENV
+from conftest import ENV, FAST, copy_run, invoke, one_line_error, write_zip
+from conftest import command as ddp_command
 
 from charlstm.config import DataConfig
 from charlstm.data import prepared as prep

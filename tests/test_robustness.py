@@ -20,19 +20,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import FAST, copy_run, invoke
+from conftest import ENV, FAST, PACED, copy_run, invoke, same_weights
 
 from charlstm.errors import CharLSTMError
 from charlstm.storage import checkpoint as ckpt
 from charlstm.storage import runs
 from charlstm.training.start import prepare_training
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-ENV = {
-    **os.environ,
-    "OMP_NUM_THREADS": "1",  # the same arithmetic in every process
-    "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])),
-}
 POSIX = pytest.mark.skipif(os.name != "posix", reason="needs POSIX signals")
 EVERY = 7  # --checkpoint-every: checkpoints land in the middle of 30-batch epochs
 EPOCHS = 6
@@ -41,32 +35,6 @@ SETTINGS = [
     "--sample-every", "0", "--seed", "5", "--device", "cpu",
     "--epochs", str(EPOCHS), "--checkpoint-every", str(EVERY),
 ]  # fmt: skip
-
-
-# ``python -m charlstm`` that slows down once it has saved its first mid-epoch checkpoint
-# (the second save: the first is the start of the run), so that a test polling for that
-# checkpoint always catches the run before it ends, however busy the machine. Sleeping
-# between steps leaves the arithmetic, and so every loss and weight, unchanged.
-PACED = """
-import runpy, sys, time
-import torch
-from charlstm.training.loop import Trainer
-
-real_save, real_step, saves = torch.save, Trainer.train_step, []
-
-def counting_save(*args, **kwargs):
-    saves.append(1)
-    return real_save(*args, **kwargs)
-
-def paced_step(self, *args, **kwargs):
-    if len(saves) >= 2:
-        time.sleep(0.05)
-    return real_step(self, *args, **kwargs)
-
-torch.save, Trainer.train_step = counting_save, paced_step
-sys.argv = ["charlstm", *sys.argv[1:]]
-runpy.run_module("charlstm", run_name="__main__", alter_sys=True)
-"""
 
 
 def start_paced(*args: object) -> subprocess.Popen:
@@ -103,11 +71,6 @@ def wait_for_checkpoint(process: subprocess.Popen, path: Path, step: int) -> Non
             pass  # not written yet
         time.sleep(0.01)
     pytest.fail(f"no checkpoint with step {step} after 120 s")
-
-
-def same_weights(a: Path, b: Path) -> bool:
-    first, second = ckpt.load(a).model, ckpt.load(b).model
-    return first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
 
 
 @pytest.fixture(scope="module")

@@ -6,8 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import FAST, invoke
-from test_train import make_trainer, train
+from conftest import FAST, invoke, make_trainer, train
 
 from charlstm.errors import CharLSTMError
 from charlstm.storage import checkpoint as ckpt

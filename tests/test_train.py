@@ -11,39 +11,14 @@ import zipfile
 
 import pytest
 import torch
-from conftest import write_zip
+from conftest import losses, make_trainer, train, write_zip
 
 from charlstm.cli.report import describe, render_info
-from charlstm.config import PRESETS
 from charlstm.errors import CharLSTMError
+from charlstm.presets import PRESETS
 from charlstm.storage import checkpoint as ckpt
 from charlstm.training.loop import TrainingInterrupted
 from charlstm.training.start import prepare_training
-
-SMALL_MODEL = {"hidden_size": 32, "dropout": 0.2}
-SMALL_TRAIN = {"batch_size": 8, "num_steps": 20, "sample_every": 0, "seed": 3}
-
-
-def make_trainer(corpus, run_dir, model=None, train_options=None, data=None, **kwargs):
-    return prepare_training(
-        corpus,
-        {**SMALL_MODEL, **(model or {})},
-        {**SMALL_TRAIN, **(train_options or {})},
-        data or {},
-        run_dir=run_dir,
-        log=lambda _: None,
-        progress_bar=False,
-        **kwargs,
-    )
-
-
-def train(corpus, run_dir, model=None, train_options=None, data=None, **kwargs):
-    trainer = make_trainer(corpus, run_dir, model, train_options, data, **kwargs)
-    return trainer, trainer.fit()
-
-
-def losses(result) -> list[tuple[float, float]]:
-    return [(m.train_loss, m.val_loss) for m in result.metrics]
 
 
 def test_run_directory_holds_config_vocab_metrics_and_checkpoints(small_corpus, tmp_path):
