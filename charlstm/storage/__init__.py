@@ -1,6 +1,7 @@
 """What a run leaves on disk: checkpoints, run directories, locks, and writes that cannot tear.
 
-- :mod:`~charlstm.storage.checkpoint`: ``save``/``load`` of one versioned checkpoint file.
+- :mod:`~charlstm.storage.checkpoint`: ``save``/``load`` of one versioned checkpoint file
+  (``load_with_model``: the model built once, its weights checked against it).
 - :mod:`~charlstm.storage.runs`: run directories (``runs/NAME``), their config, vocabulary
   and metrics.
 - :mod:`~charlstm.storage.locking`: one trainer per run directory.
