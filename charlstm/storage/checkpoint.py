@@ -363,10 +363,10 @@ def load_with_model(path: str | Path) -> tuple[Checkpoint, CharLSTM]:
     if missing:
         raise CharLSTMError(f"checkpoint {path} is missing {', '.join(missing)}")
     try:
-        model_config = ModelConfig.from_dict(data["model_config"]).validate()
+        model_config = ModelConfig.from_dict(data["model_config"])
         vocab = Vocab(data["idx_to_char"])
         with torch.random.fork_rng(devices=[]):  # leave the caller's random state alone
-            model = build_model(model_config)
+            model = build_model(model_config)  # validates model_config (CharLSTM does)
         _check_weights(data, model, vocab, path)
         model.load_state_dict(data["model"])
         checkpoint = Checkpoint(
