@@ -86,7 +86,7 @@ CASES = [
     case("prefix-outside-corpus", ["train", C, *TINY, "--prefix", "xyz", *NEW], "'x' 'y' 'z'"),
     case("empty-training-prefix", ["train", C, *TINY, "--prefix=", *NEW], "--prefix is empty"),
     case("absurd-size", ["train", C, *TINY, "--embedding-size", "2000000000", *NEW],
-         "out of memory"),  # fails at once: a 400-gigabyte embedding
+         "out of memory; try a smaller --batch-size or --hidden"),  # a 400-gigabyte embedding
     case("overflowing-size", ["train", C, *TINY, "--hidden", "1" + "0" * 20, *NEW],
          "--hidden must be at most 2,147,483,647"),
     case("nan-lr", ["train", C, *TINY, "--lr", "nan", *NEW], "--lr must be a finite number"),

@@ -11,7 +11,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 
 from charlstm.errors import CharLSTMError
-from charlstm.fields import SettingError
+from charlstm.fields import SettingError, render_names
 from charlstm.fields import option_name as option
 
 app = typer.Typer(
@@ -31,12 +31,12 @@ def fail(message: str, code: int = 2) -> typer.Exit:
     return typer.Exit(code=code)
 
 
-#: What to make smaller when a command runs out of memory.
+#: What to make smaller when a command runs out of memory (settings named as in
+#: :class:`~charlstm.fields.SettingError`, shown as options).
 OUT_OF_MEMORY_HINTS = {  # by the command's function name
-    "train": f"a smaller {option('batch_size')} or {option('hidden_size')}",
-    "generate": f"a smaller {option('length')}, {option('num_samples')} or "
-    f"{option('cache.window')}",
-    "evaluate": f"a shorter text or a smaller {option('cache.window')}",
+    "train": "a smaller {batch_size} or {hidden_size}",
+    "generate": "a smaller {length}, {num_samples} or {cache.window}",
+    "evaluate": "a shorter text or a smaller {cache.window}",
 }
 
 
@@ -48,7 +48,7 @@ def handle_errors(command: F) -> F:
     """
 
     smaller = OUT_OF_MEMORY_HINTS.get(command.__name__, "smaller settings")
-    out_of_memory = f"out of memory; try {smaller}"
+    out_of_memory = f"out of memory; try {smaller}"  # rendered when the settings are known
 
     @wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -61,12 +61,12 @@ def handle_errors(command: F) -> F:
         except KeyboardInterrupt:
             raise fail("interrupted", 130) from None
         except MemoryError:
-            raise fail(out_of_memory, 1) from None
+            raise fail(render_names(out_of_memory, option), 1) from None
         except RuntimeError as err:  # torch reports a failed allocation as a RuntimeError
             text = str(err).lower()
             if "out of memory" not in text and "can't allocate memory" not in text:
                 raise
-            raise fail(out_of_memory, 1) from None
+            raise fail(render_names(out_of_memory, option), 1) from None
         except OSError as err:
             where = f": {err.filename}" if err.filename else ""
             raise fail(f"{err.strerror or err}{where}", 1) from None
