@@ -45,6 +45,17 @@ def test_load_model_from_a_run_directory_or_file(run_dir: Path, model: LanguageM
         load_model(run_dir / "missing.pt")
 
 
+def test_loading_leaves_the_callers_random_state_alone(run_dir: Path):
+    """Building the model to load the weights into draws no random numbers of the caller's:
+    text sampled without a seed after loading is what the caller's seed gives."""
+    torch.manual_seed(11)
+    expected = torch.rand(3)
+    torch.manual_seed(11)
+    loaded = load_model(run_dir)
+    assert torch.equal(torch.rand(3), expected)
+    assert loaded.model.training is False
+
+
 def test_generate_returns_the_prefix_and_length_characters(model: LanguageModel):
     text = model.generate("ab", length=30, temperature=0.8, seed=1)
     assert text.startswith("ab") and len(text) == 32
