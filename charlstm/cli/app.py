@@ -30,6 +30,7 @@ from charlstm.generation.adaptation import (
 )
 from charlstm.generation.decoding import SamplingConfig
 from charlstm.generation.sample import GenerateRequest
+from charlstm.generation.verse.forms import VerseSettings
 from charlstm.storage import checkpoint as ckpt
 from charlstm.storage import safe_io
 
@@ -222,6 +223,7 @@ def prepare(
     Adaptation,
     CacheConfig,
     DynamicConfig,
+    VerseSettings,
     shown={"cache.mix": GENERATION_CACHE_MIX},  # writing feeds the cache its own text
 )
 def generate(runs_root: RunsRoot = Path("runs"), given: Given | None = None) -> None:
@@ -231,12 +233,20 @@ def generate(runs_root: RunsRoot = Path("runs"), given: Given | None = None) -> 
     character written) as eval does; the sampling controls apply to the adapted
     distribution.
 
+    --form or --line-lengths writes a poem in that form, kept exactly (rhyme, tone pattern,
+    --acrostic); the prefix is its title.
+
     Example: charlstm generate --prefix 分开 --length 100 --temperature 0.8 --seed 1
     """
     from charlstm.cli.display import SampleStream, render_samples, use_style
     from charlstm.generation.decoding import new_seed
 
     given = given or {}
+    verse = build(VerseSettings, given)
+    if verse.active:
+        from charlstm.cli.verse import verse_request
+
+        given = verse_request(given)  # a poem needs no prefix; its form sets the length
     request = build(GenerateRequest, given)
     prefixes = request.all_prefixes()
     sampling = build(SamplingConfig, given)
@@ -259,6 +269,7 @@ def generate(runs_root: RunsRoot = Path("runs"), given: Given | None = None) -> 
             on_step=stream.on_step if stream else None,
             cache=cache,
             dynamic=dynamic,
+            verse=verse,
         )
     except KeyboardInterrupt:
         if stream is not None and stream.started:
@@ -268,6 +279,8 @@ def generate(runs_root: RunsRoot = Path("runs"), given: Given | None = None) -> 
         stream.close()
         return
     settings = _generation_record(model, request, sampling, cache, dynamic)
+    if verse.active:
+        settings["verse"] = verse.describe()
     checkpoint = str(model.checkpoint.path)
     body = render_samples(prefixes, texts, request.output_format, settings, checkpoint, seed)
     if request.out is None:
@@ -429,3 +442,6 @@ def main() -> None:
             typer.echo(f"error: {err.format_message()}{hint}", err=True)
         code = err.exit_code
     sys.exit(code if isinstance(code, int) else 0)
+
+
+from charlstm.cli import verse as _verse  # noqa: E402, F401  (registers verse-check)

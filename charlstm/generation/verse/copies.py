@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from charlstm.config import SettingError
 from charlstm.data.corpus import read_text, split_point
 from charlstm.errors import CharLSTMError
 from charlstm.generation.verse.forms import text_characters
@@ -83,9 +84,9 @@ def _source(checkpoint: ckpt.Checkpoint) -> tuple[Path, str]:
     data = checkpoint.data_config
     path = Path(data.path)
     if not path.exists():
-        raise CharLSTMError(
+        raise SettingError(
             f"the copy filter reads the run's training text, and its corpus {path} is not "
-            "there (turn the copy filter off to write without it)"
+            "there; to write without the filter, turn off {copy_filter}"
         )
     stat = path.stat()
     fraction = checkpoint.train_config.val_fraction

@@ -388,6 +388,7 @@ def generate_for(
                 f"{{{name}}} cannot end a poem: the form ({{form}} / {{line_lengths}}) sets "
                 "where it ends"
             )
+    build_rules(settings, language_model.vocab, 1, language_model.model.device)  # errors first
     copies = training_lines(language_model.checkpoint) if settings.copy_filter else None
     return generate_verse(
         language_model.model,
