@@ -10,6 +10,7 @@ adapted or mixed, and which the adaptive softmax gives anyway):
    (its logit lowered by ``log(repetition_penalty)``; the rest renormalise). The prefix
    does not count. 1 turns it off; values below 1 (which would favour repeats) are refused;
 2. temperature: logits divided by ``temperature`` (below 1: safer, above 1: wilder);
+   then, when writing verse, the form's mask (``allowed``; :mod:`charlstm.generation.verse`);
 3. top-k: only the ``top_k`` likeliest characters stay;
 4. top-p (nucleus): a character stays while the likelier characters before it hold less
    than ``top_p`` of the probability, so the smallest set holding ``top_p`` stays;
