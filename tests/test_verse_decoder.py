@@ -14,6 +14,7 @@ from conftest import VERSE_CHARS, invoke, one_line_error, save_known_model, save
 
 from charlstm.api import load_model
 from charlstm.generation.adaptation import CacheConfig
+from charlstm.generation.verse.check import check_poems
 from charlstm.generation.verse.forms import PRESETS, VerseSettings, tone_pattern
 from charlstm.generation.verse.rhyme import PING, ZE, rhyme_table
 
@@ -84,11 +85,15 @@ def test_free_form_lines_end_with_newlines_and_rhyme_under_shisanzhe(verse_model
     settings = VerseSettings(
         line_lengths=[7, 7, 5, 7], acrostic="春秋", rhyme="shisanzhe", copy_filter=False
     )
-    for text in model.generate_many([""], num_samples=8, verse=settings, seed=3)[0]:
+    texts = model.generate_many([""], num_samples=8, verse=settings, seed=3)[0]
+    for text in texts:
         lines = text.split("\n")
         assert lines[-1] == "" and [len(line) for line in lines[:-1]] == [7, 7, 5, 7], text
         assert lines[0][0] == "春" and lines[1][0] == "秋"
         assert_rhymes(lines, (1, 3), "shisanzhe")
+    # the lines read whole (the reading in context) rhyme too: the checker agrees
+    report = check_poems([t.split("\n")[:-1] for t in texts], settings).summary()
+    assert report["form"] == report["acrostic"] == report["rhyme"] == 1.0
 
 
 def test_prefix_is_the_title_and_the_seed_repeats(verse_model: Path) -> None:

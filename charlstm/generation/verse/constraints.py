@@ -165,6 +165,7 @@ class RhymeRule:
                 f"the model's vocabulary has no {len(rhyme_lines)} characters of one "
                 f"{table.system} rhyme class to rhyme with"
             )
+        self.table = table
         self.member = member.float()  # (V, K)
         self.lines = {line: form.lines[line].length - 1 for line in rhyme_lines}
         self.classes = open_classes.expand(batch, -1).clone()  # (N, K)
@@ -181,6 +182,23 @@ class RhymeRule:
             return
         self.classes &= self.member[chosen] > 0
         self.used[torch.arange(len(chosen), device=chosen.device), chosen] = True
+
+    def accept(self, texts: Sequence[str], line: int) -> torch.Tensor:
+        """Whether each row's finished ``line`` (N texts) still rhymes when the line is read
+        whole (pinyin systems: the reading pypinyin's phrase dictionary gives its last
+        character, which may be fewer classes than all its readings); narrows each row's
+        classes to that reading. (N,) bool."""
+        ok = torch.ones(len(texts), dtype=torch.bool, device=self.classes.device)
+        if line not in self.lines or self.table.system == "pingshui":
+            return ok  # 平水韵 has no reading in context: every class of the character
+        for row, text in enumerate(texts):
+            read = torch.zeros_like(self.classes[row])
+            read[list(self.table.line_classes(text))] = True
+            narrowed = self.classes[row] & read
+            ok[row] = bool(narrowed.any())
+            if ok[row]:
+                self.classes[row] = narrowed
+        return ok
 
     def rows(self) -> list[torch.Tensor]:
         return [self.classes, self.used]

@@ -40,7 +40,7 @@ from charlstm.errors import CharLSTMError
 from charlstm.generation.adaptation import AdaptiveStreams, CacheConfig, DynamicConfig
 from charlstm.generation.decoding import RepetitionPenalty, SamplingConfig, next_chars
 from charlstm.generation.sample import ModelStreams, check_request, open_streams
-from charlstm.generation.verse.constraints import Rule, build_rules
+from charlstm.generation.verse.constraints import RhymeRule, Rule, build_rules
 from charlstm.generation.verse.copies import LineSet
 from charlstm.generation.verse.forms import VerseSettings
 from charlstm.model import CharLSTM
@@ -322,6 +322,10 @@ def _write(
                     if penalty is not None:
                         penalty.push(nxt)
             texts = [vocab.decode(row) for row in chars[:, :length].tolist()]
+            for k, rule in enumerate(rules, start=1):
+                if isinstance(rule, RhymeRule):  # the line read whole, in context
+                    wrong = ~rule.accept(texts, line)
+                    failed = torch.where(wrong & (failed == 0), k, failed)
             if copies is not None:
                 copied = torch.tensor([t in copies for t in texts], device=device)
                 failed = torch.where(copied & (failed == 0), len(names) - 1, failed)
