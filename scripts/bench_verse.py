@@ -11,8 +11,10 @@ found in the training text, distinct-2. Then:
 - naturalness: a Kneser-Ney 5-gram fitted on tang_poems' training part (not the generator)
   scores the constrained poems, unconstrained samples of the same length at the same
   temperature (from the same context, a newline), and real held-out poems of the form (the
-  corpus's last 10 %); perplexity per character (punctuation and newlines included), and the
-  ratio constrained / unconstrained;
+  corpus's last 10 %); perplexity per character, punctuation and newlines included, and of
+  the Chinese characters alone (the forced punctuation is easy to predict); the ratio
+  constrained / unconstrained; and the constrained poems with one candidate a line (the
+  masks alone, without the choice among candidates);
 - cost: 32 七言律诗 with ``--candidates`` per line (copy filter on, its line set already
   stored) against 32 unconstrained samples of the same length, wall time and ratio;
 - lyrics: the jaychou model, ``--line-lengths 7,7,7,7 --acrostic`` with 十三辙;
@@ -34,13 +36,14 @@ try:
 except ImportError:  # run from a checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import numpy as np
 import torch
 
 from charlstm.api import LanguageModel, load_model
 from charlstm.data.corpus import read_text, split_point
 from charlstm.generation.verse.check import check_poems, poem_lines
 from charlstm.generation.verse.copies import training_lines
-from charlstm.generation.verse.forms import PRESETS, VerseSettings
+from charlstm.generation.verse.forms import PRESETS, VerseSettings, is_ideograph
 from charlstm.ngram.kneser_ney import KneserNeyLM
 
 ACROSTICS = {4: "春夏秋冬", 8: "春夏秋冬風花雪月"}
@@ -63,11 +66,15 @@ def as_text(lines: list[str]) -> str:
     return "\n".join(rows) + "\n"
 
 
-def perplexity(ngram: KneserNeyLM, texts: list[str]) -> float:
+def perplexity(ngram: KneserNeyLM, texts: list[str], chinese_only: bool = False) -> float:
+    """Per character over all ``texts`` (each read after a newline); ``chinese_only``: the
+    Chinese characters alone are scored (punctuation and newlines are context only)."""
     nll = count = 0.0
     for text in texts:
-        loss, n = ngram.score(text, history="\n")
-        nll, count = nll + loss, count + n
+        log_p = ngram.log_probs(text, history="\n")
+        if chinese_only:
+            log_p = log_p[np.array([is_ideograph(ch) for ch in text], dtype=bool)]
+        nll, count = nll - float(log_p.sum()), count + len(log_p)
     return math.exp(nll / count)
 
 
@@ -102,11 +109,23 @@ def classical(
                 )[0]
             )
             real = [as_text(p) for p in real_poems(heldout, name)][: args.poems]
-            row["ppl_constrained"] = perplexity(ngram, texts)
-            row["ppl_unconstrained"] = perplexity(ngram, free)
-            row["ppl_real_heldout"] = perplexity(ngram, real)
+            single = VerseSettings(form=name, acrostic=settings.acrostic, candidates=1)
+            one = model.generate_many(
+                [""],
+                num_samples=args.poems,
+                verse=single,
+                seed=args.seed,
+                temperature=args.temperature,
+            )[0]
+            for suffix, only in (("", False), ("_chinese", True)):
+                row["ppl_constrained" + suffix] = perplexity(ngram, texts, only)
+                row["ppl_one_candidate" + suffix] = perplexity(ngram, one, only)
+                row["ppl_unconstrained" + suffix] = perplexity(ngram, free, only)
+                row["ppl_real_heldout" + suffix] = perplexity(ngram, real, only)
+                row["ppl_ratio" + suffix] = (
+                    row["ppl_constrained" + suffix] / row["ppl_unconstrained" + suffix]
+                )
             row["real_heldout_poems"] = len(real)
-            row["ppl_ratio"] = row["ppl_constrained"] / row["ppl_unconstrained"]
         rows.append(row)
         print(json.dumps(row, ensure_ascii=False), flush=True)
     return rows

@@ -192,3 +192,14 @@ def test_rhyme_needs_chinese_characters(tmp_path: Path) -> None:
     args = ["generate", "--checkpoint", path, "--line-lengths", "3,3", "--no-copy-filter"]
     one_line_error(invoke(*args), "--rhyme xinyun rhymes Chinese characters")
     assert invoke(*args, "--rhyme", "none").stdout.count("\n") == 2
+
+
+def test_several_titles_in_one_batch(verse_model: Path) -> None:
+    model = load_model(verse_model)
+    settings = VerseSettings(form="五言绝句", acrostic="冬", copy_filter=False)
+    texts = model.generate_many(["春", "秋日\n", "夏日"], num_samples=2, verse=settings, seed=1)
+    for prefix, group in zip(["春", "秋日\n", "夏日"], texts, strict=True):
+        for text in group:
+            poem = text if prefix.endswith("\n") else text.removeprefix("\n")
+            assert text.startswith("\n") != prefix.endswith("\n")
+            assert poem_lines(poem, "五言绝句")[0][0] == "冬"

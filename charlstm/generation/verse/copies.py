@@ -66,7 +66,7 @@ class LineSet:
             return False
         value = np.uint64(line_hash(line))
         at = int(np.searchsorted(self.hashes, value))
-        return at < len(self.hashes) and self.hashes[at] == value
+        return bool(at < len(self.hashes) and self.hashes[at] == value)
 
     def save(self, path: Path) -> None:
         buffer = io.BytesIO()
