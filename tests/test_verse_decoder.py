@@ -172,6 +172,7 @@ def test_every_candidate_failing_is_one_line(tmp_path: Path) -> None:
         (["--form", "sonnet"], "unknown --form 'sonnet'"),
         (["--form", "jueju5", "--line-lengths", "5,5"], "give --form or --line-lengths, not both"),
         (["--acrostic", "春"], "--acrostic is a setting of a verse form"),
+        (["--prefix", "春", "--candidates", "2"], "--candidates is a setting of a verse form"),
         (["--line-lengths", "5,0"], "--line-lengths takes characters per line"),
         (["--line-lengths", "5,5", "--tone"], "--tone keeps the pattern of a classical form"),
         (["--form", "jueju5", "--dynamic"], "--dynamic cannot write verse"),

@@ -239,14 +239,11 @@ def generate(runs_root: RunsRoot = Path("runs"), given: Given | None = None) -> 
     Example: charlstm generate --prefix 分开 --length 100 --temperature 0.8 --seed 1
     """
     from charlstm.cli.display import SampleStream, render_samples, use_style
+    from charlstm.cli.verse import verse_request
     from charlstm.generation.decoding import new_seed
 
     given = given or {}
-    verse = build(VerseSettings, given)
-    if verse.active:
-        from charlstm.cli.verse import verse_request
-
-        given = verse_request(given)  # a poem needs no prefix; its form sets the length
+    verse, given = verse_request(given)  # a poem: no prefix needed, the form sets the length
     request = build(GenerateRequest, given)
     prefixes = request.all_prefixes()
     sampling = build(SamplingConfig, given)

@@ -18,10 +18,18 @@ from charlstm.config import SettingError, build
 from charlstm.generation.verse.forms import VerseSettings
 
 
-def verse_request(given: dict[str, Any]) -> dict[str, Any]:
-    """``generate``'s settings for a poem: the form sets the length (``--length``,
-    ``--stop-at`` and ``--lines`` are refused), and with no prefix the poem starts from
-    nothing."""
+def verse_request(given: dict[str, Any]) -> tuple[VerseSettings, dict[str, Any]]:
+    """``generate``'s verse settings, and its settings for a poem: the form sets the length
+    (``--length``, ``--stop-at`` and ``--lines`` are refused), and with no prefix the poem
+    starts from nothing. The verse options without a form are refused."""
+    verse = build(VerseSettings, given)
+    if not verse.active:
+        for key in ("candidates", "copy_filter"):
+            if key in given:
+                raise SettingError(
+                    f"{{{key}}} is a setting of a verse form; add {{form}} or {{line_lengths}}"
+                )
+        return verse, given
     for key in ("length", "stop_at", "lines"):
         if key in given:
             raise SettingError(
@@ -29,8 +37,8 @@ def verse_request(given: dict[str, Any]) -> dict[str, Any]:
                 "{line_lengths}) sets the length and where the poem ends"
             )
     if not given.get("prefixes") and given.get("prefix_file") is None:
-        return {**given, "prefixes": [""]}
-    return given
+        return verse, {**given, "prefixes": [""]}
+    return verse, given
 
 
 def _percent(value: object) -> str:
