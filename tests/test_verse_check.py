@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import invoke, one_line_error, save_verse_model, shared_file
+from conftest import copy_run, invoke, one_line_error, save_verse_model, shared_file
 
 from charlstm.api import load_model
 from charlstm.generation.verse.check import check_poems, distinct_2, poem_lines
@@ -127,3 +127,19 @@ def test_training_lines_are_built_once_and_stored_beside_the_run(tmp_path: Path)
     assert len(training_lines(model.checkpoint)) == 2 and stored.stat().st_mtime_ns == before
     assert list(split_lines("a b，春天。\n夏")) == ["春天"]
     assert "春天" in LineSet.from_text("春天，秋天") and "冬天" not in LineSet.from_text("春天")
+
+
+def test_a_trained_run_writes_and_checks_lyrics(tiny_run: Path, tmp_path: Path) -> None:
+    run = copy_run(tiny_run, tmp_path / "run")
+    form = ["--line-lengths", "4,4,4,4", "--acrostic", "我分", "--rhyme", "shisanzhe"]
+    out = tmp_path / "lyrics.jsonl"
+    args = ["--checkpoint", run, *form, "--num-samples", "6", "--seed", "1"]
+    result = invoke("generate", *args, "--format", "jsonl", "--out", out)
+    assert result.exit_code == 0, result.output
+    assert (run / FILE_NAME).is_file()  # the copy filter's lines, beside the checkpoint
+    texts = [json.loads(row)["text"] for row in out.read_text().splitlines()]
+    assert all([len(line) for line in t.split("\n")] == [4, 4, 4, 4, 0] for t in texts), texts
+    report = json.loads(invoke("verse-check", out, *form, "--checkpoint", run, "--json").stdout)
+    overall = report["overall"]
+    assert overall["form"] == overall["acrostic"] == overall["rhyme"] == 1.0
+    assert overall["copied"] is not None  # counted against the run's training text
