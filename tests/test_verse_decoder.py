@@ -71,6 +71,16 @@ def test_every_form_is_kept_exactly_with_acrostic_rhyme_and_tone(
         assert_tone(lines, settings)
 
 
+def test_a_classical_form_under_a_modern_rhyme(verse_model: Path) -> None:
+    model = load_model(verse_model)
+    settings = VerseSettings(form="七言绝句", rhyme="xinyun", copy_filter=False)
+    for text in model.generate_many([""], num_samples=6, verse=settings, seed=2)[0]:
+        lines = poem_lines(text, "七言绝句")
+        assert_rhymes(lines, (0, 1, 3), "xinyun")
+        table = rhyme_table("xinyun")  # its tones are today's: 1, 2 平; 3, 4 仄
+        assert all(table.tones(lines[i][-1]) != {ZE} for i in (0, 1, 3))
+
+
 def test_the_mask_wins_over_a_model_that_wants_punctuation(tmp_path: Path) -> None:
     weights = {"，": 500.0, "。": 500.0, "\n": 500.0, "月": 200.0}
     model = load_model(save_verse_model(tmp_path / "m.pt", weights=weights))

@@ -138,7 +138,8 @@ class RhymeRule:
     A row's class is the one its first rhyming line's character belongs to (every class of
     that character, narrowed by each later rhyme). At the first rhyme only classes with at
     least as many text characters as there are rhyming lines are open (with the tone
-    pattern, only 平 classes), so that a row can never run out of rhymes.
+    pattern, only 平 classes, or for a pinyin system only its characters that can be 平), so
+    that a row can never run out of rhymes.
     """
 
     name = "rhyme"
@@ -155,8 +156,11 @@ class RhymeRule:
     ) -> None:
         text = torch.tensor(text_characters(vocab.idx_to_char), dtype=torch.bool, device=device)
         member = _membership(table, vocab, device) & text[:, None]  # (V, K)
+        if level_only and not table.ping_classes:  # pinyin's classes hold both tones
+            level = [table.tones(ch) != {ZE} for ch in vocab.idx_to_char]
+            member &= torch.tensor(level, dtype=torch.bool, device=device)[:, None]
         open_classes = member.sum(dim=0) >= len(rhyme_lines)  # (K,)
-        if level_only:
+        if level_only and table.ping_classes:  # 平水韵's classes have a tone of their own
             ping = torch.zeros_like(open_classes)
             ping[list(table.ping_classes)] = True
             open_classes &= ping
