@@ -214,3 +214,25 @@ def test_several_titles_in_one_batch(verse_model: Path) -> None:
             poem = text if prefix.endswith("\n") else text.removeprefix("\n")
             assert text.startswith("\n") != prefix.endswith("\n")
             assert poem_lines(poem, "五言绝句")[0][0] == "冬"
+
+
+@pytest.mark.parametrize("cache", [None, CacheConfig.for_generation()])
+def test_unbinding_constraints_write_what_plain_decoding_writes(
+    tiny_run: Path, cache: CacheConfig | None
+) -> None:
+    """A trained model (its state matters), greedy: a form whose lines have the lengths the
+    model writes anyway changes nothing, with one candidate or three (the state of the kept
+    candidate, the model's and the cache's, is copied to every copy between lines)."""
+    model = load_model(tiny_run)
+    plain = model.generate_many(["\n"], 40, greedy=True, cache=cache)[0][0]
+    lines = plain.split("\n")[:3]
+    assert all(lines), plain
+    for candidates in (1, 3):
+        settings = VerseSettings(
+            line_lengths=[len(line) for line in lines],
+            rhyme="none",
+            candidates=candidates,
+            copy_filter=False,
+        )
+        poem = model.generate_many([""], verse=settings, greedy=True, cache=cache)[0][0]
+        assert poem == "".join(line + "\n" for line in lines)
