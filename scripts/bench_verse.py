@@ -41,8 +41,8 @@ import torch
 
 from charlstm.api import LanguageModel, load_model
 from charlstm.data.corpus import read_text, split_point
-from charlstm.generation.verse.check import check_poems, poem_lines
-from charlstm.generation.verse.copies import training_lines
+from charlstm.generation.verse.check import check_poems, distinct_2, poem_lines
+from charlstm.generation.verse.copies import split_lines, training_lines
 from charlstm.generation.verse.forms import PRESETS, VerseSettings, is_ideograph
 from charlstm.ngram.kneser_ney import KneserNeyLM
 
@@ -126,6 +126,8 @@ def classical(
                     row["ppl_constrained" + suffix] / row["ppl_unconstrained" + suffix]
                 )
             row["real_heldout_poems"] = len(real)
+            row["distinct_2_unconstrained"] = distinct_2([list(split_lines(t)) for t in free])
+            row["distinct_2_real_heldout"] = distinct_2([list(split_lines(t)) for t in real])
         rows.append(row)
         print(json.dumps(row, ensure_ascii=False), flush=True)
     return rows

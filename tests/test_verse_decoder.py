@@ -236,3 +236,34 @@ def test_unbinding_constraints_write_what_plain_decoding_writes(
         )
         poem = model.generate_many([""], verse=settings, greedy=True, cache=cache)[0][0]
         assert poem == "".join(line + "\n" for line in lines)
+
+
+def test_a_snapshot_survives_changes_in_place(tiny_run: Path) -> None:
+    """A line drawn again starts from the state at the line's start: the rhymes used, the
+    cache's ring and the penalty's window, which the decode changes in place, included."""
+    import torch
+
+    from charlstm.generation.decoding import RepetitionPenalty, SamplingConfig
+    from charlstm.generation.sample import open_streams
+    from charlstm.generation.verse.constraints import build_rules
+    from charlstm.generation.verse.decoder import _RowState
+
+    model = load_model(tiny_run)
+    settings = VerseSettings(line_lengths=[1, 1], rhyme="xinyun", copy_filter=False)
+    rules = build_rules(settings, model.vocab, 2, model.device)
+    penalty = RepetitionPenalty(SamplingConfig(repetition_penalty=2), 2, len(model.vocab), "cpu")
+    streams = open_streams(model.model, 2, CacheConfig.for_generation())
+    x = model.vocab.encode("我们\n").view(-1, 1).repeat(1, 2)
+    logits = streams.read(torch.arange(2), x)[1]
+    state = _RowState(streams, rules, penalty)
+    before = state.get(logits)
+    expected = [list(p) if isinstance(p, list) else p.clone() for p in before]
+    chosen = torch.tensor([model.vocab.char_to_idx["开"]] * 2)
+    for rule in rules:
+        rule.update(chosen, 1, 0)  # line 2's rhyme
+    penalty.push(chosen)
+    streams.step(chosen)
+    assert bool(rules[1].used.any())
+    state.set(before)
+    for old, new in zip(expected, state.get(logits), strict=True):
+        assert old == new if isinstance(old, list) else torch.equal(old, new)

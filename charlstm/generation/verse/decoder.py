@@ -69,9 +69,15 @@ def _put(part: Part, rows: torch.Tensor, values: Part) -> Part:
     return part
 
 
+def _copy(part: Part) -> Part:
+    return list(part) if isinstance(part, list) else part.clone()
+
+
 class _RowState:
     """Every per-row piece of a decode (the streams', the rules', the penalty's, the next
-    distribution), rows first, to copy rows between candidates."""
+    distribution), rows first, to copy rows between candidates. :meth:`get` and :meth:`set`
+    copy, so that a snapshot never changes when the decode changes its state in place (the
+    cache's ring, the rhymes used, the penalty's window)."""
 
     def __init__(
         self,
@@ -98,11 +104,11 @@ class _RowState:
             parts += rule.rows()
         if self.penalty is not None:
             parts.append(self.penalty.recent)
-        return parts
+        return [_copy(part) for part in parts]
 
     def set(self, parts: list[Part]) -> torch.Tensor:
-        """Make ``parts`` the state; returns the next distribution's logits (N, V)."""
-        values = iter(parts)
+        """Make (copies of) ``parts`` the state; returns the next distribution's logits (N, V)."""
+        values = iter([_copy(part) for part in parts])
         logits = next(values)
         h, c = next(values), next(values)
         self._model_streams().state = (
