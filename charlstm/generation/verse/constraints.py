@@ -17,6 +17,7 @@ Every rule has the same three methods, like Hugging Face's logits processors:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import lru_cache
 
 import torch
 
@@ -123,13 +124,20 @@ class AcrosticRule:
         pass
 
 
-def _membership(table: RhymeTable, vocab: Vocab, device: torch.device) -> torch.Tensor:
-    """(V, K) True where character v belongs to class k (any of its readings)."""
-    member = torch.zeros((len(vocab), len(table.names)), dtype=torch.bool)
-    for index, char in enumerate(vocab.idx_to_char):
+@lru_cache(maxsize=4)
+def _member_table(system: str, chars: tuple[str, ...]) -> torch.Tensor:
+    table = rhyme_table(system)
+    member = torch.zeros((len(chars), len(table.names)), dtype=torch.bool)
+    for index, char in enumerate(chars):
         for k in table.classes(char):
             member[index, k] = True
-    return member.to(device)
+    return member
+
+
+def _membership(table: RhymeTable, vocab: Vocab, device: torch.device) -> torch.Tensor:
+    """(V, K) True where character v belongs to class k (any of its readings); built once
+    per vocabulary and system."""
+    return _member_table(table.system, tuple(vocab.idx_to_char)).to(device)
 
 
 class RhymeRule:

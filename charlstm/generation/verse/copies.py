@@ -49,8 +49,9 @@ def split_lines(text: str) -> Iterator[str]:
 class LineSet:
     """Hashes of a text's lines (see the module docstring); ``line in lines``."""
 
-    def __init__(self, hashes: np.ndarray, key: str = "") -> None:
-        self.hashes = np.unique(hashes.astype(np.uint64))  # sorted
+    def __init__(self, hashes: np.ndarray, key: str = "", is_sorted: bool = False) -> None:
+        hashes = hashes.astype(np.uint64, copy=False)
+        self.hashes = hashes if is_sorted else np.unique(hashes)  # sorted, each once
         self.key = key
 
     @classmethod
@@ -76,7 +77,7 @@ class LineSet:
     @classmethod
     def load(cls, path: Path) -> LineSet:
         with np.load(path, allow_pickle=False) as data:
-            return cls(data["hashes"], str(data["key"]))
+            return cls(data["hashes"], str(data["key"]), is_sorted=True)  # as saved
 
 
 def _source(checkpoint: ckpt.Checkpoint) -> tuple[Path, str]:

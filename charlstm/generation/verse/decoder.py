@@ -309,6 +309,8 @@ def _write(
                 allowed = torch.ones((batch, size), dtype=torch.bool, device=device)
                 for k, rule in enumerate(rules, start=1):
                     narrowed = rule.mask(allowed, line, pos)
+                    if narrowed is allowed:
+                        continue  # the rule says nothing here
                     empty = ~narrowed.any(dim=1)
                     if bool(empty.any()):  # keep the row going; it is not kept
                         failed = torch.where(empty & (failed == 0), k, failed)
