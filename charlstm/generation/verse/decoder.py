@@ -40,7 +40,7 @@ from charlstm.errors import CharLSTMError
 from charlstm.generation.adaptation import AdaptiveStreams, CacheConfig, DynamicConfig
 from charlstm.generation.decoding import RepetitionPenalty, SamplingConfig, next_chars
 from charlstm.generation.sample import ModelStreams, check_request, open_streams
-from charlstm.generation.verse.constraints import RhymeRule, Rule, build_rules
+from charlstm.generation.verse.constraints import FormRule, RhymeRule, Rule, build_rules
 from charlstm.generation.verse.copies import LineSet
 from charlstm.generation.verse.forms import VerseSettings
 from charlstm.model import CharLSTM
@@ -133,9 +133,7 @@ class _RowState:
         return logits
 
 
-def _contexts(
-    prefixes: Sequence[str], vocab: Vocab, settings: VerseSettings
-) -> list[tuple[str, str]]:
+def _contexts(prefixes: Sequence[str], vocab: Vocab) -> list[tuple[str, str]]:
     """For each prefix, (what the model reads, what the sample starts with)."""
     newline = "\n" in vocab
     out = []
@@ -222,7 +220,7 @@ def generate_verse(
         raise CharLSTMError(
             f"prefix has characters not in the model's vocabulary: {show_chars(unknown)}"
         )
-    contexts = _contexts(prefixes, vocab, settings)
+    contexts = _contexts(prefixes, vocab)
     samples = len(prefixes) * num_samples
     width = settings.candidates
     batch = samples * width
@@ -284,6 +282,7 @@ def _write(
         index = torch.tensor(rows, device=device)
         logits[index] = streams.read(index, x)[1].float()
     form = rules[0]
+    assert isinstance(form, FormRule)  # build_rules puts the form first
     state = _RowState(streams, rules, penalty)
     names = ["none"] + [rule.name for rule in rules] + ["copy"]
     first = torch.arange(samples, device=device) * width  # each sample's first candidate
