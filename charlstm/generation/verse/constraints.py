@@ -147,7 +147,8 @@ class RhymeRule:
     that character, narrowed by each later rhyme). At the first rhyme only classes with at
     least as many text characters as there are rhyming lines are open (with the tone
     pattern, only 平 classes, or for a pinyin system only its characters that can be 平), so
-    that a row can never run out of rhymes.
+    that the masks never leave a row without a rhyme (a pinyin line whose reading in context
+    does not rhyme is drawn again: :meth:`accept`).
     """
 
     name = "rhyme"

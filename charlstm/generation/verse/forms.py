@@ -83,7 +83,8 @@ MAX_LINE_LENGTH = 64
 def _form_name(value: str) -> str | None:
     if value in PRESETS or value in ALIASES:
         return None
-    return f"unknown {{}} {value!r}; choose one of: " + ", ".join([*PRESETS, *list(ALIASES)[:4]])
+    shown = [*PRESETS, "jueju5", "jueju7", "lushi5", "lushi7"]
+    return f"unknown {{}} {value!r}; choose one of: " + ", ".join(shown)
 
 
 def parse_line_lengths(text: str) -> list[int]:
