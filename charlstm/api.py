@@ -6,7 +6,8 @@
 >>> model.perplexity("一段新的歌词")
 
 The generation controls (``temperature``, ``top_k``, ``top_p``, ``greedy``,
-``repetition_penalty``, ``penalty_window``, ``stop_at``, ``lines``, ``seed``) are keyword
+``repetition_penalty``, ``penalty_window``, ``stop_at``, ``lines``, ``seed``, and
+``verse=VerseSettings(form="七言绝句", acrostic="春夏秋冬")`` for a poem) are keyword
 arguments with the meaning of the ``charlstm generate`` options of the same names;
 ``cache=CacheConfig()`` and ``dynamic=DynamicConfig()`` are ``--cache`` and ``--dynamic``.
 A run trained with ``--ngram-mix`` scores and writes with the LSTM interpolated with its
@@ -37,6 +38,7 @@ from charlstm.generation.settings import (
     SamplingConfig,
     read_prefix_file,
 )
+from charlstm.generation.verse.forms import VerseSettings
 from charlstm.model import CharLSTM
 from charlstm.ngram.mixture import NgramMixture
 from charlstm.storage import checkpoint as ckpt
@@ -83,6 +85,7 @@ class LanguageModel:
         lines: int | None = None,
         cache: CacheConfig | None = None,
         dynamic: DynamicConfig | None = None,
+        verse: VerseSettings | None = None,
     ) -> str:
         """``prefix`` followed by up to ``length`` generated characters.
 
@@ -109,6 +112,7 @@ class LanguageModel:
             lines=lines,
             cache=cache,
             dynamic=dynamic,
+            verse=verse,
         )
         return prefix + texts[0][0]
 
@@ -125,6 +129,7 @@ class LanguageModel:
         on_step: Callable[[list[str]], None] | None = None,
         cache: CacheConfig | None = None,
         dynamic: DynamicConfig | None = None,
+        verse: VerseSettings | None = None,
         **controls: Any,
     ) -> list[list[str]]:
         """Continuations (without the prefix) ``[prefix][sample]``, all in one batch.
@@ -133,13 +138,30 @@ class LanguageModel:
         (``temperature=0.8, top_p=0.9``); keywords override ``sampling``. ``on_step``
         streams: it gets one string per sequence and step (see :func:`generate`).
         ``cache`` / ``dynamic`` adapt every sample to its own text (dynamic evaluation:
-        each from a fresh copy of the weights).
+        each from a fresh copy of the weights). ``verse`` writes a poem in a form instead
+        (:mod:`charlstm.generation.verse`; the form sets the length, and ``length`` is not used).
         """
         if isinstance(prefixes, str):
             prefixes = [prefixes]
         sampling = sampling or SamplingConfig()
         if controls:
             sampling = replace(sampling, **controls)
+        if verse is not None and verse.active:
+            from charlstm.generation.verse.decoder import generate_for
+
+            return generate_for(
+                self,
+                prefixes,
+                verse,
+                sampling,
+                num_samples,
+                seed,
+                stop_at=stop_at,
+                lines=lines,
+                on_step=on_step,
+                cache=cache,
+                dynamic=dynamic,
+            )
         return generate(
             self.model,
             self.vocab,

@@ -226,3 +226,23 @@ def train(corpus, run_dir, model=None, train_options=None, data=None, **kwargs):
 
 def losses(result) -> list[tuple[float, float]]:
     return [(m.train_loss, m.val_loss) for m in result.metrics]
+
+
+# -- verse (issue 27): a model whose distribution is known, over Chinese characters ----------
+
+#: Characters of several 平水韵 classes (一東, 七陽, 一先, 十一尤), both tones, and the
+#: punctuation of the classical forms.
+VERSE_CHARS = "春夏秋冬東風中紅空同宮陽光長香霜天年前煙山月日水雪竹柳木石酒鳥\n，。"
+
+
+def save_verse_model(
+    path: Path, corpus: Path | None = None, weights: dict[str, float] | None = None
+) -> Path:
+    """A known model (:func:`save_known_model`) over :data:`VERSE_CHARS`, uniform unless
+    ``weights`` says otherwise, whose training corpus is ``corpus`` (for the copy filter)."""
+    probs = dict.fromkeys(VERSE_CHARS, 1.0)
+    probs.update(weights or {})
+    total = sum(probs.values())
+    probs = {ch: p / total for ch, p in probs.items()}
+    data = DataConfig(str(corpus) if corpus is not None else "corpus.txt")
+    return save_known_model(path, probs, data_config=data)

@@ -13,7 +13,7 @@ import sys
 
 import typer
 
-from charlstm.cli import checkpoints, generate, train  # noqa: F401 - each registers its commands
+from charlstm.cli import checkpoints, generate, train, verse  # noqa: F401 - each registers its commands
 from charlstm.cli.common import app
 
 __all__ = ["app", "main"]

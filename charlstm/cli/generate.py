@@ -31,6 +31,7 @@ from charlstm.generation.settings import (
     SamplingConfig,
     from_settings,
 )
+from charlstm.generation.verse.forms import VerseSettings
 from charlstm.storage import safe_io
 
 if TYPE_CHECKING:
@@ -55,6 +56,7 @@ def load_choice(given: Given, runs_root: Path) -> LanguageModel:
     Adaptation,
     CacheConfig,
     DynamicConfig,
+    VerseSettings,
     shown={"cache.mix": GENERATION_CACHE_MIX},  # writing feeds the cache its own text
 )
 def generate(runs_root: RunsRoot = Path("runs"), given: Given | None = None) -> None:
@@ -64,12 +66,17 @@ def generate(runs_root: RunsRoot = Path("runs"), given: Given | None = None) -> 
     character written) as eval does; the sampling controls apply to the adapted
     distribution.
 
+    --form or --line-lengths writes a poem in that form, kept exactly (rhyme, tone pattern,
+    --acrostic); the prefix is its title.
+
     Example: charlstm generate --prefix 分开 --length 100 --temperature 0.8 --seed 1
     """
     from charlstm.cli.display import SampleStream, render_samples, use_style
+    from charlstm.cli.verse import verse_request
     from charlstm.generation.decoding import new_seed
 
     given = given or {}
+    verse, given = verse_request(given)  # a poem: no prefix needed, the form sets the length
     request = build(GenerateRequest, given)
     prefixes = request.all_prefixes()
     sampling = build(SamplingConfig, given)
@@ -92,6 +99,7 @@ def generate(runs_root: RunsRoot = Path("runs"), given: Given | None = None) -> 
             on_step=stream.on_step if stream else None,
             cache=cache,
             dynamic=dynamic,
+            verse=verse,
         )
     except KeyboardInterrupt:
         if stream is not None and stream.started:
@@ -101,6 +109,8 @@ def generate(runs_root: RunsRoot = Path("runs"), given: Given | None = None) -> 
         stream.close()
         return
     settings = _generation_record(model, request, sampling, cache, dynamic)
+    if verse.active:
+        settings["verse"] = verse.describe()
     checkpoint = str(model.checkpoint.path)
     body = render_samples(prefixes, texts, request.output_format, settings, checkpoint, seed)
     if request.out is None:

@@ -10,6 +10,7 @@ adapted or mixed, and which the adaptive softmax gives anyway):
    (its logit lowered by ``log(repetition_penalty)``; the rest renormalise). The prefix
    does not count. 1 turns it off; values below 1 (which would favour repeats) are refused;
 2. temperature: logits divided by ``temperature`` (below 1: safer, above 1: wilder);
+   then, when writing verse, the form's mask (``allowed``; :mod:`charlstm.generation.verse`);
 3. top-k: only the ``top_k`` likeliest characters stay;
 4. top-p (nucleus): a character stays while the likelier characters before it hold less
    than ``top_p`` of the probability, so the smallest set holding ``top_p`` stays;
@@ -29,10 +30,17 @@ import torch
 from charlstm.generation.settings import SamplingConfig
 
 
-def filter_logits(logits: torch.Tensor, config: SamplingConfig) -> torch.Tensor:
-    """Temperature, then top-k and top-p masking (masked entries become -inf). ``(N, V)``."""
+def filter_logits(
+    logits: torch.Tensor, config: SamplingConfig, allowed: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Temperature, then top-k and top-p masking (masked entries become -inf). ``(N, V)``.
+
+    ``allowed`` (N, V), a verse form's constraints (:mod:`charlstm.generation.verse`), masks
+    after the temperature and before top-k / top-p."""
     if config.temperature != 1.0:
         logits = logits / config.temperature
+    if allowed is not None:
+        logits = logits.masked_fill(~allowed, float("-inf"))
     if config.top_k is not None and config.top_k < logits.shape[-1]:
         kth = torch.topk(logits, config.top_k, dim=-1).values[..., -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
@@ -62,12 +70,18 @@ def draw(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch
 
 
 def next_chars(
-    logits: torch.Tensor, config: SamplingConfig, generator: torch.Generator | None
+    logits: torch.Tensor,
+    config: SamplingConfig,
+    generator: torch.Generator | None,
+    allowed: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Choose one index per row of ``logits`` (N, V) -> (N,) (no repetition penalty)."""
+    """Choose one index per row of ``logits`` (N, V) -> (N,) (no repetition penalty), among
+    the ``allowed`` (N, V) characters if given."""
     if config.greedy:
+        if allowed is not None:
+            logits = logits.masked_fill(~allowed, float("-inf"))
         return logits.argmax(dim=-1)
-    probs = torch.softmax(filter_logits(logits.float(), config), dim=-1)
+    probs = torch.softmax(filter_logits(logits.float(), config, allowed), dim=-1)
     return draw(probs, generator)
 
 

@@ -1,0 +1,310 @@
+"""One small rule per constraint, each masking the distribution of every row (N, V).
+
+Every rule has the same three methods, like Hugging Face's logits processors:
+
+- ``mask(allowed, line, pos)``: narrow ``allowed`` (N, V) (True: may be drawn) for the
+  character at position ``pos`` of line ``line`` (0-based; positions past the line's
+  length are its ending). All rows of a decode are at the same position of the same form;
+  what differs between rows (the rhyme class, the tone pattern, the rhyme characters used)
+  is each row's own state, held in tensors.
+- ``update(chosen, line, pos)``: account for the characters (N,) just drawn.
+- ``rows()`` / ``set_rows(values)``: the per-row state, as tensors with rows first, so that
+  the decoder can copy rows (the chosen candidate of each line).
+
+:func:`build_rules` composes them in this order: form, acrostic, rhyme, tone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import lru_cache
+
+import torch
+
+from charlstm.data.corpus import Vocab
+from charlstm.errors import CharLSTMError
+from charlstm.fields import SettingError
+from charlstm.generation.verse.forms import (
+    Form,
+    VerseSettings,
+    is_ideograph,
+    text_characters,
+    tone_pattern,
+)
+from charlstm.generation.verse.rhyme import PING, ZE, RhymeTable, rhyme_table
+
+
+def resolve_endings(form: Form, vocab: Vocab) -> list[str]:
+    """Each line's ending as this vocabulary can write it: a newline the vocabulary lacks
+    becomes a space (a model trained with newlines as spaces), or is left out."""
+    endings = []
+    for line in form.lines:
+        ending = line.ending
+        if "\n" in ending and "\n" not in vocab:
+            ending = ending.replace("\n", " " if " " in vocab else "")
+        missing = [ch for ch in ending if ch not in vocab]
+        if missing:
+            raise CharLSTMError(
+                f"the form {form.name} ends lines with {missing[0]!r}, which the model's "
+                "vocabulary does not have"
+            )
+        endings.append(ending)
+    return endings
+
+
+class FormRule:
+    """Inside a line only text characters; at its end, its ending, one character a step."""
+
+    name = "form"
+
+    def __init__(self, form: Form, vocab: Vocab, device: torch.device) -> None:
+        self.lengths = [line.length for line in form.lines]
+        self.endings = [vocab.encode(e).tolist() for e in resolve_endings(form, vocab)]
+        text = torch.tensor(text_characters(vocab.idx_to_char), dtype=torch.bool, device=device)
+        if not text.any():
+            raise CharLSTMError("the model's vocabulary has no characters to write lines with")
+        self.text = text  # (V,)
+
+    def steps(self, line: int) -> int:
+        """Characters line ``line`` takes with its ending."""
+        return self.lengths[line] + len(self.endings[line])
+
+    def mask(self, allowed: torch.Tensor, line: int, pos: int) -> torch.Tensor:
+        length = self.lengths[line]
+        if pos < length:
+            return allowed & self.text
+        forced = torch.zeros_like(self.text)
+        forced[self.endings[line][pos - length]] = True
+        return allowed & forced
+
+    def update(self, chosen: torch.Tensor, line: int, pos: int) -> None:
+        pass
+
+    def rows(self) -> list[torch.Tensor]:
+        return []
+
+    def set_rows(self, values: Sequence[torch.Tensor]) -> None:
+        pass
+
+
+class AcrosticRule:
+    """藏头: line i begins with the i-th character of ``heads``."""
+
+    name = "acrostic"
+
+    def __init__(self, heads: str, vocab: Vocab, device: torch.device) -> None:
+        unknown = [ch for ch in heads if ch not in vocab]
+        if unknown:
+            raise SettingError(
+                f"{{acrostic}} character {unknown[0]!r} is not in the model's vocabulary, "
+                "so no line can begin with it"
+            )
+        text = text_characters(vocab.idx_to_char)
+        bad = [ch for ch in heads if not text[vocab.char_to_idx[ch]]]
+        if bad:
+            raise SettingError(f"{{acrostic}} character {bad[0]!r} cannot begin a line")
+        self.heads = [vocab.char_to_idx[ch] for ch in heads]
+        self.vocab_size = len(vocab)
+        self.device = device
+
+    def mask(self, allowed: torch.Tensor, line: int, pos: int) -> torch.Tensor:
+        if pos != 0 or line >= len(self.heads):
+            return allowed
+        only = torch.zeros(self.vocab_size, dtype=torch.bool, device=self.device)
+        only[self.heads[line]] = True
+        return allowed & only
+
+    def update(self, chosen: torch.Tensor, line: int, pos: int) -> None:
+        pass
+
+    def rows(self) -> list[torch.Tensor]:
+        return []
+
+    def set_rows(self, values: Sequence[torch.Tensor]) -> None:
+        pass
+
+
+@lru_cache(maxsize=4)
+def _member_table(system: str, chars: tuple[str, ...]) -> torch.Tensor:
+    table = rhyme_table(system)
+    member = torch.zeros((len(chars), len(table.names)), dtype=torch.bool)
+    for index, char in enumerate(chars):
+        for k in table.classes(char):
+            member[index, k] = True
+    return member
+
+
+def _membership(table: RhymeTable, vocab: Vocab, device: torch.device) -> torch.Tensor:
+    """(V, K) True where character v belongs to class k (any of its readings); built once
+    per vocabulary and system."""
+    return _member_table(table.system, tuple(vocab.idx_to_char)).to(device)
+
+
+class RhymeRule:
+    """The rhyming lines end in characters of one class, each used once.
+
+    A row's class is the one its first rhyming line's character belongs to (every class of
+    that character, narrowed by each later rhyme). At the first rhyme only classes with at
+    least as many text characters as there are rhyming lines are open (with the tone
+    pattern, only 平 classes, or for a pinyin system only its characters that can be 平), so
+    that the masks never leave a row without a rhyme (a pinyin line whose reading in context
+    does not rhyme is drawn again: :meth:`accept`).
+    """
+
+    name = "rhyme"
+
+    def __init__(
+        self,
+        table: RhymeTable,
+        vocab: Vocab,
+        form: Form,
+        rhyme_lines: Sequence[int],
+        batch: int,
+        device: torch.device,
+        level_only: bool = False,
+    ) -> None:
+        text = torch.tensor(text_characters(vocab.idx_to_char), dtype=torch.bool, device=device)
+        member = _membership(table, vocab, device) & text[:, None]  # (V, K)
+        if level_only and not table.ping_classes:  # pinyin's classes hold both tones
+            level = [table.tones(ch) != {ZE} for ch in vocab.idx_to_char]
+            member &= torch.tensor(level, dtype=torch.bool, device=device)[:, None]
+        open_classes = member.sum(dim=0) >= len(rhyme_lines)  # (K,)
+        if level_only and table.ping_classes:  # 平水韵's classes have a tone of their own
+            ping = torch.zeros_like(open_classes)
+            ping[list(table.ping_classes)] = True
+            open_classes &= ping
+        if not open_classes.any():
+            raise CharLSTMError(
+                f"the model's vocabulary has no {len(rhyme_lines)} characters of one "
+                f"{table.system} rhyme class to rhyme with"
+            )
+        self.table = table
+        self.member = member.float()  # (V, K)
+        self.lines = {line: form.lines[line].length - 1 for line in rhyme_lines}
+        self.classes = open_classes.expand(batch, -1).clone()  # (N, K)
+        self.used = torch.zeros((batch, len(vocab)), dtype=torch.bool, device=device)  # (N, V)
+
+    def mask(self, allowed: torch.Tensor, line: int, pos: int) -> torch.Tensor:
+        if self.lines.get(line) != pos:
+            return allowed
+        rhymes = (self.classes.float() @ self.member.T) > 0  # (N, V)
+        return allowed & rhymes & ~self.used
+
+    def update(self, chosen: torch.Tensor, line: int, pos: int) -> None:
+        if self.lines.get(line) != pos:
+            return
+        self.classes &= self.member[chosen] > 0
+        self.used[torch.arange(len(chosen), device=chosen.device), chosen] = True
+
+    def accept(self, texts: Sequence[str], line: int) -> torch.Tensor:
+        """Whether each row's finished ``line`` (N texts) still rhymes when the line is read
+        whole (pinyin systems: the reading pypinyin's phrase dictionary gives its last
+        character, which may be fewer classes than all its readings); narrows each row's
+        classes to that reading. (N,) bool."""
+        ok = torch.ones(len(texts), dtype=torch.bool, device=self.classes.device)
+        if line not in self.lines or self.table.system == "pingshui":
+            return ok  # 平水韵 has no reading in context: every class of the character
+        for row, text in enumerate(texts):
+            read = torch.zeros_like(self.classes[row])
+            read[list(self.table.line_classes(text))] = True
+            narrowed = self.classes[row] & read
+            ok[row] = bool(narrowed.any())
+            if ok[row]:
+                self.classes[row] = narrowed
+        return ok
+
+    def rows(self) -> list[torch.Tensor]:
+        return [self.classes, self.used]
+
+    def set_rows(self, values: Sequence[torch.Tensor]) -> None:
+        self.classes, self.used = values
+
+
+class ToneRule:
+    """The tone pattern (平仄) of a regulated form, at positions 2, 4, 6 and each line's last.
+
+    Only characters whose tone is unambiguous are masked: where 平 is due, the characters
+    that are only 仄; a character of both tones, or unknown to the table, may stand
+    anywhere (as Jiuge does). Line 1's second character chooses the pattern (平起 or 仄起),
+    so there it must be a character of one tone.
+    """
+
+    name = "tone"
+
+    def __init__(
+        self,
+        table: RhymeTable,
+        vocab: Vocab,
+        form: Form,
+        rhyme_lines: Sequence[int],
+        batch: int,
+        device: torch.device,
+    ) -> None:
+        tones = [table.tones(ch) for ch in vocab.idx_to_char]
+        self.ping_only = torch.tensor([t == {PING} for t in tones], device=device)  # (V,)
+        self.ze_only = torch.tensor([t == {ZE} for t in tones], device=device)  # (V,)
+        # required[s][line][pos]: 0 any, 1 平, 2 仄, for start s (0: 平起, 1: 仄起)
+        code = {PING: 1, ZE: 2}
+        self.required = [
+            [
+                {pos: code[t] for pos, t in line.items()}
+                for line in tone_pattern(form, rhyme_lines, s)
+            ]
+            for s in (PING, ZE)
+        ]
+        self.start = torch.zeros(batch, dtype=torch.long, device=device)  # (N,) 0 平起, 1 仄起
+
+    def mask(self, allowed: torch.Tensor, line: int, pos: int) -> torch.Tensor:
+        if line == 0 and pos == 1:
+            return allowed & (self.ping_only | self.ze_only)
+        level = self.required[0][line].get(pos, 0)
+        oblique = self.required[1][line].get(pos, 0)
+        if level == 0 and oblique == 0:
+            return allowed
+        by_start = torch.stack([self._ok(level), self._ok(oblique)])  # (2, V)
+        return allowed & by_start[self.start]
+
+    def _ok(self, required: int) -> torch.Tensor:
+        if required == 1:
+            return ~self.ze_only
+        if required == 2:
+            return ~self.ping_only
+        return torch.ones_like(self.ze_only)
+
+    def update(self, chosen: torch.Tensor, line: int, pos: int) -> None:
+        if line == 0 and pos == 1:
+            self.start = self.ze_only[chosen].long()
+
+    def rows(self) -> list[torch.Tensor]:
+        return [self.start]
+
+    def set_rows(self, values: Sequence[torch.Tensor]) -> None:
+        (self.start,) = values
+
+
+Rule = FormRule | AcrosticRule | RhymeRule | ToneRule
+
+
+def build_rules(
+    settings: VerseSettings, vocab: Vocab, batch: int, device: torch.device
+) -> list[Rule]:
+    """The rules ``settings`` asks for, in the order they apply: form, acrostic, rhyme, tone."""
+    form = settings.template()
+    rules: list[Rule] = [FormRule(form, vocab, device)]
+    if settings.acrostic:
+        rules.append(AcrosticRule(settings.acrostic, vocab, device))
+    system = settings.rhyme_system()
+    rhyme_lines = settings.rhyme_lines()
+    tone = settings.keeps_tone()
+    if system != "none" or tone:
+        if not any(is_ideograph(ch) for ch in vocab.idx_to_char):
+            raise SettingError(
+                f"{{rhyme}} {system} rhymes Chinese characters, and the model's vocabulary "
+                "has none (give {rhyme} none)"
+            )
+        table = rhyme_table(system)
+        if rhyme_lines:
+            rules.append(RhymeRule(table, vocab, form, rhyme_lines, batch, device, tone))
+        if tone:
+            rules.append(ToneRule(table, vocab, form, settings.rhyme_lines(), batch, device))
+    return rules
