@@ -28,3 +28,11 @@ class Locked(CharLSTMError):
     """Another charlstm process is writing the directory (see :mod:`charlstm.storage.locking`)."""
 
     exit_code = 1
+
+
+class NothingToDo(CharLSTMError):
+    """The request is already fulfilled (a finished run resumed to the target it reached):
+    success. The CLI prints the message as an ordinary line, not an error, and exits 0,
+    so that a retry loop ("resume until it exits 0") ends."""
+
+    exit_code = 0

@@ -20,7 +20,7 @@ from charlstm.api import EvalScope, LanguageModel, ModelChoice
 from charlstm.cli.options import Given, settings_options
 from charlstm.config import PRESETS, DataConfig, ModelConfig, SettingError, TrainConfig, build
 from charlstm.config import option_name as option
-from charlstm.errors import CharLSTMError
+from charlstm.errors import CharLSTMError, NothingToDo
 from charlstm.generation.adaptation import (
     GENERATION_CACHE_MIX,
     Adaptation,
@@ -75,6 +75,9 @@ def handle_errors(command: F) -> F:
             return command(*args, **kwargs)
         except SettingError as err:  # the library names fields; a user typed options
             raise fail(err.render(option), err.exit_code) from None
+        except NothingToDo as err:  # success: one ordinary line
+            typer.echo(str(err))
+            raise typer.Exit(code=0) from None
         except CharLSTMError as err:
             raise fail(str(err), err.exit_code) from None
         except KeyboardInterrupt:
