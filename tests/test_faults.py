@@ -1,4 +1,5 @@
-"""Faults a user meets for real: a second trainer on a live run, a full disk, kill -9.
+"""Faults a user meets for real: a second trainer on a live run, a full disk, kill -9, a
+retry loop resuming a finished run.
 
 Nothing here is mocked: the lock test runs two real processes; the write failures come
 from ``RLIMIT_FSIZE`` in the child process (with SIGXFSZ ignored, a write past the limit
@@ -165,6 +166,52 @@ def test_the_lock_guards_any_directory_and_is_reentrant_in_one_process(tmp_path)
     with runs.run_lock(directory), runs.run_lock(directory):  # the same process: re-entrant
         assert (directory / locking.LOCK_FILE).read_text().strip() == str(os.getpid())
     assert locking.is_held_elsewhere(directory) is None
+
+
+# -- a finished run resumed: success with nothing to do -----------------------------------
+
+
+def files_of(directory: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(directory.iterdir()) if p.is_file()}
+
+
+def nothing_to_do(result: subprocess.CompletedProcess) -> str:
+    """The one line a resume with nothing to do prints: on stdout, exit 0, nothing else."""
+    assert result.returncode == 0 and result.stderr == "", result.stderr
+    lines = result.stdout.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("nothing to do: "), result.stdout
+    return lines[0]
+
+
+def test_a_finished_run_resumed_to_the_target_it_reached_exits_0_and_a_larger_one_continues(
+    reference, tmp_path
+):
+    """What a retry loop (``until charlstm train --resume RUN; do sleep 60; done``) needs:
+    once the run is complete, the resume succeeds without touching it."""
+    directory = tmp_path / "run"
+    shutil.copytree(reference, directory)
+    before = files_of(directory)
+    # the run's own target (as saved, and given again), and a smaller one
+    for given, target in (([], EPOCHS), (["--epochs", EPOCHS], EPOCHS), (["--epochs", 1], 1)):
+        assert nothing_to_do(run("train", "--resume", directory, *given)) == (
+            f"nothing to do: the run has already trained {EPOCHS} epochs ({STEPS} steps), "
+            f"reaching --epochs {target}; pass a larger --epochs or --max-steps (the new total) to "
+            "continue"
+        )
+    assert files_of(directory) == before
+
+    more = run("train", "--resume", directory, "--epochs", EPOCHS + 1, "--max-steps", STEPS + 6)
+    assert more.returncode == 0, more.stderr
+    for target in ([], ["--max-steps", STEPS + 6]):
+        assert nothing_to_do(run("train", "--resume", directory, *target)) == (
+            f"nothing to do: the run has already trained {EPOCHS} epochs ({STEPS + 6} steps), "
+            f"reaching --max-steps {STEPS + 6}; pass a larger --epochs or --max-steps (the new "
+            "total) to continue"
+        )
+    more = run("train", "--resume", directory, "--max-steps", STEPS + 8)
+    assert more.returncode == 0, more.stderr
+    assert [r["step"] for r in runs.read_steps(directory)] == list(range(1, STEPS + 9))
+    assert runs.read_steps(directory)[:STEPS] == runs.read_steps(reference)
 
 
 # -- every write can fail cleanly ----------------------------------------------------------
