@@ -26,6 +26,8 @@ import pytest
 from conftest import invoke
 from test_robustness import ENV, PACED, same_weights
 
+from charlstm.data.corpus import Corpus
+from charlstm.data.prepared import PreparedCorpus
 from charlstm.errors import CharLSTMError, Locked, WriteFailed
 from charlstm.storage import checkpoint as ckpt
 from charlstm.storage import locking, runs, safe_io
@@ -279,6 +281,29 @@ def test_a_full_disk_while_appending_steps_jsonl_leaves_whole_lines(small_corpus
     assert done.returncode == 0, done.stderr
     assert runs.read_steps(directory) == runs.read_steps(whole)
     assert [r["epoch"] for r in runs.read_metrics(directory)] == [1, 2]
+
+
+def test_a_full_disk_while_preparing_names_the_file_written_and_leaves_nothing(tmp_path):
+    """``prepare`` streams the corpus into a temporary directory beside ``--out``: the write
+    fails, not the corpus; nothing half-written stays, and the next prepare works."""
+    alphabet = "春眠不觉晓处闻啼鸟夜来风雨声花落知多少\n"
+    text = "".join(random.Random(5).choices(alphabet, k=300_000))
+    corpus, out = tmp_path / "big.txt", tmp_path / "big.prep"
+    corpus.write_text(text, encoding="utf-8")  # 900 kB; train.bin alone is 540 kB
+
+    line = one_error(run("prepare", corpus, "--out", out, limit=200_000))
+    fix = EFBIG_FIX.format(note="", dir=out)
+    assert line == f"error: cannot write {out / 'train.bin'}: {fix} and run the command again"
+    assert sorted(tmp_path.iterdir()) == [corpus]  # no --out, no temporary directory
+
+    done = run("prepare", corpus, "--out", out)
+    assert done.returncode == 0, done.stderr
+    prepared = PreparedCorpus.open(out)
+    assert prepared.text() == text and prepared.sha256 == Corpus.from_text(text).fingerprint()
+
+    before = files_of(out)  # a failed prepare over a prepared corpus keeps it
+    assert one_error(run("prepare", corpus, "--out", out, limit=200_000)) == line
+    assert sorted(tmp_path.iterdir()) == [out, corpus] and files_of(out) == before
 
 
 def test_generate_out_convert_and_plot_on_a_full_disk_keep_the_old_file(reference, tmp_path):
