@@ -18,9 +18,10 @@ the all-reduce of the gradients costs less than the compute it splits.
 ``--masks`` measures instead what equal-to-one-process dropout costs (issue 28): W processes
 x 1 thread, each drawing the masks of the whole global batch and keeping its rows (what
 ``charlstm train`` does), against the same W processes each drawing only its own rows' masks
-from a generator of its own (the reference: charlstm before issue 28, run here by patching
-``CharLSTM.seed_masks`` in a wrapper script). The two alternate, ``--repeat`` times each;
-then the draws alone are timed in this process at the step's shapes.
+from torch's global generator seeded per rank and step (the reference: charlstm before
+issue 28, run here by patching ``CharLSTM.seed_masks`` in a wrapper script). The two
+alternate, ``--repeat`` times each; then the draws alone are timed in this process at the
+step's shapes.
 
     python scripts/bench_ddp.py --masks --repeat 3
     python scripts/bench_ddp.py --masks --repeat 3 --layers 2 --embed-dropout 0.2
@@ -44,16 +45,18 @@ ROOT = Path(__file__).resolve().parents[1]
 JAYCHOU = ROOT.parent / "shared" / "data" / "jaychou_lyrics.txt.zip"
 
 
-#: ``charlstm`` with every rank drawing the masks of its own rows only, from a generator of
-#: its own (seeded by step and rank): the masks before issue 28, for the reference.
+#: ``charlstm`` with every rank drawing the masks of its own rows only, from torch's global
+#: generator seeded by seed, step and rank: the masks before issue 28, for the reference.
 LOCAL_MASKS = """
 import os, runpy, sys
+import torch
 from charlstm.model import CharLSTM
 
-seed_masks, rank = CharLSTM.seed_masks, int(os.environ.get("RANK", "0"))
+rank = int(os.environ.get("RANK", "0"))
 
 def local(self, seed, rows=None, batch_size=0):
-    seed_masks(self, (seed + rank) % 2**64)  # rows=None: masks at the share's own shape
+    torch.manual_seed((seed + rank) % 2**64)
+    self.masks.generator = None  # dropout's own draws, at the share's shape
 
 CharLSTM.seed_masks = local
 sys.argv = ["charlstm", *sys.argv[1:]]
@@ -144,7 +147,10 @@ def compare_masks(args: argparse.Namespace) -> int:
         f"dropout {args.embed_dropout}, global batch {args.batch_size} x {args.num_steps}, "
         f"{args.steps} steps, {width} processes x 1 thread, {os.cpu_count()} CPU cores here"
     )
-    speeds: dict[str, list[float]] = {"per-rank masks (reference)": [], "global masks": []}
+    speeds: dict[str, list[float]] = {
+        "per-rank masks, before (ref.)": [],
+        "global masks (charlstm now)": [],
+    }
     with tempfile.TemporaryDirectory(prefix="charlstm-masks-") as tmp:
         wrapper = Path(tmp) / "local_masks.py"
         wrapper.write_text(LOCAL_MASKS)
@@ -156,23 +162,25 @@ def compare_masks(args: argparse.Namespace) -> int:
                 logs = [(Path(tmp) / f"0-{b}" / "steps.jsonl").read_text() for b in (False, True)]
                 if args.dropout and logs[0] == logs[1]:
                     raise SystemExit("the per-rank run took the global masks' steps")
-    reference = statistics.median(speeds["per-rank masks (reference)"])
+    reference = statistics.median(speeds["per-rank masks, before (ref.)"])
     for name, values in speeds.items():
         runs = ", ".join(f"{v:,.0f}" for v in values)
         median = statistics.median(values)
-        print(f"{name:28s} median {median:9,.0f} chars/s  {median / reference:5.3f}x  ({runs})")
-    draws = time_draws(args)
+        print(f"{name:30s} median {median:9,.0f} chars/s  {median / reference:5.3f}x  ({runs})")
+    before, own, now = (1e3 * seconds for seconds in time_draws(args))
     print(
-        f"the draws alone, per step, one process: {draws[0] * 1e3:.2f} ms for its own rows, "
-        f"{draws[1] * 1e3:.2f} ms for the global batch's ({draws[1] / draws[0]:.2f}x)"
+        f"the draws alone, per step and process: {before:.2f} ms before (its own rows, "
+        f"bernoulli_), {own:.2f} ms for its own rows from a generator, {now:.2f} ms for the "
+        f"global batch's from a generator (charlstm now: {now / before:.2f}x before)"
     )
     return 0
 
 
-def time_draws(args: argparse.Namespace, steps: int = 200) -> tuple[float, float]:
+def time_draws(args: argparse.Namespace, steps: int = 200) -> list[float]:
     """Seconds per step that one rank spends drawing a step's masks (one thread): of its own
-    rows, and of the whole global batch keeping its rows (what a forward pass draws: the
-    embedding's mask, and one after each layer; per-element masks, not --variational)."""
+    rows from torch's global generator (before issue 28), of its own rows from a generator
+    of its own, and of the whole global batch keeping its rows (charlstm now). A forward pass
+    draws the embedding's mask and one after each layer (per element, not --variational)."""
     from charlstm.model import Masks
 
     torch.set_num_threads(1)
@@ -182,15 +190,16 @@ def time_draws(args: argparse.Namespace, steps: int = 200) -> tuple[float, float
     if args.embed_dropout:
         shapes.append((args.num_steps, share, args.hidden))  # the embedding: D = H
     results = []
-    for rows in (None, (0, share)):
+    for seeded, rows in ((False, None), (True, None), (True, (0, share))):
         masks = Masks()
-        masks.seed(0, like.device, rows, args.batch_size)
+        if seeded:
+            masks.seed(0, like.device, rows, args.batch_size)
         started = time.perf_counter()
         for _ in range(steps):
             for shape in shapes:
                 masks.keep(like, shape, args.dropout, batch_dim=1)
         results.append((time.perf_counter() - started) / steps)
-    return results[0], results[1]
+    return results
 
 
 if __name__ == "__main__":

@@ -177,11 +177,11 @@ def files_of(directory: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(directory.iterdir()) if p.is_file()}
 
 
-def nothing_to_do(result: subprocess.CompletedProcess) -> str:
+def nothing_to_do(code: int, stdout: str, stderr: str) -> str:
     """The one line a resume with nothing to do prints: on stdout, exit 0, nothing else."""
-    assert result.returncode == 0 and result.stderr == "", result.stderr
-    lines = result.stdout.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("nothing to do: "), result.stdout
+    assert code == 0 and stderr == "", stderr
+    lines = stdout.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("nothing to do: "), stdout
     return lines[0]
 
 
@@ -189,29 +189,32 @@ def test_a_finished_run_resumed_to_the_target_it_reached_exits_0_and_a_larger_on
     reference, tmp_path
 ):
     """What a retry loop (``until charlstm train --resume RUN; do sleep 60; done``) needs:
-    once the run is complete, the resume succeeds without touching it."""
+    once the run is complete, the resume succeeds without touching it. The first command is
+    a real process (its exit status is what the loop sees); the others go in-process."""
     directory = tmp_path / "run"
     shutil.copytree(reference, directory)
     before = files_of(directory)
-    # the run's own target (as saved, and given again), and a smaller one
-    for given, target in (([], EPOCHS), (["--epochs", EPOCHS], EPOCHS), (["--epochs", 1], 1)):
-        assert nothing_to_do(run("train", "--resume", directory, *given)) == (
-            f"nothing to do: the run has already trained {EPOCHS} epochs ({STEPS} steps), "
-            f"reaching --epochs {target}; pass a larger --epochs or --max-steps (the new total) to "
-            "continue"
-        )
+    done = run("train", "--resume", directory)
+    says = (
+        f"nothing to do: the run has already trained {EPOCHS} epochs ({STEPS} steps), reaching "
+        "--epochs {target}; pass a larger --epochs or --max-steps (the new total) to continue"
+    )
+    assert nothing_to_do(done.returncode, done.stdout, done.stderr) == says.format(target=EPOCHS)
+    for target in (EPOCHS, 1):  # the run's own target given again, and a smaller one
+        done = invoke("train", "--resume", directory, "--epochs", target)
+        assert nothing_to_do(done.exit_code, done.stdout, done.stderr) == says.format(target=target)
     assert files_of(directory) == before
 
-    more = run("train", "--resume", directory, "--epochs", EPOCHS + 1, "--max-steps", STEPS + 6)
-    assert more.returncode == 0, more.stderr
-    for target in ([], ["--max-steps", STEPS + 6]):
-        assert nothing_to_do(run("train", "--resume", directory, *target)) == (
-            f"nothing to do: the run has already trained {EPOCHS} epochs ({STEPS + 6} steps), "
-            f"reaching --max-steps {STEPS + 6}; pass a larger --epochs or --max-steps (the new "
-            "total) to continue"
-        )
-    more = run("train", "--resume", directory, "--max-steps", STEPS + 8)
-    assert more.returncode == 0, more.stderr
+    more = invoke("train", "--resume", directory, "--epochs", EPOCHS + 1, "--max-steps", STEPS + 6)
+    assert more.exit_code == 0, more.output
+    done = invoke("train", "--resume", directory)  # the saved target is now --max-steps
+    assert nothing_to_do(done.exit_code, done.stdout, done.stderr) == (
+        f"nothing to do: the run has already trained {EPOCHS} epochs ({STEPS + 6} steps), "
+        f"reaching --max-steps {STEPS + 6}; pass a larger --epochs or --max-steps (the new "
+        "total) to continue"
+    )
+    more = invoke("train", "--resume", directory, "--max-steps", STEPS + 8)
+    assert more.exit_code == 0, more.output
     assert [r["step"] for r in runs.read_steps(directory)] == list(range(1, STEPS + 9))
     assert runs.read_steps(directory)[:STEPS] == runs.read_steps(reference)
 
