@@ -25,6 +25,11 @@ only on the rows looked up. The LSTM layers are either written out gate by gate
 (:class:`ScratchLSTMLayer`, backend ``scratch``) or ``nn.LSTM`` (backend ``torch``);
 :func:`build_model` picks one from a :class:`~charlstm.config.ModelConfig`.
 
+Training's random masks (dropout, variational dropout, embedding dropout, DropConnect)
+come from the model's :class:`Masks`: torch's global generator by default, or, after
+:meth:`CharLSTM.seed_masks`, a generator of their own drawn for the whole global batch, so
+that a data-parallel process's masks are a single process's rows (:class:`Masks`).
+
 Letters: T time steps, N batch, D input size, H hidden size, L layers, V vocabulary.
 """
 
@@ -42,6 +47,70 @@ from charlstm.lstm_function import lstm_recurrence, lstm_recurrence_autograd, ls
 
 State = tuple[torch.Tensor, torch.Tensor]  # (h, c), each (L, N, H)
 LayerState = tuple[torch.Tensor, torch.Tensor]  # (h, c), each (N, H)
+
+
+class Masks:
+    """Where training's random keep-masks come from; one object shared by a model's layers.
+
+    By default (``generator`` None) torch's global generator, at the shapes the model sees.
+    After :meth:`seed` the masks come from ``generator``, and a mask with a batch dimension
+    is drawn for all ``batch_size`` rows of the global batch, of which this process keeps
+    rows ``[lo, hi)`` (``rows``). The processes of a data-parallel job hold the rows
+    ``[r N / W, (r + 1) N / W)`` of each batch: seeded alike, each draws the numbers one
+    process training the whole batch would draw, and keeps the rows it owns, so its masks
+    equal that process's row for row, for any number of processes. A mask without a batch
+    dimension (DropConnect's, on ``W_h``) is the whole draw, the same on every process.
+    The cost: each process draws the global batch's masks, ``W`` times its own share
+    (:meth:`keep` draws them cheaply).
+    """
+
+    def __init__(self) -> None:
+        self.generator: torch.Generator | None = None
+        self.rows: tuple[int, int] | None = None
+        self.batch_size = 0
+
+    def seed(
+        self,
+        seed: int,
+        device: torch.device,
+        rows: tuple[int, int] | None = None,
+        batch_size: int = 0,
+    ) -> None:
+        """Draw from a generator on ``device`` seeded with ``seed`` from now on; ``rows``
+        ``[lo, hi)`` of a global batch of ``batch_size`` are this process's (None: all)."""
+        if rows is not None and not 0 <= rows[0] < rows[1] <= batch_size:
+            raise CharLSTMError(f"rows {rows} are not a part of a batch of {batch_size}")
+        self.generator = torch.Generator(device=device).manual_seed(seed)
+        self.rows, self.batch_size = rows, batch_size
+
+    def keep(
+        self, like: torch.Tensor, shape: Sequence[int], p: float, batch_dim: int | None
+    ) -> torch.Tensor:
+        """A dropout mask of ``shape`` (on ``like``'s device and dtype): each element
+        ``1 / (1 - p)`` with probability ``1 - p``, else 0. ``batch_dim``: the dimension
+        holding this process's rows of the batch, or None.
+
+        From the generator a mask is a float32 uniform draw compared with ``1 - p``: three
+        times as fast as ``bernoulli_`` on a CPU (1.9 ms against 5.7 ms for 35 x 32 x 256
+        elements, one thread), so drawing the global batch's masks costs a data-parallel
+        process less than drawing its own share did with ``bernoulli_``."""
+        keep = 1.0 - p
+        if self.generator is None:
+            return like.new_empty(tuple(shape)).bernoulli_(keep).div_(keep)
+        full = list(shape)
+        if batch_dim is not None and self.rows is not None:
+            lo, hi = self.rows
+            if shape[batch_dim] != hi - lo:
+                raise CharLSTMError(
+                    f"a batch of {shape[batch_dim]} rows is not this process's rows "
+                    f"[{lo}, {hi}) of {self.batch_size}"
+                )
+            full[batch_dim] = self.batch_size
+        draw = like.new_empty(full, dtype=torch.float32).uniform_(generator=self.generator)
+        mask = draw.lt_(keep).div_(keep).to(like.dtype)
+        if batch_dim is None or self.rows is None:
+            return mask
+        return mask.narrow(batch_dim, lo, hi - lo)
 
 
 class ScratchLSTMLayer(nn.Module):
@@ -77,10 +146,12 @@ class ScratchLSTMLayer(nn.Module):
         peephole: bool = False,
         weight_drop: float = 0.0,
         one_hot: bool = False,
+        masks: Masks | None = None,
     ) -> None:
         super().__init__()
         self.input_size, self.hidden_size = input_size, hidden_size
         self.impl, self.weight_drop = impl, weight_drop
+        self.masks = Masks() if masks is None else masks  # DropConnect's
         self.W_x: nn.Parameter | None = None
         if not one_hot:
             self.W_x = nn.Parameter(torch.empty(input_size, 4 * hidden_size))  # (D, 4H)
@@ -97,9 +168,11 @@ class ScratchLSTMLayer(nn.Module):
 
     def recurrent_weight(self) -> torch.Tensor:
         """``W_h``, with DropConnect (AWD-LSTM) applied while training."""
-        if self.training and self.weight_drop > 0:
+        if not (self.training and self.weight_drop > 0):
+            return self.W_h
+        if self.masks.generator is None:
             return nn.functional.dropout(self.W_h, self.weight_drop, training=True)
-        return self.W_h
+        return self.W_h * self.masks.keep(self.W_h, self.W_h.shape, self.weight_drop, None)
 
     def forward(self, x: torch.Tensor, state: LayerState) -> tuple[torch.Tensor, LayerState]:
         """``x`` (T, N, D), ``state`` ((N, H), (N, H)) -> ``h`` for every step (T, N, H).
@@ -176,21 +249,21 @@ class SequenceDropout(nn.Module):
 
     ``variational=True`` draws one mask per sequence and reuses it at every time step
     (Gal & Ghahramani; AWD-LSTM's "locked dropout"); otherwise every element is dropped
-    independently.
+    independently. The masks come from ``masks`` (:class:`Masks`).
     """
 
-    def __init__(self, p: float, variational: bool) -> None:
+    def __init__(self, p: float, variational: bool, masks: Masks | None = None) -> None:
         super().__init__()
         self.p, self.variational = p, variational
+        self.masks = Masks() if masks is None else masks
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0:
             return x
-        if not self.variational:
+        if not self.variational and self.masks.generator is None:
             return nn.functional.dropout(x, self.p, training=True)
-        keep = 1.0 - self.p
-        mask = x.new_empty((1, *x.shape[1:])).bernoulli_(keep) / keep  # (1, N, D)
-        return x * mask
+        shape = (1, *x.shape[1:]) if self.variational else x.shape  # (1, N, D) or (T, N, D)
+        return x * self.masks.keep(x, shape, self.p, batch_dim=1)
 
 
 class CharLSTM(nn.Module):
@@ -208,6 +281,7 @@ class CharLSTM(nn.Module):
         config.validate()
         self.config = config
         V, D, H = config.vocab_size, config.input_size, config.hidden_size
+        self.masks = Masks()  # every random mask of training: see seed_masks
         # One-hot inputs: the embedding is the first layer's W_x (V, 4H) itself.
         self.embedding = nn.Embedding(V, 4 * H if config.one_hot else D)
         sizes = [D] + [H] * (config.num_layers - 1)
@@ -220,6 +294,7 @@ class CharLSTM(nn.Module):
                     config.peephole,
                     config.weight_drop,
                     one_hot=config.one_hot and index == 0,
+                    masks=self.masks,
                 )
                 for index, size in enumerate(sizes)
             ]
@@ -228,8 +303,8 @@ class CharLSTM(nn.Module):
         else:
             layers = [TorchLSTMLayer(size, H) for size in sizes]
         self.layers = nn.ModuleList(layers)
-        self.embed_drop = SequenceDropout(config.embed_dropout, config.variational)
-        self.drop = SequenceDropout(config.dropout, config.variational)
+        self.embed_drop = SequenceDropout(config.embed_dropout, config.variational, self.masks)
+        self.drop = SequenceDropout(config.dropout, config.variational, self.masks)
         self.adaptive = config.softmax == "adaptive"
         self.head: nn.Linear | nn.AdaptiveLogSoftmaxWithLoss
         if self.adaptive:
@@ -249,6 +324,16 @@ class CharLSTM(nn.Module):
     @property
     def device(self) -> torch.device:
         return self.embedding.weight.device
+
+    def seed_masks(
+        self, seed: int, rows: tuple[int, int] | None = None, batch_size: int = 0
+    ) -> None:
+        """Draw training's random masks (dropout, variational and embedding dropout,
+        DropConnect) from a generator seeded with ``seed`` from now on, for a global batch
+        of ``batch_size`` rows of which the batches this model sees are rows ``rows``
+        ``[lo, hi)`` (None: the whole batch). A data-parallel process seeded as one
+        process would be then draws that process's masks, row for row (:class:`Masks`)."""
+        self.masks.seed(seed, self.device, rows, batch_size)
 
     def init_state(self, batch_size: int) -> State:
         """Zero ``(h, c)``, each (L, N, H), on the model's device and dtype."""

@@ -1,9 +1,11 @@
-"""Data parallelism under PyTorch's own ``torchrun`` equals one process.
+"""Data parallelism under PyTorch's own ``torchrun`` equals one process, dropout and all.
 
 Every run here is a real command: ``torchrun --standalone --nproc_per_node=2 -m charlstm
 train ...`` (gloo on the CPU, two processes) against plain ``python -m charlstm train``
-with the same global ``--batch-size``. The independent runs start together (module
-fixtures), so the file costs about two rounds of process start-up.
+with the same global ``--batch-size``, at the default dropout (and, on the scratch backend,
+with variational, embedding dropout, DropConnect and random windows as well): every rank
+draws the masks of the whole global batch and keeps its rows. The independent runs start
+together (module fixtures), so the file costs about two rounds of process start-up.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ import pytest
 import torch
 from conftest import ENV, TORCHRUN, command
 
+from charlstm.config import ModelConfig
+from charlstm.model import build_model
 from charlstm.storage import checkpoint as ckpt
 from charlstm.storage import runs
 
@@ -30,9 +34,13 @@ pytestmark = pytest.mark.skipif(
 
 STEPS = 20
 SETTINGS = [
-    "--hidden", "16", "--batch-size", "4", "--num-steps", "12", "--dropout", "0",
+    "--hidden", "16", "--batch-size", "4", "--num-steps", "12",
     "--eval-every", "10", "--sample-every", "0", "--seed", "5", "--device", "cpu",
 ]  # fmt: skip
+#: Every random draw that depends on the batch, on the scratch backend (the default dropout
+#: 0.3 is on in every run here).
+SCRATCH = ["--variational", "--embed-dropout", "0.2", "--weight-drop", "0.3",
+           "--sampling", "random"]  # fmt: skip
 TOLERANCE = 1e-5
 NAMES = ("one-torch", "two-torch", "one-scratch", "two-scratch", "two-then-one", "one-then-two")
 
@@ -57,7 +65,8 @@ def finish(*jobs: subprocess.Popen) -> list[tuple[str, str]]:
 
 
 def train(corpus: Path, run_dir: Path, steps: int, backend: str = "torch") -> list[object]:
-    return ["train", corpus, *SETTINGS, "--backend", backend, "--max-steps", steps,
+    extra = SCRATCH if backend == "scratch" else []
+    return ["train", corpus, *SETTINGS, *extra, "--backend", backend, "--max-steps", steps,
             "--run-dir", run_dir]  # fmt: skip
 
 
@@ -84,8 +93,8 @@ def held_out(run_dir: Path) -> list[float]:
 @pytest.fixture(scope="module")
 def trained(small_corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """The runs compared below, by name: ``one-B`` / ``two-B``: 20 steps of backend B on
-    1 / 2 processes; ``two-then-one``: 10 steps on 2, resumed on 1 to step 20; and
-    ``one-then-two``, the reverse."""
+    1 / 2 processes (scratch: with :data:`SCRATCH`); ``two-then-one``: 10 steps on 2 (torch
+    backend), resumed on 1 to step 20; and ``one-then-two``, the reverse."""
     root = tmp_path_factory.mktemp("ddp")  # every run's working directory too
     dirs = {name: root / name for name in NAMES}
     outputs = finish(
@@ -122,6 +131,42 @@ def test_a_run_resumed_on_another_number_of_processes_continues_exactly(
     assert loss_gap(reference, resumed) < TOLERANCE
     assert weight_gap(reference, resumed) < TOLERANCE
     assert held_out(resumed) == pytest.approx(held_out(reference), abs=TOLERANCE)
+
+
+@pytest.mark.parametrize("backend", ["torch", "scratch"])
+def test_the_masks_of_a_share_of_the_batch_are_those_rows_of_the_whole_batchs(backend: str):
+    """What makes the runs above equal: a model seeded for its rows [lo, hi) of a global
+    batch drops exactly what one model seeded alike drops in those rows of the whole batch
+    (dropout, variational and embedding dropout, DropConnect)."""
+    regularised = {"dropout": 0.3, "embed_dropout": 0.2, "variational": backend == "scratch"}
+    if backend == "scratch":
+        regularised["weight_drop"] = 0.3
+    config = ModelConfig(vocab_size=11, hidden_size=8, num_layers=2, backend=backend,
+                         **regularised)  # fmt: skip
+    torch.manual_seed(0)
+    model = build_model(config).train()
+    x = torch.randint(0, 11, (6, 4))  # (T, N)
+    model.seed_masks(42, (0, 4), 4)
+    whole, _ = model(x)
+    parts = []
+    for lo, hi in ((0, 1), (1, 3), (3, 4)):  # shares of any size
+        model.seed_masks(42, (lo, hi), 4)
+        parts.append(model(x[:, lo:hi])[0])
+    # equal up to rounding: a matrix product of fewer rows may sum in another order
+    assert (torch.cat(parts, dim=1) - whole).abs().max() < 1e-6
+    model.seed_masks(43, (0, 4), 4)
+    assert not torch.allclose(model(x)[0], whole)  # the masks are drawn: another seed differs
+    assert not torch.allclose(model.eval()(x)[0], whole)  # and dropout is on
+
+
+def test_torchrun_resuming_a_finished_run_succeeds_with_one_line(trained: dict[str, Any]):
+    """A retry loop under torchrun ends too: every rank exits 0, rank 0 says why."""
+    run_dir = trained["one-torch"]
+    [(out, _)] = finish(start(2, "train", "--resume", run_dir, "--max-steps", STEPS))
+    assert out.splitlines() == [
+        f"nothing to do: the run has already trained 0 epochs ({STEPS} steps), reaching "
+        f"--max-steps {STEPS}; pass a larger --epochs or --max-steps (the new total) to continue"
+    ]
 
 
 def test_only_rank_0_writes_files_and_prints(trained: dict[str, Any]):

@@ -1,4 +1,5 @@
-"""Faults a user meets for real: a second trainer on a live run, a full disk, kill -9.
+"""Faults a user meets for real: a second trainer on a live run, a full disk, kill -9, a
+retry loop resuming a finished run.
 
 Nothing here is mocked: the lock test runs two real processes; the write failures come
 from ``RLIMIT_FSIZE`` in the child process (with SIGXFSZ ignored, a write past the limit
@@ -24,6 +25,8 @@ from pathlib import Path
 import pytest
 from conftest import ENV, PACED, invoke, same_weights
 
+from charlstm.data.corpus import Corpus
+from charlstm.data.prepared import PreparedCorpus
 from charlstm.errors import CharLSTMError, Locked, WriteFailed
 from charlstm.storage import checkpoint as ckpt
 from charlstm.storage import locking, runs, safe_io
@@ -166,6 +169,55 @@ def test_the_lock_guards_any_directory_and_is_reentrant_in_one_process(tmp_path)
     assert locking.is_held_elsewhere(directory) is None
 
 
+# -- a finished run resumed: success with nothing to do -----------------------------------
+
+
+def files_of(directory: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(directory.iterdir()) if p.is_file()}
+
+
+def nothing_to_do(code: int, stdout: str, stderr: str) -> str:
+    """The one line a resume with nothing to do prints: on stdout, exit 0, nothing else."""
+    assert code == 0 and stderr == "", stderr
+    lines = stdout.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("nothing to do: "), stdout
+    return lines[0]
+
+
+def test_a_finished_run_resumed_to_the_target_it_reached_exits_0_and_a_larger_one_continues(
+    reference, tmp_path
+):
+    """What a retry loop (``until charlstm train --resume RUN; do sleep 60; done``) needs:
+    once the run is complete, the resume succeeds without touching it. The first command is
+    a real process (its exit status is what the loop sees); the others go in-process."""
+    directory = tmp_path / "run"
+    shutil.copytree(reference, directory)
+    before = files_of(directory)
+    done = run("train", "--resume", directory)
+    says = (
+        f"nothing to do: the run has already trained {EPOCHS} epochs ({STEPS} steps), reaching "
+        "--epochs {target}; pass a larger --epochs or --max-steps (the new total) to continue"
+    )
+    assert nothing_to_do(done.returncode, done.stdout, done.stderr) == says.format(target=EPOCHS)
+    for target in (EPOCHS, 1):  # the run's own target given again, and a smaller one
+        done = invoke("train", "--resume", directory, "--epochs", target)
+        assert nothing_to_do(done.exit_code, done.stdout, done.stderr) == says.format(target=target)
+    assert files_of(directory) == before
+
+    more = invoke("train", "--resume", directory, "--epochs", EPOCHS + 1, "--max-steps", STEPS + 6)
+    assert more.exit_code == 0, more.output
+    done = invoke("train", "--resume", directory)  # the saved target is now --max-steps
+    assert nothing_to_do(done.exit_code, done.stdout, done.stderr) == (
+        f"nothing to do: the run has already trained {EPOCHS} epochs ({STEPS + 6} steps), "
+        f"reaching --max-steps {STEPS + 6}; pass a larger --epochs or --max-steps (the new "
+        "total) to continue"
+    )
+    more = invoke("train", "--resume", directory, "--max-steps", STEPS + 8)
+    assert more.exit_code == 0, more.output
+    assert [r["step"] for r in runs.read_steps(directory)] == list(range(1, STEPS + 9))
+    assert runs.read_steps(directory)[:STEPS] == runs.read_steps(reference)
+
+
 # -- every write can fail cleanly ----------------------------------------------------------
 
 
@@ -231,6 +283,29 @@ def test_a_full_disk_while_appending_steps_jsonl_leaves_whole_lines(small_corpus
     assert done.returncode == 0, done.stderr
     assert runs.read_steps(directory) == runs.read_steps(whole)
     assert [r["epoch"] for r in runs.read_metrics(directory)] == [1, 2]
+
+
+def test_a_full_disk_while_preparing_names_the_file_written_and_leaves_nothing(tmp_path):
+    """``prepare`` streams the corpus into a temporary directory beside ``--out``: the write
+    fails, not the corpus; nothing half-written stays, and the next prepare works."""
+    alphabet = "春眠不觉晓处闻啼鸟夜来风雨声花落知多少\n"
+    text = "".join(random.Random(5).choices(alphabet, k=300_000))
+    corpus, out = tmp_path / "big.txt", tmp_path / "big.prep"
+    corpus.write_text(text, encoding="utf-8")  # 900 kB; train.bin alone is 540 kB
+
+    line = one_error(run("prepare", corpus, "--out", out, limit=200_000))
+    fix = EFBIG_FIX.format(note="", dir=out)
+    assert line == f"error: cannot write {out / 'train.bin'}: {fix} and run the command again"
+    assert sorted(tmp_path.iterdir()) == [corpus]  # no --out, no temporary directory
+
+    done = run("prepare", corpus, "--out", out)
+    assert done.returncode == 0, done.stderr
+    prepared = PreparedCorpus.open(out)
+    assert prepared.text() == text and prepared.sha256 == Corpus.from_text(text).fingerprint()
+
+    before = files_of(out)  # a failed prepare over a prepared corpus keeps it
+    assert one_error(run("prepare", corpus, "--out", out, limit=200_000)) == line
+    assert sorted(tmp_path.iterdir()) == [out, corpus] and files_of(out) == before
 
 
 def test_generate_out_convert_and_plot_on_a_full_disk_keep_the_old_file(reference, tmp_path):

@@ -10,7 +10,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
-from charlstm.errors import CharLSTMError
+from charlstm.errors import CharLSTMError, NothingToDo
 from charlstm.fields import SettingError, render_names
 from charlstm.fields import option_name as option
 
@@ -56,6 +56,9 @@ def handle_errors(command: F) -> F:
             return command(*args, **kwargs)
         except SettingError as err:  # the library names fields; a user typed options
             raise fail(err.render(option), err.exit_code) from None
+        except NothingToDo as err:  # success: one ordinary line
+            typer.echo(str(err))
+            raise typer.Exit(code=0) from None
         except CharLSTMError as err:
             raise fail(str(err), err.exit_code) from None
         except KeyboardInterrupt:

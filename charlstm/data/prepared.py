@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import codecs
 import dataclasses
+import errno
 import hashlib
 import json
 import os
@@ -53,7 +54,7 @@ from charlstm.data.corpus import (
     split_point,
     zip_text_members,
 )
-from charlstm.errors import CharLSTMError
+from charlstm.errors import CharLSTMError, write_failed
 
 FORMAT_VERSION = 1
 FORMAT_NAME = "charlstm-prepared"
@@ -216,13 +217,36 @@ class _Pass1:
         self.counts, self.sha = counts, sha.copy()
 
 
-class _Pass2:
-    """Writes the indices of the normalised text: ``train.bin`` up to ``cut``, then ``val.bin``."""
+#: What to do after a failed write of a prepared corpus, once the disk has room.
+THEN = "run the command again"
 
-    def __init__(self, vocab: Vocab, dtype: np.dtype, cut: int, train: IO, val: IO) -> None:
+
+def _write_all(handle: IO[bytes], data: bytes, shown: Path) -> None:
+    """Write all of ``data`` to the unbuffered ``handle``; a failed write (a full disk, the
+    file-size limit) is :class:`~charlstm.errors.WriteFailed` naming ``shown``, the file's
+    name once in place, and not an ``OSError``, which ``_sources`` would take for a failure
+    to read the corpus."""
+    view = memoryview(data)
+    try:
+        while view:  # a short write (the disk full mid-way) is followed by one that raises
+            written = handle.write(view)
+            if not written:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(shown))
+            view = view[written:]
+    except OSError as err:
+        raise write_failed(shown, err, THEN) from err
+
+
+class _Pass2:
+    """Writes the indices of the normalised text: ``train.bin`` up to ``cut``, then ``val.bin``
+    (``out_dir``: the directory they are shown in, in a failure's message)."""
+
+    def __init__(
+        self, vocab: Vocab, dtype: np.dtype, cut: int, train: IO, val: IO, out_dir: Path
+    ) -> None:
         self.table = np.zeros(_UNICODE, dtype=dtype)
         self.table[[ord(ch) for ch in vocab.idx_to_char]] = np.arange(len(vocab), dtype=dtype)
-        self.cut, self.train, self.val = cut, train, val
+        self.cut, self.train, self.val, self.out_dir = cut, train, val, out_dir
         self.position = 0
         self.train_counts = np.zeros(len(vocab), dtype=np.int64)
 
@@ -232,10 +256,10 @@ class _Pass2:
         indices = self.table[_codes(text)]
         head = indices[: max(0, self.cut - self.position)]
         if len(head):
-            self.train.write(head.tobytes())
+            _write_all(self.train, head.tobytes(), self.out_dir / "train.bin")
             self.train_counts += np.bincount(head, minlength=len(self.train_counts))
         if len(head) < len(indices):
-            self.val.write(indices[len(head) :].tobytes())
+            _write_all(self.val, indices[len(head) :].tobytes(), self.out_dir / "val.bin")
         self.position += len(indices)
 
 
@@ -337,16 +361,20 @@ def prepare(
     dtype = _dtype_for(len(vocab))
     log(f"pass 1: {n:,} characters, {len(vocab):,} distinct, {time.perf_counter() - started:.1f} s")
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_dir.parent / f".{out_dir.name}.preparing-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
+    shown = out_dir  # the file being written, by its name once in place (for a failure)
     try:
-        with open(tmp / "train.bin", "wb") as train, open(tmp / "val.bin", "wb") as val:
-            writer = _Pass2(vocab, dtype, cut, train, val)
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        # unbuffered: the indices go out a chunk at a time, and a full disk fails a write
+        # (in _Pass2, as WriteFailed), never a close
+        with open(tmp / "train.bin", "wb", 0) as train, open(tmp / "val.bin", "wb", 0) as val:
+            writer = _Pass2(vocab, dtype, cut, train, val, out_dir)
             _stream(data, path, writer, chunk_bytes, encodings)
         if writer.position != n:
             raise CharLSTMError(f"{path} changed while it was being prepared; prepare it again")
+        shown = out_dir / "vocab.json"
         (tmp / "vocab.json").write_text(
             json.dumps(vocab.to_list(), ensure_ascii=False) + "\n", encoding="utf-8"
         )
@@ -365,10 +393,14 @@ def prepare(
             "counts": counts.tolist(),
             "train_counts": writer.train_counts.tolist(),
         }
+        shown = out_dir / "meta.json"
         (tmp / "meta.json").write_text(json.dumps(meta, ensure_ascii=False) + "\n", "utf-8")
+        shown = out_dir
         if out_dir.exists():
             shutil.rmtree(out_dir)
         tmp.rename(out_dir)
+    except OSError as err:  # a write: _sources makes a failed read a CharLSTMError
+        raise write_failed(shown, err, THEN) from err
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     seconds = time.perf_counter() - started

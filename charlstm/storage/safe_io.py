@@ -10,7 +10,9 @@ Every file charlstm writes goes through here or through :func:`charlstm.storage.
   whole line, so a reader or a later ``--resume`` never meets half a line.
 
 A failure (disk full, file too large, read-only or failing disk) becomes
-:class:`~charlstm.errors.WriteFailed`: one line naming the file, the cause and what to do.
+:class:`~charlstm.errors.WriteFailed`: one line naming the file, the cause and what to do
+(:func:`~charlstm.errors.write_failed`, in the core so that :mod:`charlstm.data` words its
+failures alike).
 """
 
 from __future__ import annotations
@@ -22,46 +24,11 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import IO
 
-from charlstm.errors import WriteFailed
+from charlstm.errors import write_failed
 
 #: Temporary files (``.NAME.*.tmp``) of :func:`write_atomic` and
 #: :func:`charlstm.storage.checkpoint.save`.
 TMP_SUFFIX = ".tmp"
-
-
-#: Errors in the path the user gave rather than in the disk: bad input (exit code 2).
-PATH_ERRORS = (errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.ENAMETOOLONG)
-
-
-def write_failed(
-    path: str | Path, err: OSError | None, then: str, note: str = "", what: str = ""
-) -> WriteFailed:
-    """The one-line error for a failed write of ``path`` (``what``: "checkpoint", say).
-
-    ``then`` is what to do once the cause is fixed ("resume with: charlstm train --resume
-    RUN"); ``note`` is said after the cause ("the previous last.pt is kept").
-    """
-    path = Path(path)
-    name = f"{what} {path}" if what else str(path)
-    where = path.parent if str(path.parent) else Path(".")
-    code = None if err is None else err.errno
-    cause = (err.strerror or str(err)) if err is not None else "the write stopped part-way"
-    if code in PATH_ERRORS:
-        return WriteFailed(f"cannot write {name}: {cause}", exit_code=2)
-    if code in (errno.ENOSPC, errno.EDQUOT):
-        fix = f"free space on the disk holding {where}"
-    elif code == errno.EFBIG:
-        fix = f"free space on the disk holding {where} (or raise the file-size limit, ulimit -f)"
-    elif code == errno.EROFS:
-        fix = f"make the disk holding {where} writable (it is mounted read-only)"
-    elif code == errno.EIO:
-        fix = f"check the disk holding {where} (it reported an I/O error)"
-    elif code in (errno.EACCES, errno.EPERM):
-        fix = f"make {where} writable for this user"
-    else:
-        fix = f"check the disk holding {where} (disk full or file too large?)"
-    note = f" ({note})" if note else ""
-    return WriteFailed(f"cannot write {name}: {cause}{note}; {fix} and {then}")
 
 
 def _tmp_for(path: Path) -> tuple[int, str]:

@@ -610,10 +610,11 @@ class Trainer:
         """One optimizer step on batch ``(x, y)``; ``positions`` (T, N) locate ``y`` in the
         training text for the n-gram teacher. Returns the batch's true (unsmoothed) loss
         (under torchrun: this rank's share's; the loop agrees on the global one)."""
-        if self.world.distributed:  # dropout masks: per rank and step, as on a resume
-            torch.manual_seed(
-                (self.config.seed * 1_000_003 + self.progress.step) * 4099 + self.world.rank
-            )
+        # dropout masks: by (seed, step), for the whole global batch; this rank keeps its rows,
+        # so any number of processes (and a resume on another) takes one process's steps
+        size = self.config.batch_size
+        seed = (self.config.seed * 1_000_003 + self.progress.step) * 4099 % 2**64
+        self.model.seed_masks(seed, self.world.share(size), size)
         loss, true_loss, state = self.loss_step(x, y, state, positions)
         value = true_loss.item()
         if not self.world.distributed:  # else checked on the agreed loss, by every rank

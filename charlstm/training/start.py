@@ -44,7 +44,7 @@ from charlstm.data.prepared import (
     prepared_in_run,
 )
 from charlstm.device import resolve_device
-from charlstm.errors import CharLSTMError
+from charlstm.errors import CharLSTMError, NothingToDo
 from charlstm.fields import SettingError, option_name, settings_of
 from charlstm.model import build_model, default_cutoffs
 from charlstm.ngram.kneser_ney import MAX_EMBEDDED_NGRAM_CHARS
@@ -470,12 +470,18 @@ def _resumed_settings(request: RunRequest, checkpoint: ckpt.Checkpoint) -> Train
     )
     train = layered(TrainConfig, asdict(checkpoint.train_config), given)
     resolve_device(train.device)
-    if checkpoint.epoch >= train.epochs or (train.max_steps and checkpoint.step >= train.max_steps):
-        raise CharLSTMError(
-            f"the run has already trained {checkpoint.epoch} epochs ({checkpoint.step:,} steps); "
-            "pass a larger --epochs or --max-steps (the new total) to continue"
-        )
-    return train
+    if checkpoint.epoch >= train.epochs:
+        target = f"{option_name('epochs')} {train.epochs}"
+    elif train.max_steps and checkpoint.step >= train.max_steps:
+        target = f"{option_name('max_steps')} {train.max_steps}"
+    else:
+        return train
+    # success, exit 0: a retry loop ("resume until it exits 0") ends once the run is complete
+    raise NothingToDo(
+        f"nothing to do: the run has already trained {checkpoint.epoch} epochs "
+        f"({checkpoint.step:,} steps), reaching {target}; pass a larger --epochs or "
+        "--max-steps (the new total) to continue"
+    )
 
 
 def resume_run(request: RunRequest, log: Log = print, progress_bar: bool | None = None) -> Trainer:
@@ -483,7 +489,8 @@ def resume_run(request: RunRequest, log: Log = print, progress_bar: bool | None 
     checkpoint file): the checkpoint's settings < the resumable settings given.
 
     The run goes on in the checkpoint's directory, or in ``run_dir`` when given (a branch:
-    the logs up to the checkpoint are copied there).
+    the logs up to the checkpoint are copied there). A run that has already reached its
+    ``epochs`` / ``max_steps`` raises :class:`~charlstm.errors.NothingToDo` (success).
     """
     source_file = ckpt.resolve(request.resume, prefer="last.pt")
     checkpoint = ckpt.load(source_file)
