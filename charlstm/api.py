@@ -252,7 +252,7 @@ class LanguageModel:
 
 def load_model(path: str | Path | None = None, device: str = "cpu") -> LanguageModel:
     """Load a run directory (its ``best.pt``) or a checkpoint file, ready to generate."""
-    from charlstm.training.loop import resolve_device
+    from charlstm.training.setup import resolve_device
 
     checkpoint = ckpt.load(ckpt.resolve(path, prefer="best.pt"))
     model = build_model(checkpoint.model_config)

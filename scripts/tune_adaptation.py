@@ -19,10 +19,9 @@ import sys
 import time
 
 from charlstm.api import load_model
-from charlstm.data.corpus import split_point
+from charlstm.data.corpus import Corpus, split_point
 from charlstm.errors import CharLSTMError
 from charlstm.generation.scoring import CacheConfig, DynamicConfig, score_heldout
-from charlstm.training.start import load_corpus
 
 
 def main() -> int:
@@ -35,7 +34,7 @@ def main() -> int:
     args = parser.parse_args()
     try:
         model = load_model(args.run)
-        corpus = load_corpus(model.checkpoint.data_config, model.vocab)
+        corpus = Corpus.read(model.checkpoint.data_config, model.vocab)
     except CharLSTMError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

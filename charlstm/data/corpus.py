@@ -130,12 +130,17 @@ class Corpus:
 
     def fingerprint(self) -> str:
         """SHA-256 (hex) of the text: the same for the same characters, whatever the file."""
-        return hashlib.sha256(self.text.encode("utf-8", "surrogatepass")).hexdigest()
+        return text_fingerprint(self.text)
 
     def split(self, val_fraction: float) -> tuple[torch.Tensor, torch.Tensor]:
         """``(train, val)`` index tensors: validation is the last ``val_fraction`` of the text."""
         cut = split_point(len(self), val_fraction)
         return self.indices[:cut], self.indices[cut:]
+
+
+def text_fingerprint(text: str) -> str:
+    """SHA-256 (hex) of ``text``'s UTF-8 bytes (as ``prepare`` computes it, piece by piece)."""
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def split_point(n: int, val_fraction: float) -> int:

@@ -40,7 +40,7 @@ from typing import IO, Any
 import numpy as np
 
 from charlstm.config import DataConfig
-from charlstm.data.corpus import Vocab, split_point
+from charlstm.data.corpus import Vocab, show_chars, split_point
 from charlstm.data.reader import CHUNK_BYTES, stream_text
 from charlstm.errors import CharLSTMError
 
@@ -199,6 +199,43 @@ def prepare(
     log(
         f"prepared {out_dir}: {cut:,} training and {n - cut:,} held-out characters, {seconds:.1f} s"
     )
+    return PreparedCorpus.open(out_dir)
+
+
+def with_vocab(
+    prepared: PreparedCorpus, vocab: Vocab, out_dir: str | Path, chunk: int = CHUNK_BYTES
+) -> PreparedCorpus:
+    """``prepared`` with its indices in the order of ``vocab`` (a checkpoint's, which holds
+    every character of the corpus and maybe more), written into ``out_dir`` (which may be
+    ``prepared``'s own directory) chunk by chunk, and opened."""
+    missing = [ch for ch in prepared.vocab.idx_to_char if ch not in vocab]
+    if missing:
+        raise CharLSTMError(f"characters not in the vocabulary: {show_chars(missing)}")
+    dtype = _dtype_for(len(vocab))
+    table = np.array([vocab.char_to_idx[ch] for ch in prepared.vocab.idx_to_char], dtype=dtype)
+    out_dir = Path(out_dir)
+    tmp = out_dir.parent / f".{out_dir.name}.remapping-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        for name, indices in (("train.bin", prepared.train), ("val.bin", prepared.val)):
+            with open(tmp / name, "wb") as out:
+                for start in range(0, len(indices), chunk):
+                    out.write(table[indices[start : start + chunk]].tobytes())
+        (tmp / "vocab.json").write_text(
+            json.dumps(vocab.to_list(), ensure_ascii=False) + "\n", encoding="utf-8"
+        )
+        meta = {**prepared.meta, "dtype": dtype.name, "vocab_size": len(vocab)}
+        for key in ("counts", "train_counts"):
+            counts = np.zeros(len(vocab), dtype=np.int64)
+            counts[table] = prepared.meta[key]
+            meta[key] = counts.tolist()
+        (tmp / "meta.json").write_text(json.dumps(meta, ensure_ascii=False) + "\n", "utf-8")
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        tmp.rename(out_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return PreparedCorpus.open(out_dir)
 
 
