@@ -9,6 +9,7 @@ equal, not close.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -374,8 +375,16 @@ def test_extend_vocab_keeps_old_rows_exactly_and_adds_fresh_ones(tiny_run, tmp_p
     saved = ckpt.load(tmp_path / "ft" / "last.pt")
     assert saved.vocab == vocab and saved.model_config.vocab_size == len(vocab)
     generated = invoke(
-        "generate", "--checkpoint", tmp_path / "ft", "--prefix", "晴天", "--length", "5"
-    )
+        "generate",
+        "--checkpoint",
+        tmp_path / "ft",
+        "--prefix",
+        "晴天",
+        "--length",
+        "5",
+        "--format",
+        "jsonl",
+    )  # jsonl: the text apart from the line it is printed on (it may end in a newline)
     assert generated.exit_code == 0, generated.output
-    text = generated.stdout.removesuffix("\n")  # the text may end in a space or a newline
+    text = json.loads(generated.stdout)["text"]
     assert text.startswith("晴天") and len(text) == 7

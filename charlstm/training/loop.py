@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from charlstm.config import DataConfig, ModelConfig, TrainConfig
+from charlstm.config import DataConfig, ModelConfig, SettingError, TrainConfig
 from charlstm.data.batching import ConsecutiveBatches, RandomBatches
 from charlstm.data.corpus import Vocab
 from charlstm.data.training_data import TrainingData
@@ -76,8 +76,8 @@ class TrainingInterrupted(CharLSTMError):
         self.signum = signum
 
 
-class NonFiniteLoss(CharLSTMError):
-    pass
+class NonFiniteLoss(SettingError):
+    """The loss became inf or NaN: a learning rate too high for the run, or no clipping."""
 
 
 @contextmanager
@@ -249,8 +249,8 @@ class Trainer:
             raise NonFiniteLoss(
                 f"loss became {value} at step {self.progress.step + 1} (epoch "
                 f"{self.progress.epoch + 1}); the last good checkpoint is {last}; resume it with "
-                f"a lower --lr or a smaller --clip: charlstm train --resume {self.run_dir} --lr "
-                f"... (if it diverges again, resume from {self.run_dir / runs.BEST})"
+                f"a lower {{lr}} or a smaller {{clip}}: charlstm train --resume {self.run_dir} --lr"
+                f" ... (if it diverges again, resume from {self.run_dir / runs.BEST})"
             )
 
     # -- the loop ----------------------------------------------------------------------------
