@@ -100,9 +100,8 @@ def training_data(
     - any other corpus file, read into memory.
 
     With ``fingerprint`` the text must be the one it names. ``vocab`` turns the corpus's
-    own vocabulary into the run's (resume, fine-tuning); a
-    prepared corpus whose vocabulary differs is rewritten in the run's order into
-    ``RUN/corpus``.
+    own vocabulary into the run's (resume, fine-tuning); a prepared corpus whose vocabulary
+    differs is rewritten in the run's order into ``RUN/corpus``.
     """
     rule = vocab or (lambda own: own)
     inside = None if run_dir is None else Path(run_dir) / RUN_CORPUS
