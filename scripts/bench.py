@@ -42,7 +42,7 @@ from torch import nn
 from charlstm.config import ModelConfig, TrainConfig
 from charlstm.lstm_function import use_cuda_graphs
 from charlstm.model import CharLSTM, build_model
-from charlstm.training.loop import make_optimizer
+from charlstm.training.parts import make_optimizer
 
 
 class D2LScratchLSTM(nn.Module):
@@ -222,7 +222,7 @@ def roofline(products: list[Product], rates: dict, seconds: float) -> tuple[floa
 
 def make_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Callable[[], None]:
     """One training step of ``model``: charlstm's models update with the optimizer
-    ``charlstm train`` builds (:func:`charlstm.training.loop.make_optimizer`, torch's fused Adam),
+    ``charlstm train`` builds (:func:`charlstm.training.parts.make_optimizer`, torch's fused Adam),
     any other model (d2l's, or one wrapped in :class:`DefaultAdam`) with
     ``torch.optim.Adam``'s default implementation, as d2l-style code writes it."""
     if isinstance(model, (CharLSTM, WithoutGraphs)):

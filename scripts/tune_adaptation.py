@@ -19,11 +19,10 @@ import sys
 import time
 
 from charlstm.api import load_model
-from charlstm.data.corpus import split_point
+from charlstm.data.corpus import Corpus, split_point
 from charlstm.errors import CharLSTMError
 from charlstm.generation.scoring import score_heldout
 from charlstm.generation.settings import CacheConfig, DynamicConfig
-from charlstm.training.start import load_corpus
 
 
 def main() -> int:
@@ -36,7 +35,7 @@ def main() -> int:
     args = parser.parse_args()
     try:
         model = load_model(args.run)
-        corpus = load_corpus(model.checkpoint.data_config, model.vocab)
+        corpus = Corpus.read(model.checkpoint.data_config, model.vocab)
     except CharLSTMError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

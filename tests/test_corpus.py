@@ -10,8 +10,10 @@ import pytest
 import torch
 from conftest import write_zip
 
+from charlstm.config import TrainConfig
 from charlstm.data.corpus import Corpus, Vocab, read_text, split_point
 from charlstm.errors import CharLSTMError
+from charlstm.fields import SettingError, build
 
 LYRICS = "我们说好不分开\n分开以后的雨天\r\n窗外的风吹过\n"
 
@@ -147,5 +149,5 @@ def test_vocabulary_is_identical_across_processes(tmp_path: Path) -> None:
 def test_split_point_rule() -> None:
     assert split_point(63_282, 0.1) == 56_953  # the shared README's int(n * 0.9)
     assert split_point(100, 0.0) == 100
-    with pytest.raises(CharLSTMError, match=r"val-fraction must be in \[0, 1\), not 1.0"):
-        split_point(100, 1.0)
+    with pytest.raises(SettingError, match=r"^val_fraction must be in \[0, 1\), not 1.0"):
+        build(TrainConfig, {"val_fraction": 1.0})  # the one check, where the setting is built

@@ -12,6 +12,7 @@ import pytest
 import torch
 from conftest import ENV, FAST, copy_run, invoke, one_line_error, write_zip
 from conftest import command as ddp_command
+from typer.testing import Result
 
 from charlstm.config import DataConfig
 from charlstm.data import prepared as prep
@@ -19,6 +20,7 @@ from charlstm.data.batching import ConsecutiveBatches, RandomBatches
 from charlstm.data.corpus import Corpus, read_text, split_point
 from charlstm.data.prepared import PreparedCorpus, is_prepared, prepare
 from charlstm.errors import CharLSTMError
+from charlstm.storage import checkpoint as ckpt
 from charlstm.storage import runs
 
 LYRICS = "\ufeff我们说好不分开\r\n分开以后的雨天\r窗外的风吹过 😀\n\r\n你说的话还在耳边\r"
@@ -154,7 +156,6 @@ def test_val_fraction_zero_gives_an_empty_val(tmp_path: Path) -> None:
         (b" \r\n\t ", {}),
         (b"abc", {"encoding": "no-such-codec"}),
         ("é".encode("latin-1") * 3, {"encoding": "utf-8"}),
-        (b"abc", {"max_chars": 0}),
         (b"abc", {"member": "a.txt"}),
     ],
 )
@@ -174,8 +175,9 @@ def test_missing_file_and_bad_val_fraction(tmp_path: Path) -> None:
     with pytest.raises(CharLSTMError, match="corpus not found"):
         prepare(DataConfig(path=str(tmp_path / "nope.txt")), 0.1, tmp_path / "out", log=quiet)
     source = write(tmp_path / "t.txt", b"text")
-    with pytest.raises(CharLSTMError, match="--val-fraction"):
-        prepare(DataConfig(path=source), 1.0, tmp_path / "out", log=quiet)
+    result = invoke("prepare", source, "--out", tmp_path / "out", "--val-fraction", "1.0")
+    one_line_error(result, "--val-fraction must be in [0, 1), not 1.0")
+    assert not (tmp_path / "out").exists()
 
 
 def test_an_interrupted_prepare_leaves_nothing_that_opens(
@@ -364,6 +366,79 @@ def test_a_bad_threshold_in_the_environment_is_one_line(
     monkeypatch.setenv(prep.PREPARE_ABOVE_ENV, "lots")
     result = invoke("train", small_corpus, "--run-dir", tmp_path / "run", *FAST)
     one_line_error(result, f"{prep.PREPARE_ABOVE_ENV}='lots' is not a number of bytes")
+
+
+# ---------------------------------------------------------------------- --init-from, prepared
+
+#: A corpus with fewer characters than tiny_run's (its own vocabulary orders them otherwise)
+#: and, with NEW, some that tiny_run lacks.
+PART = "我们说好不分开\n窗外的风吹过\n" * 60
+NEW = "晴天的雨下个不停\n" * 30
+
+
+def fine_tuned(corpus: Path, base: Path, run: Path, *extra: object) -> Result:
+    return invoke("train", corpus, "--init-from", base, "--run-dir", run, *FAST, *extra)
+
+
+def test_init_from_trains_on_a_prepared_directory_as_on_its_text(
+    tiny_run: Path, tmp_path: Path
+) -> None:
+    """train DIR --init-from RUN: the prepared indices are rewritten in the checkpoint's
+    vocabulary inside the run, and the run is the one train FILE --init-from RUN makes."""
+    text = tmp_path / "part.txt"
+    text.write_text(PART + NEW, encoding="utf-8")
+    prepared = tmp_path / "part.prepared"
+    assert invoke("prepare", text, "--out", prepared).exit_code == 0
+    steps = ["--max-steps", "4", "--extend-vocab"]
+    from_text = fine_tuned(text, tiny_run, tmp_path / "text", *steps)
+    assert from_text.exit_code == 0, from_text.output
+    from_dir = fine_tuned(prepared, tiny_run, tmp_path / "dir", *steps)
+    assert from_dir.exit_code == 0, from_dir.output
+    assert steps_of(tmp_path / "dir") == steps_of(tmp_path / "text")
+    base, tuned = (ckpt.load(run / "last.pt") for run in (tiny_run, tmp_path / "dir"))
+    assert tuned.vocab == ckpt.load(tmp_path / "text" / "last.pt").vocab
+    assert tuned.vocab.idx_to_char[: len(base.vocab)] == base.vocab.idx_to_char
+    inside = PreparedCorpus.open(tmp_path / "dir" / prep.RUN_CORPUS)
+    assert inside.vocab == tuned.vocab and inside.sha256 == PreparedCorpus.open(prepared).sha256
+    assert inside.text() == PreparedCorpus.open(prepared).text()
+    more = invoke("train", "--resume", tmp_path / "dir", "--max-steps", "6")
+    assert more.exit_code == 0, more.output
+    assert [step for step, _ in steps_of(tmp_path / "dir")] == list(range(1, 7))
+
+
+def test_init_from_a_prepared_directory_without_extend_vocab_is_one_line(
+    tiny_run: Path, tmp_path: Path
+) -> None:
+    text = tmp_path / "new.txt"
+    text.write_text(PART + NEW, encoding="utf-8")
+    prepared = tmp_path / "new.prepared"
+    assert invoke("prepare", text, "--out", prepared).exit_code == 0
+    result = fine_tuned(prepared, tiny_run, tmp_path / "run", "--max-steps", "2")
+    missing = sorted(set(NEW) - set(ckpt.load(tiny_run / "best.pt").vocab.idx_to_char))
+    line = one_line_error(result, "characters of the new corpus are not in the checkpoint's")
+    assert " ".join(repr(ch) for ch in missing) in line
+    assert line.endswith("pass --extend-vocab to add them")
+    assert not (tmp_path / "run").exists()
+
+
+def test_init_from_a_big_file_prepares_it_in_the_run(
+    tiny_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file over the threshold is prepared inside the run, as train FILE does, not read
+    into memory; the run is the one the in-memory text makes."""
+    text = tmp_path / "part.txt"
+    text.write_text(PART, encoding="utf-8")
+    steps = ["--max-steps", "4"]
+    memory = fine_tuned(text, tiny_run, tmp_path / "memory", *steps)
+    assert memory.exit_code == 0, memory.output
+    assert not (tmp_path / "memory" / prep.RUN_CORPUS).exists()
+    monkeypatch.setenv(prep.PREPARE_ABOVE_ENV, str(text.stat().st_size - 1))
+    big = fine_tuned(text, tiny_run, tmp_path / "big", *steps)
+    assert big.exit_code == 0, big.output
+    assert f"preparing {text}" in big.output
+    inside = PreparedCorpus.open(tmp_path / "big" / prep.RUN_CORPUS)
+    assert inside.vocab == ckpt.load(tiny_run / "last.pt").vocab
+    assert steps_of(tmp_path / "big") == steps_of(tmp_path / "memory")
 
 
 @pytest.mark.skipif(

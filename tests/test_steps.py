@@ -11,6 +11,7 @@ from conftest import FAST, invoke, make_trainer, train
 from charlstm.errors import CharLSTMError
 from charlstm.storage import checkpoint as ckpt
 from charlstm.storage import runs
+from charlstm.training.loop import heldout_score
 
 
 def step_losses(run_dir) -> list[tuple[int, float]]:
@@ -50,10 +51,10 @@ def test_eval_chars_scores_the_first_part_of_the_held_out_text(small_corpus, tmp
     )
     assert len(trainer.data.val) > 100
     trainer.model.load_state_dict(ckpt.load(tmp_path / "run" / "last.pt").model)
-    part = trainer.data.score_heldout(trainer.model, max_chars=100)
+    part = heldout_score(trainer.data, trainer.model, max_chars=100)
     assert part.chars == 100
     assert result.metrics[-1].val_loss == pytest.approx(part.loss, rel=1e-6)
-    assert trainer.data.score_heldout(trainer.model).chars == len(trainer.data.val)
+    assert heldout_score(trainer.data, trainer.model).chars == len(trainer.data.val)
 
 
 def test_time_limit_is_honoured_between_steps(small_corpus, tmp_path):

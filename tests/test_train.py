@@ -17,7 +17,7 @@ from charlstm.cli.report import describe, render_info
 from charlstm.errors import CharLSTMError
 from charlstm.presets import PRESETS
 from charlstm.storage import checkpoint as ckpt
-from charlstm.training.loop import TrainingInterrupted
+from charlstm.training.loop import TrainingInterrupted, heldout_score
 from charlstm.training.start import prepare_training
 
 
@@ -190,7 +190,7 @@ def test_ema_scores_and_saves_the_average_and_resumes_exactly(small_corpus, tmp_
     # What was scored at the last epoch is the average, and it is what eval reads.
     model = trainer.model
     model.load_state_dict(last.model)
-    val = trainer.data.score_heldout(model).loss
+    val = heldout_score(trainer.data, model).loss
     assert val == pytest.approx(straight.metrics[-1].val_loss, rel=1e-6)
     # The average changes what is scored, not the training trajectory.
     _, plain = train(small_corpus, tmp_path / "plain", train_options={"epochs": 4})

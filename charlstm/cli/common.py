@@ -56,8 +56,8 @@ def handle_errors(command: F) -> F:
             return command(*args, **kwargs)
         except SettingError as err:  # the library names fields; a user typed options
             raise fail(err.render(option), err.exit_code) from None
-        except NothingToDo as err:  # success: one ordinary line
-            typer.echo(str(err))
+        except NothingToDo as err:  # success: one ordinary line (it names fields too)
+            typer.echo(render_names(str(err), option))
             raise typer.Exit(code=0) from None
         except CharLSTMError as err:
             raise fail(str(err), err.exit_code) from None

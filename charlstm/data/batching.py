@@ -19,7 +19,7 @@ from typing import Union
 import numpy as np
 import torch
 
-from charlstm.errors import CharLSTMError
+from charlstm.fields import SettingError
 
 #: ``(n,)`` indices: a tensor, or a NumPy array / ``np.memmap`` of any integer dtype.
 Indices = Union[torch.Tensor, np.ndarray]  # noqa: UP007  (a runtime alias on Python 3.10)
@@ -33,22 +33,24 @@ def _as_long(window: Indices) -> torch.Tensor:
 
 
 def check_length(num_chars: int, batch_size: int, num_steps: int, what: str = "corpus") -> None:
-    """Raise ``CharLSTMError`` unless ``num_chars`` fills one batch: N x (T + 1) characters."""
+    """Raise ``SettingError`` unless ``num_chars`` fills one batch: N x (T + 1) characters."""
     need = batch_size * (num_steps + 1)
     if num_chars < need:
-        raise CharLSTMError(
-            f"{what} too short: {num_chars} characters, but --batch-size {batch_size} x "
-            f"(--num-steps {num_steps} + 1) needs at least {need}; "
-            "use a longer text or smaller --batch-size/--num-steps"
+        raise SettingError(
+            f"{what} too short: {num_chars} characters, but {{batch_size}} {batch_size} x "
+            f"({{num_steps}} {num_steps} + 1) needs at least {need}; "
+            "use a longer text or smaller {batch_size}/{num_steps}"
         )
 
 
 def check_share(batch_size: int, rank: int, world_size: int) -> None:
     """Raise unless ``world_size`` processes can split ``batch_size`` rows evenly."""
-    if world_size < 1 or not 0 <= rank < world_size or batch_size % world_size:
-        raise CharLSTMError(
-            f"--batch-size {batch_size} must be a multiple of the {world_size} processes "
-            f"(rank {rank} of {world_size})"
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"no rank {rank} in a world of {world_size} processes")
+    if batch_size % world_size:
+        raise SettingError(
+            f"{{batch_size}} {batch_size} is not a multiple of the {world_size} processes "
+            "torchrun started: it is the global batch, split evenly between them"
         )
 
 
@@ -155,8 +157,12 @@ class RandomBatches:
         self.set_epoch(0)
 
     def set_epoch(self, epoch: int) -> None:
+        """The order of epoch ``epoch`` (drawn once per epoch)."""
+        if getattr(self, "epoch", None) == epoch:
+            return
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
         self.order = torch.randperm(self.num_examples, generator=generator)
+        self.epoch = epoch
 
     def __len__(self) -> int:
         return self.num_examples // self.batch_size
@@ -197,4 +203,4 @@ def make_batches(
         return ConsecutiveBatches(indices, batch_size, num_steps, rank, world_size)
     if sampling == "random":
         return RandomBatches(indices, batch_size, num_steps, seed, rank, world_size)
-    raise CharLSTMError(f"unknown --sampling {sampling!r}; choose consecutive or random")
+    raise SettingError(f"unknown {{sampling}} {sampling!r}; choose consecutive or random")

@@ -1,136 +1,25 @@
 """Corpus: file -> text -> vocabulary -> integer tensor.
 
-This module owns reading a corpus (a ``.zip`` of text members or a plain text file),
-normalising it, the :class:`Vocab` (``char_to_idx`` / ``idx_to_char``, encode / decode)
-and the held-out split. Nothing here knows about models or batches.
+This module owns a corpus in memory (its text read by :mod:`charlstm.data.reader`, the one
+reader), the :class:`Vocab` (``char_to_idx`` / ``idx_to_char``, encode / decode) and the
+held-out split. Nothing here knows about models or batches.
 """
 
 from __future__ import annotations
 
 import hashlib
-import zipfile
-import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import torch
 
+from charlstm.config import DataConfig
+from charlstm.data.reader import Collector, stream_text
 from charlstm.errors import CharLSTMError
 
 Newlines = Literal["keep", "space"]
-
-#: Member names treated as text inside a zip (plus names without a suffix).
-TEXT_SUFFIXES = (".txt", ".text", ".lrc", ".md")
-
-#: Tried in order when no ``encoding`` is given: UTF-8 (a BOM is dropped), then GB18030,
-#: the superset of GBK that Chinese lyrics files saved on Windows often use.
-FALLBACK_ENCODINGS = ("utf-8-sig", "gb18030")
-
-
-def _is_text_member(info: zipfile.ZipInfo) -> bool:
-    name = info.filename
-    base = name.rsplit("/", 1)[-1]
-    if info.is_dir() or name.startswith("__MACOSX/") or not base or base.startswith("."):
-        return False
-    return "." not in base or base.lower().endswith(TEXT_SUFFIXES)
-
-
-#: A damaged archive fails in many ways: a bad header, a corrupt deflate stream
-#: (zlib.error), an encrypted member (RuntimeError), an unknown compression method.
-ZIP_ERRORS = (zipfile.BadZipFile, OSError, EOFError, RuntimeError, NotImplementedError, zlib.error)
-
-
-def check_source(path: Path) -> None:
-    """Raise ``CharLSTMError`` unless ``path`` is an existing file."""
-    if not path.exists():
-        raise CharLSTMError(f"corpus not found: {path}")
-    if path.is_dir():
-        raise CharLSTMError(f"corpus is a directory, not a file: {path}")
-
-
-def zip_text_members(archive: zipfile.ZipFile, path: Path, member: str | None) -> list[str]:
-    """The members of ``archive`` that make the corpus: ``member``, or every text member
-    in name order."""
-    infos = archive.infolist()
-    if member is not None:
-        names = [i.filename for i in infos]
-        if member not in names:
-            listed = ", ".join(names) or "none"
-            raise CharLSTMError(f"no member {member!r} in {path} (members: {listed})")
-        return [member]
-    chosen = sorted(i.filename for i in infos if _is_text_member(i))
-    if not chosen:
-        raise CharLSTMError(f"no text member (.txt) in zip file {path}")
-    return chosen
-
-
-def check_plain_file(path: Path, member: str | None) -> None:
-    """Raise ``CharLSTMError`` if ``path``, not a zip file, is named or used as one."""
-    if path.suffix.lower() == ".zip":
-        raise CharLSTMError(f"not a zip file: {path}")
-    if member is not None:
-        raise CharLSTMError(f"--member applies to zip files only, and {path} is not one")
-
-
-def _read_bytes(path: Path, member: str | None) -> list[tuple[str, bytes]]:
-    """Return ``(name, raw bytes)`` for each text source in ``path``."""
-    check_source(path)
-    if zipfile.is_zipfile(path):
-        try:
-            with zipfile.ZipFile(path) as archive:
-                chosen = zip_text_members(archive, path, member)
-                return [(name, archive.read(name)) for name in chosen]
-        except ZIP_ERRORS as err:
-            raise CharLSTMError(f"cannot read zip file {path}: {err}") from err
-    check_plain_file(path, member)
-    try:
-        return [(path.name, path.read_bytes())]
-    except OSError as err:
-        raise CharLSTMError(f"cannot read corpus {path}: {err.strerror}") from err
-
-
-def decode_bytes(raw: bytes, name: str, encoding: str | None = None) -> str:
-    """Decode ``raw`` with ``encoding``, or UTF-8 then GB18030 when none is given.
-
-    NUL bytes mark a binary file, unless an ``encoding`` such as UTF-16 is named, whose
-    text holds them; then a NUL in the decoded text does.
-    """
-    binary = f"{name} looks like a binary file, not text (it contains NUL bytes)"
-    if encoding is None and b"\x00" in raw:
-        raise CharLSTMError(binary)
-    encodings: Sequence[str] = (encoding,) if encoding else FALLBACK_ENCODINGS
-    for enc in encodings:
-        try:
-            text = raw.decode(enc)
-        except LookupError as err:
-            raise CharLSTMError(f"unknown encoding: {enc}") from err
-        except UnicodeDecodeError:
-            continue
-        if "\x00" in text:
-            raise CharLSTMError(binary)
-        return text.removeprefix("\ufeff")
-    tried = " or ".join(encodings)
-    raise CharLSTMError(f"cannot decode {name} as {tried}; pass --encoding to name its encoding")
-
-
-def normalize(text: str, newlines: Newlines = "keep", max_chars: int | None = None) -> str:
-    """Unify line endings, optionally turn them into spaces (d2l), optionally truncate.
-
-    d2l's setup is ``max_chars=10000`` applied to the raw text, then ``\\n`` and ``\\r``
-    replaced by spaces; we truncate *after* turning ``\\r\\n`` into ``\\n`` so that a file
-    saved on Windows gives the same corpus as one saved on Linux.
-    """
-    if newlines not in ("keep", "space"):
-        raise CharLSTMError(f"--newlines must be 'keep' or 'space', not {newlines!r}")
-    if newlines == "space":
-        # d2l: corpus.replace('\n', ' ').replace('\r', ' ') on the first max_chars characters
-        if max_chars is not None:
-            text = text[:max_chars]
-        return text.replace("\n", " ").replace("\r", " ")
-    text = text.replace("\r\n", "\n").replace("\r", "\n")
-    return text[:max_chars] if max_chars is not None else text
 
 
 def read_text(
@@ -140,17 +29,22 @@ def read_text(
     newlines: Newlines = "keep",
     max_chars: int | None = None,
 ) -> str:
-    """Read a corpus file (``.zip`` or text) and return its normalised text.
+    """Read a corpus file (``.zip`` or text) and return its normalised text, as
+    :func:`charlstm.data.reader.stream_text` reads it.
 
     Several text members of a zip are joined, in name order, with a newline.
     """
-    if max_chars is not None and max_chars <= 0:
-        raise CharLSTMError(f"--max-chars must be positive, not {max_chars}")
-    path = Path(path)
-    parts = [decode_bytes(raw, name, encoding) for name, raw in _read_bytes(path, member)]
-    text = normalize("\n".join(parts), newlines, max_chars)
+    data = DataConfig(str(path), member, encoding, newlines, max_chars).validate()
+    return read_corpus_text(data)
+
+
+def read_corpus_text(data: DataConfig) -> str:
+    """The normalised text of the corpus ``data`` names, in memory."""
+    collector = Collector()
+    stream_text(data, collector)
+    text = collector.text()
     if not text.strip():
-        raise CharLSTMError(f"corpus {path} is empty (or whitespace only)")
+        raise CharLSTMError(f"corpus {data.path} is empty (or whitespace only)")
     return text
 
 
@@ -222,6 +116,11 @@ class Corpus:
     indices: torch.Tensor  # (n,) int64
 
     @classmethod
+    def read(cls, data: DataConfig, vocab: Vocab | None = None) -> Corpus:
+        """The corpus ``data`` names, read into memory (``vocab``: the one to encode with)."""
+        return cls.from_text(read_corpus_text(data), vocab)
+
+    @classmethod
     def from_text(cls, text: str, vocab: Vocab | None = None) -> Corpus:
         vocab = vocab if vocab is not None else Vocab.from_text(text)
         return cls(text=text, vocab=vocab, indices=vocab.encode(text))
@@ -231,7 +130,7 @@ class Corpus:
 
     def fingerprint(self) -> str:
         """SHA-256 (hex) of the text: the same for the same characters, whatever the file."""
-        return hashlib.sha256(self.text.encode("utf-8", "surrogatepass")).hexdigest()
+        return text_fingerprint(self.text)
 
     def split(self, val_fraction: float) -> tuple[torch.Tensor, torch.Tensor]:
         """``(train, val)`` index tensors: validation is the last ``val_fraction`` of the text."""
@@ -239,8 +138,12 @@ class Corpus:
         return self.indices[:cut], self.indices[cut:]
 
 
+def text_fingerprint(text: str) -> str:
+    """SHA-256 (hex) of ``text``'s UTF-8 bytes (as ``prepare`` computes it, piece by piece)."""
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
 def split_point(n: int, val_fraction: float) -> int:
-    """Index where held-out text starts: ``int(n * (1 - val_fraction))`` (``n`` if 0)."""
-    if not 0.0 <= val_fraction < 1.0:
-        raise CharLSTMError(f"--val-fraction must be in [0, 1), not {val_fraction}")
+    """Index where held-out text starts: ``int(n * (1 - val_fraction))`` (``n`` if 0);
+    ``val_fraction`` in ``[0, 1)``, as :class:`~charlstm.config.TrainConfig` checks it."""
     return int(n * (1.0 - val_fraction))

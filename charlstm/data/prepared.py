@@ -12,12 +12,11 @@ and torch-rnn's ``preprocess.py`` do::
       meta.json   format version, dtype, sizes, SHA-256 of the text, the DataConfig,
                   val_fraction and the count of every character; written last
 
-The source is streamed twice in chunks of ``chunk_bytes`` bytes, never held whole:
+The source is read twice by the one reader, :func:`charlstm.data.reader.stream_text`, in
+chunks of ``chunk_bytes`` bytes, never held whole:
 
-* pass 1 decodes it (strict UTF-8, restarting a source with GB18030 on a decode error,
-  as :func:`charlstm.data.corpus.decode_bytes` chooses), normalises it as
-  :func:`charlstm.data.corpus.normalize` does, and counts the characters, the length and the
-  SHA-256 of the text's UTF-8 bytes (:meth:`charlstm.data.corpus.Corpus.fingerprint`);
+* pass 1 counts the characters of the normalised text, its length and the SHA-256 of its
+  UTF-8 bytes (:meth:`charlstm.data.corpus.Corpus.fingerprint`);
 * pass 2 decodes it again with the encodings pass 1 chose and writes the indices.
 
 The result is the same as ``Corpus.from_text(read_text(...))``: the same vocabulary
@@ -28,7 +27,6 @@ hidden temporary directory beside ``out_dir`` and renamed at the end, so a kille
 
 from __future__ import annotations
 
-import codecs
 import dataclasses
 import errno
 import hashlib
@@ -36,30 +34,19 @@ import json
 import os
 import shutil
 import time
-import zipfile
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
 
 from charlstm.config import DataConfig
-from charlstm.data.corpus import (
-    FALLBACK_ENCODINGS,
-    ZIP_ERRORS,
-    Vocab,
-    check_plain_file,
-    check_source,
-    split_point,
-    zip_text_members,
-)
+from charlstm.data.corpus import Vocab, show_chars, split_point
+from charlstm.data.reader import CHUNK_BYTES, stream_text
 from charlstm.errors import CharLSTMError, write_failed
 
 FORMAT_VERSION = 1
 FORMAT_NAME = "charlstm-prepared"
-#: Bytes read from the source at a time: a few tens of MB of NumPy work per chunk.
-CHUNK_BYTES = 4 << 20
 #: Above this vocabulary size the indices are stored as uint32.
 MAX_UINT16_VOCAB = 65_535
 FILES = ("train.bin", "val.bin", "vocab.json", "meta.json")
@@ -73,117 +60,6 @@ PREPARE_ABOVE_ENV = "CHARLSTM_PREPARE_ABOVE"
 RUN_CORPUS = "corpus"
 
 _UNICODE = 0x110000  # code points
-
-
-# ---------------------------------------------------------------------- reading the source
-
-
-@contextmanager
-def _sources(path: Path, member: str | None) -> Iterator[list[tuple[str, Callable[[], IO[bytes]]]]]:
-    """``(name, open)`` for each text source of ``path``, in ``read_text``'s order."""
-    check_source(path)
-    if zipfile.is_zipfile(path):
-        try:
-            with zipfile.ZipFile(path) as archive:
-                names = zip_text_members(archive, path, member)
-                yield [(name, lambda name=name: archive.open(name)) for name in names]
-        except ZIP_ERRORS as err:
-            raise CharLSTMError(f"cannot read zip file {path}: {err}") from err
-        return
-    check_plain_file(path, member)
-    try:
-        yield [(path.name, lambda: open(path, "rb"))]
-    except OSError as err:
-        raise CharLSTMError(f"cannot read corpus {path}: {err.strerror}") from err
-
-
-def _binary(name: str) -> CharLSTMError:
-    return CharLSTMError(f"{name} looks like a binary file, not text (it contains NUL bytes)")
-
-
-def _decoded(
-    opener: Callable[[], IO[bytes]], name: str, encoding: str, sniffing: bool, chunk_bytes: int
-) -> Iterator[str]:
-    """The text of one source, decoded with ``encoding`` piece by piece.
-
-    As :func:`charlstm.data.corpus.decode_bytes`: NUL bytes mark a binary file when no encoding
-    was named (``sniffing``), a NUL character always; one leading BOM is dropped. A decode
-    error raises ``UnicodeDecodeError``.
-    """
-    try:
-        decoder = codecs.getincrementaldecoder(encoding)()
-    except LookupError as err:
-        raise CharLSTMError(f"unknown encoding: {encoding}") from err
-    at_start = True
-    with opener() as stream:
-        while True:
-            raw = stream.read(chunk_bytes)
-            if sniffing and b"\x00" in raw:
-                raise _binary(name)
-            piece = decoder.decode(raw, final=not raw)
-            if "\x00" in piece:
-                raise _binary(name)
-            if at_start and piece:
-                piece, at_start = piece.removeprefix("\ufeff"), False
-            if piece:
-                yield piece
-            if not raw:
-                return
-
-
-def _has_nul(opener: Callable[[], IO[bytes]], chunk_bytes: int) -> bool:
-    with opener() as stream:
-        while raw := stream.read(chunk_bytes):
-            if b"\x00" in raw:
-                return True
-    return False
-
-
-class _Normalizer:
-    """:func:`charlstm.data.corpus.normalize` applied to a stream of pieces of the joined text.
-
-    ``keep``: ``\\r\\n`` and ``\\r`` become ``\\n`` (a ``\\r`` at the end of a piece waits
-    for the next), then at most ``max_chars`` characters; ``space``: the first
-    ``max_chars`` characters, then ``\\n`` and ``\\r`` become spaces.
-    """
-
-    def __init__(self, newlines: str, max_chars: int | None) -> None:
-        if newlines not in ("keep", "space"):
-            raise CharLSTMError(f"--newlines must be 'keep' or 'space', not {newlines!r}")
-        self.newlines, self.max_chars = newlines, max_chars
-        self.pending = ""  # a trailing "\r" (keep)
-        self.taken = 0  # characters passed on (keep) or read (space)
-
-    @property
-    def done(self) -> bool:
-        return self.max_chars is not None and self.taken >= self.max_chars
-
-    def state(self) -> tuple[str, int]:
-        return self.pending, self.taken
-
-    def restore(self, state: tuple[str, int]) -> None:
-        self.pending, self.taken = state
-
-    def _limit(self, text: str) -> str:
-        if self.max_chars is not None:
-            text = text[: max(0, self.max_chars - self.taken)]
-        self.taken += len(text)
-        return text
-
-    def feed(self, piece: str) -> str:
-        if self.done:
-            return ""
-        if self.newlines == "space":
-            return self._limit(piece).replace("\n", " ").replace("\r", " ")
-        text = self.pending + piece
-        self.pending = "\r" if text.endswith("\r") else ""
-        if self.pending:
-            text = text[:-1]
-        return self._limit(text.replace("\r\n", "\n").replace("\r", "\n"))
-
-    def finish(self) -> str:
-        text, self.pending = ("\n" if self.pending else ""), ""
-        return "" if self.done else self._limit(text)
 
 
 def _codes(text: str) -> np.ndarray:
@@ -262,59 +138,11 @@ class _Pass2:
             _write_all(self.val, indices[len(head) :].tobytes(), self.out_dir / "val.bin")
         self.position += len(indices)
 
+    def state(self) -> None:
+        """Pass 2 reads each source with the encoding pass 1 chose: it never starts again."""
 
-def _stream(
-    data: DataConfig,
-    path: Path,
-    consumer: _Pass1 | _Pass2,
-    chunk_bytes: int,
-    encodings: list[str] | None = None,
-) -> list[str]:
-    """Feed the normalised text of ``data`` to ``consumer``; return each source's encoding.
-
-    With ``encodings`` (pass 2) each source is decoded with its own and reading stops at
-    ``max_chars``; without (pass 1) each source is read to its end, as ``read_text`` does,
-    trying ``data.encoding`` or UTF-8 then GB18030, and restarting the source (and the
-    consumer's state) after a decode error.
-    """
-    normalizer = _Normalizer(data.newlines, data.max_chars)
-    chosen: list[str] = []
-    with _sources(path, data.member) as sources:
-        for number, (name, opener) in enumerate(sources):
-            if number:
-                consumer.add(normalizer.feed("\n"))  # read_text joins the members with "\n"
-            if encodings is not None:
-                if normalizer.done:
-                    break
-                tried: tuple[str, ...] = (encodings[number],)
-            else:
-                tried = (data.encoding,) if data.encoding else FALLBACK_ENCODINGS
-            for encoding in tried:
-                saved = normalizer.state(), consumer.state() if encodings is None else None
-                try:
-                    for piece in _decoded(
-                        opener, name, encoding, data.encoding is None, chunk_bytes
-                    ):
-                        consumer.add(normalizer.feed(piece))
-                        if encodings is not None and normalizer.done:
-                            break
-                except UnicodeDecodeError:
-                    if encodings is not None:
-                        raise
-                    normalizer.restore(saved[0])
-                    consumer.restore(saved[1])  # type: ignore[union-attr]
-                    continue
-                chosen.append(encoding)
-                break
-            else:
-                if data.encoding is None and _has_nul(opener, chunk_bytes):
-                    raise _binary(name)
-                raise CharLSTMError(
-                    f"cannot decode {name} as {' or '.join(tried)}; "
-                    "pass --encoding to name its encoding"
-                )
-        consumer.add(normalizer.finish())
-    return chosen
+    def restore(self, state: None) -> None:
+        raise AssertionError("pass 2 never reads a source again")
 
 
 # ---------------------------------------------------------------------- prepare
@@ -335,13 +163,9 @@ def prepare(
 
     ``out_dir`` must not exist, be empty, or hold a prepared corpus (which is replaced).
     Raises ``CharLSTMError`` for what ``read_text`` refuses (missing file, undecodable or
-    binary text, an empty corpus...) and for a bad ``val_fraction``.
+    binary text, an empty corpus...). ``data`` and ``val_fraction`` are settings as
+    :mod:`charlstm.config` validated them.
     """
-    if data.max_chars is not None and data.max_chars <= 0:
-        raise CharLSTMError(f"--max-chars must be positive, not {data.max_chars}")
-    if chunk_bytes < 1:
-        raise CharLSTMError(f"chunk size must be positive, not {chunk_bytes}")
-    split_point(0, val_fraction)  # validates it before reading anything
     path, out_dir = Path(data.path), Path(out_dir)
     if out_dir.exists() and not (out_dir.is_dir() and (is_prepared(out_dir) or _empty(out_dir))):
         raise CharLSTMError(
@@ -350,7 +174,7 @@ def prepare(
     started = time.perf_counter()
 
     counter = _Pass1()
-    encodings = _stream(data, path, counter, chunk_bytes)
+    encodings = stream_text(data, counter, chunk_bytes)
     if not counter.visible:
         raise CharLSTMError(f"corpus {path} is empty (or whitespace only)")
     present = np.flatnonzero(counter.counts)
@@ -371,7 +195,7 @@ def prepare(
         # (in _Pass2, as WriteFailed), never a close
         with open(tmp / "train.bin", "wb", 0) as train, open(tmp / "val.bin", "wb", 0) as val:
             writer = _Pass2(vocab, dtype, cut, train, val, out_dir)
-            _stream(data, path, writer, chunk_bytes, encodings)
+            stream_text(data, writer, chunk_bytes, encodings)
         if writer.position != n:
             raise CharLSTMError(f"{path} changed while it was being prepared; prepare it again")
         shown = out_dir / "vocab.json"
@@ -407,6 +231,43 @@ def prepare(
     log(
         f"prepared {out_dir}: {cut:,} training and {n - cut:,} held-out characters, {seconds:.1f} s"
     )
+    return PreparedCorpus.open(out_dir)
+
+
+def with_vocab(
+    prepared: PreparedCorpus, vocab: Vocab, out_dir: str | Path, chunk: int = CHUNK_BYTES
+) -> PreparedCorpus:
+    """``prepared`` with its indices in the order of ``vocab`` (a checkpoint's, which holds
+    every character of the corpus and maybe more), written into ``out_dir`` (which may be
+    ``prepared``'s own directory) chunk by chunk, and opened."""
+    missing = [ch for ch in prepared.vocab.idx_to_char if ch not in vocab]
+    if missing:
+        raise CharLSTMError(f"characters not in the vocabulary: {show_chars(missing)}")
+    dtype = _dtype_for(len(vocab))
+    table = np.array([vocab.char_to_idx[ch] for ch in prepared.vocab.idx_to_char], dtype=dtype)
+    out_dir = Path(out_dir)
+    tmp = out_dir.parent / f".{out_dir.name}.remapping-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        for name, indices in (("train.bin", prepared.train), ("val.bin", prepared.val)):
+            with open(tmp / name, "wb") as out:
+                for start in range(0, len(indices), chunk):
+                    out.write(table[indices[start : start + chunk]].tobytes())
+        (tmp / "vocab.json").write_text(
+            json.dumps(vocab.to_list(), ensure_ascii=False) + "\n", encoding="utf-8"
+        )
+        meta = {**prepared.meta, "dtype": dtype.name, "vocab_size": len(vocab)}
+        for key in ("counts", "train_counts"):
+            counts = np.zeros(len(vocab), dtype=np.int64)
+            counts[table] = prepared.meta[key]
+            meta[key] = counts.tolist()
+        (tmp / "meta.json").write_text(json.dumps(meta, ensure_ascii=False) + "\n", "utf-8")
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        tmp.rename(out_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return PreparedCorpus.open(out_dir)
 
 

@@ -1,14 +1,15 @@
 """From a request to a ready :class:`~charlstm.training.loop.Trainer`, in one of three modes.
 
-- :func:`new_run`: settings are dataclass defaults < ``--preset`` < options given.
-- :func:`fine_tune` (``--init-from``): a new run that starts from a checkpoint's weights,
+- :func:`new_run`: settings are dataclass defaults < ``preset`` < settings given.
+- :func:`fine_tune` (``init_from``): a new run that starts from a checkpoint's weights,
   keeping its architecture; regularisation (the settings marked ``fine_tune``) may change.
-- :func:`resume_run` (``--resume``): the checkpoint's settings < options given, and only the
+- :func:`resume_run` (``resume``): the checkpoint's settings < settings given, and only the
   settings marked ``resume`` may differ; the run continues its exact trajectory.
 
-Settings arrive as one flat dict by field name (``given``: only what the user typed);
-:func:`layered` builds each config from its layers and validates it once. Everything that
-can be wrong with the input is found before the run directory is created or touched.
+Settings arrive as one flat dict by field name (``given``: only what the user typed); each
+config is built from its layers by :func:`charlstm.config.build`, which validates it once.
+Every mode reads its data through :func:`charlstm.training.setup.training_data`. Everything
+that can be wrong with the input is found before the run directory is created or touched.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import torch
 
@@ -34,18 +35,12 @@ from charlstm.config import (
     check_given,
     check_together,
 )
-from charlstm.data.corpus import Corpus, Vocab, read_text, show_chars
-from charlstm.data.prepared import (
-    RUN_CORPUS,
-    PreparedCorpus,
-    is_prepared,
-    matching,
-    prepare,
-    prepared_in_run,
-)
+from charlstm.data.corpus import Vocab, show_chars
+from charlstm.data.prepared import RUN_CORPUS, is_prepared, matching, prepared_in_run
+from charlstm.data.training_data import TrainingData
 from charlstm.device import resolve_device
 from charlstm.errors import CharLSTMError, NothingToDo
-from charlstm.fields import SettingError, option_name, settings_of
+from charlstm.fields import SettingError, build, register, setting, setting_values, settings_of
 from charlstm.model import build_model, default_cutoffs
 from charlstm.ngram.kneser_ney import MAX_EMBEDDED_NGRAM_CHARS
 from charlstm.ngram.mixture import NgramMixture
@@ -54,44 +49,33 @@ from charlstm.presets import PRESETS
 from charlstm.storage import checkpoint as ckpt
 from charlstm.storage import runs
 from charlstm.training import distributed
-from charlstm.training.loop import Log, Trainer, TrainingData
+from charlstm.training.distributed import World
+from charlstm.training.loop import Log, Trainer
+from charlstm.training.setup import (
+    build_trainer,
+    grown_vocab,
+    same_vocab,
+    training_data,
+)
 
 #: The demo corpus shipped in the repository (found next to the package in a source checkout).
 DEMO_CORPUS = Path(__file__).resolve().parent.parent / "data" / "demo_lyrics.zip"
 
-C = TypeVar("C")
 
-
+@register
 @dataclass
 class RunRequest:
     """What ``charlstm train`` was asked to do, before any file is read."""
 
     corpus: str | Path | None = None
     given: dict[str, Any] = field(default_factory=dict)  # settings typed, by field name
-    preset: str | None = None
-    run_dir: str | Path | None = None
-    runs_root: str | Path = "runs"
-    resume: str | Path | None = None
-    init_from: str | Path | None = None
-    extend_vocab: bool = False
-    overwrite: bool = False
-
-    def of(self, cls: type) -> dict[str, Any]:
-        """The given settings that belong to config class ``cls``."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        return {k: v for k, v in self.given.items() if k in names}
-
-
-def _only(given: dict[str, Any], *names: str) -> dict[str, Any]:
-    return {k: v for k, v in given.items() if k in names}
-
-
-def layered(cls: type[C], *layers: dict[str, Any], **fixed: Any) -> C:
-    """``cls`` from its defaults overlaid by each layer in turn, then ``fixed``; validated."""
-    merged: dict[str, Any] = {}
-    for layer in layers:
-        merged.update(layer)
-    return cls(**{**merged, **fixed}).validate()  # type: ignore[attr-defined]
+    preset: str | None = setting(None, "Named settings for common cases.", "Run", cli=False)
+    run_dir: str | Path | None = setting(None, "The run's directory.", "Run", cli=False)
+    runs_root: str | Path = setting("runs", "Where run directories are made.", "Run", cli=False)
+    resume: str | Path | None = setting(None, "The run to continue.", "Run", cli=False)
+    init_from: str | Path | None = setting(None, "Weights to start from.", "Run", cli=False)
+    extend_vocab: bool = setting(False, "Grow the vocabulary.", "Run", cli=False)
+    overwrite: bool = setting(False, "Replace a run.", "Run", cli=False)
 
 
 def default_corpus() -> Path:
@@ -107,90 +91,20 @@ def _preset(name: str | None) -> dict[str, dict[str, Any]]:
     if name is None:
         return {"model": {}, "train": {}}
     if name not in PRESETS:
-        raise CharLSTMError(f"unknown --preset {name!r}; choose one of: {', '.join(PRESETS)}")
+        raise SettingError(f"unknown {{preset}} {name!r}; choose one of: {', '.join(PRESETS)}")
     return PRESETS[name]
 
 
-def training_data(
-    source: DataConfig,
-    val_fraction: float,
-    given_data: dict[str, Any],
-    vocab: Vocab | None = None,
-    *,
-    run_dir: Path | None = None,
-    fingerprint: str | None = None,
-    log: Log = print,
-) -> tuple[TrainingData, DataConfig, float]:
-    """The run's data: a text corpus read into memory, or a prepared corpus (``charlstm
-    prepare``) read through memory maps, whose normalisation and split are its own.
-
-    With ``run_dir``, a corpus file over :data:`~charlstm.data.prepared.PREPARE_ABOVE_BYTES` is
-    prepared inside it (``RUN/corpus``) and read from there; on resume (``fingerprint``: the
-    checkpoint's) the one already there is reused when its text has that SHA-256.
-    """
-    if not is_prepared(source.path):
-        inside = None if run_dir is None else Path(run_dir) / RUN_CORPUS
-        if (
-            inside is not None
-            and (vocab is None or vocab.idx_to_char == sorted(vocab.idx_to_char))
-            and (
-                prepared_in_run(source.path)
-                or (fingerprint and matching(inside, fingerprint) is not None)
+def _check_same(
+    config: Any, given: dict[str, Any], what: str, rule: str, may_change: frozenset = frozenset()
+) -> None:
+    """Raise, naming the setting and ``rule``, when a setting of ``config`` was given with
+    another value (those in ``may_change`` aside)."""
+    for key, current in setting_values(config).items():
+        if key in given and key not in may_change and given[key] != current:
+            raise SettingError(
+                f"{{{key}}} {given[key]} differs from the {what}'s {current}; {rule}"
             )
-        ):
-            prepared = _run_corpus(source, val_fraction, inside, fingerprint, log)
-            return _from_prepared(prepared), source, val_fraction
-        corpus = load_corpus(source, vocab)
-        return TrainingData.from_corpus(corpus, val_fraction), source, val_fraction
-    prepared = PreparedCorpus.open(source.path)
-    fixed = {
-        **given_data,
-        **({"val_fraction": val_fraction} if "val_fraction" in given_data else {}),
-    }
-    _check_same(
-        replace(prepared.data, path=source.path),
-        {k: v for k, v in fixed.items() if k != "val_fraction"},
-        "prepared corpus",
-        "it was fixed by charlstm prepare (prepare the corpus again to change it)",
-    )
-    if "val_fraction" in given_data and given_data["val_fraction"] != prepared.val_fraction:
-        raise SettingError(
-            f"{{val_fraction}} {given_data['val_fraction']} differs from the prepared corpus's "
-            f"{prepared.val_fraction}; it was fixed by charlstm prepare"
-        )
-    if vocab is not None and vocab != prepared.vocab:
-        raise CharLSTMError(f"{source.path} has another vocabulary than the run's checkpoint")
-    return _from_prepared(prepared), replace(prepared.data, path=source.path), prepared.val_fraction
-
-
-def _from_prepared(prepared: PreparedCorpus) -> TrainingData:
-    return TrainingData(
-        prepared.vocab,
-        prepared.train,
-        prepared.val,
-        prepared.sha256,
-        prepared.train_text,
-        prepared.train_counts,
-    )
-
-
-def _run_corpus(
-    source: DataConfig, val_fraction: float, path: Path, fingerprint: str | None, log: Log
-) -> PreparedCorpus:
-    """The corpus file prepared at ``path`` in the run directory, once for the run: rank 0
-    prepares it while the other ranks wait; a resumed run reuses it when its text has the
-    run's ``fingerprint``."""
-    world = distributed.from_env()
-    with distributed.agreed(world):  # the other ranks wait here for rank 0
-        if world.main and (fingerprint is None or matching(path, fingerprint) is None):
-            log(f"preparing {source.path} in {path} (a file this big is not read into memory)")
-            prepare(source, val_fraction, path, log=log)
-    return PreparedCorpus.open(path)
-
-
-def load_corpus(data: DataConfig, vocab: Vocab | None = None) -> Corpus:
-    text = read_text(data.path, data.member, data.encoding, data.newlines, data.max_chars)
-    return Corpus.from_text(text, vocab)
 
 
 def extend_vocab_weights(
@@ -227,7 +141,7 @@ def _write_run_files(trainer: Trainer, resumed_from: Path | None) -> None:
             "charlstm_version": __version__,
             "model": asdict(trainer.model_config),
             "train": asdict(trainer.config),
-            "data": asdict(trainer.data_config),
+            "data": asdict(trainer.data.config),
             "corpus_chars": len(data),
             "train_chars": len(data.train),
             "val_chars": len(data.val),
@@ -243,7 +157,7 @@ def _write_run_files(trainer: Trainer, resumed_from: Path | None) -> None:
 
 
 def _check_prefixes(prefixes: list[str], vocab: Vocab) -> None:
-    """Training samples continue each ``--prefix``: check them now, not after an epoch."""
+    """Training samples continue each prefix: check them now, not after an epoch."""
     for prefix in prefixes:
         if not prefix:
             raise SettingError("{prefixes} is empty; give at least one character")
@@ -253,14 +167,6 @@ def _check_prefixes(prefixes: list[str], vocab: Vocab) -> None:
                 f"{{prefixes}} {prefix!r} has characters not in the corpus's vocabulary: "
                 f"{show_chars(missing)}"
             )
-
-
-def _check_same(config: Any, options: dict[str, Any], what: str, rule: str) -> None:
-    """Raise, naming the setting and ``rule``, when a given setting differs from ``config``."""
-    for key, value in options.items():
-        current = getattr(config, key)
-        if current != value:
-            raise SettingError(f"{{{key}}} {value} differs from the {what}'s {current}; {rule}")
 
 
 def _ngram_features(
@@ -273,7 +179,7 @@ def _ngram_features(
             raise SettingError(
                 f"{{{name}}} fits an n-gram on the training text, which is limited to "
                 f"{MAX_EMBEDDED_NGRAM_CHARS:,} characters (this one has {len(data.train):,}); "
-                "use it on a smaller corpus (--max-chars), or train without it"
+                "use it on a smaller corpus ({max_chars}), or train without it"
             )
     if train.ngram_teacher:
         started = time.perf_counter()
@@ -320,124 +226,154 @@ def _trainer(
     )
 
 
-def new_run(request: RunRequest, log: Log = print, progress_bar: bool | None = None) -> Trainer:
+def _trainer(
+    data: TrainingData,
+    model: ModelConfig,
+    train: TrainConfig,
+    run_dir: Path,
+    world: World,
+    log: Log,
+    progress_bar: bool | None,
+    **state: Any,
+) -> Trainer:
+    check_together(model, train)
+    _check_prefixes(train.prefixes, data.vocab)
+    teacher, mixture = _ngram_features(train, data, log)
+    return build_trainer(
+        data,
+        model,
+        train,
+        run_dir,
+        world,
+        teacher=teacher,
+        mixture=mixture,
+        log=log,
+        progress_bar=progress_bar,
+        **state,
+    )
+
+
+def new_run(
+    request: RunRequest, world: World, log: Log = print, progress_bar: bool | None = None
+) -> Trainer:
     """A fresh run: defaults < preset < given."""
     chosen = _preset(request.preset)
-    path = Path(request.corpus) if request.corpus is not None else default_corpus()
-    source = layered(DataConfig, request.of(DataConfig), path=str(path.resolve()))
-    train = layered(TrainConfig, chosen["train"], request.of(TrainConfig))
+    source = build(DataConfig, request.given, path=str(_corpus(request)))
+    train = build(TrainConfig, {**chosen["train"], **request.given})
     resolve_device(train.device)  # before any file is read or written
-    given_data = {**request.of(DataConfig), **_only(request.given, "val_fraction")}
-    request = replace(request, run_dir=_new_run_dir(request, source, chosen))
-    with _removed_on_failure(Path(request.run_dir)):
-        data, source, val_fraction = training_data(
-            source, train.val_fraction, given_data, run_dir=request.run_dir, log=log
+    default = ModelConfig.__dataclass_fields__["backend"].default
+    backend = {**chosen["model"], **request.given}.get("backend", default)
+    run_dir = _new_run_dir(request, source, backend, world)
+    with _removed_on_failure(run_dir, world):
+        data = training_data(
+            source, train.val_fraction, world, given=request.given, run_dir=run_dir, log=log
         )
-        train = replace(train, val_fraction=val_fraction)
-        model = layered(
-            ModelConfig, chosen["model"], request.of(ModelConfig), vocab_size=len(data.vocab)
-        )
+        train = replace(train, val_fraction=data.val_fraction)
+        model = build(ModelConfig, {**chosen["model"], **request.given}, vocab_size=len(data.vocab))
         check_given(request.given, model, train)
         if model.softmax == "adaptive" and model.cutoffs is None:  # recorded in the run's config
             model = replace(model, cutoffs=default_cutoffs(data.counts())).validate()
-        return _start(request, data, model, train, source, log, progress_bar)
+        return _start(request, run_dir, world, data, model, train, log, progress_bar)
 
 
-def _new_run_dir(request: RunRequest, source: DataConfig, chosen: dict[str, Any]) -> Path:
-    """The new run's directory (``--run-dir``, or a fresh name under ``--runs-root``); for
-    a corpus file prepared inside it, checked before the preparation starts."""
-    world = distributed.from_env()
+def fine_tune(
+    request: RunRequest, world: World, log: Log = print, progress_bar: bool | None = None
+) -> Trainer:
+    """A new run from a checkpoint's weights (``init_from``): its architecture, and
+    regularisation from the preset and the settings given; new characters with
+    ``extend_vocab``."""
+    chosen = _preset(request.preset)
+    source = build(DataConfig, request.given, path=str(_corpus(request)))
+    train = build(TrainConfig, {**chosen["train"], **request.given})
+    resolve_device(train.device)
+    base = ckpt.load(ckpt.resolve(request.init_from, prefer="best.pt", runs_root=request.runs_root))
+    run_dir = _new_run_dir(request, source, base.model_config.backend, world)
+    adaptive = base.model_config.softmax == "adaptive"
+    with _removed_on_failure(run_dir, world):
+        data = training_data(
+            source,
+            train.val_fraction,
+            world,
+            given=request.given,
+            vocab=grown_vocab(base.vocab, request.extend_vocab, adaptive),
+            run_dir=run_dir,
+            log=log,
+        )
+        train = replace(train, val_fraction=data.val_fraction)
+        tunable = frozenset(f.name for f, meta in settings_of(ModelConfig) if meta.fine_tune)
+        _check_same(
+            base.model_config,
+            request.given,
+            "{init_from} checkpoint",
+            "fine-tuning keeps the architecture",
+            may_change=tunable,
+        )
+        regularisation = {k: v for k, v in chosen["model"].items() if k in tunable}
+        model = build(ModelConfig, {**asdict(base.model_config), **regularisation, **request.given})
+        check_given(request.given, model, train)
+        weights = base.model
+        if len(data.vocab) > len(base.vocab):
+            weights = extend_vocab_weights(
+                base.model, base.model_config, len(data.vocab), train.seed
+            )
+            model = replace(model, vocab_size=len(data.vocab))
+        return _start(
+            request, run_dir, world, data, model, train, log, progress_bar, init_weights=weights
+        )
+
+
+def _corpus(request: RunRequest) -> Path:
+    return (Path(request.corpus) if request.corpus is not None else default_corpus()).resolve()
+
+
+def _new_run_dir(request: RunRequest, source: DataConfig, backend: str, world: World) -> Path:
+    """The new run's directory (``run_dir``, or a fresh name under ``runs_root``); for a
+    corpus prepared inside it, checked before the preparation starts."""
+    inside = prepared_in_run(source.path) or is_prepared(source.path)
     if request.run_dir is not None:
         run_dir = Path(request.run_dir)
     elif world.distributed and prepared_in_run(source.path):
-        raise CharLSTMError(
+        raise SettingError(
             f"{source.path} is prepared inside the run directory, and under torchrun every "
-            "process must name the same one: give --run-dir DIR (or run charlstm prepare "
+            "process must name the same one: give {run_dir} DIR (or run charlstm prepare "
             "first and train from its directory)"
         )
     else:
-        default = next(f.default for f in dataclasses.fields(ModelConfig) if f.name == "backend")
-        backend = {**chosen["model"], **request.of(ModelConfig)}.get("backend", default)
         run_dir = Path(request.runs_root) / runs.default_run_name(source.path, backend)
-    if world.main and prepared_in_run(source.path):
+    if world.main and inside:
         runs.check_new_run_dir(run_dir, request.overwrite)  # refuse before preparing
     return run_dir
 
 
 @contextmanager
-def _removed_on_failure(run_dir: Path) -> Iterator[None]:
+def _removed_on_failure(run_dir: Path, world: World) -> Iterator[None]:
     """A run directory that does not exist yet is removed again, with the corpus prepared
     in it, when the new run fails before writing its files."""
     fresh = not run_dir.exists()
     try:
         yield
     except BaseException:
-        if fresh and distributed.from_env().main and not runs.holds_run(run_dir):
+        if fresh and world.main and not runs.holds_run(run_dir):
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
 
 
-def fine_tune(request: RunRequest, log: Log = print, progress_bar: bool | None = None) -> Trainer:
-    """A new run from a checkpoint's weights (``--init-from``): its architecture, and
-    regularisation from the preset and the options given; new characters with
-    ``--extend-vocab``."""
-    chosen = _preset(request.preset)
-    path = Path(request.corpus) if request.corpus is not None else default_corpus()
-    source = layered(DataConfig, request.of(DataConfig), path=str(path.resolve()))
-    train = layered(TrainConfig, chosen["train"], request.of(TrainConfig))
-    resolve_device(train.device)
-    base = ckpt.load(ckpt.resolve(request.init_from, prefer="best.pt", runs_root=request.runs_root))
-    text = read_text(source.path, source.member, source.encoding, source.newlines, source.max_chars)
-    missing, vocab, weights = base.vocab.missing(text), base.vocab, base.model
-    if missing and base.model_config.softmax == "adaptive":
-        raise CharLSTMError(
-            f"{len(missing)} characters of the new corpus are not in the checkpoint's "
-            f"vocabulary: {show_chars(missing)}; a model with an adaptive softmax cannot grow "
-            "its vocabulary (--extend-vocab needs --softmax full)"
-        )
-    if missing and not request.extend_vocab:
-        raise CharLSTMError(
-            f"{len(missing)} characters of the new corpus are not in the checkpoint's "
-            f"vocabulary: {show_chars(missing)}; pass --extend-vocab to add them"
-        )
-    tunable = {f.name for f, meta in settings_of(ModelConfig) if meta.fine_tune}
-    given = request.of(ModelConfig)
-    _check_same(
-        base.model_config,
-        {k: v for k, v in given.items() if k not in tunable},
-        "--init-from checkpoint",
-        "fine-tuning keeps the architecture",
-    )
-    regularisation = {k: v for k, v in chosen["model"].items() if k in tunable}
-    model = replace(base.model_config, **{**regularisation, **given}).validate()
-    check_given(request.given, model, train)
-    if missing:
-        vocab = base.vocab.extend(missing)
-        weights = extend_vocab_weights(base.model, base.model_config, len(vocab), train.seed)
-        model = replace(model, vocab_size=len(vocab))
-    data = TrainingData.from_corpus(Corpus.from_text(text, vocab), train.val_fraction)
-    return _start(request, data, model, train, source, log, progress_bar, init_weights=weights)
-
-
 def _start(
     request: RunRequest,
+    run_dir: Path,
+    world: World,
     data: TrainingData,
     model: ModelConfig,
     train: TrainConfig,
-    source: DataConfig,
     log: Log,
     progress_bar: bool | None,
     **state: Any,
 ) -> Trainer:
     """Build the trainer of a new run, then create its directory and write its files."""
-    run_dir = request.run_dir
-    if run_dir is None:  # a fine-tuned run
-        run_dir = Path(request.runs_root) / runs.default_run_name(source.path, model.backend)
-    world = distributed.from_env()
     with distributed.agreed(world):  # every rank's checks pass before a file is written
         if world.main:
             runs.check_new_run_dir(run_dir, request.overwrite)  # refuse early, before any work
-        trainer = _trainer(data, model, train, source, Path(run_dir), log, progress_bar, **state)
+        trainer = _trainer(data, model, train, run_dir, world, log, progress_bar, **state)
     with distributed.agreed(world):
         if world.main:  # rank 0 alone writes
             runs.prepare_run_dir(run_dir, overwrite=request.overwrite)
@@ -448,43 +384,38 @@ def _start(
 def _resumed_settings(request: RunRequest, checkpoint: ckpt.Checkpoint) -> TrainConfig:
     """The resumed run's training settings: the checkpoint's, with the resumable ones given;
     any other setting given must equal the checkpoint's."""
+    given = request.given
     _check_same(
-        checkpoint.model_config,
-        request.of(ModelConfig),
-        "checkpoint",
-        "a resumed run keeps its architecture",
+        checkpoint.model_config, given, "checkpoint", "a resumed run keeps its architecture"
     )
-    _check_same(
-        checkpoint.data_config,
-        request.of(DataConfig),
-        "checkpoint",
-        "a resumed run reads its corpus alike",
-    )
-    given = request.of(TrainConfig)
-    may_change = ", ".join(sorted(option_name(k) for k in RESUME_OVERRIDABLE))
+    _check_same(checkpoint.data_config, given, "checkpoint", "a resumed run reads its corpus alike")
+    may_change = ", ".join(f"{{{k}}}" for k in sorted(RESUME_OVERRIDABLE))
     _check_same(
         checkpoint.train_config,
-        {k: v for k, v in given.items() if k not in RESUME_OVERRIDABLE},
+        given,
         "checkpoint",
-        f"a resumed run keeps it (these may change on --resume: {may_change})",
+        f"a resumed run keeps it (these may change on {{resume}}: {may_change})",
+        may_change=RESUME_OVERRIDABLE,
     )
-    train = layered(TrainConfig, asdict(checkpoint.train_config), given)
+    train = build(TrainConfig, {**asdict(checkpoint.train_config), **given})
     resolve_device(train.device)
     if checkpoint.epoch >= train.epochs:
-        target = f"{option_name('epochs')} {train.epochs}"
+        target = f"{{epochs}} {train.epochs}"
     elif train.max_steps and checkpoint.step >= train.max_steps:
-        target = f"{option_name('max_steps')} {train.max_steps}"
+        target = f"{{max_steps}} {train.max_steps}"
     else:
         return train
     # success, exit 0: a retry loop ("resume until it exits 0") ends once the run is complete
     raise NothingToDo(
         f"nothing to do: the run has already trained {checkpoint.epoch} epochs "
-        f"({checkpoint.step:,} steps), reaching {target}; pass a larger --epochs or "
-        "--max-steps (the new total) to continue"
+        f"({checkpoint.step:,} steps), reaching {target}; pass a larger {{epochs}} or "
+        "{max_steps} (the new total) to continue"
     )
 
 
-def resume_run(request: RunRequest, log: Log = print, progress_bar: bool | None = None) -> Trainer:
+def resume_run(
+    request: RunRequest, world: World, log: Log = print, progress_bar: bool | None = None
+) -> Trainer:
     """Continue the run in ``request.resume`` (a run directory: its ``last.pt``; or a
     checkpoint file): the checkpoint's settings < the resumable settings given.
 
@@ -506,29 +437,22 @@ def resume_run(request: RunRequest, log: Log = print, progress_bar: bool | None 
             f"the run's corpus {source.path} is not here; pass it: "
             "charlstm train CORPUS --resume ..."
         )
-    data, source, _ = training_data(
+    data = training_data(
         source,
         train.val_fraction,
-        {},
-        checkpoint.vocab,
+        world,
+        vocab=same_vocab(checkpoint.vocab),
         run_dir=source_file.parent,  # a corpus prepared there is reused
         fingerprint=checkpoint.corpus_sha256,
         log=log,
     )
-    if checkpoint.corpus_sha256 and data.fingerprint != checkpoint.corpus_sha256:
-        raise CharLSTMError(
-            f"{source.path} is not the text this run trained on (its content differs); a resumed "
-            "run reads the same text: pass the original corpus, or start a new run from this "
-            "one with --init-from"
-        )
     directory = Path(request.run_dir) if request.run_dir is not None else source_file.parent
     branch = not (directory.exists() and directory.resolve() == source_file.parent.resolve())
     if request.overwrite and not branch:
-        raise CharLSTMError(
-            "--overwrite has nothing to replace: a resume continues its own run directory "
-            "(to branch over another run, give --run-dir DIR --overwrite)"
+        raise SettingError(
+            "{overwrite} has nothing to replace: a resume continues its own run directory "
+            "(to branch over another run, give {run_dir} DIR {overwrite})"
         )
-    world = distributed.from_env()
     with distributed.agreed(world):  # every rank's checks pass before a file is written
         if branch and world.main:
             runs.check_new_run_dir(directory, request.overwrite)  # never write over another run
@@ -536,8 +460,8 @@ def resume_run(request: RunRequest, log: Log = print, progress_bar: bool | None 
             data,
             checkpoint.model_config,
             train,
-            source,
             directory,
+            world,
             log,
             progress_bar,
             resume=checkpoint,
@@ -569,12 +493,12 @@ def _continue_run_dir(
     )
 
 
-def _restarted(request: RunRequest, world: distributed.World) -> RunRequest:
+def _restarted(request: RunRequest, world: World) -> RunRequest:
     """Under ``torchrun --max-restarts``: a restarted job continues its own run from its
     ``last.pt`` (the run whose config.json names this job), whatever the command said."""
     if world.max_restarts and request.run_dir is None and request.resume is None:
-        raise CharLSTMError(
-            "under torchrun --max-restarts give --run-dir DIR: a restarted job resumes "
+        raise SettingError(
+            "under torchrun --max-restarts give {run_dir} DIR: a restarted job resumes "
             "DIR/last.pt by itself"
         )
     if not world.restarts:
@@ -605,24 +529,21 @@ def start_run(request: RunRequest, log: Log = print, progress_bar: bool | None =
     if not world.main:
         log, progress_bar = distributed.silent, False
     try:
-        return _start_run(_restarted(request, world), log, progress_bar)
+        request = _restarted(request, world)
+        if request.extend_vocab and request.init_from is None:
+            raise SettingError("{extend_vocab} is a setting of {init_from} (fine-tuning); add it")
+        if request.resume is not None:
+            if request.init_from is not None:
+                raise SettingError("{resume} and {init_from} exclude each other")
+            if request.preset is not None:
+                raise SettingError("{preset} applies to new runs; a resumed run keeps its settings")
+            return resume_run(request, world, log, progress_bar)
+        if request.init_from is not None:
+            return fine_tune(request, world, log, progress_bar)
+        return new_run(request, world, log, progress_bar)
     except Exception as err:  # failed before the ranks' agreement: take part in it
         distributed.settle(world, err)
         raise
-
-
-def _start_run(request: RunRequest, log: Log, progress_bar: bool | None) -> Trainer:
-    if request.extend_vocab and request.init_from is None:
-        raise CharLSTMError("--extend-vocab is a setting of --init-from (fine-tuning); add it")
-    if request.resume is not None:
-        if request.init_from is not None:
-            raise CharLSTMError("--resume and --init-from exclude each other")
-        if request.preset is not None:
-            raise CharLSTMError("--preset applies to new runs; a resumed run keeps its settings")
-        return resume_run(request, log, progress_bar)
-    if request.init_from is not None:
-        return fine_tune(request, log, progress_bar)
-    return new_run(request, log, progress_bar)
 
 
 def prepare_training(
