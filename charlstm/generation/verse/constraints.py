@@ -168,7 +168,15 @@ class RhymeRule:
         if level_only and not table.ping_classes:  # pinyin's classes hold both tones
             level = [table.tones(ch) != {ZE} for ch in vocab.idx_to_char]
             member &= torch.tensor(level, dtype=torch.bool, device=device)[:, None]
-        open_classes = member.sum(dim=0) >= len(rhyme_lines)  # (K,)
+        # a pinyin system reads a finished line in context (:meth:`accept`), which may pick
+        # any one of a character's readings: a class is open only with enough characters of
+        # that class alone, and a rhyme may only be a character none of whose readings falls
+        # outside the row's classes, so that no row is left without a rhyme that reads true
+        self.in_context = table.system != "pingshui"
+        counted = member
+        if self.in_context:
+            counted = member & (member.sum(dim=1, keepdim=True) == 1)
+        open_classes = counted.sum(dim=0) >= len(rhyme_lines)  # (K,)
         if level_only and table.ping_classes:  # 平水韵's classes have a tone of their own
             ping = torch.zeros_like(open_classes)
             ping[list(table.ping_classes)] = True
@@ -188,6 +196,8 @@ class RhymeRule:
         if self.lines.get(line) != pos:
             return allowed
         rhymes = (self.classes.float() @ self.member.T) > 0  # (N, V)
+        if self.in_context:  # no reading outside the row's classes
+            rhymes &= ((~self.classes).float() @ self.member.T) == 0
         return allowed & rhymes & ~self.used
 
     def update(self, chosen: torch.Tensor, line: int, pos: int) -> None:
