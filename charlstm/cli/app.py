@@ -429,3 +429,6 @@ def main() -> None:
             typer.echo(f"error: {err.format_message()}{hint}", err=True)
         code = err.exit_code
     sys.exit(code if isinstance(code, int) else 0)
+
+
+from charlstm.cli import serve as _serve  # noqa: E402, F401  (registers `charlstm serve`)

@@ -420,6 +420,16 @@ class AdaptiveStreams:
         self.query[rows] = features[-1].float()
         return features, self.cache.mix(log_p, features[-1], rows)
 
+    def resize(self, keep: torch.Tensor, new: int) -> None:
+        """Keep the rows ``keep`` (K,), in that order, then ``new`` fresh rows, as
+        :meth:`charlstm.generation.sample.ModelStreams.resize` does; for streams without
+        a cache or dynamic evaluation (a batch that sequences join and leave)."""
+        if self.cache is not None or not hasattr(self.streams, "resize"):
+            raise TypeError("only streams without a cache or dynamic evaluation change size")
+        self.streams.resize(keep, new)
+        self.recent = [self.recent[i] for i in keep.tolist()] + [""] * new
+        self.query = torch.cat([self.query[keep], self.query.new_zeros(new, self.query.shape[1])])
+
     def step(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.cache is not None:
             self.cache.add(self.query, x)

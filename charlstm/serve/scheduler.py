@@ -1,0 +1,586 @@
+"""Continuous batching: every running request's rows step together, joining and leaving
+between steps.
+
+A :class:`Job` is one request: its prefixes, ``n`` samples each, the sampling settings and
+a seed. Its rows are a :class:`~charlstm.generation.sample.RowGroup`, the same object
+:func:`charlstm.generation.sample.generate` drives, so a job writes exactly what
+``charlstm generate --seed`` writes for the same request: its draws come from its own
+generator, whatever else shares the batch. (The logits a row gets are those of its batch:
+on a CPU, a row's logits are bitwise the same in any batch of at least 4 rows with one
+thread, 12 with two; a batch of one to three rows computes them with other kernels, which
+differ in the last bits; see docs/benchmarks.md for what that changes.)
+
+One worker thread does all the torch work, in a loop:
+
+1. jobs that finished, were cancelled or ran out of time leave, and their rows are
+   dropped from the batch;
+2. waiting jobs join while rows are free (``max_streams``): their prefixes are read, those
+   of equal length in one pass whatever job they belong to, and each job chooses its
+   first characters;
+3. one step for every row of each batch, and each job chooses its next characters from
+   its own rows' logits.
+
+Jobs that need a model of their own (``cache`` / ``dynamic`` adaptation) run in a batch
+of their own, as in ``generate``. Rows of jobs whose steps ``generate`` would fold
+(:func:`~charlstm.generation.sample.folds`) share one batch per model, the others another.
+
+What a job writes goes out through ``deliver``, called from the worker once per loop with
+every job's events (:class:`Chars`, then one :class:`End`).
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import itertools
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from charlstm.api import LanguageModel
+from charlstm.config import SettingError
+from charlstm.errors import CharLSTMError
+from charlstm.generation.adaptation import CacheConfig, DynamicConfig
+from charlstm.generation.decoding import SamplingConfig
+from charlstm.generation.sample import (
+    RowGroup,
+    check_prefixes,
+    check_request,
+    check_stop,
+    folds,
+    open_streams,
+)
+
+
+class QueueFull(CharLSTMError):
+    """Every row is busy and ``max_queue`` requests already wait."""
+
+
+class UnknownModel(CharLSTMError):
+    """A request names a model this server does not serve."""
+
+
+class Draining(CharLSTMError):
+    """The server is shutting down and takes no new requests."""
+
+
+@dataclass
+class Chars:
+    """One step's text: a string per row (``""``: nothing new for that row)."""
+
+    texts: list[str]
+
+
+@dataclass
+class End:
+    """The job is over. ``reasons`` per row: ``stop`` (stop character, ``lines`` or a stop
+    string) or ``length``; or, for the whole job, ``cancelled``, ``timeout``, ``shutdown``
+    or ``error`` (then ``message`` says what went wrong)."""
+
+    reasons: list[str]
+    message: str | None = None
+
+
+Event = Chars | End
+
+
+@dataclass
+class Job:
+    """One request. ``prefixes`` each continued ``num_samples`` times by up to ``length``
+    characters, as ``charlstm generate`` would (rows ``p * num_samples + s``); ``stop``
+    strings end a row before them (OpenAI's ``stop``: the string is not written)."""
+
+    model: str
+    prefixes: list[str]
+    length: int
+    sampling: SamplingConfig
+    seed: int
+    num_samples: int = 1
+    stop_at: str | None = None
+    lines: int | None = None
+    stop: list[str] = field(default_factory=list)
+    cache: CacheConfig | None = None
+    dynamic: DynamicConfig | None = None
+    timeout: float | None = None
+    on_event: Callable[[Event], None] | None = None
+    # set by the scheduler
+    id: int = 0
+    arrived: float = 0.0
+    first_char: float | None = None
+    cancelled: bool = False
+    ended: bool = False
+    group: RowGroup | None = None
+    rows_done: list[bool] = field(default_factory=list)
+    pending: list[str] = field(default_factory=list)
+
+    @property
+    def rows(self) -> int:
+        return len(self.prefixes) * self.num_samples
+
+    @property
+    def sequences(self) -> list[str]:
+        return [p for p in self.prefixes for _ in range(self.num_samples)]
+
+    @property
+    def private(self) -> bool:
+        """Whether the job needs streams of its own (adaptation to its own text)."""
+        return self.cache is not None or self.dynamic is not None
+
+
+def validate_job(job: Job, model: LanguageModel) -> None:
+    """The checks ``generate`` makes, before any work: the same errors, the same messages."""
+    vocab = model.vocab
+    job.sampling = job.sampling.validate(len(vocab))
+    job.cache = job.cache.validate() if job.cache is not None else None
+    job.dynamic = job.dynamic.validate() if job.dynamic is not None else None
+    check_request(job.length, job.num_samples, job.seed)
+    check_prefixes(vocab, job.prefixes)
+    check_stop(vocab, job.stop_at, job.lines)
+    if any(s == "" for s in job.stop):
+        raise SettingError("a stop string is empty")
+
+
+class Batch:
+    """Rows stepped together by one streams object: the rows of ``jobs``, in order, each
+    job's rows contiguous. ``private``: one job's own streams (never joined by another)."""
+
+    def __init__(self, model: LanguageModel, fold: bool, job: Job | None = None) -> None:
+        self.model = model
+        self.jobs: list[Job] = []
+        self.private = job is not None
+        self.dynamic = job is not None and job.dynamic is not None
+        with self.mode():
+            if job is None:
+                self.streams = open_streams(model.model, 0, mixture=model.mixture, fold=fold)
+            else:
+                self.streams = open_streams(
+                    model.model, job.rows, job.cache, job.dynamic, model.mixture, fold
+                )
+
+    def mode(self) -> contextlib.AbstractContextManager[Any]:
+        """Dynamic evaluation needs gradients; otherwise nothing here does (as in generate)."""
+        return torch.no_grad() if self.dynamic else torch.inference_mode()
+
+    @property
+    def size(self) -> int:
+        return sum(job.rows for job in self.jobs)
+
+    def slices(self) -> Iterator[tuple[Job, slice]]:
+        start = 0
+        for job in self.jobs:
+            yield job, slice(start, start + job.rows)
+            start += job.rows
+
+    def admit(self, jobs: list[Job]) -> None:
+        """Add ``jobs``' rows after the others and read their prefixes: rows of equal
+        prefix length in one pass (shortest first, as ``generate`` reads one job's)."""
+        device = self.model.device
+        base = self.size
+        if not self.private:
+            keep = torch.arange(base, device=device)
+            self.streams.resize(keep, sum(job.rows for job in jobs))
+        reads: dict[int, list[tuple[Job, list[int], torch.Tensor]]] = collections.defaultdict(list)
+        starts = {}
+        offset = base
+        for job in jobs:
+            job.group = RowGroup(
+                self.model.vocab,
+                job.sequences,
+                job.length,
+                job.sampling,
+                job.seed,
+                job.stop_at,
+                job.lines,
+                device,
+            )
+            for rows, x in job.group.prefix_reads():
+                reads[x.shape[0]].append((job, rows, x))
+            self.jobs.append(job)
+            job.rows_done = [False] * job.rows
+            job.pending = [""] * job.rows
+            starts[id(job)] = offset
+            offset += job.rows
+        for length in sorted(reads):
+            parts = reads[length]
+            index = torch.tensor(
+                [starts[id(job)] + row for job, rows, _ in parts for row in rows], device=device
+            )
+            x = torch.cat([x for _, _, x in parts], dim=1).to(device)  # (T, R)
+            logits = self.streams.read(index, x)[1]  # (R, V)
+            at = 0
+            for job, rows, _ in parts:
+                job.group.choose_first(rows, logits[at : at + len(rows)])
+                at += len(rows)
+
+    def step(self) -> None:
+        """One step of every row; each job chooses from its own rows' logits."""
+        last = torch.cat([job.group.last for job in self.jobs])  # (N,)
+        logits = self.streams.step(last)[1]  # (N, V)
+        for job, rows in self.slices():
+            job.group.choose(logits[rows])
+
+    def drop(self, leaving: list[Job]) -> None:
+        """Remove the rows of ``leaving`` (between steps)."""
+        gone = {id(job) for job in leaving}
+        keep = [r for job, rows in self.slices() if id(job) not in gone for r in _range(rows)]
+        self.jobs = [job for job in self.jobs if id(job) not in gone]
+        if not self.private:
+            self.streams.resize(torch.tensor(keep, dtype=torch.long, device=self.model.device), 0)
+
+
+class Metrics:
+    """What ``/metrics`` shows; written by the worker, read by the server (plain numbers)."""
+
+    #: Upper bounds of the time-to-first-character histogram, in seconds.
+    BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0, 2.0, 5.0, 10.0)
+
+    def __init__(self) -> None:
+        self.chars = 0
+        self.finished: collections.Counter[str] = collections.Counter()
+        self.first_char_counts = [0] * len(self.BUCKETS)
+        self.first_char_sum = 0.0
+        self.first_char_total = 0
+        self.recent: collections.deque[tuple[float, int]] = collections.deque()  # (time, chars)
+
+    def first_char(self, seconds: float) -> None:
+        self.first_char_sum += seconds
+        self.first_char_total += 1
+        for i, bound in enumerate(self.BUCKETS):
+            if seconds <= bound:
+                self.first_char_counts[i] += 1
+
+    def wrote(self, chars: int, now: float) -> None:
+        self.chars += chars
+        self.recent.append((now, chars))
+        while self.recent and self.recent[0][0] < now - 10.0:
+            self.recent.popleft()
+
+    def chars_per_second(self, now: float) -> float:
+        """Characters written in the last 10 seconds, per second."""
+        return sum(c for t, c in self.recent if t >= now - 10.0) / 10.0
+
+
+class Scheduler:
+    """The continuous-batching loop over ``models`` (by name), in one worker thread.
+
+    ``deliver`` receives, once per loop, the ``(job, event)`` pairs of that loop, from the
+    worker thread (by default each job's ``on_event`` is called).
+    """
+
+    def __init__(
+        self,
+        models: dict[str, LanguageModel],
+        max_streams: int = 64,
+        max_queue: int = 256,
+        max_length: int | None = None,
+        max_prompt: int | None = None,
+        deliver: Callable[[list[tuple[Job, Event]]], None] | None = None,
+    ) -> None:
+        self.models = models
+        self.max_streams = max_streams
+        self.max_queue = max_queue
+        self.max_length = max_length
+        self.max_prompt = max_prompt
+        self.running = (0, 0)  # requests, rows: written by the worker after each loop
+        self.deliver = deliver or _call_each
+        self.metrics = Metrics()
+        self.waiting: collections.deque[Job] = collections.deque()
+        self.batches: dict[Any, Batch] = {}
+        self.lock = threading.Condition()
+        self.ids = itertools.count(1)
+        self.closing = False
+        self.draining = False
+        self.drain_deadline: float | None = None
+        self.thread: threading.Thread | None = None
+        self.error: BaseException | None = None
+
+    # -- called from any thread --------------------------------------------------------------
+
+    def start(self) -> Scheduler:
+        self.thread = threading.Thread(target=self._loop, name="charlstm-scheduler", daemon=True)
+        self.thread.start()
+        return self
+
+    def submit(self, job: Job) -> Job:
+        """Queue ``job`` (checked first, as ``generate`` checks; :class:`QueueFull` when
+        ``max_queue`` jobs wait, :class:`Draining` once shutting down)."""
+        model = self.models.get(job.model)
+        if model is None:
+            names = ", ".join(self.models)
+            raise UnknownModel(f"unknown model {job.model!r}; this server has {names}")
+        if self.max_length is not None and job.length > self.max_length:
+            raise SettingError(
+                f"{{length}} {job.length} is more than this server writes ({self.max_length})"
+            )
+        longest = max((len(p) for p in job.prefixes), default=0)
+        if self.max_prompt is not None and longest > self.max_prompt:
+            raise SettingError(
+                f"{{prefixes}} of {longest} characters is longer than this server reads "
+                f"({self.max_prompt})"
+            )
+        validate_job(job, model)
+        if job.rows > self.max_streams:
+            raise SettingError(
+                f"{{num_samples}} times the prompts is {job.rows} rows; this server steps at most "
+                f"{self.max_streams}"
+            )
+        with self.lock:
+            if self.draining or self.closing:
+                raise Draining("the server is shutting down")
+            if len(self.waiting) >= self.max_queue:
+                raise QueueFull(f"{len(self.waiting)} requests are waiting already; retry later")
+            job.id = next(self.ids)
+            job.arrived = time.monotonic()
+            self.waiting.append(job)
+            self.lock.notify()
+        return job
+
+    def cancel(self, job: Job) -> None:
+        """End ``job`` at the next step (its rows leave the batch); a waiting job leaves the
+        queue now. It gets an :class:`End` with ``cancelled``."""
+        with self.lock:
+            job.cancelled = True
+            self.lock.notify()
+
+    def drain(self, grace: float) -> None:
+        """Take no new jobs; those running (and waiting) get ``grace`` seconds to finish,
+        then end with ``shutdown``."""
+        with self.lock:
+            self.draining = True
+            self.drain_deadline = time.monotonic() + grace
+            self.lock.notify()
+
+    def close(self) -> None:
+        """End every job (``shutdown``) and stop the worker."""
+        with self.lock:
+            self.closing = True
+            self.lock.notify()
+        if self.thread is not None:
+            self.thread.join()
+
+    def counts(self) -> tuple[int, int, int]:
+        """Requests running, rows running, requests waiting."""
+        running, rows = self.running
+        return running, rows, len(self.waiting)
+
+    # -- the worker ----------------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        torch.set_grad_enabled(False)
+        events: list[tuple[Job, Event]] = []
+        try:
+            while True:
+                with self.lock:
+                    while not self._has_work():
+                        self.lock.wait(timeout=self._idle_wait())
+                        self._expire_waiting(events)
+                        if events:
+                            break
+                    if self.closing:
+                        break
+                    self._expire_waiting(events)
+                    joining = self._take_waiting()
+                self._leave(events)
+                self._join(joining, events)
+                self._leave(events)
+                for batch in list(self.batches.values()):
+                    with batch.mode():
+                        batch.step()
+                        self._accept(batch, events)
+                batches = list(self.batches.values())
+                self.running = (sum(len(b.jobs) for b in batches), sum(b.size for b in batches))
+                if events:
+                    self.deliver(events)
+                    events = []
+        except BaseException as err:  # a bug: every job still open ends with its message
+            self.error = err
+            message = f"internal error: {type(err).__name__}: {err}"
+            self._end_all("error", events, message)
+            raise
+        finally:
+            self._end_all("shutdown", events)
+
+    def _has_work(self) -> bool:
+        return bool(self.closing or self.batches or self._admissible())
+
+    def _idle_wait(self) -> float | None:
+        deadlines = [j.arrived + j.timeout for j in self.waiting if j.timeout is not None]
+        if self.drain_deadline is not None:
+            deadlines.append(self.drain_deadline)
+        if not deadlines and not any(j.cancelled for j in self.waiting):
+            return None
+        return max(0.0, min(deadlines, default=0.0) - time.monotonic())
+
+    def _admissible(self) -> bool:
+        if any(j.cancelled for j in self.waiting):
+            return True
+        free = self.max_streams - sum(b.size for b in self.batches.values())
+        return bool(self.waiting) and self.waiting[0].rows <= free
+
+    def _take_waiting(self) -> list[Job]:
+        """The waiting jobs that fit, in arrival order (a job never overtakes another)."""
+        free = self.max_streams - sum(b.size for b in self.batches.values())
+        taken = []
+        while self.waiting and self.waiting[0].rows <= free:
+            job = self.waiting.popleft()
+            free -= job.rows
+            taken.append(job)
+        return taken
+
+    def _expire_waiting(self, events: list[tuple[Job, Event]]) -> None:
+        now = time.monotonic()
+        shutdown = self.drain_deadline is not None and now >= self.drain_deadline
+        for job in list(self.waiting):
+            reason = _over(job, now, shutdown)
+            if reason is not None:
+                self.waiting.remove(job)
+                self._end(job, reason, events)
+
+    def _join(self, jobs: list[Job], events: list[tuple[Job, Event]]) -> None:
+        by_batch: dict[Any, list[Job]] = collections.defaultdict(list)
+        for job in jobs:
+            model = self.models[job.model]
+            fold = folds(job.rows, job.length, len(model.vocab))
+            if job.private:
+                key: Any = ("private", job.id)
+                self.batches[key] = Batch(model, fold, job)
+            else:
+                key = (job.model, fold)
+                if key not in self.batches:
+                    self.batches[key] = Batch(model, fold)
+            by_batch[key].append(job)
+        for key, joining in by_batch.items():
+            batch = self.batches[key]
+            with batch.mode():
+                try:
+                    batch.admit(joining)
+                except (CharLSTMError, RuntimeError, MemoryError) as err:
+                    batch.drop(joining)
+                    for job in joining:
+                        self._end(job, "error", events, str(err))
+                    continue
+                self._accept(batch, events, joining)
+
+    def _accept(
+        self, batch: Batch, events: list[tuple[Job, Event]], only: list[Job] | None = None
+    ) -> None:
+        """Record the characters each job has just chosen; emit them."""
+        now = time.monotonic()
+        for job in only if only is not None else batch.jobs:
+            group = job.group
+            shown = group.accept(True)
+            texts = self._visible(job, shown)
+            written = sum(len(t) for t in texts)
+            if job.first_char is None:
+                job.first_char = now
+                self.metrics.first_char(now - job.arrived)
+            self.metrics.wrote(written, now)
+            events.append((job, Chars(texts)))
+            if group.finished or all(job.rows_done):
+                self._finish(job, events)
+
+    def _visible(self, job: Job, shown: list[str]) -> list[str]:
+        """What each row may show of its new character: nothing once it has ended; with stop
+        strings, text that cannot yet be the start of one waits in ``pending``."""
+        if not job.stop:
+            return shown
+        texts = []
+        for row, char in enumerate(shown):
+            if job.rows_done[row]:
+                texts.append("")
+                continue
+            pending = job.pending[row] + char
+            hits = [pending.find(s) for s in job.stop if s in pending]
+            if hits:
+                job.rows_done[row] = True
+                job.pending[row] = ""
+                texts.append(pending[: min(hits)])
+                continue
+            hold = max(
+                (k for s in job.stop for k in range(1, len(s)) if pending.endswith(s[:k])),
+                default=0,
+            )
+            job.pending[row] = pending[len(pending) - hold :] if hold else ""
+            texts.append(pending[: len(pending) - hold])
+        return texts
+
+    def _finish(self, job: Job, events: list[tuple[Job, Event]]) -> None:
+        """A job that ended by itself: each row's reason; what stop strings held back."""
+        group = job.group
+        ended = group.stop.done.tolist() if group.stop is not None else [False] * job.rows
+        reasons = [
+            "stop" if done or hit else "length"
+            for done, hit in zip(ended, job.rows_done, strict=True)
+        ]
+        if any(job.pending):
+            events.append((job, Chars(job.pending)))
+        job.ended = True  # leaves at the next _leave
+        self.metrics.finished["stop" if all(r == "stop" for r in reasons) else "length"] += 1
+        events.append((job, End(reasons)))
+
+    def _leave(self, events: list[tuple[Job, Event]]) -> None:
+        """Drop the rows of jobs that ended, were cancelled or ran out of time."""
+        now = time.monotonic()
+        shutdown = self.closing or (self.drain_deadline is not None and now >= self.drain_deadline)
+        for key, batch in list(self.batches.items()):
+            leaving = []
+            for job in batch.jobs:
+                if job.ended:
+                    leaving.append(job)  # its End has gone out
+                    continue
+                reason = _over(job, now, shutdown)
+                if reason is not None:
+                    leaving.append(job)
+                    self._end(job, reason, events)
+            if leaving:
+                batch.drop(leaving)
+            if not batch.jobs:
+                del self.batches[key]
+
+    def _end(
+        self, job: Job, reason: str, events: list[tuple[Job, Event]], message: str | None = None
+    ) -> None:
+        job.ended = True
+        self.metrics.finished[reason] += 1
+        events.append((job, End([reason] * job.rows, message)))
+
+    def _end_all(
+        self, reason: str, events: list[tuple[Job, Event]], message: str | None = None
+    ) -> None:
+        with self.lock:
+            self.closing = True
+            waiting, self.waiting = list(self.waiting), collections.deque()
+        for job in waiting:
+            self._end(job, reason, events, message)
+        for batch in self.batches.values():
+            for job in batch.jobs:
+                if not job.ended:
+                    self._end(job, reason, events, message)
+        self.batches.clear()
+        self.running = (0, 0)
+        if events:
+            self.deliver(events)
+            events.clear()
+
+
+def _range(rows: slice) -> range:
+    return range(rows.start, rows.stop)
+
+
+def _over(job: Job, now: float, shutdown: bool) -> str | None:
+    """Why ``job`` must end now, if it must."""
+    if job.cancelled:
+        return "cancelled"
+    if job.timeout is not None and now >= job.arrived + job.timeout:
+        return "timeout"
+    return "shutdown" if shutdown else None
+
+
+def _call_each(events: list[tuple[Job, Event]]) -> None:
+    for job, event in events:
+        if job.on_event is not None:
+            job.on_event(event)
