@@ -105,7 +105,10 @@ def error(status: int, message: str, kind: str = "invalid_request_error", **head
 
 class BodyLimit:
     """ASGI middleware: a request body over ``limit`` bytes gets 413 before any route sees
-    it (by its Content-Length, or while it is read). The body read is handed on whole."""
+    it (by its Content-Length, or while it is read). The body read is handed on whole.
+
+    (FastAPI's own ``max_body_size`` answers in plain text; clients of an OpenAI-style API
+    read the JSON error shape that this one sends.)"""
 
     def __init__(self, app: Any, limit: int) -> None:
         self.app, self.limit = app, limit

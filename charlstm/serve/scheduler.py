@@ -331,13 +331,26 @@ class Scheduler:
         with self.lock:
             if self.draining or self.closing:
                 raise Draining("the server is shutting down")
-            if len(self.waiting) >= self.max_queue:
-                raise QueueFull(f"{len(self.waiting)} requests are waiting already; retry later")
+            queued = self._queued(job)
+            if queued >= self.max_queue:
+                raise QueueFull(f"{queued} requests are waiting already; retry later")
             job.id = next(self.ids)
             job.arrived = time.monotonic()
             self.waiting.append(job)
             self.lock.notify()
         return job
+
+    def _queued(self, job: Job) -> int:
+        """How many waiting jobs (``job`` last) will wait for rows, not just for the worker
+        to take them: those from the first that does not fit in the free rows."""
+        free = self.max_streams - self.running[1]
+        queued = 0
+        for waiting in [*self.waiting, job]:
+            if queued == 0 and waiting.rows <= free:
+                free -= waiting.rows
+            else:
+                queued += 1
+        return queued - (1 if queued else 0)  # the jobs ahead of ``job`` in the queue
 
     def cancel(self, job: Job) -> None:
         """End ``job`` at the next step (its rows leave the batch); a waiting job leaves the
@@ -391,6 +404,7 @@ class Scheduler:
                     with batch.mode():
                         batch.step()
                         self._accept(batch, events)
+                self._leave(events)  # counted out before their End goes out
                 batches = list(self.batches.values())
                 self.running = (sum(len(b.jobs) for b in batches), sum(b.size for b in batches))
                 if events:
@@ -443,6 +457,11 @@ class Scheduler:
     def _join(self, jobs: list[Job], events: list[tuple[Job, Event]]) -> None:
         by_batch: dict[Any, list[Job]] = collections.defaultdict(list)
         for job in jobs:
+            if job.length == 0:  # nothing to write: generate reads no prefix either
+                job.ended = True
+                self.metrics.finished["length"] += 1
+                events.append((job, End(["length"] * job.rows)))
+                continue
             model = self.models[job.model]
             fold = folds(job.rows, job.length, len(model.vocab))
             if job.private:
