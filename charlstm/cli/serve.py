@@ -42,8 +42,16 @@ def serve(
     Example: charlstm serve runs/x --port 8000, then open http://127.0.0.1:8000/
     """
     from charlstm.api import load_model
-    from charlstm.serve.app import create_app, run_server
+    from charlstm.errors import CharLSTMError
     from charlstm.storage import checkpoint as ckpt
+
+    try:
+        from charlstm.serve.app import create_app, run_server
+    except ImportError as err:
+        raise CharLSTMError(
+            f"charlstm serve needs FastAPI and uvicorn ({err.name} is missing): "
+            "pip install 'charlstm[serve]'"
+        ) from None
 
     given = given or {}
     config = build(ServeConfig, given)
