@@ -47,7 +47,14 @@ from charlstm.generation.adaptation import (
     LearningStreams,
     Streams,
 )
-from charlstm.generation.decoding import RepetitionPenalty, SamplingConfig, next_chars
+from charlstm.generation.decoding import (
+    RepetitionPenalty,
+    SamplingConfig,
+    draw,
+    filter_logits,
+    next_chars,
+    uniforms,
+)
 from charlstm.model import CharLSTM
 from charlstm.ngram.mixture import NgramMixture
 
@@ -407,6 +414,25 @@ class RowGroup:
         """The indices each row has generated (cut where it stopped)."""
         rows = self.out[:, : self.steps].tolist()
         return self.stop.cut(rows) if self.stop is not None else rows
+
+
+def choose_together(groups: Sequence[RowGroup], logits: torch.Tensor) -> None:
+    """What ``group.choose(part)`` does for each of ``groups``, whose rows are consecutive
+    in ``logits`` (N, V) in that order, with the filtering and the draw done once for all
+    rows: each group still draws its own uniform numbers from its own generator. The
+    groups share one :class:`SamplingConfig` without repetition penalty (the rules are
+    row by row, so a row's character is the one ``choose`` would give it)."""
+    config = groups[0].config
+    if config.greedy:
+        chosen = logits.argmax(dim=-1)
+    else:
+        probs = torch.softmax(filter_logits(logits.float(), config), dim=-1)
+        u = torch.cat([uniforms(len(g), g.generator, logits.device) for g in groups])
+        chosen = draw(probs, u=u)
+    start = 0
+    for group in groups:
+        group.last = chosen[start : start + len(group)]
+        start += len(group)
 
 
 class _Stop:

@@ -424,13 +424,17 @@ async def _stream(
 ) -> AsyncIterator[bytes]:
     """The events of one job as SSE: what each step wrote (steps that queued up while the
     client was slow go out together), each row's finish reason, then ``[DONE]``."""
+    head = json.dumps(reply.chunk([]), ensure_ascii=False)[: -len("[]}")]  # up to choices
     try:
         while True:
-            try:
-                event = await asyncio.wait_for(queue.get(), KEEP_ALIVE)
-            except TimeoutError:
-                yield b": keep-alive\n\n"
-                continue
+            if not queue.empty():
+                event = queue.get_nowait()
+            else:
+                try:
+                    event = await asyncio.wait_for(queue.get(), KEEP_ALIVE)
+                except TimeoutError:
+                    yield b": keep-alive\n\n"
+                    continue
             texts = [""] * reply.job.rows
             while isinstance(event, Chars):
                 for row, text in enumerate(event.texts):
@@ -438,13 +442,14 @@ async def _stream(
                 if queue.empty():
                     break
                 event = queue.get_nowait()
-            choices = [
-                {"text": text, "index": row, "logprobs": None, "finish_reason": None}
+            choices = ",".join(
+                f'{{"text": {json.dumps(text, ensure_ascii=False)}, "index": {row}, '
+                f'"logprobs": null, "finish_reason": null}}'
                 for row, text in enumerate(texts)
                 if text
-            ]
-            if choices:
-                yield _sse(reply.chunk(choices))
+            )
+            if choices:  # written out: this runs for every stream at every step
+                yield f"data: {head}[{choices}]}}\n\n".encode()
             if isinstance(event, End):
                 reply.end = event
                 failure = reply.failure()

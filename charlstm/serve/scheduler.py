@@ -22,7 +22,9 @@ One worker thread does all the torch work, in a loop:
 
 Jobs that need a model of their own (``cache`` / ``dynamic`` adaptation) run in a batch
 of their own, as in ``generate``. Rows of jobs whose steps ``generate`` would fold
-(:func:`~charlstm.generation.sample.folds`) share one batch per model, the others another.
+(:func:`~charlstm.generation.sample.folds`) share one batch per model, the others another;
+the scratch backend's steps are the same either way, so its jobs all share the folded one
+(see :func:`_folds`).
 
 What a job writes goes out through ``deliver``, called from the worker once per loop with
 every job's events (:class:`Chars`, then one :class:`End`).
@@ -36,7 +38,7 @@ import itertools
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import astuple, dataclass, field
 from typing import Any
 
 import torch
@@ -47,10 +49,12 @@ from charlstm.errors import CharLSTMError
 from charlstm.generation.adaptation import CacheConfig, DynamicConfig
 from charlstm.generation.decoding import SamplingConfig
 from charlstm.generation.sample import (
+    ModelStreams,
     RowGroup,
     check_prefixes,
     check_request,
     check_stop,
+    choose_together,
     folds,
     open_streams,
 )
@@ -148,7 +152,13 @@ class Batch:
     """Rows stepped together by one streams object: the rows of ``jobs``, in order, each
     job's rows contiguous. ``private``: one job's own streams (never joined by another)."""
 
-    def __init__(self, model: LanguageModel, fold: bool, job: Job | None = None) -> None:
+    def __init__(
+        self,
+        model: LanguageModel,
+        fold: bool,
+        job: Job | None = None,
+        table: torch.Tensor | None = None,
+    ) -> None:
         self.model = model
         self.jobs: list[Job] = []
         self.private = job is not None
@@ -156,6 +166,9 @@ class Batch:
         with self.mode():
             if job is None:
                 self.streams = open_streams(model.model, 0, mixture=model.mixture, fold=fold)
+                inner = getattr(self.streams, "streams", self.streams)
+                if fold and isinstance(inner, ModelStreams):
+                    inner.table = table  # built once per model (None: at the first step)
             else:
                 self.streams = open_streams(
                     model.model, job.rows, job.cache, job.dynamic, model.mixture, fold
@@ -217,11 +230,24 @@ class Batch:
                 at += len(rows)
 
     def step(self) -> None:
-        """One step of every row; each job chooses from its own rows' logits."""
+        """One step of every row; each job chooses from its own rows' logits. Jobs with the
+        same sampling settings (and no repetition penalty) are filtered and drawn together
+        (:func:`~charlstm.generation.sample.choose_together`), each from its own generator."""
         last = torch.cat([job.group.last for job in self.jobs])  # (N,)
         logits = self.streams.step(last)[1]  # (N, V)
+        together: dict[Any, list[tuple[Job, slice]]] = collections.defaultdict(list)
         for job, rows in self.slices():
-            job.group.choose(logits[rows])
+            if job.group.penalty is None:
+                together[astuple(job.sampling)].append((job, rows))
+            else:
+                job.group.choose(logits[rows])
+        for parts in together.values():
+            if len(parts) == 1:
+                job, rows = parts[0]
+                job.group.choose(logits[rows])
+                continue
+            index = torch.cat([torch.arange(r.start, r.stop) for _, r in parts])
+            choose_together([job.group for job, _ in parts], logits[index.to(logits.device)])
 
     def drop(self, leaving: list[Job]) -> None:
         """Remove the rows of ``leaving`` (between steps)."""
@@ -290,6 +316,7 @@ class Scheduler:
         self.metrics = Metrics()
         self.waiting: collections.deque[Job] = collections.deque()
         self.batches: dict[Any, Batch] = {}
+        self.tables: dict[str, torch.Tensor] = {}  # each model's step table, once built
         self.lock = threading.Condition()
         self.ids = itertools.count(1)
         self.closing = False
@@ -463,14 +490,20 @@ class Scheduler:
                 events.append((job, End(["length"] * job.rows)))
                 continue
             model = self.models[job.model]
-            fold = folds(job.rows, job.length, len(model.vocab))
+            fold = _folds(model, job)
             if job.private:
                 key: Any = ("private", job.id)
                 self.batches[key] = Batch(model, fold, job)
             else:
                 key = (job.model, fold)
                 if key not in self.batches:
-                    self.batches[key] = Batch(model, fold)
+                    table = None
+                    if fold:
+                        if job.model not in self.tables:
+                            with torch.inference_mode():
+                                self.tables[job.model] = model.model.step_table()
+                        table = self.tables[job.model]
+                    self.batches[key] = Batch(model, fold, table=table)
             by_batch[key].append(job)
         for key, joining in by_batch.items():
             batch = self.batches[key]
@@ -584,6 +617,20 @@ class Scheduler:
         if events:
             self.deliver(events)
             events.clear()
+
+
+def _folds(model: LanguageModel, job: Job) -> bool:
+    """Whether the job's rows step with the model's step table.
+
+    As ``generate`` would for this request (:func:`~charlstm.generation.sample.folds`),
+    except for the scratch backend, where the table changes no bit: its row for ``x`` is
+    ``input_term(x)``, the very product (``x W_x + b``) the unfolded step computes before
+    adding ``h W_h`` (``torch.lstm_cell`` and :func:`~charlstm.lstm_function.lstm_step`
+    add the two terms and apply the gates alike). ``nn.LSTM`` weights have two biases,
+    which the table sums first: there the table changes the last bits."""
+    if model.model.config.backend == "scratch":
+        return True
+    return folds(job.rows, job.length, len(model.vocab))
 
 
 def _range(rows: slice) -> range:
