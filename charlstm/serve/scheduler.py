@@ -5,10 +5,10 @@ A :class:`Job` is one request: its prefixes, ``n`` samples each, the sampling se
 a seed. Its rows are a :class:`~charlstm.generation.sample.RowGroup`, the same object
 :func:`charlstm.generation.sample.generate` drives, so a job writes exactly what
 ``charlstm generate --seed`` writes for the same request: its draws come from its own
-generator, whatever else shares the batch. (The logits a row gets are those of its batch:
-on a CPU, a row's logits are bitwise the same in any batch of at least 4 rows with one
-thread, 12 with two; a batch of one to three rows computes them with other kernels, which
-differ in the last bits; see docs/benchmarks.md for what that changes.)
+generator, whatever else shares the batch, and its rows' logits are bitwise those
+``generate`` computes (the model always computes a multiple of
+:data:`~charlstm.generation.sample.ROW_MULTIPLE` rows, so a row's results do not depend on
+the batch it is in).
 
 One worker thread does all the torch work, in a loop:
 
