@@ -177,7 +177,7 @@ class ServerProcess:
 
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
-            if httpx.get(f"{self.url}/health").status_code == 200:
+            if httpx.get(f"{self.url}/health", timeout=30).status_code == 200:
                 return
             time.sleep(0.1)
         raise AssertionError("the server did not become healthy")
@@ -186,10 +186,11 @@ class ServerProcess:
         """The value of an unlabelled series of ``/metrics``."""
         import httpx
 
-        for line in httpx.get(f"{self.url}/metrics").text.splitlines():
+        reply = httpx.get(f"{self.url}/metrics", timeout=30)
+        for line in reply.text.splitlines():
             if line.startswith(name + " "):
                 return float(line.split()[1])
-        raise AssertionError(f"no {name} in /metrics")
+        raise AssertionError(f"no {name} in /metrics: {reply.status_code} {reply.text[:300]}")
 
     def wait_metric(self, name: str, value: float, seconds: float = 30.0) -> float:
         """Poll ``name`` until it equals ``value`` (or give up after ``seconds``)."""

@@ -133,21 +133,23 @@ def test_seeded_requests_in_a_shared_batch_write_what_generate_writes(server, ti
         )
 
 
-def open_long_stream(server: ServerProcess) -> tuple[httpx.Client, httpx.Response, object]:
-    """A streaming request that runs until ended; returns once its first event came, with
-    its lines (dropping that iterator would close the response: a disconnect)."""
+def open_stream(
+    server: ServerProcess, length: int = LONG
+) -> tuple[httpx.Client, httpx.Response, object]:
+    """A streaming request (by default one that runs until ended); returns once its first
+    event came, with its lines (dropping that iterator would close the response: a
+    disconnect)."""
     client = httpx.Client(timeout=60)
-    response = client.send(
-        client.build_request(
-            "POST",
-            f"{server.url}/v1/completions",
-            json={"prompt": "分开", "max_tokens": LONG, "stream": True},
-        ),
-        stream=True,
-    )
+    body = {"prompt": "分开", "max_tokens": length, "seed": 1, "stream": True}
+    request = client.build_request("POST", f"{server.url}/v1/completions", json=body)
+    response = client.send(request, stream=True)
     lines = response.iter_lines()
     assert next(line for line in lines if line.startswith("data: "))
     return client, response, lines
+
+
+def open_long_stream(server: ServerProcess) -> tuple[httpx.Client, httpx.Response, object]:
+    return open_stream(server)
 
 
 def waiting_request(server: ServerProcess) -> object:
@@ -237,25 +239,19 @@ def test_the_page_is_served(server):
 
 
 def test_sigterm_lets_short_streams_finish_ends_long_ones_and_exits_0(tiny_run):
-    process = ServerProcess(tiny_run, "--grace", 1, "--max-length", LONG)
-    client, _, long = open_long_stream(process)
-    short: list[list[object]] = []
-    thread = threading.Thread(
-        target=lambda: short.append(
-            stream(process, {"prompt": "分开", "max_tokens": 300, "seed": 1})
-        )
-    )
-    thread.start()
-    assert process.wait_metric("charlstm_requests_running", 2) == 2
+    process = ServerProcess(tiny_run, "--grace", 15, "--max-length", LONG)
+    short_client, _, short = open_stream(process, 2000)  # finishes within the grace
+    long_client, _, long = open_stream(process)  # never would
     process.process.send_signal(signal.SIGTERM)
-    tail = sse_events(long)
-    assert tail[-1] == "[DONE]" and "shutting down" in tail[-2]["error"]["message"]
-    thread.join(60)
-    assert short[0][-1] == "[DONE]" and short[0][-2]["choices"][0]["finish_reason"] == "length"
+    finished = sse_events(short)
+    assert finished[-1] == "[DONE]" and finished[-2]["choices"][0]["finish_reason"] == "length"
+    ended = sse_events(long)
+    assert ended[-1] == "[DONE]" and "shutting down" in ended[-2]["error"]["message"]
     assert process.process.wait(timeout=60) == 0
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"{process.url}/health")
-    client.close()
+    short_client.close()
+    long_client.close()
 
 
 def test_a_request_over_its_time_gets_504(tiny_run):

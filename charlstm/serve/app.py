@@ -516,7 +516,7 @@ def _prometheus(metrics: Metrics, counts: tuple[int, int, int]) -> str:
         "charlstm_requests_finished_total",
         "counter",
         "Requests ended, by reason.",
-        [(f'{{reason="{r}"}}', c) for r, c in sorted(metrics.finished.items())],
+        [(f'{{reason="{r}"}}', c) for r, c in sorted(metrics.finished.copy().items())],
     )
     buckets = [
         (f'_bucket{{le="{bound:g}"}}', count)

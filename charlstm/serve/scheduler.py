@@ -287,7 +287,8 @@ class Metrics:
 
     def chars_per_second(self, now: float) -> float:
         """Characters written in the last 10 seconds, per second."""
-        return sum(c for t, c in self.recent if t >= now - 10.0) / 10.0
+        recent = list(self.recent)  # one copy: the worker appends meanwhile
+        return sum(c for t, c in recent if t >= now - 10.0) / 10.0
 
 
 class Scheduler:
