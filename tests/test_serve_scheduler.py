@@ -14,7 +14,8 @@ from charlstm.config import SettingError
 from charlstm.generation.adaptation import CacheConfig, DynamicConfig
 from charlstm.generation.decoding import SamplingConfig
 from charlstm.ngram.mixture import NgramMixture
-from charlstm.serve.scheduler import Chars, End, Job, QueueFull, Scheduler
+from charlstm.serve.jobs import Chars, End, Job, QueueFull
+from charlstm.serve.scheduler import Scheduler
 
 PREFIXES = ["分开", "我们说好", "窗外的风吹过", "不"]
 

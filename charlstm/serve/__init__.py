@@ -2,6 +2,9 @@
 
 - :mod:`~charlstm.serve.scheduler`: continuous batching, plain Python and torch, one worker
   thread; testable without HTTP.
+- :mod:`~charlstm.serve.jobs`: a request as the scheduler sees it, its events, and the
+  batch its rows step in.
+- :mod:`~charlstm.serve.metrics`: the counts behind ``/metrics``, in Prometheus's format.
 - :mod:`~charlstm.serve.settings`: the server's options, as config dataclasses.
 - :mod:`~charlstm.serve.app`: the FastAPI app: ``/v1/completions`` (OpenAI-compatible),
   ``/health``, ``/v1/models``, ``/metrics`` and the page (``page.html``) at ``/``.

@@ -39,17 +39,9 @@ from charlstm.config import SettingError
 from charlstm.errors import CharLSTMError
 from charlstm.generation.adaptation import from_settings
 from charlstm.generation.decoding import DEFAULT_PENALTY_WINDOW, SamplingConfig, new_seed
-from charlstm.serve.scheduler import (
-    Chars,
-    Draining,
-    End,
-    Event,
-    Job,
-    Metrics,
-    QueueFull,
-    Scheduler,
-    UnknownModel,
-)
+from charlstm.serve.jobs import Chars, Draining, End, Event, Job, QueueFull, UnknownModel
+from charlstm.serve.metrics import Metrics, prometheus
+from charlstm.serve.scheduler import Scheduler
 
 PAGE = Path(__file__).with_name("page.html")
 
@@ -241,7 +233,7 @@ def create_app(
         scheduler = state.scheduler
         counts = scheduler.counts() if scheduler is not None else (0, 0, 0)
         return PlainTextResponse(
-            _prometheus(scheduler.metrics if scheduler else Metrics(), counts),
+            prometheus(scheduler.metrics if scheduler else Metrics(), counts),
             media_type="text/plain; version=0.0.4",
         )
 
@@ -267,7 +259,7 @@ def create_app(
         except CharLSTMError as err:
             return error(400, str(err))
         watcher = asyncio.create_task(_watch_disconnect(request, scheduler, job))
-        reply = _Reply(job, body, state.names[0] if body.model is None else body.model)
+        reply = _Reply(job, state.names[0] if body.model is None else body.model)
         if body.stream:
             return StreamingResponse(
                 _stream(queue, reply, scheduler, watcher),
@@ -358,7 +350,7 @@ async def _watch_disconnect(request: Request, scheduler: Scheduler, job: Job) ->
 class _Reply:
     """The OpenAI-shaped answer, built from a job's events."""
 
-    def __init__(self, job: Job, body: CompletionBody, model: str) -> None:
+    def __init__(self, job: Job, model: str) -> None:
         self.job, self.model = job, model
         self.id = f"cmpl-{secrets.token_hex(12)}"
         self.created = int(time.time())
@@ -490,54 +482,6 @@ def _describe(name: str, model: LanguageModel) -> dict[str, Any]:
         "device": str(model.device),
         "options": sorted(set(CompletionBody.model_fields) - {"model", "prompt"}),
     }
-
-
-def _prometheus(metrics: Metrics, counts: tuple[int, int, int]) -> str:
-    """Prometheus's text format, written out (seven series: no client library needed)."""
-    running, rows, waiting = counts
-    now = time.monotonic()
-    lines = []
-
-    def series(name: str, kind: str, help_text: str, samples: list[tuple[str, float]]) -> None:
-        lines.append(f"# HELP {name} {help_text}")
-        lines.append(f"# TYPE {name} {kind}")
-        lines.extend(f"{name}{labels} {value:g}" for labels, value in samples)
-
-    series("charlstm_requests_running", "gauge", "Requests in the batch.", [("", running)])
-    series("charlstm_rows_running", "gauge", "Rows in the batch.", [("", rows)])
-    series("charlstm_requests_waiting", "gauge", "Requests waiting for rows.", [("", waiting)])
-    series(
-        "charlstm_chars_generated_total",
-        "counter",
-        "Characters written.",
-        [("", metrics.chars)],
-    )
-    series(
-        "charlstm_requests_finished_total",
-        "counter",
-        "Requests ended, by reason.",
-        [(f'{{reason="{r}"}}', c) for r, c in sorted(metrics.finished.copy().items())],
-    )
-    buckets = [
-        (f'_bucket{{le="{bound:g}"}}', count)
-        for bound, count in zip(metrics.BUCKETS, metrics.first_char_counts, strict=True)
-    ]
-    lines.append("# HELP charlstm_time_to_first_char_seconds From arrival to the first character.")
-    lines.append("# TYPE charlstm_time_to_first_char_seconds histogram")
-    for suffix, value in [
-        *buckets,
-        ('_bucket{le="+Inf"}', metrics.first_char_total),
-        ("_sum", metrics.first_char_sum),
-        ("_count", metrics.first_char_total),
-    ]:
-        lines.append(f"charlstm_time_to_first_char_seconds{suffix} {value:g}")
-    series(
-        "charlstm_chars_per_second",
-        "gauge",
-        "Characters written per second over the last 10 seconds.",
-        [("", metrics.chars_per_second(now))],
-    )
-    return "\n".join(lines) + "\n"
 
 
 def run_server(
