@@ -12,7 +12,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import ServerProcess, invoke, raw_post, sse_events
+from conftest import ServerProcess, invoke, one_line_error, raw_post, sse_events
 
 LONG = 10**6  # characters: a request that runs until it is ended
 
@@ -262,3 +262,9 @@ def test_a_request_over_its_time_gets_504(tiny_run):
         assert process.wait_metric("charlstm_rows_running", 0) == 0
     finally:
         assert process.stop() == 0
+
+
+def test_a_missing_run_or_a_bad_model_option_is_one_line_before_anything_listens(tmp_path):
+    one_line_error(invoke("serve", tmp_path / "missing"), "checkpoint not found")
+    line = one_line_error(invoke("serve", "--model", "just-a-name"), "takes NAME=RUN")
+    assert "--model" in line

@@ -152,7 +152,6 @@ class ServerState:
     load_error: str | None = None
     on_load_error: Callable[[str], None] | None = None
     draining: bool = False
-    started: float = field(default_factory=time.time)
 
 
 def create_app(
