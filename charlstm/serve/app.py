@@ -19,6 +19,7 @@ its rows leave the batch at the next step.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import math
 import secrets
@@ -515,12 +516,14 @@ def run_server(
 
     class Server(uvicorn.Server):
         def handle_exit(self, sig: int, frame: Any) -> None:
-            if not state.draining:
-                state.draining = True
-                if state.scheduler is not None:
-                    state.scheduler.drain(grace)
-                log(f"stopping: running streams get {grace:g} s to finish")
+            first = not state.draining
+            state.draining = True
+            if first and state.scheduler is not None:
+                state.scheduler.drain(grace)
             super().handle_exit(sig, frame)
+            if first:
+                with contextlib.suppress(OSError):  # a closed stdout must not stop the stop
+                    log(f"stopping: running streams get {grace:g} s to finish")
 
     config = uvicorn.Config(
         app,

@@ -219,7 +219,7 @@ class Scheduler:
 
     def _idle_wait(self) -> float | None:
         deadlines = [j.arrived + j.timeout for j in self.waiting if j.timeout is not None]
-        if self.drain_deadline is not None:
+        if self.drain_deadline is not None and self.waiting:  # (idle: nothing to end)
             deadlines.append(self.drain_deadline)
         if not deadlines and not any(j.cancelled for j in self.waiting):
             return None
