@@ -240,18 +240,22 @@ def test_the_page_is_served(server):
 
 def test_sigterm_lets_short_streams_finish_ends_long_ones_and_exits_0(tiny_run):
     process = ServerProcess(tiny_run, "--grace", 15, "--max-length", LONG)
-    short_client, _, short = open_stream(process, 2000)  # finishes within the grace
-    long_client, _, long = open_stream(process)  # never would
-    process.process.send_signal(signal.SIGTERM)
-    finished = sse_events(short)
-    assert finished[-1] == "[DONE]" and finished[-2]["choices"][0]["finish_reason"] == "length"
-    ended = sse_events(long)
-    assert ended[-1] == "[DONE]" and "shutting down" in ended[-2]["error"]["message"]
-    assert process.process.wait(timeout=60) == 0
-    with pytest.raises(httpx.ConnectError):
-        httpx.get(f"{process.url}/health")
-    short_client.close()
-    long_client.close()
+    try:
+        short_client, _, short = open_stream(process, 2000)  # finishes within the grace
+        long_client, _, long = open_stream(process)  # never would
+        process.process.send_signal(signal.SIGTERM)
+        finished = sse_events(short)
+        assert finished[-1] == "[DONE]"
+        assert finished[-2]["choices"][0]["finish_reason"] == "length"
+        ended = sse_events(long)
+        assert ended[-1] == "[DONE]" and "shutting down" in ended[-2]["error"]["message"]
+        assert process.process.wait(timeout=60) == 0
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(f"{process.url}/health")
+        short_client.close()
+        long_client.close()
+    finally:
+        process.process.kill()  # (a no-op once it has exited)
 
 
 def test_a_request_over_its_time_gets_504(tiny_run):
