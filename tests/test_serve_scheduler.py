@@ -37,7 +37,7 @@ class Collector:
                         rows[row] += text
                 else:
                     self.ends[key] = event
-                    self.done.notify_all()
+                self.done.notify_all()
 
         return on_event
 

@@ -511,6 +511,7 @@ def run_server(
     except OSError as err:
         sock.close()
         raise CharLSTMError(f"cannot listen on {host}:{port}: {err.strerror}") from None
+    sock.listen(2048)  # connections made once the URL is printed wait in the backlog
     bound = sock.getsockname()[1]
     shown = f"[{host}]" if ":" in host else host
 
