@@ -246,3 +246,105 @@ def save_verse_model(
     probs = {ch: p / total for ch, p in probs.items()}
     data = DataConfig(str(corpus) if corpus is not None else "corpus.txt")
     return save_known_model(path, probs, data_config=data)
+
+
+# -- serve (charlstm serve: a real server process on loopback) -----------------------------
+
+
+class ServerProcess:
+    """``charlstm serve ARGS --port 0`` in a process of its own; ``url`` once it listens.
+
+    The process runs this checkout (``PYTHONPATH``) with one torch thread."""
+
+    def __init__(self, *args: object, ready: bool = True) -> None:
+        import subprocess
+        import sys
+
+        env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
+        command = [sys.executable, "-m", "charlstm", "serve", *map(str, args), "--port", "0"]
+        self.process = subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+        )
+        line = self.process.stdout.readline()
+        assert line.startswith("charlstm serve: http://"), line + self.process.stderr.read()
+        self.url = line.split()[2]
+        if ready:
+            self.wait_healthy()
+
+    def wait_healthy(self, seconds: float = 60.0) -> None:
+        import time
+
+        import httpx
+
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            if httpx.get(f"{self.url}/health", timeout=30).status_code == 200:
+                return
+            time.sleep(0.1)
+        raise AssertionError("the server did not become healthy")
+
+    def metric(self, name: str) -> float:
+        """The value of an unlabelled series of ``/metrics``."""
+        import httpx
+
+        reply = httpx.get(f"{self.url}/metrics", timeout=30)
+        for line in reply.text.splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[1])
+        raise AssertionError(f"no {name} in /metrics: {reply.status_code} {reply.text[:300]}")
+
+    def wait_metric(self, name: str, value: float, seconds: float = 30.0) -> float:
+        """Poll ``name`` until it equals ``value`` (or give up after ``seconds``)."""
+        import time
+
+        deadline = time.monotonic() + seconds
+        seen = self.metric(name)
+        while seen != value and time.monotonic() < deadline:
+            time.sleep(0.05)
+            seen = self.metric(name)
+        return seen
+
+    def stop(self) -> int:
+        """SIGTERM, then the exit status (killed after 60 s)."""
+        import signal
+        import subprocess
+
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            raise
+
+
+def raw_post(url: str, path: str, body: bytes) -> object:
+    """Send ``POST path`` with a JSON ``body`` over a plain socket and return the socket,
+    unread: closing it is a client that goes away."""
+    import socket
+    from urllib.parse import urlsplit
+
+    where = urlsplit(url)
+    sock = socket.create_connection((where.hostname, where.port), timeout=30)
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: {where.netloc}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    )
+    sock.sendall(head.encode() + body)
+    return sock
+
+
+def sse_events(lines: object) -> list[object]:
+    """The ``data:`` payloads of a Server-Sent Events stream (its lines), JSON decoded;
+    ``[DONE]`` stays a string."""
+    import json
+
+    events: list[object] = []
+    for line in lines:  # type: ignore[attr-defined]
+        if line.startswith("data: "):
+            data = line[len("data: ") :]
+            events.append(data if data == "[DONE]" else json.loads(data))
+    return events
+
+
+# -- end of serve ----------------------------------------------------------------------------

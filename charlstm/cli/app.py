@@ -13,7 +13,13 @@ import sys
 
 import typer
 
-from charlstm.cli import checkpoints, generate, train, verse  # noqa: F401 - each registers its commands
+from charlstm.cli import (  # noqa: F401 - each registers its commands
+    checkpoints,
+    generate,
+    serve,
+    train,
+    verse,
+)
 from charlstm.cli.common import app
 
 __all__ = ["app", "main"]

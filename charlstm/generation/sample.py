@@ -29,7 +29,13 @@ import torch
 from charlstm.data.corpus import Vocab, show_chars
 from charlstm.errors import CharLSTMError
 from charlstm.fields import SettingError, check_value
-from charlstm.generation.decoding import RepetitionPenalty, next_chars
+from charlstm.generation.decoding import (
+    RepetitionPenalty,
+    draw,
+    filter_logits,
+    next_chars,
+    uniforms,
+)
 from charlstm.generation.settings import CacheConfig, DynamicConfig, GenerateRequest, SamplingConfig
 from charlstm.generation.streams import MixedStreams, ModelStreams, open_streams
 from charlstm.model import CharLSTM
@@ -89,6 +95,26 @@ def generate(
     config = config or SamplingConfig()
     config.check_vocab(len(vocab))
     check_request(length, num_samples, seed)
+    check_prefixes(vocab, prefixes)
+    check_stop(vocab, stop_at, lines)
+    was_training = model.training
+    model.eval()
+    sequences = [p for p in prefixes for _ in range(num_samples)]
+    # Dynamic evaluation needs gradients; otherwise nothing here does.
+    with torch.no_grad() if dynamic is not None else torch.inference_mode():
+        try:
+            group = RowGroup(vocab, sequences, length, config, seed, stop_at, lines, model.device)
+            fold = folds(len(sequences), length, len(vocab))
+            streams = open_streams(model, len(sequences), cache, dynamic, mixture, fold)
+            rows = _run(streams, group, on_step)
+        finally:
+            model.train(was_training)
+    texts = [vocab.decode(row) for row in rows]
+    return [texts[p * num_samples : (p + 1) * num_samples] for p in range(len(prefixes))]
+
+
+def check_prefixes(vocab: Vocab, prefixes: Sequence[str]) -> None:
+    """Every prefix has at least one character, and only characters the model knows."""
     if not prefixes or any(p == "" for p in prefixes):
         raise SettingError("the prefix is empty; give at least one character with {prefixes}")
     unknown = list(dict.fromkeys(ch for p in prefixes for ch in vocab.missing(p)))
@@ -96,91 +122,143 @@ def generate(
         raise CharLSTMError(
             f"prefix has characters not in the model's vocabulary: {show_chars(unknown)}"
         )
-    check_stop(vocab, stop_at, lines)
-    was_training = model.training
-    model.eval()
-    batch = len(prefixes) * num_samples
-    fold = batch * length >= len(vocab)  # the fold pays for itself (see CharLSTM.step_table)
-    # Dynamic evaluation needs gradients; otherwise nothing here does.
-    with torch.no_grad() if dynamic is not None else torch.inference_mode():
-        try:
-            streams = open_streams(model, batch, cache, dynamic, mixture, fold)
-            rows = _run(
-                streams, vocab, prefixes, length, config, num_samples, seed, on_step, stop_at, lines
-            )
-        finally:
-            model.train(was_training)
-    texts = [vocab.decode(row) for row in rows]
-    return [texts[p * num_samples : (p + 1) * num_samples] for p in range(len(prefixes))]
+
+
+def folds(batch: int, length: int, vocab_size: int) -> bool:
+    """Whether the steps of ``batch`` rows of ``length`` characters use the model's
+    :meth:`~charlstm.model.CharLSTM.step_table`: when they compute at least V rows."""
+    return batch * length >= vocab_size
 
 
 def _run(
     streams: ModelStreams | MixedStreams,
-    vocab: Vocab,
-    prefixes: Sequence[str],
-    length: int,
-    config: SamplingConfig,
-    num_samples: int,
-    seed: int | None,
+    group: RowGroup,
     on_step: Callable[[list[str]], None] | None,
-    stop_at: str | None,
-    lines: int | None,
 ) -> list[list[int]]:
-    """The generation loop; returns the generated indices of every row."""
-    device = streams.device
-    generator = None
-    if seed is not None:
-        generator = torch.Generator(device=device).manual_seed(seed)
-    batch = len(prefixes) * num_samples
-    if length == 0:
-        return [[] for _ in range(batch)]
-    penalty = None
-    if config.repetition_penalty != 1.0:
-        penalty = RepetitionPenalty(config, batch, len(vocab), device)
-    sequences = [p for p in prefixes for _ in range(num_samples)]
-    last = _read_prefixes(streams, vocab, sequences, config, generator)  # (N,)
-    out = torch.empty((batch, length), dtype=torch.long, device=device)  # (N, length)
-    stop = None
-    if stop_at is not None or lines is not None:
-        stop = _Stop(vocab, stop_at, lines, batch, length, device)
-    chars = vocab.idx_to_char
-    steps = length
-    for t in range(length):
-        out[:, t] = last
+    """The generation loop: every row of ``group`` in ``streams``, rows 0..N-1; returns the
+    generated indices of every row."""
+    if group.length == 0:
+        return group.rows()
+    for rows, x in group.prefix_reads():
+        index = torch.tensor(rows, device=streams.device)
+        group.choose_first(rows, streams.read(index, x.to(streams.device))[1])
+    while True:
+        shown = group.accept(on_step is not None)
         if on_step is not None:
-            on_step(stop.shown(last, chars) if stop else [chars[i] for i in last.tolist()])
-        if stop is not None and stop.update(last, t):
-            steps = t + 1
-            break
-        if t == length - 1:
-            break
-        logits = streams.step(last)[1]
-        if penalty is not None:
-            penalty.push(last)
-            logits = penalty(logits)
-        last = next_chars(logits, config, generator)
-    rows = out[:, :steps].tolist()
-    return stop.cut(rows) if stop is not None else rows
+            on_step(shown)
+        if group.finished:
+            return group.rows()
+        group.choose(streams.step(group.last)[1])
 
 
-def _read_prefixes(
-    streams: ModelStreams | MixedStreams,
-    vocab: Vocab,
-    sequences: list[str],
-    config: SamplingConfig,
-    generator: torch.Generator | None,
-) -> torch.Tensor:
-    """Read each row's prefix in one pass (rows of different lengths one group each) and
-    choose every row's first character (N,)."""
-    device = streams.device
-    first = torch.empty(len(sequences), dtype=torch.long, device=device)
-    for group_length in sorted({len(p) for p in sequences}):
-        rows = [i for i, p in enumerate(sequences) if len(p) == group_length]
-        x = torch.stack([vocab.encode(sequences[i]) for i in rows], dim=1).to(device)  # (T, N')
-        index = torch.tensor(rows, device=device)
-        _, logits = streams.read(index, x)
-        first[index] = next_chars(logits, config, generator)  # nothing to penalise yet
-    return first
+class RowGroup:
+    """The rows of one :func:`generate` call and everything that is theirs alone: the
+    random generator (seeded with ``seed``), the repetition penalty, where each row
+    stops, and the characters written so far.
+
+    The caller owns the model's streams and drives the group: it reads the prefixes in
+    :meth:`prefix_reads`'s order and hands each read's logits to :meth:`choose_first`;
+    then, step by step, :meth:`accept` records the characters just chosen (``last``,
+    (N,)) and, unless the group has :attr:`finished`, the caller steps the streams with
+    ``last`` and hands the logits (N, V) to :meth:`choose`. The draws depend only on these
+    logits and on the group's own generator, so the group writes the same text whether
+    its rows are the whole batch (:func:`generate`) or a part of a larger one
+    (``charlstm serve``). Rows that have ended still draw, so that the generator advances
+    exactly as when no row has ended.
+    """
+
+    def __init__(
+        self,
+        vocab: Vocab,
+        sequences: Sequence[str],
+        length: int,
+        config: SamplingConfig,
+        seed: int | None,
+        stop_at: str | None,
+        lines: int | None,
+        device: torch.device,
+    ) -> None:
+        self.vocab, self.sequences, self.config = vocab, list(sequences), config
+        self.length = length
+        self.device = device
+        self.generator = None
+        if seed is not None:
+            self.generator = torch.Generator(device=device).manual_seed(seed)
+        batch = len(self.sequences)
+        self.penalty = None
+        if config.repetition_penalty != 1.0:
+            self.penalty = RepetitionPenalty(config, batch, len(vocab), device)
+        self.stop = None
+        if stop_at is not None or lines is not None:
+            self.stop = _Stop(vocab, stop_at, lines, batch, length, device)
+        self.out = torch.empty((batch, length), dtype=torch.long, device=device)  # (N, length)
+        self.last = torch.empty(batch, dtype=torch.long, device=device)  # (N,)
+        self.steps = 0  # characters accepted per row
+        self.finished = length == 0
+
+    def __len__(self) -> int:
+        return len(self.sequences)
+
+    def prefix_reads(self) -> list[tuple[list[int], torch.Tensor]]:
+        """The rows of each prefix length, shortest first, and their prefixes ``x`` (T, R)."""
+        reads = []
+        for group_length in sorted({len(p) for p in self.sequences}):
+            rows = [i for i, p in enumerate(self.sequences) if len(p) == group_length]
+            x = torch.stack([self.vocab.encode(self.sequences[i]) for i in rows], dim=1)
+            reads.append((rows, x))
+        return reads
+
+    def choose_first(self, rows: list[int], logits: torch.Tensor) -> None:
+        """Choose the first character of ``rows`` from the logits (R, V) after their prefix."""
+        index = torch.tensor(rows, device=self.device)
+        self.last[index] = next_chars(logits, self.config, self.generator)  # no penalty yet
+
+    def accept(self, show: bool = True) -> list[str]:
+        """Record ``last`` as every row's next character; with ``show``, return each row's
+        character, ``""`` for a row that had already ended. Sets :attr:`finished` when
+        every row has ended or has ``length`` characters."""
+        t = self.steps
+        self.out[:, t] = self.last
+        shown: list[str] = []
+        if show:
+            chars = self.vocab.idx_to_char
+            last = self.last
+            shown = self.stop.shown(last, chars) if self.stop else [chars[i] for i in last.tolist()]
+        self.steps = t + 1
+        ended = self.stop is not None and self.stop.update(self.last, t)
+        self.finished = ended or self.steps == self.length
+        return shown
+
+    def choose(self, logits: torch.Tensor) -> None:
+        """Choose every row's next character from its logits (N, V) after ``last``."""
+        if self.penalty is not None:
+            self.penalty.push(self.last)
+            logits = self.penalty(logits)
+        self.last = next_chars(logits, self.config, self.generator)
+
+    def rows(self) -> list[list[int]]:
+        """The indices each row has generated (cut where it stopped)."""
+        rows = self.out[:, : self.steps].tolist()
+        return self.stop.cut(rows) if self.stop is not None else rows
+
+
+def choose_together(groups: Sequence[RowGroup], logits: torch.Tensor) -> None:
+    """What ``group.choose(part)`` does for each of ``groups``, whose rows are consecutive
+    in ``logits`` (N, V) in that order, with the filtering and the draw done once for all
+    rows: each group still draws its own uniform numbers from its own generator. The
+    groups share one :class:`SamplingConfig` without repetition penalty (the rules are
+    row by row, so a row's character is the one ``choose`` would give it)."""
+    config = groups[0].config
+    if config.greedy:
+        chosen = logits.argmax(dim=-1)
+    else:
+        probs = torch.softmax(filter_logits(logits.float(), config), dim=-1)
+        u = torch.cat([uniforms(len(g), g.generator, logits.device) for g in groups])
+        chosen = draw(probs, u=u)
+    start = 0
+    for group in groups:
+        group.last = chosen[start : start + len(group)]
+        start += len(group)
 
 
 class _Stop:

@@ -1,0 +1,356 @@
+"""Load test of ``charlstm serve``: N concurrent streaming clients on loopback, against the
+same batch written in-process by ``generate`` (what ``charlstm generate --num-samples N``
+does) in the same run; then, with ``--soak``, a long mixed run that checks every answer.
+
+For N in ``--clients`` it starts N streaming requests at once (each its own seed, the same
+prompt and length) and measures time to first character (p50, p99), the gap between
+characters (p50, p99), total characters per second, and the server's RSS before and after.
+The reference is ``LanguageModel.generate_many([prompt], length, N)``, timed in this
+process with the server's thread count, pinned to the server's cores while the server is
+idle. The server runs in its own process (``taskset --server-cores``); this client is
+pinned to ``--client-cores``.
+
+``--soak K`` then sends K requests, ``--soak-concurrency`` at a time: streaming and not,
+seeded, some cancelled after a few events, some disconnected while they wait or run, some
+malformed. It checks that every seeded request that ran to its end wrote exactly
+``generate``'s text for its seed (nothing lost or mixed), every bad body got a 4xx, the
+server is healthy at the end, and how much its RSS grew.
+
+Example:
+    python scripts/bench_serve.py --checkpoint /work/models/jaychou --length 200 \\
+        --server-cores 0 --client-cores 1 --soak 2000
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+REPO = Path(__file__).resolve().parents[1]
+PROMPTS = ["分开", "我们说好", "窗外的", "天青色等烟雨", "床前明月光", "春"]
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def cores(text: str | None) -> set[int] | None:
+    return None if not text else {int(c) for c in text.split(",")}
+
+
+class Server:
+    def __init__(self, args: argparse.Namespace, max_streams: int) -> None:
+        env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": str(args.threads)}
+        command = [
+            sys.executable, "-m", "charlstm", "serve", args.checkpoint, "--port", "0",
+            "--max-streams", str(max_streams), "--max-queue", "4096",
+            "--max-length", str(max(args.length, 2000)), "--device", args.device,
+        ]  # fmt: skip
+        if args.server_cores:
+            command = ["taskset", "-c", args.server_cores, *command]
+        self.process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=env)
+        line = self.process.stdout.readline()
+        if not line.startswith("charlstm serve: "):
+            raise SystemExit(f"the server did not start: {line}")
+        self.url = line.split()[2]
+        deadline = time.monotonic() + 300
+        while httpx.get(f"{self.url}/health").status_code != 200:
+            if time.monotonic() > deadline:
+                raise SystemExit("the server did not become healthy")
+            time.sleep(0.2)
+
+    def rss(self) -> float:
+        return rss_mib(self.process.pid)
+
+    def stop(self) -> int:
+        self.process.terminate()
+        return self.process.wait(timeout=120)
+
+
+async def one_stream(client: httpx.AsyncClient, url: str, body: dict) -> dict:
+    """One streaming request: its text, time to first character, and per-character gaps."""
+    start = time.perf_counter()
+    first = None
+    previous = None
+    gaps: list[float] = []
+    text = ""
+    async with client.stream("POST", f"{url}/v1/completions", json={**body, "stream": True}) as r:
+        if r.status_code != 200:
+            return {"status": r.status_code, "text": None}
+        async for line in r.aiter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            chunk = json.loads(line[6:])
+            if "error" in chunk:
+                return {"status": 599, "text": text, "error": chunk["error"]["message"]}
+            written = "".join(c["text"] for c in chunk["choices"])
+            if not written:
+                continue
+            now = time.perf_counter()
+            if first is None:
+                first = now - start
+            elif previous is not None:
+                gaps.extend([(now - previous) / len(written)] * len(written))
+            previous = now
+            text += written
+    return {"status": 200, "text": text, "ttfc": first, "gaps": gaps, "end": time.perf_counter()}
+
+
+async def concurrent_streams(url: str, bodies: list[dict]) -> tuple[list[dict], float]:
+    limits = httpx.Limits(max_connections=len(bodies) + 4, max_keepalive_connections=len(bodies))
+    async with httpx.AsyncClient(timeout=600, limits=limits) as client:
+        start = time.perf_counter()
+        results = await asyncio.gather(*(one_stream(client, url, b) for b in bodies))
+    return results, time.perf_counter() - start
+
+
+def reference(model, prompt: str, length: int, n: int, args) -> float:
+    """Seconds ``generate`` takes for n samples of ``length`` characters, in this process."""
+    from charlstm.generation.settings import SamplingConfig
+
+    sampling = SamplingConfig(temperature=args.temperature)
+    best = float("inf")
+    for _ in range(args.repeats):
+        start = time.perf_counter()
+        model.generate_many([prompt], length, n, sampling, seed=1)
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def table(args: argparse.Namespace) -> list[dict]:
+    import torch
+
+    from charlstm.api import load_model
+
+    torch.set_num_threads(args.threads)
+    clients = [int(n) for n in args.clients.split(",")]
+    server = Server(args, max(clients))
+    model = load_model(args.checkpoint, args.device)
+    rows = []
+    print(f"model {args.checkpoint}: {len(model.vocab)} characters, {model.describe()}")
+    print(
+        f"{'N':>3} {'TTFC p50':>9} {'p99':>7} {'gap p50':>8} {'p99':>7} {'served c/s':>10} "
+        f"{'generate c/s':>12} {'ratio':>6} {'RSS MiB before':>14} {'after':>6}"
+    )
+    try:
+        # warm up: the first requests build the server's step table and caches
+        asyncio.run(concurrent_streams(server.url, [body(args, 0)] * 2))
+        for n in clients:
+            before = server.rss()
+            bodies = [body(args, seed) for seed in range(n)]
+            results, wall = asyncio.run(concurrent_streams(server.url, bodies))
+            after = server.rss()
+            bad = [r for r in results if r["status"] != 200]
+            if bad:
+                raise SystemExit(f"{len(bad)} of {n} streams failed: {bad[:2]}")
+            chars = sum(len(r["text"]) for r in results)
+            ttfc = [r["ttfc"] for r in results]
+            gaps = [g for r in results for g in r["gaps"]]
+            served = chars / wall
+            own = os.sched_getaffinity(0)
+            if cores(args.server_cores):
+                os.sched_setaffinity(0, cores(args.server_cores))
+            seconds = reference(model, args.prompt, args.length, n, args)
+            os.sched_setaffinity(0, own)
+            generated = n * args.length / seconds
+            row = {
+                "n": n,
+                "ttfc_p50_ms": 1000 * percentile(ttfc, 50),
+                "ttfc_p99_ms": 1000 * percentile(ttfc, 99),
+                "gap_p50_ms": 1000 * percentile(gaps, 50),
+                "gap_p99_ms": 1000 * percentile(gaps, 99),
+                "served_cps": served,
+                "generate_cps": generated,
+                "ratio": served / generated,
+                "rss_before_mib": before,
+                "rss_after_mib": after,
+            }
+            rows.append(row)
+            print(
+                f"{n:>3} {row['ttfc_p50_ms']:>7.0f}ms {row['ttfc_p99_ms']:>5.0f}ms "
+                f"{row['gap_p50_ms']:>6.1f}ms {row['gap_p99_ms']:>5.1f}ms {served:>10.0f} "
+                f"{generated:>12.0f} {row['ratio']:>6.2f} {before:>14.0f} {after:>6.0f}",
+                flush=True,
+            )
+        one = next((r for r in rows if r["n"] == 1), None)
+        at32 = next((r for r in rows if r["n"] == 32), None)
+        if one and at32:
+            print(
+                f"targets: 32 served / generate 32 = {at32['ratio']:.2f} (>= 0.8); "
+                f"32 served / 1 served = {at32['served_cps'] / one['served_cps']:.1f} (>= 10); "
+                f"1 served / generate 1 = {one['ratio']:.2f} (>= 0.8); "
+                f"TTFC p99 at 32 = {at32['ttfc_p99_ms']:.0f} ms (<= 300)"
+            )
+        if args.soak:
+            soak(args, server, model)
+    finally:
+        code = server.stop()
+        print(f"server exit status after SIGTERM: {code}")
+    return rows
+
+
+def body(args: argparse.Namespace, seed: int, prompt: str | None = None) -> dict:
+    return {
+        "prompt": prompt or args.prompt,
+        "max_tokens": args.length,
+        "seed": seed,
+        "temperature": args.temperature,
+    }
+
+
+async def soak_requests(url: str, plan: list[dict], concurrency: int) -> list[dict]:
+    limits = httpx.Limits(max_connections=concurrency + 4)
+    gate = asyncio.Semaphore(concurrency)
+    async with httpx.AsyncClient(timeout=600, limits=limits) as client:
+
+        async def run(item: dict) -> dict:
+            async with gate:
+                kind = item["kind"]
+                if kind == "bad":
+                    r = await client.post(
+                        f"{url}/v1/completions",
+                        content=item["raw"],
+                        headers={"content-type": "application/json"},
+                    )
+                    return {**item, "status": r.status_code, "reply": r.text}
+                if kind == "stream":
+                    return {**item, **(await one_stream(client, url, item["body"]))}
+                if kind == "plain":
+                    r = await client.post(f"{url}/v1/completions", json=item["body"])
+                    reply = r.json()
+                    text = reply["choices"][0]["text"] if r.status_code == 200 else None
+                    return {**item, "status": r.status_code, "text": text}
+                # cancel (a stream closed after a few events) or disconnect (a plain
+                # request whose client goes away at a random moment)
+                task = asyncio.ensure_future(
+                    one_stream(client, url, item["body"])
+                    if kind == "cancel"
+                    else client.post(f"{url}/v1/completions", json=item["body"])
+                )
+                await asyncio.sleep(item["after"])
+                task.cancel()
+                try:
+                    await task
+                except (asyncio.CancelledError, httpx.HTTPError):
+                    pass
+                return {**item, "status": "gone"}
+
+        return await asyncio.gather(*(run(item) for item in plan))
+
+
+def soak(args: argparse.Namespace, server: Server, model) -> None:
+    from charlstm.generation.settings import SamplingConfig
+
+    rng = random.Random(args.seed)
+    plan = []
+    bad_bodies = [
+        b'{"prompt": ',
+        b'{"prompt": "\xe5\x88\x86", "max_tokens": -5}',
+        b'{"prompt": "\xe5\x88\x86", "top_p": 7}',
+        '{"prompt": "分☃"}'.encode(),
+        b'{"prompt": "\xe5\x88\x86", "model": "nope"}',
+        b'{"prompt": "\xe5\x88\x86", "max_tokens": "x"}',
+    ]
+    for i in range(args.soak):
+        kind = rng.choices(
+            ["stream", "plain", "cancel", "disconnect", "bad"], [40, 30, 10, 10, 10]
+        )[0]
+        item = {"i": i, "kind": kind}
+        prompt = rng.choice([p for p in PROMPTS if not model.vocab.missing(p)])
+        item["body"] = {
+            "prompt": prompt,
+            "max_tokens": rng.randint(10, 120),
+            "seed": rng.randrange(2**31),
+            "temperature": rng.choice([0.7, 1.0]),
+            "top_p": rng.choice([None, 0.9]),
+        }
+        if kind == "bad":
+            item["raw"] = rng.choice(bad_bodies)
+        if kind in ("cancel", "disconnect"):
+            item["after"] = rng.uniform(0.0, 0.3)
+        plan.append(item)
+    rss_before = server.rss()
+    start = time.perf_counter()
+    results = asyncio.run(soak_requests(server.url, plan, args.soak_concurrency))
+    wall = time.perf_counter() - start
+    rss_after = server.rss()
+    # every seeded request that ran to its end: its text against generate's for its seed
+    checked = mismatched = 0
+    lost = []
+    for result in results:
+        kind = result["kind"]
+        if kind == "bad":
+            if not 400 <= result["status"] < 500:
+                lost.append(result)
+            continue
+        if kind in ("cancel", "disconnect"):
+            continue
+        if result["status"] != 200 or result["text"] is None:
+            lost.append(result)
+            continue
+        b = result["body"]
+        sampling = SamplingConfig(temperature=b["temperature"], top_p=b["top_p"])
+        expected = model.generate_many([b["prompt"]], b["max_tokens"], 1, sampling, b["seed"])
+        checked += 1
+        if expected[0][0] != result["text"]:
+            mismatched += 1
+            print(f"  differs: request {result['i']} {b}")
+    metrics = httpx.get(f"{server.url}/metrics").text
+    running = [line for line in metrics.splitlines() if line.startswith("charlstm_rows_running")]
+    health = httpx.get(f"{server.url}/health").status_code
+    kinds = {
+        k: sum(1 for r in results if r["kind"] == k)
+        for k in ["stream", "plain", "cancel", "disconnect", "bad"]
+    }
+    print(
+        f"soak: {len(results)} requests in {wall:.0f} s ({kinds}), {args.soak_concurrency} "
+        f"at a time; lost or failed: {len(lost)}; seeded texts checked against generate: "
+        f"{checked}, differing: {mismatched}; RSS {rss_before:.0f} -> {rss_after:.0f} MiB "
+        f"({100 * (rss_after / rss_before - 1):+.1f} %); {running[0]}; /health {health}"
+    )
+    for result in lost[:5]:
+        print(f"  lost: {result}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--checkpoint", required=True)
+    parser.add_argument("--clients", default="1,2,4,8,16,32,64")
+    parser.add_argument("--length", type=int, default=200)
+    parser.add_argument("--prompt", default="分开")
+    parser.add_argument("--temperature", type=float, default=0.8)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads of the server")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--server-cores", default=None, help="e.g. 0 (taskset -c)")
+    parser.add_argument("--client-cores", default=None, help="e.g. 1")
+    parser.add_argument("--repeats", type=int, default=2, help="reference timings (best)")
+    parser.add_argument("--soak", type=int, default=0, help="requests in the soak (0: none)")
+    parser.add_argument("--soak-concurrency", type=int, default=32)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    if args.client_cores:
+        os.sched_setaffinity(0, cores(args.client_cores))
+    table(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,61 @@
+"""The page at ``/`` in a real headless browser: Debian's chromium driven by Playwright
+(``executable_path``; ``playwright install`` downloads browsers and is never needed)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from conftest import REPO_ROOT, ServerProcess
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+LONG = 10**6
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if CHROMIUM is None:
+        reason = "chromium not installed (apt-get install chromium fonts-noto-cjk)"
+        if os.environ.get("CHARLSTM_REQUIRE_SHARED") == "1":  # CI installs it
+            pytest.fail(reason)
+        pytest.skip(reason)
+    playwright = pytest.importorskip("playwright.sync_api")
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        yield browser
+        browser.close()
+
+
+def test_type_a_prefix_generate_stream_then_stop(browser, tiny_run: Path):
+    server = ServerProcess(tiny_run, "--max-length", LONG)
+    try:
+        page = browser.new_page(viewport={"width": 900, "height": 640})
+        page.goto(server.url + "/")
+        page.wait_for_function("document.querySelector('#model').options.length > 0")
+        page.fill("#prefix", "我们说好")
+        page.fill("#length", str(LONG))
+        page.click("#generate")
+        # the text streams in: it begins with the prefix and keeps growing
+        page.wait_for_function("document.querySelector('#output').textContent.length > 40")
+        first = page.text_content("#output")
+        assert first.startswith("我们说好")
+        page.wait_for_function(
+            f"document.querySelector('#output').textContent.length > {len(first) + 20}"
+        )
+        assert server.wait_metric("charlstm_requests_running", 1) == 1
+        assert page.is_disabled("#generate") and page.is_enabled("#stop")
+        screenshot = os.environ.get("CHARLSTM_SCREENSHOT")
+        if screenshot:  # docs/serve.png: CHARLSTM_SCREENSHOT=docs/serve.png pytest ...
+            page.screenshot(path=str(REPO_ROOT / screenshot))
+        page.click("#stop")
+        page.wait_for_function("document.querySelector('#status').textContent.includes('stopped')")
+        assert server.wait_metric("charlstm_requests_running", 0) == 0
+        assert server.wait_metric("charlstm_rows_running", 0) == 0
+        assert page.is_enabled("#generate")
+        stopped = page.text_content("#output")
+        assert stopped.startswith(first)
+        page.close()
+    finally:
+        assert server.stop() == 0
