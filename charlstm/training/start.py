@@ -203,33 +203,6 @@ def _trainer(
     data: TrainingData,
     model: ModelConfig,
     train: TrainConfig,
-    source: DataConfig,
-    run_dir: Path,
-    log: Log,
-    progress_bar: bool | None,
-    **state: Any,
-) -> Trainer:
-    check_together(model, train)
-    _check_prefixes(train.prefixes, data.vocab)
-    teacher, mixture = _ngram_features(train, data, log)
-    return Trainer(
-        data,
-        model,
-        train,
-        source,
-        run_dir,
-        teacher=teacher,
-        mixture=mixture,
-        log=log,
-        progress_bar=progress_bar,
-        **state,
-    )
-
-
-def _trainer(
-    data: TrainingData,
-    model: ModelConfig,
-    train: TrainConfig,
     run_dir: Path,
     world: World,
     log: Log,
