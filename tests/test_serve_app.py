@@ -272,3 +272,40 @@ def test_a_missing_run_or_a_bad_model_option_is_one_line_before_anything_listens
     one_line_error(invoke("serve", tmp_path / "missing"), "checkpoint not found")
     line = one_line_error(invoke("serve", "--model", "just-a-name"), "takes NAME=RUN")
     assert "--model" in line
+
+
+def test_a_poem_in_a_form_is_what_generate_writes_and_its_mistakes_are_one_message(
+    server, tiny_run
+):
+    """A verse request (the CLI's form options, by the same names) writes exactly the poem
+    ``charlstm generate --form ... --seed`` writes, streamed or not; the combinations the
+    CLI refuses get 400 with one message, and the server stays healthy."""
+    form = {"line_lengths": [4, 4, 4, 4], "acrostic": "我分", "rhyme": "shisanzhe"}
+    options = ["--line-lengths", "4,4,4,4", "--acrostic", "我分", "--rhyme", "shisanzhe"]
+    result = invoke(
+        "generate", "--checkpoint", tiny_run, *options, "--num-samples", 2, "--seed", 3,
+        "--format", "jsonl",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    poems = [json.loads(line)["text"] for line in result.stdout.splitlines()]
+    assert all(len(p.split("\n")) == 5 and p[0] == "我" for p in poems), poems
+    body = {"prompt": "", "n": 2, "seed": 3, **form}
+    reply = post(server, body).json()
+    assert [c["text"] for c in reply["choices"]] == poems
+    events = stream(server, body)
+    texts = ["", ""]
+    for event in events[:-1]:
+        for choice in event["choices"]:
+            texts[choice["index"]] += choice["text"]
+    assert texts == poems
+    for bad, says in [
+        ({"acrostic": "我分"}, "acrostic is a setting of a verse form; add form or line_lengths"),
+        ({**form, "max_tokens": 10}, "max_tokens cannot be used with a verse form"),
+        ({**form, "acrostic": "我分我分我"}, "has 5 characters, but 4,4,4,4 has 4 lines"),
+        ({"form": "sonnet"}, "form"),
+    ]:
+        reply = post(server, {"prompt": "", **bad})
+        assert reply.status_code == 400, reply.text
+        message = reply.json()["error"]["message"]
+        assert says in message and "\n" not in message, message
+    assert httpx.get(f"{server.url}/health").status_code == 200

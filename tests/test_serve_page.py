@@ -59,3 +59,26 @@ def test_type_a_prefix_generate_stream_then_stop(browser, tiny_run: Path):
         page.close()
     finally:
         assert server.stop() == 0
+
+
+def test_choose_a_form_and_an_acrostic_and_the_page_shows_the_poem(browser, tiny_run: Path):
+    """Lines of set lengths with an acrostic, chosen on the page: the poem shown is the
+    title, then four lines of four characters beginning with the acrostic's characters."""
+    server = ServerProcess(tiny_run)
+    try:
+        page = browser.new_page(viewport={"width": 900, "height": 640})
+        page.goto(server.url + "/")
+        page.wait_for_function("document.querySelector('#model').options.length > 0")
+        page.fill("#prefix", "")
+        page.select_option("#form", "lines")
+        page.fill("#line-lengths", "4,4,4,4")
+        page.fill("#acrostic", "我分")
+        page.fill("#seed", "3")
+        page.click("#generate")
+        page.wait_for_function("!document.querySelector('#generate').disabled")
+        lines = page.text_content("#output").split("\n")
+        assert [len(line) for line in lines[:4]] == [4, 4, 4, 4], lines
+        assert lines[0][0] == "我" and lines[1][0] == "分"
+        page.close()
+    finally:
+        assert server.stop() == 0

@@ -37,9 +37,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from charlstm.api import LanguageModel
 from charlstm.errors import CharLSTMError
-from charlstm.fields import SettingError
+from charlstm.fields import SettingError, build
 from charlstm.generation.decoding import new_seed
 from charlstm.generation.settings import DEFAULT_PENALTY_WINDOW, SamplingConfig, from_settings
+from charlstm.generation.verse.forms import VerseSettings
 from charlstm.serve.jobs import Chars, Draining, End, Event, Job, QueueFull, UnknownModel
 from charlstm.serve.metrics import Metrics, prometheus
 from charlstm.serve.scheduler import Scheduler
@@ -86,6 +87,15 @@ class CompletionBody(BaseModel):
     dynamic: bool = False
     dynamic_lr: float | None = None
     dynamic_segment: int | None = None
+    # a poem in a form (charlstm generate --form ...): the prompt is its title, may be ""
+    form: str | None = None
+    line_lengths: list[int] | None = None
+    acrostic: str | None = None
+    rhyme: str | None = None
+    first_line_rhyme: bool | None = None
+    tone: bool | None = None
+    candidates: int | None = None
+    copy_filter: bool | None = None
 
 
 def error(status: int, message: str, kind: str = "invalid_request_error", **headers: str) -> Any:
@@ -321,10 +331,15 @@ def _job(body: CompletionBody, state: ServerState) -> Job:
     if len(stop) > 4:
         raise CharLSTMError("stop takes at most 4 strings")
     prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
+    verse = _verse(body)
+    length = body.max_tokens
+    if verse is not None:
+        form = verse.template()
+        length = sum(line.length + len(line.ending) for line in form.lines)
     return Job(
         model=state.names[0] if body.model is None else body.model,
         prefixes=prompts,
-        length=body.max_tokens,
+        length=length,
         sampling=sampling,
         seed=new_seed() if body.seed is None else body.seed,
         num_samples=body.n,
@@ -333,8 +348,42 @@ def _job(body: CompletionBody, state: ServerState) -> Job:
         stop=stop,
         cache=cache,
         dynamic=dynamic,
+        verse=verse,
         timeout=state.request_timeout,
     )
+
+
+VERSE_FIELDS = (
+    "form",
+    "line_lengths",
+    "acrostic",
+    "rhyme",
+    "first_line_rhyme",
+    "tone",
+    "candidates",
+    "copy_filter",
+)
+
+
+def _verse(body: CompletionBody) -> VerseSettings | None:
+    """The poem ``body`` asks for (None: running text), refused as ``charlstm generate``
+    refuses it: the form sets the length and where the poem ends."""
+    given = {k: getattr(body, k) for k in VERSE_FIELDS if getattr(body, k) is not None}
+    if not given:
+        return None
+    verse = build(VerseSettings, given).validate()
+    if not verse.active:
+        raise SettingError(
+            f"{{{next(iter(given))}}} is a setting of a verse form; add {{form}} or "
+            "{line_lengths}"
+        )
+    for key in ("max_tokens", "stop", "stop_at", "lines"):
+        if key in body.model_fields_set:
+            raise SettingError(
+                f"{key} cannot be used with a verse form: the form sets the length and where "
+                "the poem ends"
+            )
+    return verse
 
 
 async def _watch_disconnect(request: Request, scheduler: Scheduler, job: Job) -> None:

@@ -28,6 +28,7 @@ from charlstm.generation.sample import (
 )
 from charlstm.generation.settings import CacheConfig, DynamicConfig, SamplingConfig
 from charlstm.generation.streams import ModelStreams, open_streams
+from charlstm.generation.verse.forms import VerseSettings
 
 
 class QueueFull(CharLSTMError):
@@ -79,6 +80,7 @@ class Job:
     stop: list[str] = field(default_factory=list)
     cache: CacheConfig | None = None
     dynamic: DynamicConfig | None = None
+    verse: VerseSettings | None = None  # a poem in a form, written whole (see Scheduler)
     timeout: float | None = None
     on_event: Callable[[Event], None] | None = None
     # set by the scheduler
@@ -110,6 +112,14 @@ def validate_job(job: Job, model: LanguageModel) -> None:
     vocab = model.vocab
     job.sampling.check_vocab(len(vocab))  # the settings themselves are checked when built
     check_request(job.length, job.num_samples, job.seed)
+    if job.verse is not None:  # a poem: the prompt is its title, and may be empty
+        from charlstm.generation.verse.constraints import build_rules
+
+        build_rules(job.verse.validate(), vocab, 1, model.model.device)  # its errors first
+        titles = [p for p in job.prefixes if p]
+        if titles:
+            check_prefixes(vocab, titles)
+        return
     check_prefixes(vocab, job.prefixes)
     check_stop(vocab, job.stop_at, job.lines)
     if any(s == "" for s in job.stop):
