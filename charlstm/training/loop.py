@@ -61,7 +61,8 @@ from charlstm.training.progress import ProgressMeter
 OVERFIT_WARNING_EPOCHS = 3
 
 Log = Callable[[str], None]
-Signal = dict[str, "int | None"]  # {"signum": the stop signal any rank got, or None}
+# {"signum": the stop signal this process got, or None; "agreed": the one every rank acts on}
+Signal = dict[str, "int | None"]
 
 
 class TrainingInterrupted(CharLSTMError):
@@ -204,10 +205,11 @@ class Trainer:
         finally:
             self.progress.carry = local
 
-    def _stopping(self, flag: dict[str, int | None]) -> bool:
+    def _stopping(self, flag: Signal) -> bool:
         """Whether any rank got SIGINT / SIGTERM (agreed by all: they stop together)."""
-        _, flag["signum"] = distributed.agree(self.world, [], flag["signum"])
-        return flag["signum"] is not None
+        _, flag["agreed"] = distributed.agree(self.world, [], flag["signum"])
+        flag["signum"] = flag["signum"] or flag["agreed"]
+        return flag["agreed"] is not None
 
     @contextmanager
     def averaged(self) -> Iterator[None]:
@@ -262,7 +264,7 @@ class Trainer:
         one is due."""
         p, config = self.progress, self.config
         result = TrainResult(run_dir=self.run_dir)
-        flag: Signal = {"signum": None}
+        flag: Signal = {"signum": None, "agreed": None}
         meter = ProgressMeter(config, len(self.batches), self.log, self.progress_bar)
         if p.step == 0:
             self._save()  # resumable from the very start
@@ -277,9 +279,11 @@ class Trainer:
                 meter.update(p, loss, lr)
                 if self.on_step is not None:
                     self.on_step(self)
-                if flag["signum"] is not None:
+                # under torchrun, never a signal only this rank has seen (see _step)
+                signum = flag["agreed"] if self.world.distributed else flag["signum"]
+                if signum is not None:
                     self._save()
-                    raise TrainingInterrupted(flag["signum"], self.run_dir)
+                    raise TrainingInterrupted(signum, self.run_dir)
                 if config.checkpoint_every and p.step % config.checkpoint_every == 0:
                     self._save()
                 reason = self.stop_rules.out_of_budget(p)
@@ -290,7 +294,7 @@ class Trainer:
                 result.metrics.append(metrics)
                 self._record(metrics)
                 if self._stopping(flag):
-                    raise TrainingInterrupted(flag["signum"], self.run_dir)
+                    raise TrainingInterrupted(flag["agreed"], self.run_dir)
                 reason = reason if reason is not None else self.stop_rules.after_score(p)
                 if reason is not None:  # the one way out
                     break
@@ -330,9 +334,12 @@ class Trainer:
         state = detach_state(state)
         p.seconds = time.perf_counter() - clock
         if self.world.distributed:  # the global loss, one clock, any rank's signal
-            (loss, p.seconds), flag["signum"] = distributed.agree(
+            # A signal that lands after this agreement waits for the next step's: acting on
+            # it at once would leave the other ranks in a collective this one never joins.
+            (loss, p.seconds), flag["agreed"] = distributed.agree(
                 self.world, [loss, p.seconds], flag["signum"]
             )
+            flag["signum"] = flag["signum"] or flag["agreed"]
             self._check_finite(loss)
         if self.average is not None:
             self.average.update(p.step)
