@@ -52,7 +52,20 @@ def resolve_endings(form: Form, vocab: Vocab) -> list[str]:
     return endings
 
 
-class FormRule:
+class _Stateless:
+    """A rule that keeps nothing per row: its mask depends on the position alone."""
+
+    def update(self, chosen: torch.Tensor, line: int, pos: int) -> None:
+        pass
+
+    def rows(self) -> list[torch.Tensor]:
+        return []
+
+    def set_rows(self, values: Sequence[torch.Tensor]) -> None:
+        pass
+
+
+class FormRule(_Stateless):
     """Inside a line only text characters; at its end, its ending, one character a step."""
 
     name = "form"
@@ -77,17 +90,8 @@ class FormRule:
         forced[self.endings[line][pos - length]] = True
         return allowed & forced
 
-    def update(self, chosen: torch.Tensor, line: int, pos: int) -> None:
-        pass
 
-    def rows(self) -> list[torch.Tensor]:
-        return []
-
-    def set_rows(self, values: Sequence[torch.Tensor]) -> None:
-        pass
-
-
-class AcrosticRule:
+class AcrosticRule(_Stateless):
     """藏头: line i begins with the i-th character of ``heads``."""
 
     name = "acrostic"
@@ -113,15 +117,6 @@ class AcrosticRule:
         only = torch.zeros(self.vocab_size, dtype=torch.bool, device=self.device)
         only[self.heads[line]] = True
         return allowed & only
-
-    def update(self, chosen: torch.Tensor, line: int, pos: int) -> None:
-        pass
-
-    def rows(self) -> list[torch.Tensor]:
-        return []
-
-    def set_rows(self, values: Sequence[torch.Tensor]) -> None:
-        pass
 
 
 @lru_cache(maxsize=4)
