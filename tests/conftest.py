@@ -30,7 +30,7 @@ from charlstm.storage import checkpoint as ckpt
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
-DEMO_CORPUS = REPO_ROOT / "data" / "demo_lyrics.zip"
+DEMO_CORPUS = REPO_ROOT / "charlstm" / "data" / "demo_lyrics.zip"
 
 # Two cores: keep torch from oversubscribing them (tests also run beside other work).
 torch.set_num_threads(min(2, torch.get_num_threads()))

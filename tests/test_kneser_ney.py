@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO_ROOT, shared_file
+from conftest import DEMO_CORPUS, REPO_ROOT, shared_file
 
 from charlstm.data.corpus import Vocab, read_text, split_point
 from charlstm.errors import CharLSTMError
@@ -169,7 +169,7 @@ def test_cross_fitted_loss_scores_each_fold_with_a_model_fitted_without_it() -> 
 
 
 def test_chosen_discount_minimises_the_cross_fitted_loss() -> None:
-    text = read_text(REPO_ROOT / "data" / "demo_lyrics.zip")
+    text = read_text(DEMO_CORPUS)
     vocab = Vocab.from_text(text)
     chosen = choose_discount(text, vocab, order=4)
     loss = cross_fitted_loss(text, vocab, order=4)

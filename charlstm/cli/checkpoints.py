@@ -1,4 +1,5 @@
-"""``charlstm convert``, ``info`` and ``plot``: the commands that read a run or a checkpoint."""
+"""``charlstm export``, ``convert``, ``info`` and ``plot``: the commands that read a run or a
+checkpoint."""
 
 from __future__ import annotations
 
@@ -9,6 +10,37 @@ from typing import Annotated
 import typer
 
 from charlstm.cli.common import AsJson, RunsRoot, app, handle_errors
+
+
+@app.command()
+@handle_errors
+def export(
+    run: Annotated[
+        Path, typer.Argument(help="Run directory (its best.pt) or checkpoint file to export.")
+    ],
+    out_dir: Annotated[Path, typer.Argument(help="New (or empty) directory to write.")],
+    half: Annotated[
+        bool, typer.Option("--half", help="Store the weights as float16 (half the size).")
+    ] = False,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace OUT_DIR if it is not empty.")
+    ] = False,
+) -> None:
+    """Write a model to share: model.safetensors (weights only), config.json, vocab.json
+    and a README.md model card. generate, eval, serve, verse-check and train --init-from
+    take the directory wherever they take a run; loading it unpickles nothing.
+
+    Example: charlstm export runs/x jay-model --half
+    """
+    from charlstm.storage.export import export_model
+
+    exported = export_model(run, out_dir, half=half, overwrite=overwrite)
+    sizes = ", ".join(f"{name} {size:,} B" for name, size in exported.files.items())
+    typer.echo(
+        f"wrote {exported.directory}: {exported.parameters:,} parameters as {exported.dtype} "
+        f"({sizes})"
+    )
+    typer.echo(f"generate with: charlstm generate --checkpoint {exported.directory} --prefix ...")
 
 
 @app.command()

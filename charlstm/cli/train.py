@@ -21,7 +21,7 @@ def train(
     corpus: Annotated[
         Path | None,
         typer.Argument(
-            help="Corpus: a .zip of text files or a .txt file. Default: the demo corpus in data/.",
+            help="Corpus: a .zip of text files or a .txt file. Default: the bundled demo corpus.",
             show_default=False,
         ),
     ] = None,

@@ -346,13 +346,18 @@ def load(path: str | Path) -> Checkpoint:
 
 
 def load_with_model(path: str | Path) -> tuple[Checkpoint, CharLSTM]:
-    """Read a checkpoint file onto the CPU and build its model, holding its weights.
+    """Read a checkpoint file (or an exported model's directory) onto the CPU and build its
+    model, holding its weights.
 
     The model is built once, from the recorded architecture (without touching the caller's
     random state), and the weights are checked against it; any problem is one
     ``CharLSTMError`` line.
     """
     path = Path(path)
+    from charlstm.storage.export import is_export, load_export  # it builds on Checkpoint
+
+    if is_export(path):
+        return load_export(path)
     data = _read(path)
     if not isinstance(data, dict):
         raise CharLSTMError(
@@ -401,16 +406,20 @@ def load_with_model(path: str | Path) -> tuple[Checkpoint, CharLSTM]:
 def resolve(
     path: str | Path | None, prefer: str = "best.pt", runs_root: str | Path = "runs"
 ) -> Path:
-    """Turn ``RUN_DIR | FILE | None`` into a checkpoint file.
+    """Turn ``RUN_DIR | EXPORT_DIR | FILE | None`` into what :func:`load_with_model` reads.
 
     A run directory gives its ``prefer`` file (``best.pt`` for generating, ``last.pt`` for
-    resuming), falling back to the other; ``None`` means the newest run under ``runs_root``.
+    resuming), falling back to the other; an exported model's directory
+    (:mod:`charlstm.storage.export`) is itself; ``None`` means the newest run under
+    ``runs_root``.
     """
     if path is None:
         from charlstm.storage.runs import latest_run
 
         path = latest_run(runs_root)
     path = Path(path)
+    if (path / "model.safetensors").is_file():
+        return path
     if path.is_dir():
         other = "last.pt" if prefer == "best.pt" else "best.pt"
         for name in (prefer, other):

@@ -36,6 +36,7 @@ from charlstm.config import (
     check_together,
 )
 from charlstm.data.corpus import Vocab, show_chars
+from charlstm.data.demo import demo_corpus
 from charlstm.data.prepared import RUN_CORPUS, is_prepared, matching, prepared_in_run
 from charlstm.data.training_data import TrainingData
 from charlstm.device import resolve_device
@@ -48,6 +49,7 @@ from charlstm.ngram.teacher import NgramTeacher
 from charlstm.presets import PRESETS
 from charlstm.storage import checkpoint as ckpt
 from charlstm.storage import runs
+from charlstm.storage.export import is_export
 from charlstm.training import distributed
 from charlstm.training.distributed import World
 from charlstm.training.loop import Log, Trainer
@@ -57,9 +59,6 @@ from charlstm.training.setup import (
     same_vocab,
     training_data,
 )
-
-#: The demo corpus shipped in the repository (found next to the package in a source checkout).
-DEMO_CORPUS = Path(__file__).resolve().parent.parent / "data" / "demo_lyrics.zip"
 
 
 @register
@@ -76,15 +75,6 @@ class RunRequest:
     init_from: str | Path | None = setting(None, "Weights to start from.", "Run", cli=False)
     extend_vocab: bool = setting(False, "Grow the vocabulary.", "Run", cli=False)
     overwrite: bool = setting(False, "Replace a run.", "Run", cli=False)
-
-
-def default_corpus() -> Path:
-    if not DEMO_CORPUS.is_file():
-        raise CharLSTMError(
-            f"no corpus given and the demo corpus {DEMO_CORPUS} is missing; "
-            "pass a corpus: charlstm train CORPUS.zip"
-        )
-    return DEMO_CORPUS
 
 
 def _preset(name: str | None) -> dict[str, dict[str, Any]]:
@@ -296,7 +286,7 @@ def fine_tune(
 
 
 def _corpus(request: RunRequest) -> Path:
-    return (Path(request.corpus) if request.corpus is not None else default_corpus()).resolve()
+    return (Path(request.corpus) if request.corpus is not None else demo_corpus()).resolve()
 
 
 def _new_run_dir(request: RunRequest, source: DataConfig, backend: str, world: World) -> Path:
@@ -397,6 +387,11 @@ def resume_run(
     ``epochs`` / ``max_steps`` raises :class:`~charlstm.errors.NothingToDo` (success).
     """
     source_file = ckpt.resolve(request.resume, prefer="last.pt")
+    if is_export(source_file):
+        raise SettingError(
+            f"{source_file} is an exported model: it holds weights but no optimizer state "
+            "or data position, so it cannot be resumed; fine-tune it with {init_from}"
+        )
     checkpoint = ckpt.load(source_file)
     train = _resumed_settings(request, checkpoint)
     source = checkpoint.data_config
