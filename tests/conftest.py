@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import sys
 import zipfile
 from pathlib import Path
@@ -348,3 +349,27 @@ def sse_events(lines: object) -> list[object]:
 
 
 # -- end of serve ----------------------------------------------------------------------------
+
+
+# ``python -m charlstm`` whose files may not grow past argv[1] bytes: a full disk.
+LIMITED = """
+import resource, runpy, signal, sys
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # else the kernel kills the writer
+limit = int(sys.argv[1])
+resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+sys.argv = ["charlstm", *sys.argv[2:]]
+runpy.run_module("charlstm", run_name="__main__", alter_sys=True)
+"""
+
+
+def run_charlstm(*args: object, limit: int | None = None) -> subprocess.CompletedProcess:
+    """``charlstm ARGS`` in a child process (its files capped at ``limit`` bytes)."""
+    prefix = ["-m", "charlstm"] if limit is None else ["-c", LIMITED, str(limit)]
+    return subprocess.run(
+        [sys.executable, *prefix, *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=300,
+        check=False,
+    )

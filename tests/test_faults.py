@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ENV, PACED, invoke, same_weights
+from conftest import ENV, PACED, invoke, run_charlstm, same_weights
 
 from charlstm.data.corpus import Corpus
 from charlstm.data.prepared import PreparedCorpus
@@ -45,28 +45,7 @@ EFBIG_FIX = (
     "(or raise the file-size limit, ulimit -f)"
 )
 
-# ``python -m charlstm`` whose files may not grow past argv[1] bytes: a full disk.
-LIMITED = """
-import resource, runpy, signal, sys
-signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # else the kernel kills the writer
-limit = int(sys.argv[1])
-resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
-sys.argv = ["charlstm", *sys.argv[2:]]
-runpy.run_module("charlstm", run_name="__main__", alter_sys=True)
-"""
-
-
-def run(*args: object, limit: int | None = None) -> subprocess.CompletedProcess:
-    """``charlstm ARGS`` in a child process (its files capped at ``limit`` bytes)."""
-    prefix = ["-m", "charlstm"] if limit is None else ["-c", LIMITED, str(limit)]
-    return subprocess.run(
-        [sys.executable, *prefix, *map(str, args)],
-        capture_output=True,
-        text=True,
-        env=ENV,
-        timeout=300,
-        check=False,
-    )
+run = run_charlstm
 
 
 def one_error(result: subprocess.CompletedProcess, code: int = 1) -> str:

@@ -216,13 +216,14 @@ Loading reads JSON and safetensors only: nothing in this directory is executed o
 def _write_files(
     tmp: Path, out_name: str, checkpoint: Any, model: CharLSTM, half: bool
 ) -> dict[str, Any]:
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     dtype = torch.float16 if half else torch.float32
     stored, aliases = _unique_tensors(checkpoint.model, dtype)
     parameters = sum(p.numel() for p in model.parameters())
     metadata = {"format": "pt", ALIASES: json.dumps(aliases)}
-    save_file(stored, str(tmp / WEIGHTS), metadata=metadata)
+    # serialised here and written by Python, so a full disk is an OSError naming its cause
+    (tmp / WEIGHTS).write_bytes(save(stored, metadata=metadata))
     train = checkpoint.train_config
     data = checkpoint.data_config
     loss = checkpoint.best_val_loss
