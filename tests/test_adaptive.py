@@ -458,7 +458,7 @@ def test_extend_vocab_disturbs_the_old_characters_no_more_than_the_full_softmax(
         assert trainer.model_config.cutoffs == (None if softmax == "full" else [8, 20])
         measured[softmax] = disturbance(base.model, trainer.model, base.vocab.encode(text))
     adaptive, full = measured["adaptive"], measured["full"]
-    assert adaptive["max_abs"] <= math.log(1 + 9 / 18) + 1e-6
+    assert adaptive["max_abs"] <= math.log(1 + 9 / 18) + 1e-5
     assert adaptive["kl"] <= full["kl"] and adaptive["targets"] >= full["targets"]
 
 
