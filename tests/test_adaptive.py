@@ -8,10 +8,11 @@ import io
 import json
 import math
 from collections import Counter
+from pathlib import Path
 
 import pytest
 import torch
-from conftest import FAST, invoke, shared_file, write_zip
+from conftest import FAST, invoke, one_line_error, shared_file, write_zip
 
 from charlstm.api import load_model
 from charlstm.config import DataConfig, ModelConfig, TrainConfig
@@ -29,9 +30,13 @@ from charlstm.model import (
     build_model,
     convert_state_dict,
     default_cutoffs,
+    grow_vocab_weights,
+    grown_config,
 )
 from charlstm.ngram.mixture import NgramMixture
 from charlstm.storage import checkpoint as ckpt
+from charlstm.storage import runs
+from charlstm.training.start import prepare_training
 
 TEXT = "我们说好不分开\n分开以后的雨天\n窗外的风吹过\n你说的话还在耳边\n不分开的夜晚\n" * 4
 VOCAB = Vocab.from_text(TEXT)
@@ -39,7 +44,8 @@ COUNTS = Counter(TEXT)
 
 
 def adaptive_model(backend: str = "scratch", **options) -> CharLSTM:
-    """A random adaptive-softmax model with two tail clusters and the corpus's class order."""
+    """A random adaptive-softmax model with two tail clusters (``cutoffs`` 4, 12 unless
+    given) and the corpus's class order."""
     torch.manual_seed(0)
     config = ModelConfig(
         vocab_size=len(VOCAB),
@@ -47,8 +53,7 @@ def adaptive_model(backend: str = "scratch", **options) -> CharLSTM:
         dropout=0.0,
         backend=backend,
         softmax="adaptive",
-        cutoffs=[4, 12],
-        **options,
+        **{"cutoffs": [4, 12], **options},
     )
     model = build_model(config)
     model.set_class_order([COUNTS[ch] for ch in VOCAB.idx_to_char])
@@ -338,3 +343,164 @@ def test_the_large_corpus_preset_chooses_by_the_vocabulary(small_corpus, tmp_pat
         config = json.loads((run / "config.json").read_text(encoding="utf-8"))
         assert config["model"]["softmax"] == chosen
         assert (config["model"]["cutoffs"] is None) == (chosen == "full")
+
+
+# ---------------------------------------------------------------------- --init-from --extend-vocab
+
+#: Two tail clusters over small_corpus's 38 characters: the last holds the 18 rarest.
+ADAPTIVE = ["--softmax", "adaptive", "--cutoffs", "8,20"]
+#: A corpus with 9 characters small_corpus lacks (' ', 'a', 'i', 'n', 'r', 下, 个, 停, 晴).
+GROWN_TEXT = "晴天的雨 rain 下个不停\n我们说好不分开\n" * 150
+
+
+def grow(model: CharLSTM, new_size: int) -> CharLSTM:
+    """``model`` with its vocabulary grown to ``new_size``, as --extend-vocab grows it."""
+    config = grown_config(model.config, new_size)
+    torch.manual_seed(1)
+    grown = build_model(config)
+    grown.load_state_dict(grow_vocab_weights(model.state_dict(), model.config, grown.state_dict()))
+    return grown.eval()
+
+
+def disturbance(before: CharLSTM, after: CharLSTM, indices: torch.Tensor) -> dict[str, float]:
+    """How a grown model moves the old characters' log-probabilities after each prefix of
+    ``indices`` (T,), old characters only: the largest change of any old character's
+    log-probability, KL(before || after) over the old characters (nats, per position),
+    and the mean change of the text's own next characters' log-probabilities (the change
+    of its loss, negated)."""
+    with torch.no_grad():
+        old = before.eval().log_probs(indices.view(-1, 1))[0][:, 0]  # (T, V)
+        new = after.eval().log_probs(indices.view(-1, 1))[0][:, 0, : old.shape[1]]  # (T, V)
+    change = new - old
+    targets = indices[1:].view(-1, 1)
+    return {
+        "max_abs": float(change.abs().max()),
+        "kl": float((old.exp() * -change).sum(-1).mean()),
+        "targets": float(change[:-1].gather(1, targets).mean()),
+    }
+
+
+@pytest.mark.parametrize("cutoffs", [[4, 12], None])
+def test_grown_weights_keep_every_old_weight_and_the_shortlists_probabilities(cutoffs):
+    """The new characters take the last ranks, in the last tail cluster; their output rows
+    are the mean of its old rows. So, in any state, a shortlist character's log-probability
+    is unchanged and a tail character's drops by at most log(1 + k / n) (Jensen); default
+    cutoffs (None) are written out, the old model's."""
+    model = adaptive_model(cutoffs=cutoffs)
+    old, k = len(VOCAB), 5
+    grown = grow(model, old + k)
+    kept = cutoffs or default_cutoffs(old)
+    assert grown.config.cutoffs == kept and grown.config.vocab_size == old + k
+    before, after = model.state_dict(), grown.state_dict()
+    last = f"head.tail.{len(kept) - 1}.1.weight"
+    for key, value in before.items():
+        if key in ("embedding.weight", "head_order", last):
+            assert torch.equal(after[key][: len(value)], value)
+        else:
+            assert torch.equal(after[key], value)
+    assert after["head_order"][old:].tolist() == list(range(old, old + k))  # the last ranks
+    assert torch.equal(after[last][-k:], before[last].mean(0).expand(k, -1))
+
+    x = torch.randint(0, old, (40, 3))  # (T, N), old characters
+    with torch.no_grad():
+        was = model.log_probs(x)[0]  # (T, N, V)
+        now = grown.log_probs(x)[0]  # (T, N, V + k)
+    shortlist = model.head_order < kept[0]
+    assert torch.equal(now[..., :old][..., shortlist], was[..., shortlist])
+    n = old - kept[-1]  # old characters in the last cluster
+    in_last = model.head_order >= kept[-1]
+    drop = (was - now[..., :old])[..., in_last]
+    assert drop.min() >= -1e-6 and drop.max() <= math.log(1 + k / n) + 1e-6
+    torch.testing.assert_close(now.exp().sum(-1), torch.ones(40, 3))
+
+
+@pytest.fixture(scope="module")
+def base_runs(small_corpus, tmp_path_factory) -> dict[str, Path]:
+    """small_corpus trained one epoch FAST with each output layer, same seed."""
+    root = tmp_path_factory.mktemp("base")
+    made = {}
+    for softmax, options in (("full", []), ("adaptive", ADAPTIVE)):
+        made[softmax] = root / softmax
+        result = invoke("train", small_corpus, "--run-dir", made[softmax], "--epochs", "1", *FAST,
+                        *options)  # fmt: skip
+        assert result.exit_code == 0, result.output
+    return made
+
+
+def test_extend_vocab_disturbs_the_old_characters_no_more_than_the_full_softmax(
+    base_runs, small_corpus, tmp_path
+):
+    """Fine-tuning onto a corpus with 9 new characters: the same vocabulary for both output
+    layers (old characters in order, then the new ones sorted); at step 0, on small_corpus's
+    text, the adaptive path leaves the shortlist's log-probabilities as they were, moves the
+    tail's by at most log(1 + 9 / 18), and costs the text less (KL, loss) than the full one."""
+    corpus = tmp_path / "grown.txt"
+    corpus.write_text(GROWN_TEXT, encoding="utf-8")
+    text = read_text(small_corpus)[:2000]
+    measured = {}
+    for softmax, run in base_runs.items():
+        base = load_model(run / "best.pt")
+        trainer = prepare_training(
+            corpus,
+            {},
+            {"batch_size": 8, "num_steps": 20, "sample_every": 0, "epochs": 1},
+            {},
+            run_dir=tmp_path / f"ft-{softmax}",
+            init_from=run,
+            extend_vocab=True,
+            log=lambda _: None,
+            progress_bar=False,
+        )
+        old = len(base.vocab)
+        new_chars = sorted(base.vocab.missing(GROWN_TEXT))
+        assert trainer.vocab.idx_to_char == base.vocab.idx_to_char + new_chars
+        assert trainer.model_config.vocab_size == old + len(new_chars) == old + 9
+        assert trainer.model_config.cutoffs == (None if softmax == "full" else [8, 20])
+        measured[softmax] = disturbance(base.model, trainer.model, base.vocab.encode(text))
+    adaptive, full = measured["adaptive"], measured["full"]
+    assert adaptive["max_abs"] <= math.log(1 + 9 / 18) + 1e-5
+    assert adaptive["kl"] <= full["kl"] and adaptive["targets"] >= full["targets"]
+
+
+def test_an_adaptive_run_fine_tuned_with_new_characters_resumes_generates_and_evaluates(
+    base_runs, tmp_path
+):
+    """train GROWN --init-from ADAPTIVE_RUN --extend-vocab, then --resume, generate with a new
+    character in the prefix, eval and load_model; bad input stays one error line."""
+    corpus = tmp_path / "grown.txt"
+    corpus.write_text(GROWN_TEXT, encoding="utf-8")
+    base, run = base_runs["adaptive"], tmp_path / "ft"
+    start = ["train", corpus, "--init-from", base, *FAST]
+    one_line_error(invoke(*start, "--run-dir", run), "pass --extend-vocab to add them")
+    one_line_error(
+        invoke(*start, "--extend-vocab", "--cutoffs", "4,12", "--run-dir", run),
+        "fine-tuning keeps the architecture",
+    )
+    assert not run.exists()
+
+    result = invoke(*start, "--extend-vocab", "--run-dir", run, "--epochs", "1")
+    assert result.exit_code == 0, result.output
+    config = json.loads((run / "config.json").read_text(encoding="utf-8"))
+    assert config["model"]["cutoffs"] == [8, 20] and config["model"]["vocab_size"] == 47
+    resumed = invoke("train", "--resume", run, "--epochs", "2")
+    assert resumed.exit_code == 0, resumed.output
+    assert [row["epoch"] for row in runs.read_metrics(run)] == [1, 2]
+    last = ckpt.load(run / "last.pt")
+    assert (last.epoch, last.model_config.vocab_size, len(last.vocab)) == (2, 47, 47)
+
+    generated = invoke(
+        "generate", "--checkpoint", run, "--prefix", "晴天", "--length", "5", "--format", "jsonl"
+    )
+    assert generated.exit_code == 0, generated.output
+    text = json.loads(generated.stdout)["text"]
+    assert text.startswith("晴天") and len(text) == 7
+    one_line_error(
+        invoke("generate", "--checkpoint", run, "--prefix", "雪", "--length", "5"),
+        "not in the",
+    )
+    scored = invoke("eval", corpus, "--checkpoint", run, "--json")
+    assert scored.exit_code == 0, scored.output
+    report = json.loads(scored.stdout)
+    model = load_model(run / "best.pt")
+    assert report["loss"] == pytest.approx(ckpt.load(run / "best.pt").best_val_loss, rel=1e-5)
+    assert math.isfinite(model.perplexity("晴天的雨 rain"))

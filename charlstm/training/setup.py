@@ -144,18 +144,14 @@ def same_vocab(run: Vocab) -> VocabRule:
     return lambda own: run
 
 
-def grown_vocab(base: Vocab, extend: bool, adaptive: bool) -> VocabRule:
+def grown_vocab(base: Vocab, extend: bool) -> VocabRule:
     """A fine-tuned run keeps the checkpoint's vocabulary; characters it lacks are appended
-    (in sorted order) with ``extend``, and refused without it."""
+    (in sorted order) with ``extend``, and refused without it. The same rule for both
+    output layers: the adaptive softmax gives the new characters its last ranks, in the
+    order of their indices (:func:`~charlstm.model.grow_vocab_weights`)."""
 
     def rule(own: Vocab) -> Vocab:
         missing = [ch for ch in own.idx_to_char if ch not in base]
-        if missing and adaptive:
-            raise SettingError(
-                f"{len(missing)} characters of the new corpus are not in the checkpoint's "
-                f"vocabulary: {show_chars(missing)}; a model with an adaptive softmax cannot "
-                "grow its vocabulary ({extend_vocab} needs {softmax} full)"
-            )
         if missing and not extend:
             raise SettingError(
                 f"{len(missing)} characters of the new corpus are not in the checkpoint's "

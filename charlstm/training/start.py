@@ -42,7 +42,7 @@ from charlstm.data.training_data import TrainingData
 from charlstm.device import resolve_device
 from charlstm.errors import CharLSTMError, NothingToDo
 from charlstm.fields import SettingError, build, register, setting, setting_values, settings_of
-from charlstm.model import build_model, default_cutoffs
+from charlstm.model import build_model, default_cutoffs, grow_vocab_weights, grown_config
 from charlstm.ngram.kneser_ney import MAX_EMBEDDED_NGRAM_CHARS
 from charlstm.ngram.mixture import NgramMixture
 from charlstm.ngram.teacher import NgramTeacher
@@ -98,18 +98,13 @@ def _check_same(
 
 
 def extend_vocab_weights(
-    weights: dict[str, torch.Tensor], config: ModelConfig, new_size: int, seed: int
+    weights: dict[str, torch.Tensor], config: ModelConfig, grown: ModelConfig, seed: int
 ) -> dict[str, torch.Tensor]:
-    """Weights for a vocabulary grown to ``new_size``: old rows kept exactly, new rows fresh."""
+    """Weights of ``config``'s model for the vocabulary of ``grown`` (:func:`grown_config`):
+    old rows kept exactly, new rows as :func:`~charlstm.model.grow_vocab_weights` says
+    (fresh ones drawn with ``seed``)."""
     torch.manual_seed(seed)
-    fresh = build_model(replace(config, vocab_size=new_size)).state_dict()
-    out = dict(weights)
-    old_size = config.vocab_size
-    for key in ("embedding.weight", "head.weight", "head.bias"):
-        grown = fresh[key].clone()
-        grown[:old_size] = weights[key]
-        out[key] = grown
-    return out
+    return grow_vocab_weights(weights, config, build_model(grown).state_dict())
 
 
 def machine(device: torch.device) -> dict[str, Any]:
@@ -251,14 +246,13 @@ def fine_tune(
     resolve_device(train.device)
     base = ckpt.load(ckpt.resolve(request.init_from, prefer="best.pt", runs_root=request.runs_root))
     run_dir = _new_run_dir(request, source, base.model_config.backend, world)
-    adaptive = base.model_config.softmax == "adaptive"
     with _removed_on_failure(run_dir, world):
         data = training_data(
             source,
             train.val_fraction,
             world,
             given=request.given,
-            vocab=grown_vocab(base.vocab, request.extend_vocab, adaptive),
+            vocab=grown_vocab(base.vocab, request.extend_vocab),
             run_dir=run_dir,
             log=log,
         )
@@ -275,11 +269,10 @@ def fine_tune(
         model = build(ModelConfig, {**asdict(base.model_config), **regularisation, **request.given})
         check_given(request.given, model, train)
         weights = base.model
-        if len(data.vocab) > len(base.vocab):
-            weights = extend_vocab_weights(
-                base.model, base.model_config, len(data.vocab), train.seed
-            )
-            model = replace(model, vocab_size=len(data.vocab))
+        if len(data.vocab) > len(base.vocab):  # the new characters: rows and, adaptive, ranks
+            grown = grown_config(base.model_config, len(data.vocab))
+            weights = extend_vocab_weights(base.model, base.model_config, grown, train.seed)
+            model = replace(model, vocab_size=grown.vocab_size, cutoffs=grown.cutoffs)
         return _start(
             request, run_dir, world, data, model, train, log, progress_bar, init_weights=weights
         )
