@@ -10,9 +10,10 @@ import math
 from collections import Counter
 from pathlib import Path
 
+import httpx
 import pytest
 import torch
-from conftest import FAST, invoke, one_line_error, shared_file, write_zip
+from conftest import FAST, ServerProcess, invoke, one_line_error, shared_file, write_zip
 
 from charlstm.api import load_model
 from charlstm.config import DataConfig, ModelConfig, TrainConfig
@@ -504,3 +505,19 @@ def test_an_adaptive_run_fine_tuned_with_new_characters_resumes_generates_and_ev
     model = load_model(run / "best.pt")
     assert report["loss"] == pytest.approx(ckpt.load(run / "best.pt").best_val_loss, rel=1e-5)
     assert math.isfinite(model.perplexity("晴天的雨 rain"))
+
+    # ... and exports and serves like any other run
+    exported = tmp_path / "export"
+    assert invoke("export", run, exported).exit_code == 0
+    seeded = ["generate", "--prefix", "晴天", "--length", "30", "--seed", "5"]
+    from_run = invoke(*seeded, "--checkpoint", run)
+    assert from_run.exit_code == 0 and invoke(*seeded, "--checkpoint", exported).stdout == (
+        from_run.stdout
+    )
+    server = ServerProcess(exported)
+    try:
+        body = {"prompt": "晴天", "max_tokens": 30, "seed": 5}
+        reply = httpx.post(f"{server.url}/v1/completions", json=body, timeout=60).json()
+    finally:
+        assert server.stop() == 0
+    assert "晴天" + reply["choices"][0]["text"] == model.generate("晴天", length=30, seed=5)
