@@ -103,7 +103,7 @@ def test_the_oracle_on_poems_whose_verdicts_are_known() -> None:
     four = oracle.judge(DENGLOU.split(), 4, 5)
     assert four.rhyme and four.tone is not None and four.tone.keeps_all
     # couplets 2 and 3 swapped: line 3's 2nd character (火, 仄) no longer sticks to line 2's
-    # (春, 平), nor line 5's (時) to line 4's (書): 失粘, every other rule still kept
+    # (春, 平), nor line 7's (頭, 平) to line 6's (別, 仄): 失粘, every other rule still kept
     swapped = oracle.judge(poem[:2] + poem[4:6] + poem[2:4] + poem[6:], 8, 5)
     assert swapped.tone is not None and not swapped.tone.keeps_all
     assert swapped.tone.rules == {
