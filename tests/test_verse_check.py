@@ -10,7 +10,14 @@ import pytest
 from conftest import copy_run, invoke, one_line_error, save_verse_model, shared_file
 
 from charlstm.api import load_model
-from charlstm.generation.verse.check import check_poems, distinct_2, poem_lines
+from charlstm.generation.verse.check import (
+    adjacent_rhyme,
+    check_poems,
+    check_text,
+    distinct_2,
+    poem_lines,
+    read_blocks,
+)
 from charlstm.generation.verse.copies import FILE_NAME, LineSet, split_lines
 from charlstm.generation.verse.forms import PRESETS, VerseSettings
 
@@ -65,7 +72,12 @@ def test_checker_counts_lines_of_the_corpus_and_prints_a_table(tmp_path: Path) -
     rows = result.stdout.splitlines()
     assert rows[1].split() == ["1", "yes", "-", "yes", "100.0%", "4/4"]  # 登樓 keeps it all
     assert rows[2].split()[1] == "no" and rows[2].split()[-1] == "8/8"
-    assert "2 poems: form 50.0%" in rows[-1] and "lines copied 100.0%" in rows[-1]
+    assert "2 poems: form 50.0%" in rows[-2] and "lines copied 100.0%" in rows[-2]
+    # rows, not lines: 流 樓 (尤; 油求), 深 心 金 簪 (侵; the title rows are left out); 簪
+    # (zān) no longer rhymes with 金 (jīn) in Mandarin
+    assert rows[-1] == (
+        "adjacent lines rhyme: shisanzhe 75.0%, xinyun 75.0%, pingshui 100.0% of 4 pairs"
+    )
 
 
 def test_checker_reads_generate_jsonl_and_agrees_with_the_decoder(tmp_path: Path) -> None:
@@ -96,11 +108,52 @@ def test_checker_reads_generate_jsonl_and_agrees_with_the_decoder(tmp_path: Path
 def test_checker_errors_are_one_line(tmp_path: Path) -> None:
     poems = tmp_path / "poems.txt"
     poems.write_text(QUATRAINS, encoding="utf-8")
-    one_line_error(invoke("verse-check", poems), "verse-check needs a form: give --form")
+    one_line_error(invoke("verse-check", poems, "--acrostic", "春"), "--acrostic is a setting of")
+    corpus_alone = invoke("verse-check", poems, "--corpus", poems)
+    one_line_error(corpus_alone, "--checkpoint and --corpus count the copied lines of poems in a")
     one_line_error(invoke("verse-check", tmp_path / "none.txt", "--form", "jueju7"), "not found")
     empty = tmp_path / "empty.txt"
     empty.write_text("\n\n", encoding="utf-8")
     one_line_error(invoke("verse-check", empty, "--form", "jueju7"), "no poems in")
+
+
+#: Lyrics in two stanzas, then a poem with its title: six pairs of neighbouring rows.
+LYRICS = """我们说好不分开
+窗外的风吹来
+你说的话还在耳边
+
+天边
+一片云
+春日
+我的衣
+
+春望
+國破山河在，城春草木深。
+感時花濺淚，恨別鳥驚心。
+"""
+
+
+def test_adjacent_line_rhymes_of_any_text(tmp_path: Path) -> None:
+    """开 来 rhyme under every system, 日 衣 under 十三辙 only (中华新韵: 支 and 齐), 深 心
+    under all three; 来 边, 边 云 and 云 日 under none. Without a form that is all
+    ``verse-check`` reports; with one, it follows the poems' summary."""
+    path = tmp_path / "lyrics.txt"
+    path.write_text(LYRICS, encoding="utf-8")
+    shown = invoke("verse-check", path)
+    assert shown.exit_code == 0, shown.output
+    assert shown.stdout == (
+        "adjacent lines rhyme: shisanzhe 50.0%, xinyun 33.3%, pingshui 33.3% of 6 pairs\n"
+    )
+    overall = json.loads(invoke("verse-check", path, "--json").stdout)["overall"]
+    assert overall["adjacent_rhyme"] == pytest.approx(
+        {"shisanzhe": 1 / 2, "xinyun": 1 / 3, "pingshui": 1 / 3}
+    )
+    assert overall["adjacent_pairs"] == 6 and overall["poems"] == 0
+    report = check_text(read_blocks(path), VerseSettings(line_lengths=[7, 6, 8]))
+    assert report.summary()["form"] == pytest.approx(1 / 3)  # the first stanza
+    assert report.adjacent_rhyme["shisanzhe"] == 0.5
+    assert adjacent_rhyme(["oh yeah\n开\n来"], "xinyun") == (1, 2)  # letters rhyme with nothing
+    assert adjacent_rhyme(["开\n\n来"], "xinyun") == (0, 0)  # a stanza apart
 
 
 def test_poem_lines_and_distinct_2() -> None:

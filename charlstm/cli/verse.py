@@ -75,17 +75,23 @@ def verse_check(
     given: Given | None = None,
 ) -> None:
     """Check poems against a form: form, rhyme and tone compliance, lines copied from the
-    training text, distinct-2; for each poem and overall. Works on any text.
+    training text, distinct-2; for each poem and overall. Works on any text. With or without
+    a form, also the adjacent-line rhyme share under shisanzhe, xinyun and pingshui: of the
+    neighbouring rows within a stanza (blank lines separate stanzas), the share whose last
+    characters rhyme.
 
     Example: charlstm verse-check poems.txt --form 七言绝句 --checkpoint runs/tang
     """
-    from charlstm.generation.verse.check import check_poems, read_poems
+    from charlstm.generation.verse.check import check_text, read_blocks
 
-    settings = build(VerseSettings, given or {})
-    if not settings.active:
-        raise SettingError("verse-check needs a form: give {form} or {line_lengths}")
+    settings = build(VerseSettings, given or {}).validate()
     if checkpoint is not None and corpus is not None:
         raise SettingError("give --checkpoint or --corpus, not both")
+    if (checkpoint is not None or corpus is not None) and not settings.active:
+        raise SettingError(
+            "--checkpoint and --corpus count the copied lines of poems in a form: "
+            "add {form} or {line_lengths}"
+        )
     contains = None
     if checkpoint is not None:
         from charlstm.generation.verse.copies import training_lines
@@ -99,12 +105,20 @@ def verse_check(
         from charlstm.generation.verse.copies import LineSet
 
         contains = LineSet.from_text(read_text(corpus)).__contains__
-    poems = read_poems(file, settings.template())
-    if not poems:
+    blocks = read_blocks(file)
+    if not blocks:
         raise SettingError(f"no poems in {file}")
-    report = check_poems(poems, settings, contains)
+    report = check_text(blocks, settings, contains)
     if as_json:
         typer.echo(report.as_json())
+        return
+    overall = report.summary()
+    shares = ", ".join(
+        f"{system} {_percent(share)}" for system, share in report.adjacent_rhyme.items()
+    )
+    adjacent = f"adjacent lines rhyme: {shares} of {report.adjacent_pairs} pairs"
+    if not settings.active:
+        typer.echo(adjacent)
         return
     rows = [
         [
@@ -118,7 +132,6 @@ def verse_check(
         for number, poem in enumerate(report.poems, start=1)
     ]
     typer.echo(table(["poem", "form", "acrostic", "rhyme", "tone", "copied"], rows))
-    overall = report.summary()
     typer.echo(
         f"{overall['poems']} poems: form {_percent(overall['form'])}, acrostic "
         f"{_percent(overall['acrostic'])}, rhyme {_percent(overall['rhyme'])} "
@@ -126,3 +139,4 @@ def verse_check(
         f"{overall['tone_positions']} positions, lines copied {_percent(overall['copied'])}, "
         f"distinct-2 {float(overall['distinct_2']):.3f}"  # type: ignore[arg-type]
     )
+    typer.echo(adjacent)

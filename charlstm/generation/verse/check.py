@@ -18,12 +18,21 @@ title and is not counted. For each poem and overall it reports:
 - copied: the share of lines found verbatim in the training text (with a run or corpus);
 - distinct-2: distinct pairs of neighbouring characters within lines over all pairs.
 
+Of any text, with a form or without (:func:`adjacent_rhyme`), it also reports the
+**adjacent-line rhyme share** under each of :data:`ADJACENT_SYSTEMS`: of the pairs of
+neighbouring rows within a stanza (blank lines separate stanzas; a row is a line of the
+file, punctuation and all, and a row without text characters is skipped; a title row, as
+above, is left out), the share whose last characters share a rhyme class (the row's last
+run of text characters read whole, as for rhyme). Lyrics rhyme at the ends of rows;
+tang_poems' rows are couplets, so its pairs are the even lines.
+
 No torch here.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -34,6 +43,8 @@ from charlstm.generation.verse.forms import Form, VerseSettings, text_characters
 from charlstm.generation.verse.rhyme import PING, ZE, rhyme_table
 
 PUNCTUATION = "，。？！；、,.?!;"
+#: The systems of the adjacent-line rhyme share, in the order reported.
+ADJACENT_SYSTEMS: tuple[str, ...] = ("shisanzhe", "xinyun", "pingshui")
 
 
 @dataclass
@@ -58,6 +69,9 @@ class VerseReport:
     poems: list[PoemCheck] = field(default_factory=list)
     distinct_2: float = 0.0
     settings: dict[str, object] = field(default_factory=dict)
+    #: system -> share of adjacent rows that rhyme (None: no pairs); see adjacent_rhyme
+    adjacent_rhyme: dict[str, float | None] = field(default_factory=dict)
+    adjacent_pairs: int = 0
 
     def summary(self) -> dict[str, object]:
         def share(values: Sequence[bool | None]) -> float | None:
@@ -77,6 +91,8 @@ class VerseReport:
             "tone_positions": positions,
             "copied": sum(copied) / lines if copied and lines else None,
             "distinct_2": self.distinct_2,
+            "adjacent_rhyme": self.adjacent_rhyme,
+            "adjacent_pairs": self.adjacent_pairs,
             "settings": self.settings,
         }
 
@@ -98,20 +114,51 @@ def _lines(row: str) -> list[str]:
     return [*lines, current] if current else lines
 
 
-def poem_lines(block: str, form: Form) -> list[str]:
-    """The lines of one poem (a block of rows), its title row left out."""
+def _rows(block: str, form: Form | None) -> list[str]:
+    """The non-empty rows of a block, its title row left out: a first row without
+    punctuation followed by rows with it, or (with a form) a first row of rows without any
+    when there is one row more than the form has lines."""
     rows = [row for row in block.split("\n") if row.strip()]
     if len(rows) > 1:
         punctuated = [any(p in row for p in PUNCTUATION) for row in rows]
         if (not punctuated[0] and any(punctuated[1:])) or (
-            not any(punctuated) and len(rows) == len(form.lines) + 1
+            form is not None and not any(punctuated) and len(rows) == len(form.lines) + 1
         ):
             rows = rows[1:]
-    return [line for row in rows for line in _lines(row)]
+    return rows
 
 
-def read_poems(path: Path, form: Form) -> list[list[str]]:
-    """The poems of ``path``: blocks separated by blank lines, or jsonl records."""
+def poem_lines(block: str, form: Form) -> list[str]:
+    """The lines of one poem (a block of rows), its title row left out."""
+    return [line for row in _rows(block, form) for line in _lines(row)]
+
+
+def adjacent_rhyme(blocks: Sequence[str], system: str) -> tuple[int, int]:
+    """(pairs that rhyme, pairs) of neighbouring rows within each stanza of ``blocks``
+    (blocks split further at blank lines) under ``system``: rows whose last runs of text
+    characters share a class
+    (:meth:`RhymeTable.line_classes`). Rows without text characters and the title row
+    (as :func:`poem_lines` finds it without a form) are left out; a character unknown to
+    the system rhymes with nothing."""
+    table = rhyme_table(system)
+    rhyming = pairs = 0
+    for block in (stanza for text in blocks for stanza in split_blocks(text)):
+        ends = [runs[-1] for row in _rows(block, None) if (runs := _lines(row))]
+        classes = [table.line_classes(end) for end in ends]
+        for first, second in zip(classes, classes[1:], strict=False):
+            pairs += 1
+            rhyming += bool(first & second)
+    return rhyming, pairs
+
+
+def split_blocks(text: str) -> list[str]:
+    """The blocks of ``text``: its parts between blank lines (spaces only count as blank)."""
+    return [b for b in re.split(r"\n[ \t]*\n", text.replace("\r\n", "\n")) if b.strip()]
+
+
+def read_blocks(path: Path) -> list[str]:
+    """The blocks (poems, stanzas) of ``path``: text separated by blank lines, or the text of
+    each record of ``generate --format jsonl``, less its prefix (one block each)."""
     try:
         text = path.read_text(encoding="utf-8-sig")
     except FileNotFoundError:
@@ -119,7 +166,7 @@ def read_poems(path: Path, form: Form) -> list[list[str]]:
     except UnicodeDecodeError:
         raise CharLSTMError(f"{path} is not UTF-8 text") from None
     if path.suffix == ".jsonl":
-        poems = []
+        blocks = []
         for number, row in enumerate(text.splitlines(), start=1):
             if not row.strip():
                 continue
@@ -130,10 +177,14 @@ def read_poems(path: Path, form: Form) -> list[list[str]]:
                 raise CharLSTMError(
                     f"{path}:{number} is not a record of generate --format jsonl"
                 ) from None
-            poems.append(poem_lines(body, form))
-        return poems
-    blocks = [b for b in text.replace("\r\n", "\n").split("\n\n") if b.strip()]
-    return [poem_lines(block, form) for block in blocks]
+            blocks.append(body)
+        return blocks
+    return split_blocks(text)
+
+
+def read_poems(path: Path, form: Form) -> list[list[str]]:
+    """The poems of ``path`` (:func:`read_blocks`) as their lines."""
+    return [poem_lines(block, form) for block in read_blocks(path)]
 
 
 def _tone(
@@ -202,3 +253,23 @@ def check_poems(
     described = settings.describe()
     kept = {k: described[k] for k in ("form", "acrostic", "rhyme", "rhyme_lines", "tone")}
     return VerseReport(checks, distinct_2(poems), kept)
+
+
+def check_text(
+    blocks: Sequence[str],
+    settings: VerseSettings | None = None,
+    contains: Callable[[str], bool] | None = None,
+) -> VerseReport:
+    """``verse-check`` on text split into ``blocks`` (:func:`read_blocks`): the poems against
+    ``settings``'s form when one is asked for (:func:`check_poems`), and always the
+    adjacent-line rhyme share under each of :data:`ADJACENT_SYSTEMS`."""
+    if settings is not None and settings.validate().active:
+        form = settings.template()
+        report = check_poems([poem_lines(block, form) for block in blocks], settings, contains)
+    else:
+        report = VerseReport()
+    for system in ADJACENT_SYSTEMS:
+        rhyming, pairs = adjacent_rhyme(blocks, system)
+        report.adjacent_rhyme[system] = rhyming / pairs if pairs else None
+        report.adjacent_pairs = pairs
+    return report
