@@ -1,7 +1,7 @@
 """The Python API for programs and notebooks; the CLI uses the same functions.
 
 >>> from charlstm import load_model
->>> model = load_model("runs/x")                      # a run directory or a .pt file
+>>> model = load_model("runs/x")          # a run directory, a .pt file or an export
 >>> model.generate("分开", length=100, temperature=0.8)
 >>> model.perplexity("一段新的歌词")
 
@@ -289,8 +289,9 @@ class LanguageModel:
 def load_model(
     path: str | Path | None = None, device: str = "cpu", *, runs_root: str | Path = "runs"
 ) -> LanguageModel:
-    """Load a run directory (its ``best.pt``) or a checkpoint file, ready to generate;
-    ``None``: the newest run under ``runs_root``.
+    """Load a run directory (its ``best.pt``), a checkpoint file or an exported model's
+    directory (``charlstm export``), ready to generate; ``None``: the newest run under
+    ``runs_root``.
 
     The path is resolved once, the model built once (its weights checked against it,
     :func:`charlstm.storage.checkpoint.load_with_model`), the device resolved once.
