@@ -30,8 +30,8 @@ from conftest import (
 from safetensors.torch import load_file, save_file
 
 from charlstm.api import load_model
+from charlstm.cli.options import training_command
 from charlstm.storage import checkpoint as ckpt
-from charlstm.storage.export import training_command
 
 FILES = ["README.md", "config.json", "model.safetensors", "vocab.json"]
 
@@ -69,9 +69,7 @@ def test_export_writes_the_weights_settings_vocabulary_and_a_card(tiny_run, expo
 
 def test_the_cards_training_command_rebuilds_the_runs_settings(tiny_run):
     checkpoint = ckpt.load(tiny_run / "best.pt")
-    command = training_command(
-        checkpoint.data_config, checkpoint.model_config, checkpoint.train_config
-    )
+    command = training_command(checkpoint)
     assert command.startswith("charlstm train small.zip ")
     for option in ("--hidden 32", "--batch-size 8", "--num-steps 20", "--epochs 1"):
         assert option in command

@@ -32,9 +32,10 @@ def export(
 
     Example: charlstm export runs/x jay-model --half
     """
+    from charlstm.cli.options import training_command
     from charlstm.storage.export import export_model
 
-    exported = export_model(run, out_dir, half=half, overwrite=overwrite)
+    exported = export_model(run, out_dir, half=half, overwrite=overwrite, command=training_command)
     sizes = ", ".join(f"{name} {size:,} B" for name, size in exported.files.items())
     typer.echo(
         f"wrote {exported.directory}: {exported.parameters:,} parameters as {exported.dtype} "

@@ -18,10 +18,12 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import shlex
 import types
 import typing
 from collections.abc import Callable
 from functools import wraps
+from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
 import typer
@@ -115,3 +117,29 @@ def settings_options(
         return wrapper  # type: ignore[return-value]
 
     return decorate
+
+
+def training_command(checkpoint: Any) -> str:
+    """The ``charlstm train`` command line that sets up ``checkpoint``'s run: the corpus by
+    its file name, then every setting of its data, model and training configs that differs
+    from its default, by option (a preset shows as the settings it chose). For the model
+    card of ``charlstm export``."""
+    configs = (checkpoint.data_config, checkpoint.model_config, checkpoint.train_config)
+    words = ["charlstm", "train", Path(checkpoint.data_config.path).name]
+    for config in configs:
+        for key, field, meta in keyed_settings(type(config)):
+            value = getattr(config, field.name)
+            default = field.default_factory() if callable(field.default_factory) else field.default
+            if not meta.cli or key == "path" or value == default:
+                continue
+            option = option_name(key)
+            if isinstance(value, bool):
+                words.append(option if value else f"--no-{option[2:]}")
+            elif isinstance(value, list) and meta.repeat:
+                for item in value:
+                    words += [option, str(item)]
+            elif isinstance(value, list):
+                words += [option, ",".join(map(str, value))]
+            else:
+                words += [option, f"{value:g}" if isinstance(value, float) else str(value)]
+    return shlex.join(words)

@@ -9,8 +9,9 @@
                          "data": DataConfig, "source": where it came from and its scores}
       vocab.json         the vocabulary, index -> character (a run's vocab.json)
       ngram.txt          only for a run trained with --ngram-mix: the n-gram's training text
-      README.md          the model card: corpus, held-out perplexity, the training command,
-                         how to generate and serve
+      README.md          the model card: corpus, held-out perplexity, the training command
+                         (given by the caller: the library does not speak in options), how to
+                         generate and serve
 
 Loading one (:func:`load_export`, reached through :func:`charlstm.storage.checkpoint.resolve`
 and :func:`~charlstm.storage.checkpoint.load_with_model` wherever a run is accepted) reads
@@ -27,9 +28,9 @@ from __future__ import annotations
 import json
 import math
 import os
-import shlex
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -40,7 +41,7 @@ from charlstm import __version__
 from charlstm.config import DataConfig, ModelConfig, TrainConfig
 from charlstm.data.corpus import Vocab
 from charlstm.errors import CharLSTMError, write_failed
-from charlstm.fields import SettingError, option_name, settings_of
+from charlstm.fields import SettingError
 from charlstm.model import CharLSTM, build_model
 
 FORMAT = "charlstm-model"
@@ -91,29 +92,6 @@ def _unique_tensors(
     return stored, aliases
 
 
-def training_command(data: DataConfig, model: ModelConfig, train: TrainConfig) -> str:
-    """A ``charlstm train`` command line that sets up this run: the corpus by file name, then
-    every setting that differs from its default (a preset shows as the settings it chose)."""
-    words = ["charlstm", "train", Path(data.path).name]
-    for config in (data, model, train):
-        for f, meta in settings_of(type(config)):
-            value = getattr(config, f.name)
-            default = f.default_factory() if callable(f.default_factory) else f.default
-            if not meta.cli or f.name == "path" or value == default:
-                continue
-            option = option_name(f.name)
-            if isinstance(value, bool):
-                words.append(option if value else f"--no-{option[2:]}")
-            elif isinstance(value, list) and meta.repeat:
-                for item in value:
-                    words += [option, str(item)]
-            elif isinstance(value, list):
-                words += [option, ",".join(map(str, value))]
-            else:
-                words += [option, f"{value:g}" if isinstance(value, float) else str(value)]
-    return shlex.join(words)
-
-
 def _run_facts(checkpoint_path: Path) -> dict[str, Any]:
     """Sizes and the best epoch's scores from the run directory holding the checkpoint."""
     run_dir = checkpoint_path.parent
@@ -144,7 +122,7 @@ def _perplexity(loss: float) -> float | None:
     return math.exp(loss) if math.isfinite(loss) else None
 
 
-def _card(name: str, meta: dict[str, Any], model: CharLSTM, command: str) -> str:
+def _card(name: str, meta: dict[str, Any], model: CharLSTM, command: str | None) -> str:
     source = meta["source"]
     config = ModelConfig.from_dict(meta["model"])
     corpus = source["corpus"]
@@ -185,13 +163,7 @@ A character-level LSTM exported by charlstm {meta["charlstm_version"]}, trained 
 Perplexity is per character, on the last {source["val_fraction"]:.0%} of the corpus, which
 the model never trained on.
 
-## Training command
-
-```bash
-{command}
-```
-
-## Use
+{_command_section(command)}## Use
 
 With charlstm installed (`pip install charlstm` in its source directory), this directory
 goes wherever a run does:
@@ -213,8 +185,14 @@ Loading reads JSON and safetensors only: nothing in this directory is executed o
 """
 
 
+def _command_section(command: str | None) -> str:
+    if command is None:
+        return ""
+    return f"## Training command\n\n```bash\n{command}\n```\n\n"
+
+
 def _write_files(
-    tmp: Path, out_name: str, checkpoint: Any, model: CharLSTM, half: bool
+    tmp: Path, out_name: str, checkpoint: Any, model: CharLSTM, half: bool, command: str | None
 ) -> dict[str, Any]:
     from safetensors.torch import save
 
@@ -247,12 +225,12 @@ def _write_files(
         "train": asdict(train),
         "data": asdict(data),
         "source": source,
+        "command": command,
     }
     (tmp / CONFIG).write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n", "utf-8")
     (tmp / VOCAB).write_text(json.dumps(checkpoint.vocab.to_list(), ensure_ascii=False), "utf-8")
     if checkpoint.ngram_text is not None:
         (tmp / NGRAM).write_text(checkpoint.ngram_text, "utf-8")
-    command = training_command(data, checkpoint.model_config, train)
     (tmp / CARD).write_text(_card(out_name, meta, model, command), "utf-8")
     mode = _umask_mode()
     for path in tmp.iterdir():
@@ -280,13 +258,21 @@ def _check_target(out: Path, overwrite: bool) -> None:
 
 
 def export_model(
-    source: str | Path, out: str | Path, *, half: bool = False, overwrite: bool = False
+    source: str | Path,
+    out: str | Path,
+    *,
+    half: bool = False,
+    overwrite: bool = False,
+    command: Callable[[Any], str] | None = None,
 ) -> Exported:
     """Export the model of ``source`` (a run directory, its ``best.pt``; a checkpoint file)
     into the directory ``out``: weights, settings, vocabulary and a model card.
 
-    ``half`` stores the weights as float16 (half the size). ``out`` must be new or empty,
-    unless ``overwrite``. Nothing half-written is ever left (see the module docstring).
+    ``half`` stores the weights as float16 (half the size). ``command`` renders the
+    checkpoint's settings as the command that trains such a run, for the card and
+    config.json (``charlstm export`` passes :func:`charlstm.cli.options.training_command`).
+    ``out`` must be new or empty, unless ``overwrite``. Nothing half-written is ever left
+    (see the module docstring).
     """
     from charlstm.storage import checkpoint as ckpt
 
@@ -301,7 +287,8 @@ def export_model(
     except OSError as err:
         raise write_failed(out, err, "run the command again") from err
     try:
-        meta = _write_files(tmp, out.name, checkpoint, model, half)
+        text = command(checkpoint) if command is not None else None
+        meta = _write_files(tmp, out.name, checkpoint, model, half, text)
         if out.exists():  # empty, or replaced with overwrite: move it aside, then swap
             old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
             os.replace(out, old / out.name)
@@ -432,5 +419,4 @@ __all__ = [
     "export_model",
     "is_export",
     "load_export",
-    "training_command",
 ]
