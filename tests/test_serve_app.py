@@ -202,10 +202,11 @@ BAD = [
     ('{"prompt": "分☃"}'.encode(), 400, "prefix has characters not in the model's vocabulary: '☃'"),
     (b'{"prompt": "\xe5\x88\x86", "model": "nope"}', 404, "unknown model 'nope'"),
     (
-        b'{"prompt": "\xe5\x88\x86", "frequency_penalty": 1}',
+        b'{"prompt": "\xe5\x88\x86", "frequency_penalty": 3}',
         400,
-        "unknown field 'frequency_penalty'",
+        "frequency_penalty must be in [-2, 2], not 3",
     ),
+    (b'{"prompt": "\xe5\x88\x86", "suffix": "x"}', 400, "insertion is not supported"),
     (b"[1, 2]", 400, "must be a JSON object"),
     (b'{"prompt": "' + b"a" * 70000 + b'"}', 413, "over 65536 bytes"),
 ]
