@@ -12,7 +12,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import ServerProcess, invoke, one_line_error, raw_post, sse_events
+from conftest import ServerProcess, generated, invoke, one_line_error, raw_post, sse_events
 
 LONG = 10**6  # characters: a request that runs until it is ended
 
@@ -26,27 +26,6 @@ def server(tiny_run: Path):
 
 def post(server: ServerProcess, body: object, **kwargs) -> httpx.Response:
     return httpx.post(f"{server.url}/v1/completions", json=body, timeout=120, **kwargs)
-
-
-def generated(run: Path, prompt: str, length: int, seed: int, *options: object) -> str:
-    """What ``charlstm generate --seed`` writes after ``prompt`` (each sample, without it)."""
-    result = invoke(
-        "generate",
-        "--checkpoint",
-        run,
-        "--prefix",
-        prompt,
-        "--length",
-        length,
-        "--seed",
-        seed,
-        "--format",
-        "jsonl",
-        *options,
-    )
-    assert result.exit_code == 0, result.output
-    samples = [json.loads(line) for line in result.stdout.splitlines()]
-    return [s["text"].removeprefix(s["prefix"]) for s in samples]
 
 
 def stream(server: ServerProcess, body: dict) -> list[object]:
