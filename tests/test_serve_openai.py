@@ -12,7 +12,7 @@ import httpx
 import openai
 import pytest
 import torch
-from conftest import ServerProcess, generated, invoke
+from conftest import ServerProcess, generated, invoke, save_known_model
 
 from charlstm.api import load_model
 
@@ -337,3 +337,25 @@ def test_the_key_from_the_environment_and_the_warning_without_one(tiny_run, monk
     warning, error = result.stderr.strip().splitlines()
     assert warning.startswith("warning: listening on 192.0.2.1 without --api-key")
     assert error.startswith("error: cannot listen on 192.0.2.1")
+
+
+def test_two_models_served_at_once_route_by_model(tiny_run, tmp_path):
+    """Requests to two models share the server; each writes its own model's text (the
+    seeded one ``generate`` writes with that model), and an unknown one is a 404."""
+    known = save_known_model(tmp_path / "known.pt", {"甲": 0.5, "乙": 0.3, "丙": 0.2})
+    process = ServerProcess(tiny_run, "--model", f"known={known}")
+    try:
+        client = openai.OpenAI(base_url=f"{process.url}/v1", api_key="x", max_retries=0)
+        assert [m.id for m in client.models.list().data] == [tiny_run.name, "known"]
+        for name, run, prompt in [(tiny_run.name, tiny_run, "分开"), ("known", known, "甲")]:
+            reply = client.completions.create(model=name, prompt=prompt, max_tokens=30, seed=8)
+            assert [reply.choices[0].text] == generated(run, prompt, 30, 8)
+            assert reply.model == name
+        chat = client.chat.completions.create(
+            model="known", messages=[{"role": "user", "content": "乙"}], max_tokens=10
+        )
+        assert set(chat.choices[0].message.content) <= set("甲乙丙")
+        with pytest.raises(openai.NotFoundError, match="unknown model 'nope'"):
+            client.completions.create(model="nope", prompt="分开", max_tokens=3)
+    finally:
+        assert process.stop() == 0

@@ -138,14 +138,16 @@ def run_server(
     grace: float,
     log: Callable[[str], None] = print,
 ) -> None:
-    """Serve ``app`` on ``host:port`` until SIGTERM or Ctrl-C; then take no new requests,
-    give running streams ``grace`` seconds to finish, end the rest with a final event, and
-    return (the process exits 0).
+    """Serve ``app`` on ``host:port`` until SIGTERM or Ctrl-C; then take no new requests
+    (503; ``/health`` too), give running streams ``grace`` seconds to finish, end the rest
+    with a final event, and return once they are out (the process exits 0).
 
     The socket is bound here, before uvicorn starts, so that the URL printed is the one
     listened on (with ``port`` 0, the port the system chose)."""
     import signal
     import socket
+    import threading
+    import time
 
     import uvicorn
 
@@ -164,14 +166,28 @@ def run_server(
 
     class Server(uvicorn.Server):
         def handle_exit(self, sig: int, frame: Any) -> None:
-            first = not state.draining
+            """The first signal drains: the server keeps listening (``/health`` answers
+            503, new requests 503) until the running jobs have ended, at most ``grace``
+            seconds, then stops as uvicorn does; a second signal stops at once."""
+            if state.draining:
+                super().handle_exit(sig, frame)
+                return
             state.draining = True
-            if first and state.scheduler is not None:
+            if state.scheduler is not None:
                 state.scheduler.drain(grace)
-            super().handle_exit(sig, frame)
-            if first:
-                with contextlib.suppress(OSError):  # a closed stdout must not stop the stop
-                    log(f"stopping: running streams get {grace:g} s to finish")
+            threading.Thread(target=self.exit_when_idle, daemon=True).start()
+            with contextlib.suppress(OSError):  # a closed stdout must not stop the stop
+                log(f"stopping: running streams get {grace:g} s to finish")
+
+        def exit_when_idle(self) -> None:
+            deadline = time.monotonic() + grace + 5  # the scheduler ends the jobs at grace
+            scheduler = state.scheduler
+            while time.monotonic() < deadline and scheduler is not None:
+                worker = scheduler.thread
+                if scheduler.counts() == (0, 0, 0) or worker is None or not worker.is_alive():
+                    break
+                time.sleep(0.02)
+            self.should_exit = True
 
     config = uvicorn.Config(
         app,
