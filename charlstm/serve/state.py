@@ -64,13 +64,15 @@ class ServerState:
                 log.warning("charlstm serve: ignored the request field %r (not one it knows)", name)
 
 
-def server_state(request: Request) -> ServerState:
+async def server_state(request: Request) -> ServerState:
+    """(``async``, as every dependency here: FastAPI runs a plain ``def`` in its thread
+    pool, a hop per request that competes with the scheduler's thread.)"""
     return request.app.state.server
 
 
-def require_key(request: Request) -> None:
+async def require_key(request: Request) -> None:
     """With an API key set, ``Authorization: Bearer KEY`` or 401."""
-    key = server_state(request).api_key
+    key = request.app.state.server.api_key
     if key is None:
         return
     scheme, _, given = request.headers.get("authorization", "").partition(" ")
