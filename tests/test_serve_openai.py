@@ -359,3 +359,25 @@ def test_two_models_served_at_once_route_by_model(tiny_run, tmp_path):
             client.completions.create(model="nope", prompt="分开", max_tokens=3)
     finally:
         assert process.stop() == 0
+
+
+def test_logprobs_stay_with_their_characters_when_a_stop_string_cuts_the_text(client):
+    """Text held back while it may begin a stop string keeps its scores with it: a row
+    cut by a stop string has the scores of the same row written without it, up to the cut,
+    streamed or not."""
+    body = {"model": None, "prompt": "分开", "max_tokens": 60, "seed": 21, "logprobs": 2}
+    full = client.completions.create(**body).choices[0]
+    stop = full.text[30:32]
+    cut = full.text.index(stop)
+    reply = client.completions.create(**body, stop=[stop, "☃☃☃"]).choices[0]
+    assert reply.text == full.text[:cut] and reply.finish_reason == "stop"
+    assert reply.logprobs.tokens == full.logprobs.tokens[:cut]
+    assert reply.logprobs.token_logprobs == full.logprobs.token_logprobs[:cut]
+    assert reply.logprobs.top_logprobs == full.logprobs.top_logprobs[:cut]
+    tokens, offsets = [], []
+    for chunk in client.completions.create(**body, stop=[stop, "☃☃☃"], stream=True):
+        for choice in chunk.choices:
+            if choice.logprobs is not None:
+                tokens += choice.logprobs.tokens
+                offsets += choice.logprobs.text_offset
+    assert tokens == reply.logprobs.tokens and offsets == list(range(cut))
