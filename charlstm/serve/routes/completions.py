@@ -221,8 +221,8 @@ async def _stream(run: Run, view: _View) -> AsyncIterator[bytes]:
                 echoed = True  # (the prompt's scores are set before the job's first event)
                 yield _sse(view.chunk([_echo_choice(view, r) for r in range(rows)]))
             if isinstance(update, Chars):
-                for row, text in enumerate(update.texts):
-                    written[row] += text
+                if view.include_usage:
+                    written = [w + t for w, t in zip(written, update.texts, strict=True)]
                 if update.scores is None:  # written out: this runs for every stream and step
                     choices = ",".join(
                         f'{{"text": {json.dumps(text, ensure_ascii=False)}, "index": {row}, '
