@@ -78,7 +78,7 @@ def build_job(
     if len(stop) > 4:
         raise SettingError("stop takes at most 4 strings")
     verse = _verse(body, max_tokens)
-    if verse is not None and (rules is not None or top_logprobs is not None or num_samples > 1):
+    if verse is not None:  # a poem's lines are drawn as candidates, not step by step
         used = [
             f for f in ("frequency_penalty", "presence_penalty", "logit_bias") if getattr(body, f)
         ]
