@@ -151,10 +151,11 @@ class Setting:
 def setting(
     default: Any = dataclasses.MISSING, help: str = "", panel: str = "", **meta: Any
 ) -> Any:
-    """A dataclass field carrying its :class:`Setting` (a list default is copied per instance)."""
+    """A dataclass field carrying its :class:`Setting` (a list or dict default is copied per
+    instance)."""
     info = {"setting": Setting(help=help, panel=panel, **meta)}
-    if isinstance(default, list):
-        return field(default_factory=lambda: list(default), metadata=info)
+    if isinstance(default, list | dict):
+        return field(default_factory=lambda: type(default)(default), metadata=info)
     return field(default=default, metadata=info)
 
 

@@ -11,6 +11,7 @@ fly, one tiny trained run, and the command line through typer's ``CliRunner``:
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -346,6 +347,27 @@ def sse_events(lines: object) -> list[object]:
             data = line[len("data: ") :]
             events.append(data if data == "[DONE]" else json.loads(data))
     return events
+
+
+def generated(run: Path, prompt: str, length: int, seed: int, *options: object) -> list[str]:
+    """What ``charlstm generate --seed`` writes after ``prompt`` (each sample, without it)."""
+    result = invoke(
+        "generate",
+        "--checkpoint",
+        run,
+        "--prefix",
+        prompt,
+        "--length",
+        length,
+        "--seed",
+        seed,
+        "--format",
+        "jsonl",
+        *options,
+    )
+    assert result.exit_code == 0, result.output
+    samples = [json.loads(line) for line in result.stdout.splitlines()]
+    return [s["text"].removeprefix(s["prefix"]) for s in samples]
 
 
 # -- end of serve ----------------------------------------------------------------------------

@@ -7,12 +7,13 @@ from __future__ import annotations
 import json
 import signal
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
 import pytest
-from conftest import ServerProcess, invoke, one_line_error, raw_post, sse_events
+from conftest import ServerProcess, generated, invoke, one_line_error, raw_post, sse_events
 
 LONG = 10**6  # characters: a request that runs until it is ended
 
@@ -26,27 +27,6 @@ def server(tiny_run: Path):
 
 def post(server: ServerProcess, body: object, **kwargs) -> httpx.Response:
     return httpx.post(f"{server.url}/v1/completions", json=body, timeout=120, **kwargs)
-
-
-def generated(run: Path, prompt: str, length: int, seed: int, *options: object) -> str:
-    """What ``charlstm generate --seed`` writes after ``prompt`` (each sample, without it)."""
-    result = invoke(
-        "generate",
-        "--checkpoint",
-        run,
-        "--prefix",
-        prompt,
-        "--length",
-        length,
-        "--seed",
-        seed,
-        "--format",
-        "jsonl",
-        *options,
-    )
-    assert result.exit_code == 0, result.output
-    samples = [json.loads(line) for line in result.stdout.splitlines()]
-    return [s["text"].removeprefix(s["prefix"]) for s in samples]
 
 
 def stream(server: ServerProcess, body: dict) -> list[object]:
@@ -173,6 +153,36 @@ def test_a_disconnected_stream_and_a_disconnected_waiting_request_free_their_row
     assert 'charlstm_requests_finished_total{reason="cancelled"} ' in text
 
 
+def finished(server: ServerProcess, reason: str) -> float:
+    text = httpx.get(f"{server.url}/metrics").text
+    line = f'charlstm_requests_finished_total{{reason="{reason}"}} '
+    return next((float(x.split()[1]) for x in text.splitlines() if x.startswith(line)), 0.0)
+
+
+def test_the_cancelled_count_is_exact(server):
+    """Three streams closed while they run and one request closed while it waits: four
+    more cancelled, and requests that ended by themselves are not among them."""
+    before = finished(server, "cancelled")
+    done = post(server, {"prompt": "分开", "max_tokens": 5})
+    assert done.status_code == 200
+    held = [open_long_stream(server) for _ in range(4)]
+    assert server.wait_metric("charlstm_rows_running", 4) == 4
+    waiting = waiting_request(server)
+    assert server.wait_metric("charlstm_requests_waiting", 1) == 1
+    waiting.close()
+    assert server.wait_metric("charlstm_requests_waiting", 0) == 0
+    for client, response, _ in held[:3]:
+        response.close()
+        client.close()
+    assert server.wait_metric("charlstm_rows_running", 1) == 1
+    assert finished(server, "cancelled") == before + 4
+    client, response, _ = held[3]
+    response.close()
+    client.close()
+    assert server.wait_metric("charlstm_rows_running", 0) == 0
+    assert finished(server, "cancelled") == before + 5
+
+
 def test_a_full_queue_answers_503_with_retry_after(server):
     held = [open_long_stream(server) for _ in range(4)]
     clients = [waiting_request(server) for _ in range(2)]
@@ -202,10 +212,11 @@ BAD = [
     ('{"prompt": "分☃"}'.encode(), 400, "prefix has characters not in the model's vocabulary: '☃'"),
     (b'{"prompt": "\xe5\x88\x86", "model": "nope"}', 404, "unknown model 'nope'"),
     (
-        b'{"prompt": "\xe5\x88\x86", "frequency_penalty": 1}',
+        b'{"prompt": "\xe5\x88\x86", "frequency_penalty": 3}',
         400,
-        "unknown field 'frequency_penalty'",
+        "frequency_penalty must be in [-2, 2], not 3",
     ),
+    (b'{"prompt": "\xe5\x88\x86", "suffix": "x"}', 400, "insertion is not supported"),
     (b"[1, 2]", 400, "must be a JSON object"),
     (b'{"prompt": "' + b"a" * 70000 + b'"}', 413, "over 65536 bytes"),
 ]
@@ -244,6 +255,16 @@ def test_sigterm_lets_short_streams_finish_ends_long_ones_and_exits_0(tiny_run):
         short_client, _, short = open_stream(process, 2000)  # finishes within the grace
         long_client, _, long = open_stream(process)  # never would
         process.process.send_signal(signal.SIGTERM)
+        # while it drains it still answers: /health and new requests get 503
+        health = httpx.get(f"{process.url}/health")
+        for _ in range(200):  # (until the server has handled the signal)
+            if health.status_code == 503:
+                break
+            time.sleep(0.05)
+            health = httpx.get(f"{process.url}/health")
+        assert health.status_code == 503 and health.json() == {"status": "shutting down"}
+        refused = post(process, {"prompt": "分开", "max_tokens": 5})
+        assert refused.status_code == 503 and "shutting down" in refused.json()["error"]["message"]
         finished = sse_events(short)
         assert finished[-1] == "[DONE]"
         assert finished[-2]["choices"][0]["finish_reason"] == "length"

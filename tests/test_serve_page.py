@@ -4,11 +4,14 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from pathlib import Path
 
 import pytest
 from conftest import REPO_ROOT, ServerProcess
+
+from charlstm.api import load_model
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 LONG = 10**6
@@ -46,6 +49,10 @@ def test_type_a_prefix_generate_stream_then_stop(browser, tiny_run: Path):
         )
         assert server.wait_metric("charlstm_requests_running", 1) == 1
         assert page.is_disabled("#generate") and page.is_enabled("#stop")
+        # each written character shows its probability on hover
+        page.hover("#output span.c >> nth=5")
+        page.wait_for_selector("#tip", state="visible")
+        assert re.search(r"^\".\": \d+\.\d+%\nlikeliest: ", page.text_content("#tip"))
         screenshot = os.environ.get("CHARLSTM_SCREENSHOT")
         if screenshot:  # docs/serve.png: CHARLSTM_SCREENSHOT=docs/serve.png pytest ...
             page.screenshot(path=str(REPO_ROOT / screenshot))
@@ -79,6 +86,59 @@ def test_choose_a_form_and_an_acrostic_and_the_page_shows_the_poem(browser, tiny
         lines = page.text_content("#output").split("\n")
         assert [len(line) for line in lines[:4]] == [4, 4, 4, 4], lines
         assert lines[0][0] == "我" and lines[1][0] == "分"
+        page.close()
+    finally:
+        assert server.stop() == 0
+
+
+def test_score_a_pasted_text_and_hover_its_characters(browser, tiny_run: Path):
+    """Score shows the text with each character's probability (the first has none) and its
+    perplexity, the one the Python API gives."""
+    text = "我们说好不分开\n窗外的风吹过"
+    server = ServerProcess(tiny_run)
+    try:
+        page = browser.new_page(viewport={"width": 900, "height": 640})
+        page.goto(server.url + "/")
+        page.wait_for_function("document.querySelector('#model').options.length > 0")
+        page.fill("#prefix", text)
+        page.click("#score")
+        page.wait_for_function(
+            "document.querySelector('#status').textContent.includes('perplexity')"
+        )
+        shown = float(re.search(r"perplexity ([\d.]+)", page.text_content("#status")).group(1))
+        assert shown == pytest.approx(load_model(tiny_run).perplexity(text), abs=1e-3)
+        assert page.text_content("#output") == text
+        assert page.locator("#output span.c").count() == len(text)
+        page.hover("#output span.c >> nth=0")
+        assert "first character" in page.text_content("#tip")
+        page.hover("#output span.c >> nth=2")
+        assert page.text_content("#tip").startswith('"说": ')
+        page.close()
+    finally:
+        assert server.stop() == 0
+
+
+def test_with_an_api_key_the_page_asks_for_it_once(browser, tiny_run: Path):
+    server = ServerProcess(tiny_run, "--api-key", "page-key")
+    try:
+        page = browser.new_page()
+        asked: list[str] = []
+
+        def answer(dialog) -> None:
+            asked.append(dialog.message)
+            dialog.accept("page-key")
+
+        page.on("dialog", answer)
+        page.goto(server.url + "/")
+        page.wait_for_function("document.querySelector('#model').options.length > 0")
+        page.fill("#prefix", "分开")
+        page.fill("#length", "20")
+        page.click("#generate")
+        page.wait_for_function("document.querySelector('#status').textContent.includes('reached')")
+        assert page.text_content("#output").startswith("分开")
+        assert len(page.text_content("#output")) == 22
+        assert len(asked) == 1 and "API key" in asked[0]
+        assert page.evaluate("sessionStorage.getItem('charlstm-api-key')") == "page-key"
         page.close()
     finally:
         assert server.stop() == 0

@@ -24,6 +24,7 @@ class Collector:
 
     def __init__(self) -> None:
         self.texts: dict[int, list[str]] = {}
+        self.scores: dict[int, list[list]] = {}
         self.ends: dict[int, End] = {}
         self.done = threading.Condition()
 
@@ -32,8 +33,11 @@ class Collector:
             with self.done:
                 if isinstance(event, Chars):
                     rows = self.texts.setdefault(key, [""] * len(event.texts))
+                    scores = self.scores.setdefault(key, [[] for _ in event.texts])
                     for row, text in enumerate(event.texts):
                         rows[row] += text
+                        if event.scores is not None:
+                            scores[row] += event.scores[row]
                 else:
                     self.ends[key] = event
                 self.done.notify_all()
@@ -78,6 +82,7 @@ def random_job(rng: random.Random, key: int, collector: Collector, model: str = 
         num_samples=rng.choice([1, 1, 2, 3]),
         stop_at=rng.choice([None, "开"]),
         lines=rng.choice([None, None, 1, 2]),
+        top_logprobs=rng.choice([None, None, 2]),  # scores kept: the same characters
         on_event=collector.on(key),
     )
 
@@ -115,6 +120,9 @@ def test_jobs_sharing_a_batch_write_what_generate_writes_for_each_alone(request,
         expected = reference(model, job)
         assert collector.texts.get(key, [""] * job.rows) == expected, (key, job)
         assert len(collector.ends[key].reasons) == job.rows
+        if job.top_logprobs is not None:  # one score per character written
+            scores = collector.scores.get(key, [[]] * job.rows)
+            assert [len(s) for s in scores] == [len(t) for t in expected]
 
 
 def test_adapted_jobs_run_beside_the_batch_and_match_generate(model):

@@ -32,8 +32,9 @@ def serve(
     runs_root: RunsRoot = Path("runs"),
     given: Given | None = None,
 ) -> None:
-    """Serve models over HTTP: an OpenAI-compatible /v1/completions (streamed with
-    "stream": true), /health, /v1/models, /metrics, and a page to write with at /.
+    """Serve models over HTTP: OpenAI-compatible /v1/completions and /v1/chat/completions
+    (streamed with "stream": true), /tokenize, /detokenize, /health, /v1/models,
+    /metrics, and a page to write with at /.
 
     All running requests step together as one batch; a request with a seed writes exactly
     what charlstm generate --seed writes. SIGTERM or Ctrl-C stops taking requests and
@@ -41,6 +42,8 @@ def serve(
 
     Example: charlstm serve runs/x --port 8000, then open http://127.0.0.1:8000/
     """
+    import os
+
     from charlstm.api import load_model
     from charlstm.serve.app import create_app, run_server
     from charlstm.storage import checkpoint as ckpt
@@ -71,5 +74,12 @@ def serve(
         config.max_prompt,
         config.request_timeout,
         config.body_limit,
+        api_key=config.key(dict(os.environ)),
     )
+    if not config.loopback and config.key(dict(os.environ)) is None:
+        typer.echo(
+            f"warning: listening on {config.host} without --api-key: anyone who can reach "
+            "this port can use the models",
+            err=True,
+        )
     run_server(app_, config.host, config.port, config.grace, log=lambda s: typer.echo(s))

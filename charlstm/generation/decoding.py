@@ -9,6 +9,10 @@ adapted or mixed, and which the adaptive softmax gives anyway):
    that this sequence generated has its probability divided by ``repetition_penalty``
    (its logit lowered by ``log(repetition_penalty)``; the rest renormalise). The prefix
    does not count. 1 turns it off; values below 1 (which would favour repeats) are refused;
+   then OpenAI's additive penalties (:class:`CountPenalty`): with ``c[j]`` how often
+   character ``j`` was generated so far, ``logits[j] -= c[j] * frequency_penalty +
+   (c[j] > 0) * presence_penalty``; then OpenAI's ``logit_bias`` added to the logits
+   (:class:`~charlstm.generation.settings.LogitRules`);
 2. temperature: logits divided by ``temperature`` (below 1: safer, above 1: wilder);
    then, when writing verse, the form's mask (``allowed``; :mod:`charlstm.generation.verse`);
 3. top-k: only the ``top_k`` likeliest characters stay;
@@ -97,6 +101,40 @@ def next_chars(
         return logits.argmax(dim=-1)
     probs = torch.softmax(filter_logits(logits.float(), config, allowed), dim=-1)
     return draw(probs, generator)
+
+
+def scored_next_chars(
+    logits: torch.Tensor, config: SamplingConfig, generator: torch.Generator | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`next_chars` (the same characters, drawn the same way) and the
+    log-probabilities (N, V) of the distribution they were drawn from: after temperature,
+    top-k and top-p (masked characters: -inf). With ``greedy``, the distribution whose arg
+    max is taken: the logits' softmax at temperature 1."""
+    if config.greedy:
+        return logits.argmax(dim=-1), torch.log_softmax(logits.float(), dim=-1)
+    filtered = filter_logits(logits.float(), config)
+    chosen = draw(torch.softmax(filtered, dim=-1), generator)
+    return chosen, torch.log_softmax(filtered, dim=-1)
+
+
+class CountPenalty:
+    """OpenAI's frequency and presence penalties: ``logits[j] -= c[j] * frequency +
+    (c[j] > 0) * presence``, ``c`` (N, V) counting each row's generated characters (the
+    prefix does not count)."""
+
+    def __init__(
+        self, frequency: float, presence: float, batch: int, vocab_size: int, device: Any
+    ) -> None:
+        self.frequency, self.presence = frequency, presence
+        self.counts = torch.zeros((batch, vocab_size), device=device)  # (N, V)
+
+    def push(self, chosen: torch.Tensor) -> None:
+        """Count the characters (N,) just generated."""
+        self.counts[torch.arange(len(chosen), device=chosen.device), chosen] += 1
+
+    def __call__(self, logits: torch.Tensor) -> torch.Tensor:
+        counts = self.counts
+        return logits - counts * self.frequency - (counts > 0).to(counts.dtype) * self.presence
 
 
 class RepetitionPenalty:

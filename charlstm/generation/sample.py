@@ -30,13 +30,21 @@ from charlstm.data.corpus import Vocab, show_chars
 from charlstm.errors import CharLSTMError
 from charlstm.fields import SettingError, check_value
 from charlstm.generation.decoding import (
+    CountPenalty,
     RepetitionPenalty,
     draw,
     filter_logits,
     next_chars,
+    scored_next_chars,
     uniforms,
 )
-from charlstm.generation.settings import CacheConfig, DynamicConfig, GenerateRequest, SamplingConfig
+from charlstm.generation.settings import (
+    CacheConfig,
+    DynamicConfig,
+    GenerateRequest,
+    LogitRules,
+    SamplingConfig,
+)
 from charlstm.generation.streams import MixedStreams, ModelStreams, open_streams
 from charlstm.model import CharLSTM
 from charlstm.ngram.mixture import NgramMixture
@@ -153,8 +161,9 @@ def _run(
 
 class RowGroup:
     """The rows of one :func:`generate` call and everything that is theirs alone: the
-    random generator (seeded with ``seed``), the repetition penalty, where each row
-    stops, and the characters written so far.
+    random generator (seeded with ``seed``), the repetition penalty, OpenAI's ``rules``
+    (frequency and presence penalties with each row's counts, ``logit_bias``), where each
+    row stops, and the characters written so far.
 
     The caller owns the model's streams and drives the group: it reads the prefixes in
     :meth:`prefix_reads`'s order and hands each read's logits to :meth:`choose_first`;
@@ -165,6 +174,11 @@ class RowGroup:
     its rows are the whole batch (:func:`generate`) or a part of a larger one
     (``charlstm serve``). Rows that have ended still draw, so that the generator advances
     exactly as when no row has ended.
+
+    With ``top_logprobs`` (an int k, 0 or more) every choice also keeps, per row, the
+    log-probability of the character chosen and the k likeliest characters with theirs,
+    in the distribution it was drawn from (:func:`~charlstm.generation.decoding.scored_next_chars`);
+    :meth:`scores` reads those of the last choice. Keeping them changes no character.
     """
 
     def __init__(
@@ -177,6 +191,9 @@ class RowGroup:
         stop_at: str | None,
         lines: int | None,
         device: torch.device,
+        *,
+        rules: LogitRules | None = None,
+        top_logprobs: int | None = None,
     ) -> None:
         self.vocab, self.sequences, self.config = vocab, list(sequences), config
         self.length = length
@@ -188,6 +205,18 @@ class RowGroup:
         self.penalty = None
         if config.repetition_penalty != 1.0:
             self.penalty = RepetitionPenalty(config, batch, len(vocab), device)
+        self.counts = self.bias = None
+        if rules is not None and rules.penalizes:
+            self.counts = CountPenalty(
+                rules.frequency_penalty, rules.presence_penalty, batch, len(vocab), device
+            )
+        if rules is not None and rules.logit_bias:
+            self.bias = torch.zeros(len(vocab), device=device)  # (V,)
+            for index, value in rules.logit_bias.items():
+                self.bias[index] = value
+        self.top_logprobs = top_logprobs
+        self.logprob = torch.zeros(batch, device=device)  # (N,) of the last choice
+        self.top: tuple[torch.Tensor, torch.Tensor] | None = None  # (N, k) values, indices
         self.stop = None
         if stop_at is not None or lines is not None:
             self.stop = _Stop(vocab, stop_at, lines, batch, length, device)
@@ -198,6 +227,17 @@ class RowGroup:
 
     def __len__(self) -> int:
         return len(self.sequences)
+
+    @property
+    def plain(self) -> bool:
+        """Whether its rows choose by the shared settings alone (no state per row, nothing
+        kept): then :func:`choose_together` may choose for it beside other groups."""
+        return (
+            self.penalty is None
+            and self.counts is None
+            and self.bias is None
+            and self.top_logprobs is None
+        )
 
     def prefix_reads(self) -> list[tuple[list[int], torch.Tensor]]:
         """The rows of each prefix length, shortest first, and their prefixes ``x`` (T, R)."""
@@ -211,7 +251,9 @@ class RowGroup:
     def choose_first(self, rows: list[int], logits: torch.Tensor) -> None:
         """Choose the first character of ``rows`` from the logits (R, V) after their prefix."""
         index = torch.tensor(rows, device=self.device)
-        self.last[index] = next_chars(logits, self.config, self.generator)  # no penalty yet
+        if self.bias is not None:  # (the penalties have counted nothing yet)
+            logits = logits + self.bias
+        self.last[index] = self._next(logits, index)
 
     def accept(self, show: bool = True) -> list[str]:
         """Record ``last`` as every row's next character; with ``show``, return each row's
@@ -234,7 +276,41 @@ class RowGroup:
         if self.penalty is not None:
             self.penalty.push(self.last)
             logits = self.penalty(logits)
-        self.last = next_chars(logits, self.config, self.generator)
+        if self.counts is not None:
+            self.counts.push(self.last)
+            logits = self.counts(logits)
+        if self.bias is not None:
+            logits = logits + self.bias
+        self.last = self._next(logits)
+
+    def _next(self, logits: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """The characters chosen from ``logits`` (R, V) for ``rows`` (all rows: None),
+        keeping their scores when asked to."""
+        if self.top_logprobs is None:
+            return next_chars(logits, self.config, self.generator)
+        chosen, log_p = scored_next_chars(logits, self.config, self.generator)
+        logprob = log_p.gather(1, chosen[:, None])[:, 0]
+        values, indices = log_p.topk(self.top_logprobs, dim=-1)  # (R, k)
+        if rows is None:
+            self.logprob, self.top = logprob, (values, indices)
+        else:
+            if self.top is None:
+                k, n = self.top_logprobs, len(self)
+                self.top = (log_p.new_zeros(n, k), indices.new_zeros(n, k))
+            self.logprob[rows] = logprob
+            self.top[0][rows], self.top[1][rows] = values, indices
+        return chosen
+
+    def scores(self) -> list[tuple[float, list[tuple[str, float]]]]:
+        """Per row, the last choice's log-probability and the ``top_logprobs`` likeliest
+        characters with theirs (characters that could not be drawn left out)."""
+        assert self.top is not None
+        chars = self.vocab.idx_to_char
+        values, indices = self.top[0].tolist(), self.top[1].tolist()
+        return [
+            (lp, [(chars[i], v) for v, i in zip(vs, ix, strict=True) if v != float("-inf")])
+            for lp, vs, ix in zip(self.logprob.tolist(), values, indices, strict=True)
+        ]
 
     def rows(self) -> list[list[int]]:
         """The indices each row has generated (cut where it stopped)."""

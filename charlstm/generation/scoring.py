@@ -145,6 +145,23 @@ def score(
     return EvalResult(loss=total / n, chars=n, per_char=per_char)
 
 
+@torch.no_grad()
+def prompt_log_probs(
+    model: CharLSTM, text: torch.Tensor, mixture: NgramMixture | None = None
+) -> torch.Tensor:
+    """The distributions (T - 1, V) that predict ``text[1:]`` (T,), each from the
+    characters before it, read from a zero state in one pass: :func:`score`'s rule for a
+    text scored after its first character (``charlstm eval`` on a text of its own, and
+    :meth:`~charlstm.api.LanguageModel.score_text`), whole distributions instead of the
+    targets' losses. With ``mixture``, interpolated with the n-gram as there."""
+    features, _ = model.features(text[:-1].view(-1, 1).to(model.device))  # (T - 1, 1, H)
+    log_p = model.features_log_probs(features[:, 0])  # (T - 1, V)
+    if mixture is not None:
+        chars = mixture.vocab.decode(text)
+        log_p = mixture.mix(log_p, mixture.log_distributions_at(chars, 1, len(chars)))
+    return log_p
+
+
 def score_heldout(
     model: CharLSTM,
     history_ids: torch.Tensor,

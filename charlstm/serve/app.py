@@ -1,109 +1,32 @@
-"""The HTTP edge of ``charlstm serve``: FastAPI routes over a :class:`Scheduler`.
-
-- ``POST /v1/completions``: OpenAI's completions request and response (``prompt``,
-  ``max_tokens`` in characters, ``temperature``, ``top_p``, ``top_k``, ``seed``, ``stop``,
-  ``n``, ``stream``) with charlstm's own controls beside them under the names of
-  ``charlstm generate``'s options (``repetition_penalty``, ``lines``, ``cache``...).
-  ``stream: true`` answers Server-Sent Events, ``data: {...}`` per step, then
-  ``data: [DONE]``; a comment line every few seconds keeps an idle stream open.
-- ``GET /health`` (503 while the models load and while shutting down), ``GET /v1/models``,
-  ``GET /metrics`` (Prometheus text) and the page at ``GET /``.
+"""The app of ``charlstm serve``: FastAPI routes (one router per group,
+:mod:`charlstm.serve.routes`) over a :class:`~charlstm.serve.scheduler.Scheduler`, and
+:func:`run_server`, which serves it until SIGTERM.
 
 The models load in the background after the server starts, so that ``/health`` answers
-at once. A bad request gets a 4xx JSON ``{"error": {"message": ...}}`` with one message
-and never reaches the batch. A client that goes away (even while its request waits) is
-noticed by a task that waits on the request's ``receive()`` for ``http.disconnect``, and
-its rows leave the batch at the next step.
+at once. Errors are answered by handlers registered once (:mod:`charlstm.serve.errors`):
+a bad request gets a 4xx in OpenAI's error shape with one message and never reaches the
+batch. A body over the limit is refused before any route reads it (:class:`BodyLimit`).
+With an API key, every route of ``/v1/``, ``/tokenize`` and ``/detokenize`` needs it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
-import math
-import secrets
-import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
+from fastapi import FastAPI
 
 from charlstm.api import LanguageModel
 from charlstm.errors import CharLSTMError
-from charlstm.fields import SettingError, build
-from charlstm.generation.decoding import new_seed
-from charlstm.generation.settings import DEFAULT_PENALTY_WINDOW, SamplingConfig, from_settings
-from charlstm.generation.verse.forms import VerseSettings
-from charlstm.serve.jobs import Chars, Draining, End, Event, Job, QueueFull, UnknownModel
-from charlstm.serve.metrics import Metrics, prometheus
+from charlstm.serve import errors
+from charlstm.serve.errors import error_response
+from charlstm.serve.jobs import Event, Job
+from charlstm.serve.routes import ROUTERS
 from charlstm.serve.scheduler import Scheduler
-
-PAGE = Path(__file__).with_name("page.html")
-
-#: Seconds between keep-alive comments on a stream with nothing new to send.
-KEEP_ALIVE = 5.0
-
-#: How the library's setting names read in a request body.
-BODY_NAMES = {"prefixes": "prompt", "length": "max_tokens", "num_samples": "n"}
-
-
-def body_name(key: str) -> str:
-    return BODY_NAMES.get(key, key.replace(".", "_"))
-
-
-class CompletionBody(BaseModel):
-    """``POST /v1/completions``: OpenAI's fields, then charlstm's (``charlstm generate``'s
-    options, with underscores). Unknown fields are refused, not ignored."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    model: str | None = None
-    prompt: str | list[str]
-    max_tokens: int = 100
-    temperature: float = Field(1.0, description="0: always the likeliest character (greedy)")
-    top_p: float | None = None
-    top_k: int | None = None
-    seed: int | None = None
-    stop: str | list[str] | None = None
-    n: int = 1
-    stream: bool = False
-    # charlstm's own controls
-    greedy: bool = False
-    repetition_penalty: float = 1.0
-    penalty_window: int = DEFAULT_PENALTY_WINDOW
-    stop_at: str | None = None
-    lines: int | None = None
-    cache: bool = False
-    cache_window: int | None = None
-    cache_flatness: float | None = None
-    cache_mix: float | None = None
-    dynamic: bool = False
-    dynamic_lr: float | None = None
-    dynamic_segment: int | None = None
-    # a poem in a form (charlstm generate --form ...): the prompt is its title, may be ""
-    form: str | None = None
-    line_lengths: list[int] | None = None
-    acrostic: str | None = None
-    rhyme: str | None = None
-    first_line_rhyme: bool | None = None
-    tone: bool | None = None
-    candidates: int | None = None
-    copy_filter: bool | None = None
-
-
-def error(status: int, message: str, kind: str = "invalid_request_error", **headers: str) -> Any:
-    return JSONResponse(
-        {"error": {"message": message, "type": kind, "code": status}},
-        status_code=status,
-        headers=headers or None,
-    )
+from charlstm.serve.state import ServerState
 
 
 class BodyLimit:
@@ -120,7 +43,7 @@ class BodyLimit:
         if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):
             await self.app(scope, receive, send)
             return
-        too_large = error(413, f"the request body is over {self.limit} bytes", "too_large")
+        too_large = error_response(413, f"the request body is over {self.limit} bytes", "too_large")
         headers = dict(scope["headers"])
         declared = headers.get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.limit:
@@ -151,20 +74,6 @@ class BodyLimit:
         await self.app(scope, replay, send)
 
 
-@dataclass
-class ServerState:
-    """What the routes share: the models (once loaded), the scheduler, the bounds."""
-
-    names: list[str]
-    max_length: int
-    request_timeout: float
-    models: dict[str, LanguageModel] = field(default_factory=dict)
-    scheduler: Scheduler | None = None
-    load_error: str | None = None
-    on_load_error: Callable[[str], None] | None = None
-    draining: bool = False
-
-
 def create_app(
     load: Callable[[], dict[str, LanguageModel]],
     names: list[str],
@@ -174,10 +83,12 @@ def create_app(
     max_prompt: int = 2000,
     request_timeout: float = 300.0,
     body_limit: int = 65536,
+    api_key: str | None = None,
 ) -> FastAPI:
     """The app. ``load`` returns the models by name (``names``, the first the default); it
-    runs in a thread after the server has started."""
-    state = ServerState(names, max_length, request_timeout)
+    runs in a thread after the server has started. ``api_key``: what ``Authorization:
+    Bearer`` must carry (None: no key)."""
+    state = ServerState(names, max_length, request_timeout, api_key or None)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -208,85 +119,9 @@ def create_app(
     app = FastAPI(title="charlstm", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.server = state
     app.add_middleware(BodyLimit, limit=body_limit)
-
-    @app.exception_handler(RequestValidationError)
-    async def invalid(request: Request, exc: RequestValidationError) -> Any:
-        return error(400, _one_message(exc.errors()))
-
-    @app.get("/", response_class=HTMLResponse)
-    async def page() -> Any:
-        return HTMLResponse(PAGE.read_text(encoding="utf-8"))
-
-    @app.get("/health")
-    async def health() -> Any:
-        if state.load_error is not None:
-            return error(503, f"the models did not load: {state.load_error}", "unavailable")
-        if state.scheduler is None:
-            return JSONResponse({"status": "loading"}, status_code=503)
-        if state.scheduler.error is not None:
-            return error(503, "the scheduler stopped", "unavailable")
-        if state.draining:
-            return JSONResponse({"status": "shutting down"}, status_code=503)
-        return {"status": "ok"}
-
-    @app.get("/v1/models")
-    async def models() -> Any:
-        if state.scheduler is None:
-            return error(503, "the models are loading", "unavailable")
-        return {
-            "object": "list",
-            "data": [_describe(name, model) for name, model in state.models.items()],
-        }
-
-    @app.get("/metrics")
-    async def metrics() -> Any:
-        scheduler = state.scheduler
-        counts = scheduler.counts() if scheduler is not None else (0, 0, 0)
-        return PlainTextResponse(
-            prometheus(scheduler.metrics if scheduler else Metrics(), counts),
-            media_type="text/plain; version=0.0.4",
-        )
-
-    @app.post("/v1/completions")
-    async def completions(body: CompletionBody, request: Request) -> Any:
-        scheduler = state.scheduler
-        if scheduler is None or state.draining:
-            why = "shutting down" if state.draining else "loading its models"
-            return error(503, f"the server is {why}", "unavailable", **{"Retry-After": "1"})
-        queue: asyncio.Queue[Event] = asyncio.Queue()
-        try:
-            job = _job(body, state)
-            job.on_event = queue.put_nowait
-            scheduler.submit(job)
-        except QueueFull as err:
-            return error(503, str(err), "overloaded", **{"Retry-After": "1"})
-        except Draining as err:
-            return error(503, str(err), "unavailable", **{"Retry-After": "1"})
-        except UnknownModel as err:
-            return error(404, str(err), "not_found")
-        except SettingError as err:
-            return error(400, err.render(body_name))
-        except CharLSTMError as err:
-            return error(400, str(err))
-        watcher = asyncio.create_task(_watch_disconnect(request, scheduler, job))
-        reply = _Reply(job, state.names[0] if body.model is None else body.model)
-        if body.stream:
-            return StreamingResponse(
-                _stream(queue, reply, scheduler, watcher),
-                media_type="text/event-stream",
-                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-            )
-        try:
-            while True:
-                event = await queue.get()
-                reply.add(event)
-                if isinstance(event, End):
-                    break
-        finally:
-            watcher.cancel()
-            scheduler.cancel(job)
-        return reply.response()
-
+    errors.install(app)
+    for router in ROUTERS:
+        app.include_router(router)
     return app
 
 
@@ -296,243 +131,6 @@ def _dispatch(events: list[tuple[Job, Event]]) -> None:
             job.on_event(event)
 
 
-def _one_message(errors: Any) -> str:
-    """Pydantic's first complaint as one line: ``max_tokens: Input should be ...``."""
-    first = errors[0] if errors else {}
-    where = ".".join(str(part) for part in first.get("loc", ()) if part != "body")
-    if first.get("type") == "json_invalid":
-        return "the request body is not valid JSON"
-    if first.get("type") == "model_attributes_type" and where == "":
-        return "the request body must be a JSON object (Content-Type: application/json)"
-    if first.get("type") == "extra_forbidden":
-        return f"unknown field {where!r}"
-    message = first.get("msg", "invalid request")
-    return f"{where}: {message}" if where else message
-
-
-def _job(body: CompletionBody, state: ServerState) -> Job:
-    """The scheduler's job for ``body`` (settings checked as ``charlstm generate`` checks)."""
-    greedy = body.greedy or body.temperature == 0
-    sampling = SamplingConfig(
-        temperature=1.0 if body.temperature == 0 else body.temperature,
-        top_k=body.top_k,
-        top_p=body.top_p,
-        greedy=greedy,
-        repetition_penalty=body.repetition_penalty,
-        penalty_window=body.penalty_window,
-    )
-    given: dict[str, Any] = {"cache": body.cache, "dynamic": body.dynamic}
-    for key in ("cache.window", "cache.flatness", "cache.mix", "dynamic.lr", "dynamic.segment"):
-        value = getattr(body, body_name(key))
-        if value is not None:
-            given[key] = value
-    cache, dynamic = from_settings(given, generating=True)
-    stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
-    if len(stop) > 4:
-        raise CharLSTMError("stop takes at most 4 strings")
-    prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
-    verse = _verse(body)
-    length = body.max_tokens
-    if verse is not None:
-        form = verse.template()
-        length = sum(line.length + len(line.ending) for line in form.lines)
-    return Job(
-        model=state.names[0] if body.model is None else body.model,
-        prefixes=prompts,
-        length=length,
-        sampling=sampling,
-        seed=new_seed() if body.seed is None else body.seed,
-        num_samples=body.n,
-        stop_at=body.stop_at,
-        lines=body.lines,
-        stop=stop,
-        cache=cache,
-        dynamic=dynamic,
-        verse=verse,
-        timeout=state.request_timeout,
-    )
-
-
-VERSE_FIELDS = (
-    "form",
-    "line_lengths",
-    "acrostic",
-    "rhyme",
-    "first_line_rhyme",
-    "tone",
-    "candidates",
-    "copy_filter",
-)
-
-
-def _verse(body: CompletionBody) -> VerseSettings | None:
-    """The poem ``body`` asks for (None: running text), refused as ``charlstm generate``
-    refuses it: the form sets the length and where the poem ends."""
-    given = {k: getattr(body, k) for k in VERSE_FIELDS if getattr(body, k) is not None}
-    if not given:
-        return None
-    verse = build(VerseSettings, given).validate()
-    if not verse.active:
-        raise SettingError(
-            f"{{{next(iter(given))}}} is a setting of a verse form; add {{form}} or "
-            "{line_lengths}"
-        )
-    for key in ("max_tokens", "stop", "stop_at", "lines"):
-        if key in body.model_fields_set:
-            raise SettingError(
-                f"{key} cannot be used with a verse form: the form sets the length and where "
-                "the poem ends"
-            )
-    return verse
-
-
-async def _watch_disconnect(request: Request, scheduler: Scheduler, job: Job) -> None:
-    """Cancel ``job`` when its client goes away (the body has been read: what ``receive``
-    gives now is the disconnect)."""
-    while True:
-        message = await request.receive()
-        if message["type"] == "http.disconnect":
-            scheduler.cancel(job)
-            return
-
-
-class _Reply:
-    """The OpenAI-shaped answer, built from a job's events."""
-
-    def __init__(self, job: Job, model: str) -> None:
-        self.job, self.model = job, model
-        self.id = f"cmpl-{secrets.token_hex(12)}"
-        self.created = int(time.time())
-        self.texts = [""] * job.rows
-        self.end: End | None = None
-
-    def add(self, event: Event) -> None:
-        if isinstance(event, Chars):
-            for row, text in enumerate(event.texts):
-                self.texts[row] += text
-        else:
-            self.end = event
-
-    def chunk(self, choices: list[dict[str, Any]]) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "object": "text_completion",
-            "created": self.created,
-            "model": self.model,
-            "choices": choices,
-        }
-
-    def failure(self) -> tuple[int, str] | None:
-        """The status and message of a job that did not end by itself."""
-        end = self.end
-        if end is None or end.reasons[0] not in ("timeout", "shutdown", "error", "cancelled"):
-            return None
-        messages = {
-            "timeout": (504, "the request ran out of time"),
-            "shutdown": (503, "the server is shutting down"),
-            "cancelled": (499, "the request was cancelled"),
-        }
-        return messages.get(end.reasons[0], (500, end.message or "internal error"))
-
-    def response(self) -> Any:
-        failure = self.failure()
-        if failure is not None:
-            return error(failure[0], failure[1], "server_error")
-        assert self.end is not None
-        choices = [
-            {"text": text, "index": row, "logprobs": None, "finish_reason": reason}
-            for row, (text, reason) in enumerate(zip(self.texts, self.end.reasons, strict=True))
-        ]
-        prompt_chars = sum(len(p) for p in self.job.sequences)
-        written = sum(len(t) for t in self.texts)
-        return {
-            **self.chunk(choices),
-            "usage": {
-                "prompt_tokens": prompt_chars,
-                "completion_tokens": written,
-                "total_tokens": prompt_chars + written,
-            },
-            "seed": self.job.seed,
-        }
-
-
-def _sse(data: Any) -> bytes:
-    return f"data: {json.dumps(data, ensure_ascii=False)}\n\n".encode()
-
-
-async def _stream(
-    queue: asyncio.Queue[Event], reply: _Reply, scheduler: Scheduler, watcher: asyncio.Task[None]
-) -> AsyncIterator[bytes]:
-    """The events of one job as SSE: what each step wrote (steps that queued up while the
-    client was slow go out together), each row's finish reason, then ``[DONE]``."""
-    head = json.dumps(reply.chunk([]), ensure_ascii=False)[: -len("[]}")]  # up to choices
-    try:
-        while True:
-            if not queue.empty():
-                event = queue.get_nowait()
-            else:
-                try:
-                    event = await asyncio.wait_for(queue.get(), KEEP_ALIVE)
-                except TimeoutError:
-                    yield b": keep-alive\n\n"
-                    continue
-            texts = [""] * reply.job.rows
-            while isinstance(event, Chars):
-                for row, text in enumerate(event.texts):
-                    texts[row] += text
-                if queue.empty():
-                    break
-                event = queue.get_nowait()
-            choices = ",".join(
-                f'{{"text": {json.dumps(text, ensure_ascii=False)}, "index": {row}, '
-                f'"logprobs": null, "finish_reason": null}}'
-                for row, text in enumerate(texts)
-                if text
-            )
-            if choices:  # written out: this runs for every stream at every step
-                yield f"data: {head}[{choices}]}}\n\n".encode()
-            if isinstance(event, End):
-                reply.end = event
-                failure = reply.failure()
-                if failure is not None:
-                    kind = "server_error" if failure[0] != 499 else "cancelled"
-                    yield _sse({"error": {"message": failure[1], "type": kind, "code": failure[0]}})
-                else:
-                    finals = [
-                        {"text": "", "index": row, "logprobs": None, "finish_reason": reason}
-                        for row, reason in enumerate(event.reasons)
-                    ]
-                    yield _sse(reply.chunk(finals))
-                yield b"data: [DONE]\n\n"
-                return
-    finally:
-        watcher.cancel()
-        scheduler.cancel(reply.job)
-
-
-def _describe(name: str, model: LanguageModel) -> dict[str, Any]:
-    checkpoint = model.checkpoint
-    config = checkpoint.model_config
-    loss = checkpoint.best_val_loss
-    return {
-        "id": name,
-        "object": "model",
-        "created": int(checkpoint.path.stat().st_mtime) if checkpoint.path else 0,
-        "owned_by": "charlstm",
-        "checkpoint": str(checkpoint.path),
-        "vocab_size": len(model.vocab),
-        "corpus": checkpoint.data_config.path,
-        "heldout_perplexity": math.exp(loss) if math.isfinite(loss) else None,
-        "backend": config.backend,
-        "hidden_size": config.hidden_size,
-        "num_layers": config.num_layers,
-        "softmax": config.softmax,
-        "predicts_with": model.describe(),
-        "device": str(model.device),
-        "options": sorted(set(CompletionBody.model_fields) - {"model", "prompt"}),
-    }
-
-
 def run_server(
     app: FastAPI,
     host: str,
@@ -540,14 +138,16 @@ def run_server(
     grace: float,
     log: Callable[[str], None] = print,
 ) -> None:
-    """Serve ``app`` on ``host:port`` until SIGTERM or Ctrl-C; then take no new requests,
-    give running streams ``grace`` seconds to finish, end the rest with a final event, and
-    return (the process exits 0).
+    """Serve ``app`` on ``host:port`` until SIGTERM or Ctrl-C; then take no new requests
+    (503; ``/health`` too), give running streams ``grace`` seconds to finish, end the rest
+    with a final event, and return once they are out (the process exits 0).
 
     The socket is bound here, before uvicorn starts, so that the URL printed is the one
     listened on (with ``port`` 0, the port the system chose)."""
     import signal
     import socket
+    import threading
+    import time
 
     import uvicorn
 
@@ -566,14 +166,28 @@ def run_server(
 
     class Server(uvicorn.Server):
         def handle_exit(self, sig: int, frame: Any) -> None:
-            first = not state.draining
+            """The first signal drains: the server keeps listening (``/health`` answers
+            503, new requests 503) until the running jobs have ended, at most ``grace``
+            seconds, then stops as uvicorn does; a second signal stops at once."""
+            if state.draining:
+                super().handle_exit(sig, frame)
+                return
             state.draining = True
-            if first and state.scheduler is not None:
+            if state.scheduler is not None:
                 state.scheduler.drain(grace)
-            super().handle_exit(sig, frame)
-            if first:
-                with contextlib.suppress(OSError):  # a closed stdout must not stop the stop
-                    log(f"stopping: running streams get {grace:g} s to finish")
+            threading.Thread(target=self.exit_when_idle, daemon=True).start()
+            with contextlib.suppress(OSError):  # a closed stdout must not stop the stop
+                log(f"stopping: running streams get {grace:g} s to finish")
+
+        def exit_when_idle(self) -> None:
+            deadline = time.monotonic() + grace + 5  # the scheduler ends the jobs at grace
+            scheduler = state.scheduler
+            while time.monotonic() < deadline and scheduler is not None:
+                worker = scheduler.thread
+                if scheduler.counts() == (0, 0, 0) or worker is None or not worker.is_alive():
+                    break
+                time.sleep(0.02)
+            self.should_exit = True
 
     config = uvicorn.Config(
         app,

@@ -26,7 +26,7 @@ from charlstm.generation.sample import (
     check_stop,
     choose_together,
 )
-from charlstm.generation.settings import CacheConfig, DynamicConfig, SamplingConfig
+from charlstm.generation.settings import CacheConfig, DynamicConfig, LogitRules, SamplingConfig
 from charlstm.generation.streams import ModelStreams, open_streams
 from charlstm.generation.verse.forms import VerseSettings
 
@@ -43,11 +43,17 @@ class Draining(CharLSTMError):
     """The server is shutting down and takes no new requests."""
 
 
+#: A character's log-probability and the likeliest characters with theirs.
+Score = tuple[float, list[tuple[str, float]]]
+
+
 @dataclass
 class Chars:
-    """One step's text: a string per row (``""``: nothing new for that row)."""
+    """One step's text: a string per row (``""``: nothing new for that row); for a job
+    with ``top_logprobs``, ``scores`` holds per row one :data:`Score` per character."""
 
     texts: list[str]
+    scores: list[list[Score]] | None = None
 
 
 @dataclass
@@ -67,7 +73,12 @@ Event = Chars | End
 class Job:
     """One request. ``prefixes`` each continued ``num_samples`` times by up to ``length``
     characters, as ``charlstm generate`` would (rows ``p * num_samples + s``); ``stop``
-    strings end a row before them (OpenAI's ``stop``: the string is not written)."""
+    strings end a row before them (OpenAI's ``stop``: the string is not written).
+
+    ``rules``: OpenAI's penalties and ``logit_bias``; ``top_logprobs``: every character
+    written comes with its :data:`Score` (k alternatives); ``score_prompt``: before
+    anything is written, ``prompt_scores`` holds each prefix's characters' scores (the
+    first character has none), as ``charlstm eval`` scores a text."""
 
     model: str
     prefixes: list[str]
@@ -81,6 +92,9 @@ class Job:
     cache: CacheConfig | None = None
     dynamic: DynamicConfig | None = None
     verse: VerseSettings | None = None  # a poem in a form, written whole (see Scheduler)
+    rules: LogitRules | None = None
+    top_logprobs: int | None = None
+    score_prompt: bool = False
     timeout: float | None = None
     on_event: Callable[[Event], None] | None = None
     # set by the scheduler
@@ -92,6 +106,8 @@ class Job:
     group: RowGroup | None = None
     rows_done: list[bool] = field(default_factory=list)
     pending: list[str] = field(default_factory=list)
+    pending_scores: list[list[Score]] = field(default_factory=list)
+    prompt_scores: list[list[Score]] | None = None  # per prefix, set before the first event
 
     @property
     def rows(self) -> int:
@@ -111,6 +127,8 @@ def validate_job(job: Job, model: LanguageModel) -> None:
     """The checks ``generate`` makes, before any work: the same errors, the same messages."""
     vocab = model.vocab
     job.sampling.check_vocab(len(vocab))  # the settings themselves are checked when built
+    if job.rules is not None:
+        job.rules.check_vocab(len(vocab))
     check_request(job.length, job.num_samples, job.seed)
     if job.verse is not None:  # a poem: the prompt is its title, and may be empty
         from charlstm.generation.verse.constraints import build_rules
@@ -187,12 +205,15 @@ class Batch:
                 job.stop_at,
                 job.lines,
                 device,
+                rules=job.rules,
+                top_logprobs=job.top_logprobs,
             )
             for rows, x in job.group.prefix_reads():
                 reads[x.shape[0]].append((job, rows, x))
             self.jobs.append(job)
             job.rows_done = [False] * job.rows
             job.pending = [""] * job.rows
+            job.pending_scores = [[] for _ in range(job.rows)]
             starts[id(job)] = offset
             offset += job.rows
         for length in sorted(reads):
@@ -209,13 +230,14 @@ class Batch:
 
     def step(self) -> None:
         """One step of every row; each job chooses from its own rows' logits. Jobs with the
-        same sampling settings (and no repetition penalty) are filtered and drawn together
+        same sampling settings (and nothing per row: :attr:`RowGroup.plain`) are filtered and
+        drawn together
         (:func:`~charlstm.generation.sample.choose_together`), each from its own generator."""
         last = torch.cat([job.group.last for job in self.jobs])  # (N,)
         logits = self.streams.step(last)[1]  # (N, V)
         together: dict[Any, list[tuple[Job, slice]]] = collections.defaultdict(list)
         for job, rows in self.slices():
-            if job.group.penalty is None:
+            if job.group.plain:
                 together[astuple(job.sampling)].append((job, rows))
             else:
                 job.group.choose(logits[rows])

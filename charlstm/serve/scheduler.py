@@ -53,6 +53,7 @@ from charlstm.serve.jobs import (
     Event,
     Job,
     QueueFull,
+    Score,
     UnknownModel,
     validate_job,
 )
@@ -253,6 +254,8 @@ class Scheduler:
     def _join(self, jobs: list[Job], events: list[tuple[Job, Event]]) -> None:
         by_batch: dict[Any, list[Job]] = collections.defaultdict(list)
         for job in jobs:
+            if job.score_prompt:
+                self._score_prompts(job)
             if job.verse is not None:
                 self._write_verse(job, events)
                 continue
@@ -289,6 +292,31 @@ class Scheduler:
                     continue
                 self._accept(batch, events, joining)
 
+    def _score_prompts(self, job: Job) -> None:
+        """Each prefix's characters with their scores under the model (with its n-gram),
+        as ``charlstm eval`` scores a text of its own: the first character has none."""
+        from charlstm.generation.scoring import prompt_log_probs
+
+        model = self.models[job.model]
+        k = job.top_logprobs or 0
+        chars = model.vocab.idx_to_char
+        job.prompt_scores = []
+        for prefix in job.prefixes:
+            if len(prefix) < 2:
+                job.prompt_scores.append([])
+                continue
+            text = model.vocab.encode(prefix)
+            with torch.inference_mode():
+                log_p = prompt_log_probs(model.model, text, model.mixture).cpu()  # (T - 1, V)
+            chosen = log_p.gather(1, text[1:, None])[:, 0].tolist()
+            values, indices = log_p.topk(k, dim=-1)
+            job.prompt_scores.append(
+                [
+                    (lp, [(chars[i], v) for v, i in zip(vs, ix, strict=True)])
+                    for lp, vs, ix in zip(chosen, values.tolist(), indices.tolist(), strict=True)
+                ]
+            )
+
     def _write_verse(self, job: Job, events: list[tuple[Job, Event]]) -> None:
         """A poem is written whole, here, between two steps of the batch: its lines are
         drawn as candidates side by side and chosen line by line
@@ -323,40 +351,52 @@ class Scheduler:
         for job in only if only is not None else batch.jobs:
             group = job.group
             shown = group.accept(True)
-            texts = self._visible(job, shown)
+            step_scores = group.scores() if group.top_logprobs is not None else None
+            texts, scores = self._visible(job, shown, step_scores)
             written = sum(len(t) for t in texts)
             if job.first_char is None:
                 job.first_char = now
                 self.metrics.first_char(now - job.arrived)
             self.metrics.wrote(written, now)
-            events.append((job, Chars(texts)))
+            events.append((job, Chars(texts, scores)))
             if group.finished or all(job.rows_done):
                 self._finish(job, events)
 
-    def _visible(self, job: Job, shown: list[str]) -> list[str]:
-        """What each row may show of its new character: nothing once it has ended; with stop
-        strings, text that cannot yet be the start of one waits in ``pending``."""
+    def _visible(
+        self, job: Job, shown: list[str], step_scores: list[Score] | None
+    ) -> tuple[list[str], list[list[Score]] | None]:
+        """What each row may show of its new character (and its score, one per character
+        shown): nothing once it has ended; with stop strings, text that cannot yet be the
+        start of one waits in ``pending``."""
         if not job.stop:
-            return shown
-        texts = []
+            if step_scores is None:
+                return shown, None
+            return shown, [[s] if c else [] for c, s in zip(shown, step_scores, strict=True)]
+        texts: list[str] = []
+        scores: list[list[Score]] = []
         for row, char in enumerate(shown):
             if job.rows_done[row]:
                 texts.append("")
+                scores.append([])
                 continue
             pending = job.pending[row] + char
+            held = job.pending_scores[row] + ([step_scores[row]] if step_scores and char else [])
             hits = [pending.find(s) for s in job.stop if s in pending]
             if hits:
                 job.rows_done[row] = True
-                job.pending[row] = ""
+                job.pending[row], job.pending_scores[row] = "", []
                 texts.append(pending[: min(hits)])
+                scores.append(held[: min(hits)])
                 continue
             hold = max(
                 (k for s in job.stop for k in range(1, len(s)) if pending.endswith(s[:k])),
                 default=0,
             )
-            job.pending[row] = pending[len(pending) - hold :] if hold else ""
-            texts.append(pending[: len(pending) - hold])
-        return texts
+            cut = len(pending) - hold
+            job.pending[row], job.pending_scores[row] = pending[cut:], held[cut:]
+            texts.append(pending[:cut])
+            scores.append(held[:cut])
+        return texts, (scores if step_scores is not None else None)
 
     def _finish(self, job: Job, events: list[tuple[Job, Event]]) -> None:
         """A job that ended by itself: each row's reason; what stop strings held back."""
@@ -367,7 +407,8 @@ class Scheduler:
             for done, hit in zip(ended, job.rows_done, strict=True)
         ]
         if any(job.pending):
-            events.append((job, Chars(job.pending)))
+            scores = job.pending_scores if job.top_logprobs is not None else None
+            events.append((job, Chars(job.pending, scores)))
         job.ended = True  # leaves at the next _leave
         self.metrics.finished["stop" if all(r == "stop" for r in reasons) else "length"] += 1
         events.append((job, End(reasons)))

@@ -46,6 +46,14 @@ class ServeConfig:
         "127.0.0.1", "Address to bind (0.0.0.0: every interface; think first).", "Server"
     )
     port: int = setting(8000, "Port to listen on (0: any free port).", "Server")
+    api_key: str | None = setting(
+        None,
+        "Every /v1/ route (and /tokenize) needs Authorization: Bearer KEY; /health stays "
+        "open. Also read from $CHARLSTM_API_KEY.",
+        "Server",
+        metavar="KEY",
+        default_text="none ($CHARLSTM_API_KEY if set)",
+    )
     max_streams: int = setting(
         64,
         "Rows stepped together at most (a request with n samples takes n).",
@@ -89,6 +97,15 @@ class ServeConfig:
         if repeated:
             raise SettingError(f"{{models}} names {repeated[0]!r} twice")
         return self
+
+    def key(self, environ: dict[str, str]) -> str | None:
+        """The API key: ``--api-key``, else ``CHARLSTM_API_KEY`` (empty: none)."""
+        return self.api_key or environ.get("CHARLSTM_API_KEY") or None
+
+    @property
+    def loopback(self) -> bool:
+        """Whether ``host`` is reachable from this machine only."""
+        return self.host == "localhost" or self.host == "::1" or self.host.startswith("127.")
 
     def named_models(self) -> list[tuple[str, str]]:
         """``(NAME, RUN)`` of each ``--model``, in order."""
