@@ -299,6 +299,13 @@ def _read(path: Path) -> Any:
         ) from err
 
 
+def mismatched_weights(weights: dict[str, torch.Tensor], model: CharLSTM) -> list[str]:
+    """The names in ``weights`` missing from ``model``'s, extra, or of another shape."""
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    found = {k: tuple(v.shape) for k, v in weights.items()}
+    return sorted(set(found) ^ set(expected)) or sorted(k for k in found if found[k] != expected[k])
+
+
 def _check_weights(data: dict[str, Any], model: CharLSTM, vocab: Vocab, path: Path) -> None:
     """The weights must be exactly those of ``model``, built from the recorded architecture
     (names and shapes)."""
@@ -308,7 +315,6 @@ def _check_weights(data: dict[str, Any], model: CharLSTM, vocab: Vocab, path: Pa
             f"checkpoint {path} is inconsistent: {len(vocab)} characters in its vocabulary "
             f"but a model for {config.vocab_size}"
         )
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     for key in ("model", "training_model"):
         weights = data.get(key)
         if key == "training_model" and weights is None:
@@ -317,11 +323,8 @@ def _check_weights(data: dict[str, Any], model: CharLSTM, vocab: Vocab, path: Pa
             isinstance(t, torch.Tensor) for t in weights.values()
         ):
             raise CharLSTMError(f"checkpoint {path} is malformed: its {key} is not a state dict")
-        found = {k: tuple(v.shape) for k, v in weights.items()}
-        if found != expected:
-            wrong = sorted(set(found) ^ set(expected)) or sorted(
-                k for k in found if found[k] != expected[k]
-            )
+        wrong = mismatched_weights(weights, model)
+        if wrong:
             raise CharLSTMError(
                 f"checkpoint {path} does not match its model configuration "
                 f"({len(wrong)} weights differ, e.g. {wrong[0]})"
@@ -354,7 +357,7 @@ def load_with_model(path: str | Path) -> tuple[Checkpoint, CharLSTM]:
     ``CharLSTMError`` line.
     """
     path = Path(path)
-    from charlstm.storage.export import is_export, load_export  # it builds on Checkpoint
+    from charlstm.storage.export import is_export, load_export  # it imports this module
 
     if is_export(path):
         return load_export(path)

@@ -43,6 +43,7 @@ from charlstm.data.corpus import Vocab
 from charlstm.errors import CharLSTMError, write_failed
 from charlstm.fields import SettingError
 from charlstm.model import CharLSTM, build_model
+from charlstm.storage.checkpoint import Checkpoint, load_with_model, mismatched_weights, resolve
 
 FORMAT = "charlstm-model"
 FORMAT_VERSION = 1
@@ -192,7 +193,12 @@ def _command_section(command: str | None) -> str:
 
 
 def _write_files(
-    tmp: Path, out_name: str, checkpoint: Any, model: CharLSTM, half: bool, command: str | None
+    tmp: Path,
+    out_name: str,
+    checkpoint: Checkpoint,
+    model: CharLSTM,
+    half: bool,
+    command: str | None,
 ) -> dict[str, Any]:
     from safetensors.torch import save
 
@@ -263,7 +269,7 @@ def export_model(
     *,
     half: bool = False,
     overwrite: bool = False,
-    command: Callable[[Any], str] | None = None,
+    command: Callable[[Checkpoint], str] | None = None,
 ) -> Exported:
     """Export the model of ``source`` (a run directory, its ``best.pt``; a checkpoint file)
     into the directory ``out``: weights, settings, vocabulary and a model card.
@@ -274,10 +280,8 @@ def export_model(
     ``out`` must be new or empty, unless ``overwrite``. Nothing half-written is ever left
     (see the module docstring).
     """
-    from charlstm.storage import checkpoint as ckpt
-
     out = Path(out)
-    checkpoint, model = ckpt.load_with_model(ckpt.resolve(source, prefer="best.pt"))
+    checkpoint, model = load_with_model(resolve(source, prefer="best.pt"))
     if out.exists() and out.resolve() == Path(checkpoint.path).resolve():
         raise SettingError("{out_dir} must differ from the model exported", arguments=("out_dir",))
     _check_target(out, overwrite)
@@ -336,14 +340,9 @@ def _read_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     return weights, aliases
 
 
-def load_export(directory: str | Path) -> tuple[Any, CharLSTM]:
-    """Read an exported model: a :class:`~charlstm.storage.checkpoint.Checkpoint` holding the
-    weights and settings (no optimizer, so it fine-tunes but does not resume) and its model,
-    built from ``config.json`` with the weights checked against it. Any problem is one
-    :class:`CharLSTMError` line naming the directory."""
-    from charlstm.storage.checkpoint import Checkpoint
-
-    directory = Path(directory)
+def _read_settings(directory: Path) -> tuple[dict[str, Any], Checkpoint, CharLSTM]:
+    """``config.json`` and ``vocab.json``: the export's metadata, a checkpoint without
+    weights yet, and its model, built from the recorded architecture."""
     meta = _read_json(directory / CONFIG, "the model settings")
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise CharLSTMError(f"not a charlstm model: {directory / CONFIG} is another format")
@@ -354,63 +353,64 @@ def load_export(directory: str | Path) -> tuple[Any, CharLSTM]:
             f"{FORMAT_VERSION}: upgrade charlstm"
         )
     chars = _read_json(directory / VOCAB, "the vocabulary")
+    source = meta.get("source") if isinstance(meta.get("source"), dict) else {}
+    loss = source.get("held_out_loss")
     try:
-        model_config = ModelConfig.from_dict(meta["model"])
-        train_config = TrainConfig.from_dict(meta["train"])
-        data_config = DataConfig.from_dict(meta["data"])
-        vocab = Vocab(chars)
+        checkpoint = Checkpoint(
+            model_config=ModelConfig.from_dict(meta["model"]),
+            train_config=TrainConfig.from_dict(meta["train"]),
+            data_config=DataConfig.from_dict(meta["data"]),
+            vocab=Vocab(chars),
+            model={},
+            epoch=int(source.get("epoch") or 0),
+            step=int(source.get("step") or 0),
+            best_val_loss=float(loss) if isinstance(loss, (int, float)) else math.inf,
+            path=directory,
+        )
         with torch.random.fork_rng(devices=[]):  # leave the caller's random state alone
-            model = build_model(model_config)
+            model = build_model(checkpoint.model_config)
     except (KeyError, TypeError, ValueError, AttributeError, CharLSTMError) as err:
         raise CharLSTMError(
             f"exported model {directory} has a malformed config.json: {err}"
         ) from err
-    if len(vocab) != model_config.vocab_size:
+    if len(checkpoint.vocab) != checkpoint.model_config.vocab_size:
         raise CharLSTMError(
-            f"exported model {directory} is inconsistent: {len(vocab)} characters in "
-            f"{VOCAB} but config.json describes a model for {model_config.vocab_size}"
+            f"exported model {directory} is inconsistent: {len(checkpoint.vocab)} characters "
+            f"in {VOCAB} but config.json describes a model for "
+            f"{checkpoint.model_config.vocab_size}"
         )
+    return meta, checkpoint, model
+
+
+def load_export(directory: str | Path) -> tuple[Checkpoint, CharLSTM]:
+    """Read an exported model: a :class:`~charlstm.storage.checkpoint.Checkpoint` holding the
+    weights and settings (no optimizer, so it fine-tunes but does not resume) and its model,
+    built from ``config.json`` with the weights checked against it. Any problem is one
+    :class:`CharLSTMError` line naming the directory."""
+    directory = Path(directory)
+    _, checkpoint, model = _read_settings(directory)
     weights, aliases = _read_weights(directory / WEIGHTS)
     for name, target in aliases.items():
         if target in weights:
             weights[name] = weights[target]
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    found = {k: tuple(v.shape) for k, v in weights.items()}
-    if found != expected:
-        wrong = sorted(set(found) ^ set(expected)) or sorted(
-            k for k in found if found[k] != expected[k]
-        )
+    wrong = mismatched_weights(weights, model)
+    if wrong:
         raise CharLSTMError(
             f"exported model {directory}: {WEIGHTS} does not match config.json "
             f"({len(wrong)} weights differ, e.g. {wrong[0]})"
         )
-    weights = {
-        k: v.float() if v.is_floating_point() else v for k, v in weights.items()
-    }  # float16 storage: the model runs in float32
-    model.load_state_dict(weights)
-    state = model.state_dict()  # tied weights share one tensor again
-    ngram_text = None
-    if train_config.ngram_mix:
+    # float16 storage is widened: the model runs in float32
+    model.load_state_dict(
+        {k: v.float() if v.is_floating_point() else v for k, v in weights.items()}
+    )
+    checkpoint.model = model.state_dict()  # tied weights share one tensor again
+    if checkpoint.train_config.ngram_mix:
         path = directory / NGRAM
         if not path.is_file():
             raise CharLSTMError(
                 f"exported model {directory} interpolates an n-gram but has no {NGRAM}"
             )
-        ngram_text = path.read_text(encoding="utf-8")
-    source = meta.get("source") if isinstance(meta.get("source"), dict) else {}
-    loss = source.get("held_out_loss")
-    checkpoint = Checkpoint(
-        model_config=model_config,
-        train_config=train_config,
-        data_config=data_config,
-        vocab=vocab,
-        model=state,
-        epoch=int(source.get("epoch") or 0),
-        step=int(source.get("step") or 0),
-        best_val_loss=float(loss) if isinstance(loss, (int, float)) else math.inf,
-        ngram_text=ngram_text,
-        path=directory,
-    )
+        checkpoint.ngram_text = path.read_text(encoding="utf-8")
     return checkpoint, model
 
 
