@@ -208,10 +208,12 @@ def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
 
 
 def read_steps(run_dir: str | Path) -> list[dict[str, Any]]:
-    """Rows of ``steps.jsonl``: ``{"step", "epoch", "batch", "loss", "lr"}`` per optimizer step.
+    """Rows of ``steps.jsonl``: ``{"step", "epoch", "batch", "loss", "lr", "grad_norm"}`` per
+    optimizer step (an older run's rows have no ``grad_norm``).
 
     ``loss`` is the training loss of that step's batch (mean nats per character), written
-    with full float precision, so two runs can be compared step by step exactly. Torn or
+    with full float precision, so two runs can be compared step by step exactly;
+    ``grad_norm`` the global norm of that step's gradient, before clipping. Torn or
     damaged lines, and rows without an integer ``step``, are left out.
     """
     return [r for r in _read_jsonl(Path(run_dir) / STEPS_FILE) if _is_int(r.get("step"))]
@@ -260,10 +262,13 @@ class StepLog:
         self.path = Path(run_dir) / STEPS_FILE
         self._rows: list[str] = []
 
-    def write(self, step: int, epoch: int, batch: int, loss: float, lr: float) -> None:
+    def write(
+        self, step: int, epoch: int, batch: int, loss: float, lr: float, grad_norm: float
+    ) -> None:
         self._rows.append(
             f'{{"step": {step}, "epoch": {epoch}, "batch": {batch}, '
-            f'"loss": {json.dumps(loss)}, "lr": {json.dumps(lr)}}}\n'
+            f'"loss": {json.dumps(loss)}, "lr": {json.dumps(lr)}, '
+            f'"grad_norm": {json.dumps(grad_norm)}}}\n'
         )
         if len(self._rows) >= self.BUFFER:
             self.flush()

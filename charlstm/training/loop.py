@@ -52,6 +52,7 @@ from charlstm.training.parts import (
     TrainResult,
     WeightAverage,
     format_epoch,
+    gradient_norm,
     heldout_score,
     scores,
 )
@@ -227,10 +228,12 @@ class Trainer:
 
     def train_step(
         self, x: torch.Tensor, y: torch.Tensor, state: State | None, positions: torch.Tensor | None
-    ) -> tuple[float, State]:
+    ) -> tuple[float, float, State]:
         """One optimizer step on batch ``(x, y)``; ``positions`` (T, N) locate ``y`` in the
         training text for the n-gram teacher. Returns the batch's true (unsmoothed) loss
-        (under torchrun: this rank's share's; the loop agrees on the global one)."""
+        (under torchrun: this rank's share's; the loop agrees on the global one), the
+        gradient's global norm before clipping (the whole batch's: DDP has averaged the
+        gradients) and the state."""
         # dropout masks: by (seed, step), for the whole global batch; this rank keeps its rows,
         # so any number of processes (and a resume on another) takes one process's steps
         size = self.config.batch_size
@@ -243,9 +246,11 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if self.config.clip > 0:
-            nn.utils.clip_grad_norm_(self.model.parameters(), self.config.clip)
+            norm = nn.utils.clip_grad_norm_(self.model.parameters(), self.config.clip)
+        else:
+            norm = gradient_norm(self.model.parameters())
         self.optimizer.step()
-        return value, state
+        return value, norm.item(), state
 
     def _check_finite(self, value: float) -> None:
         if not math.isfinite(value):
@@ -323,7 +328,7 @@ class Trainer:
             group["lr"] = lr
         carry = self.batches.carries_state
         try:
-            loss, state = self.train_step(x, y, state if carry else None, positions)
+            loss, grad_norm, state = self.train_step(x, y, state if carry else None, positions)
         except RuntimeError as err:  # numerical or memory failure inside torch
             if self.world.distributed and distributed.lost_peer(err):
                 raise
@@ -348,7 +353,7 @@ class Trainer:
         p.chars += y.numel() * self.world.size
         p.carry = state if carry and p.batch else None  # none past an epoch's end
         if self.world.main:
-            self.step_log.write(p.step, epoch + 1, batch + 1, loss, lr)
+            self.step_log.write(p.step, epoch + 1, batch + 1, loss, lr, grad_norm)
         return loss, lr, state
 
     def _score_due(self) -> bool:
