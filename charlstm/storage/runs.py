@@ -1,6 +1,7 @@
 """Run directories: ``runs/<name>/`` holding ``config.json``, ``vocab.json``,
 ``metrics.jsonl`` (one line per epoch), ``steps.jsonl`` (one line per optimizer step),
-``last.pt`` and ``best.pt``, and ``.lock`` (see :mod:`charlstm.storage.locking`).
+``last.pt`` and ``best.pt``, ``tensorboard/`` with ``--tensorboard`` (see
+:mod:`charlstm.storage.board`), and ``.lock`` (see :mod:`charlstm.storage.locking`).
 
 A run directory has one writer: :func:`prepare_run_dir` and :func:`ensure_writable` take
 its lock, held until :func:`release_run_dir` or the end of the process; another trainer is
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import json
 import shlex
+import shutil
 import time
 from contextlib import AbstractContextManager
 from pathlib import Path
@@ -29,6 +31,8 @@ LAST = "last.pt"
 BEST = "best.pt"
 VOCAB_FILE = "vocab.json"
 RUN_FILES = (LAST, BEST, CONFIG_FILE, VOCAB_FILE, METRICS_FILE, STEPS_FILE)
+#: The TensorBoard event files of a run trained with --tensorboard (charlstm.storage.board).
+TENSORBOARD_DIR = "tensorboard"
 WHAT = "run directory"
 
 
@@ -71,6 +75,7 @@ def prepare_run_dir(path: str | Path, overwrite: bool = False) -> Path:
         for name in RUN_FILES:
             (path / name).unlink(missing_ok=True)
         safe_io.remove_temporary(path, RUN_FILES)
+        shutil.rmtree(path / TENSORBOARD_DIR, ignore_errors=True)
     return path
 
 

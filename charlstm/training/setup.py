@@ -37,6 +37,7 @@ from charlstm.ngram.mixture import NgramMixture
 from charlstm.ngram.teacher import NgramTeacher
 from charlstm.storage import checkpoint as ckpt
 from charlstm.storage import runs
+from charlstm.storage.board import Board
 from charlstm.training import distributed
 from charlstm.training.distributed import World
 from charlstm.training.loop import Trainer
@@ -237,6 +238,7 @@ def build_trainer(
         stop_rules=StopRules(config),
         progress=progress,
         step_log=runs.StepLog(Path(run_dir)),
+        board=Board(run_dir) if config.tensorboard and world.main else None,
         prefixes=prefixes,
         teacher=teacher,
         mixture=mixture,
