@@ -249,6 +249,38 @@ def test_without_the_package_a_resume_may_turn_it_off_and_is_told_of_the_events(
     assert ckpt.load(run / "last.pt").step == 10
 
 
+# A Board whose files may not grow past 3,000 bytes: a full disk (see tests/test_faults.py).
+FULL_DISK = """
+import resource, signal, sys
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (3000, 3000))
+from charlstm.errors import WriteFailed
+from charlstm.storage.board import Board
+events = Board(sys.argv[1])
+try:
+    for step in range(1, 1000):
+        events.step(step, 1.0, 0.1, 0.5)
+        if step % 10 == 0:
+            events.flush()  # as before a checkpoint
+except WriteFailed as err:
+    print(err)
+"""
+
+
+@pytest.mark.skipif(os.name != "posix", reason="needs rlimits")
+def test_a_full_disk_is_one_line_and_no_traceback_from_the_writer_thread(tmp_path):
+    done = subprocess.run(
+        [sys.executable, "-c", FULL_DISK, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+    assert done.stdout.startswith(f"cannot write {tmp_path / 'tensorboard'}: File too large")
+
+
 # -- the rewind, on event files written by hand ----------------------------------------------
 
 

@@ -24,6 +24,7 @@ ever holds a step twice, whatever reads the files.
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import IO, Any
@@ -65,6 +66,26 @@ def _failed(run_dir: Path, err: OSError) -> WriteFailed:
     return write_failed(run_dir / runs.TENSORBOARD_DIR, err, runs.then_for(run_dir))
 
 
+#: The module of the thread through which tensorboard's writer writes its event files.
+WRITER_THREAD_MODULE = "tensorboard.summary.writer.event_file_writer"
+
+
+def _quiet_writer_threads() -> None:
+    """A failed write (a full disk) ends tensorboard's writer thread with a traceback on
+    stderr, then is raised again in the training thread by the next write or flush, where
+    it becomes one line: leave the first out (every other thread's error still shows)."""
+    shown = threading.excepthook
+    if getattr(shown, "quiets_tensorboard", False):
+        return
+
+    def excepthook(args: threading.ExceptHookArgs) -> None:
+        if type(args.thread).__module__ != WRITER_THREAD_MODULE:
+            shown(args)
+
+    excepthook.quiets_tensorboard = True  # type: ignore[attr-defined]
+    threading.excepthook = excepthook
+
+
 class Board:
     """Writes ``RUN/tensorboard/``: one event per optimizer step, one per held-out score.
 
@@ -104,9 +125,11 @@ class Board:
             if self._writer is None:
                 from torch.utils.tensorboard import SummaryWriter
 
+                _quiet_writer_threads()
                 directory = self.run_dir / runs.TENSORBOARD_DIR
                 self._writer = SummaryWriter(str(directory), flush_secs=FLUSH_SECONDS)
-            self._writer.file_writer.add_summary(summary, step)  # one event, every tag
+            # one event for every tag (add_scalar makes one per tag: 3 times the cost a step)
+            self._writer.file_writer.add_summary(summary, step)
         except OSError as err:
             raise _failed(self.run_dir, err) from err
 
