@@ -1,4 +1,5 @@
-"""``charlstm train --tensorboard``: ``RUN/tensorboard/`` read back by TensorBoard's own reader.
+"""``charlstm train --tensorboard`` (:mod:`charlstm.storage.board`): ``RUN/tensorboard/``
+read back by TensorBoard's own reader.
 
 Every run is a real command (``CliRunner``, or ``python -m charlstm`` where a process is
 killed or tensorboard must be missing). The curves must hold the numbers of
@@ -20,11 +21,13 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import ENV, FAST, PACED, command, invoke
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-from torch.utils.tensorboard import SummaryWriter
 
 from charlstm.storage import board, runs
 from charlstm.storage import checkpoint as ckpt
+
+pytest.importorskip("tensorboard", reason="tensorboard (the [tensorboard] extra) is not installed")
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
+from torch.utils.tensorboard import SummaryWriter  # noqa: E402
 
 STEP_TAGS = {"loss/step": "loss", "optimizer/lr": "lr", "optimizer/grad_norm": "grad_norm"}
 SCORE_TAGS = {
