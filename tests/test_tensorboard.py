@@ -27,6 +27,9 @@ from charlstm.storage import checkpoint as ckpt
 
 pytest.importorskip("tensorboard", reason="tensorboard (the [tensorboard] extra) is not installed")
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
+from tensorboard.backend.event_processing.event_file_loader import (  # noqa: E402
+    LegacyEventFileLoader,
+)
 from torch.utils.tensorboard import SummaryWriter  # noqa: E402
 
 STEP_TAGS = {"loss/step": "loss", "optimizer/lr": "lr", "optimizer/grad_norm": "grad_norm"}
@@ -51,6 +54,17 @@ def curves(run: Path) -> dict[str, list[tuple[int, float]]]:
     }
 
 
+def raw_steps(run: Path) -> dict[str, list[int]]:
+    """Each tag's steps in the files as they are, read one after the other in name order
+    (as a plain reader does: no purging, no SessionLog)."""
+    found: dict[str, list[int]] = {}
+    for path in sorted((run / "tensorboard").iterdir()):
+        for event in LegacyEventFileLoader(str(path)).Load():
+            for value in event.summary.value:
+                found.setdefault(value.tag, []).append(event.step)
+    return found
+
+
 def f32(value: float) -> float:
     return float(torch.tensor(value, dtype=torch.float32))
 
@@ -70,6 +84,7 @@ def assert_curves_are_the_logs(run: Path) -> dict[str, list[tuple[int, float]]]:
     for tag, points in found.items():
         steps_of_tag = [step for step, _ in points]
         assert steps_of_tag == sorted(set(steps_of_tag)), f"{tag}: a step twice or out of order"
+    assert raw_steps(run) == steps_by_tag(found)  # the files themselves, not only TensorBoard
     return found
 
 
@@ -108,12 +123,16 @@ def test_resuming_an_older_checkpoint_drops_the_events_of_the_lost_future(
     train(small_corpus, *SETTINGS, "--epochs", "1", "--run-dir", run)
     shutil.copy(run / "last.pt", tmp_path / "epoch1.pt")
     train("--resume", run, "--epochs", "2")  # the events reach step 60
+    live = EventAccumulator(str(run / "tensorboard"), size_guidance={"scalars": 0})
+    live.Reload()  # a TensorBoard showing the run meanwhile
     shutil.copy(tmp_path / "epoch1.pt", run / "epoch1.pt")
     train("--resume", run / "epoch1.pt", "--epochs", "3")  # back to step 30, then on to 90
     found = assert_curves_are_the_logs(run)
     assert steps_by_tag(found) == steps_by_tag(curves(straight))
+    live.Reload()  # it read steps 31 to 60 before: they are replaced, not doubled (purge_step)
+    assert [e.step for e in live.Scalars("loss/step")] == list(range(1, 91))
+    assert [e.step for e in live.Scalars("loss/heldout")] == [30, 60, 90]
     assert found["loss/step"] == curves(straight)["loss/step"]  # the same trajectory
-    assert sorted(p.name for p in (run / "tensorboard").iterdir())[0] == board.REWOUND
 
 
 @pytest.mark.skipif(os.name != "posix", reason="needs POSIX signals")
@@ -284,48 +303,49 @@ def test_a_full_disk_is_one_line_and_no_traceback_from_the_writer_thread(tmp_pat
     assert done.stdout.startswith(f"cannot write {tmp_path / 'tensorboard'}: File too large")
 
 
-# -- the rewind, on event files written by hand ----------------------------------------------
+# -- the rewind, on event files written by hand ------------------------------------------------
 
 
-def write_events(directory: Path, points: dict[int, float], tag: str = "loss/step") -> None:
-    writer = SummaryWriter(str(directory))
-    for step, value in points.items():
-        writer.add_scalar(tag, value, step)
+def write_events(directory: Path, name: str, steps: range, value: float = 1.0) -> Path:
+    """An event file of ``loss/step`` at ``steps``, named ``events.out.tfevents.NAME``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    made = directory / "made"
+    writer = SummaryWriter(str(made))
+    for step in steps:
+        writer.add_scalar("loss/step", value, step)
     writer.close()
+    (written,) = made.iterdir()
+    path = written.rename(directory / f"events.out.tfevents.{name}")
+    made.rmdir()
+    return path
 
 
-def test_rewind_reads_a_restarted_writer_and_a_torn_record_as_tensorboard_does(tmp_path):
+def steps_in(run: Path) -> list[int]:
+    return [step for step, _ in curves(run).get("loss/step", [])]
+
+
+def test_rewind_cuts_each_file_before_its_first_step_past_the_checkpoint(tmp_path):
     directory = tmp_path / "tensorboard"
-    write_events(directory, dict.fromkeys(range(1, 11), 1.0))
-    (first,) = directory.iterdir()
-    first.rename(directory / first.name.replace("tfevents.", "tfevents.0", 1))  # older
-    write_events(directory, dict.fromkeys(range(6, 13), 2.0))  # a writer restarted at step 6
-    (newest,) = sorted(directory.iterdir())[1:]
-    with open(newest, "ab") as handle:
+    first = write_events(directory, "0000000001.host.1.0", range(1, 11))
+    whole = first.read_bytes()
+    second = write_events(directory, "0000000002.host.2.0", range(11, 21))  # a resumed writer
+    with open(second, "ab") as handle:
         handle.write(b"\x20\x00\x00")  # a record cut short by a kill
-    board.rewind(tmp_path, tmp_path, step=9)
-    assert [p.name for p in directory.iterdir()] == [board.REWOUND]
-    assert curves(tmp_path)["loss/step"] == [(s, 1.0 if s < 6 else 2.0) for s in range(1, 10)]
-
-
-def test_a_rewind_cut_short_after_its_new_file_was_whole_is_completed(tmp_path):
-    """``READY`` written, the old event files not yet replaced: it stands for them."""
-    directory = tmp_path / "tensorboard"
-    write_events(directory, dict.fromkeys(range(1, 21), 1.0))
-    ready = tmp_path / "ready"
-    write_events(ready, dict.fromkeys(range(1, 6), 1.0))
-    (made,) = ready.iterdir()
-    made.rename(directory / board.READY)
-    board.rewind(tmp_path, tmp_path, step=20)
-    assert [p.name for p in directory.iterdir()] == [board.REWOUND]
-    assert [step for step, _ in curves(tmp_path)["loss/step"]] == [1, 2, 3, 4, 5]
+    board.rewind(tmp_path, tmp_path, step=14)
+    assert sorted(p.name for p in directory.iterdir()) == [first.name, second.name]
+    assert first.read_bytes() == whole
+    assert steps_in(tmp_path) == list(range(1, 15))
+    board.rewind(tmp_path, tmp_path, step=7)  # resumed from an older checkpoint
+    assert steps_in(tmp_path) == list(range(1, 8))
+    assert second.stat().st_size > 0  # its header is kept: a TensorBoard reading it goes on
 
 
 def test_a_branch_copies_the_events_and_leaves_the_source_as_it_is(tmp_path):
     source, target = tmp_path / "a", tmp_path / "b"
     target.mkdir()
-    write_events(source / "tensorboard", {s: float(s) for s in range(1, 9)})
-    before = sorted((p.name, p.read_bytes()) for p in (source / "tensorboard").iterdir())
+    path = write_events(source / "tensorboard", "0000000001.host.1.0", range(1, 9))
+    before = path.read_bytes()
     board.rewind(source, target, step=4)
-    assert sorted((p.name, p.read_bytes()) for p in (source / "tensorboard").iterdir()) == before
-    assert curves(target)["loss/step"] == [(s, float(s)) for s in range(1, 5)]
+    assert path.read_bytes() == before
+    assert steps_in(target) == [1, 2, 3, 4]
+    assert steps_in(source) == list(range(1, 9))

@@ -13,9 +13,11 @@ one process that writes the run (rank 0) through :mod:`torch.utils.tensorboard`:
 
 Values are TensorBoard's scalars (float32). The events reach the disk at least at every
 checkpoint (:meth:`Board.flush`), so they cover the steps ``last.pt`` holds; a killed run
-may have written more. A resume first makes them those of its checkpoint
-(:func:`rewind`), as :func:`charlstm.storage.runs.rewind` does for the logs, so that no tag
-ever holds a step twice, whatever reads the files.
+may have written more. A resume first cuts them back to its checkpoint (:func:`rewind`),
+as :func:`charlstm.storage.runs.rewind` does for the logs, so that no tag ever holds a step
+twice, whatever reads the files; its writer then starts with ``purge_step`` (a
+``SessionLog.START`` at its first step), so that a TensorBoard that had already read the
+lost future drops it too.
 
 ``tensorboard`` is an optional dependency (``pip install 'charlstm[tensorboard]'``):
 :func:`require` says so before a run starts, and nothing here imports it before it is used.
@@ -24,24 +26,20 @@ ever holds a step twice, whatever reads the files.
 from __future__ import annotations
 
 import math
+import os
+import re
 import threading
-from collections.abc import Callable, Iterable
+import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from charlstm.errors import WriteFailed, write_failed
 from charlstm.fields import SettingError
-from charlstm.storage import runs, safe_io
+from charlstm.storage import runs
 
 #: Seconds between writes of the events to the disk, besides every checkpoint.
 FLUSH_SECONDS = 10
-#: The events a :func:`rewind` kept: one file, whose name sorts before every writer's
-#: (``events.out.tfevents.<unix time>.<host>...``), as its events come before theirs.
-REWOUND = "events.out.tfevents.0000000000.rewound"
-#: A rewind's events, whole, not yet in place of the event files (see :func:`rewind`).
-READY = "rewound.ready"
-#: A rewind's file format version, as TensorBoard's writers write it.
-FILE_VERSION = "brain.Event:2"
 INSTALL = "pip install 'charlstm[tensorboard]'"
 
 
@@ -90,11 +88,13 @@ class Board:
     """Writes ``RUN/tensorboard/``: one event per optimizer step, one per held-out score.
 
     The writer (and its event file) is made at the first write, once the run directory
-    exists. A failed write raises :class:`~charlstm.errors.WriteFailed`.
+    exists; ``resumed_at``: the step of the checkpoint a resumed run starts from. A failed
+    write raises :class:`~charlstm.errors.WriteFailed`.
     """
 
-    def __init__(self, run_dir: str | Path) -> None:
+    def __init__(self, run_dir: str | Path, resumed_at: int | None = None) -> None:
         self.run_dir = Path(run_dir)
+        self.resumed_at = resumed_at
         self._writer: Any = None  # torch.utils.tensorboard.SummaryWriter
 
     def step(self, step: int, loss: float, lr: float, grad_norm: float) -> None:
@@ -127,7 +127,11 @@ class Board:
 
                 _quiet_writer_threads()
                 directory = self.run_dir / runs.TENSORBOARD_DIR
-                self._writer = SummaryWriter(str(directory), flush_secs=FLUSH_SECONDS)
+                _wait_past_newest(directory)
+                purge = None if self.resumed_at is None else self.resumed_at + 1
+                self._writer = SummaryWriter(
+                    str(directory), purge_step=purge, flush_secs=FLUSH_SECONDS
+                )
             # one event for every tag (add_scalar makes one per tag: 3 times the cost a step)
             self._writer.file_writer.add_summary(summary, step)
         except OSError as err:
@@ -152,8 +156,9 @@ class Board:
 
 # -- resume --------------------------------------------------------------------------------
 
-#: One scalar of a tag: (step, wall time, value).
-Point = tuple[int, float, float]
+#: The bytes a record takes in an event file besides its data (TFRecord: an 8-byte length,
+#: a 4-byte checksum of it, the data, a 4-byte checksum of the data).
+RECORD_FRAME = 8 + 4 + 4
 
 
 def rewind(
@@ -162,12 +167,17 @@ def rewind(
     """Make ``target``'s events those of ``source`` up to optimizer step ``step`` (a
     checkpoint's): events past it describe a future that resuming will replay.
 
-    The files are read as TensorBoard reads them (:func:`_series`); what is kept is written
-    as one file, :data:`REWOUND`, in step order, and replaces every event file of
-    ``target`` in two moves, each of which a crash leaves whole: the new file is written
-    atomically as :data:`READY`, then takes the place of the event files (:func:`_finish`,
-    which the next rewind completes when a crash cut it short). ``source`` and ``target``
-    may be the same run directory; ``source`` is only read.
+    Each event file is cut before its first record past ``step`` (and before a record torn
+    by a kill); ``source`` and ``target`` may be the same run directory (the files are
+    truncated in place), else ``source`` is only read and the kept part of each file is
+    copied to ``target`` under the same name. Nothing else is rewritten, so a TensorBoard
+    watching the run goes on reading it. A crash leaves each file cut or whole; the next
+    resume cuts again.
+
+    Why no tag ever holds a step twice: a writer writes each tag's steps in increasing
+    order into a file of its own, named after its start time (so files sort in the order
+    they were written), and every writer but a new run's starts right after a rewind to
+    the step before its first. So every file ends before the next one begins.
     """
     source_dir = Path(source) / runs.TENSORBOARD_DIR
     target_dir = Path(target) / runs.TENSORBOARD_DIR
@@ -179,27 +189,38 @@ def rewind(
             f"installed: {INSTALL}); it may show steps past it"
         )
         return
-    then = runs.then_for(target)
+    in_place = target_dir.exists() and target_dir.samefile(source_dir)
     try:
-        if target_dir.is_dir():
-            _finish(target_dir)
-        kept = _series(_event_files(source_dir), step)
         target_dir.mkdir(exist_ok=True)
-    except OSError as err:
-        raise _failed(Path(target), err) from err
-    safe_io.write_atomic(target_dir / READY, lambda handle: _write_events(handle, kept), then)
-    try:
-        _finish(target_dir)
+        for path in sorted(_tfevents(source_dir)):
+            kept = _kept_bytes(path, step)
+            if in_place:
+                if kept < path.stat().st_size:
+                    os.truncate(path, kept)
+            else:
+                with open(path, "rb") as source_file, open(target_dir / path.name, "wb") as copy:
+                    copy.write(source_file.read(kept))
     except OSError as err:
         raise _failed(Path(target), err) from err
 
 
-def _event_files(directory: Path) -> list[Path]:
-    """The event files of ``directory``, in the order they were written (that of their
-    names, :data:`REWOUND` first); a whole :data:`READY` stands for all of them."""
-    if (directory / READY).is_file():
-        return [directory / READY]
-    return sorted(_tfevents(directory))
+#: An event file's name: ``events.out.tfevents.<unix seconds>.<host>.<pid>.<n>``.
+STARTED = re.compile(r"tfevents\.(\d+)\.")
+#: The most a writer waits for the clock to pass the newest event file's second.
+MAX_WAIT = 2.0
+
+
+def _wait_past_newest(directory: Path) -> None:
+    """Wait, if need be, until the clock has left the second in which the newest event file
+    of ``directory`` was started, so that the new writer's file sorts after it (readers
+    take the files in name order; a resume in the same second would otherwise be ordered
+    by process id). Only a resume within a second of its run's start ever waits."""
+    if not directory.is_dir():
+        return
+    started = [int(m.group(1)) for p in _tfevents(directory) if (m := STARTED.search(p.name))]
+    wait = max(started, default=0) + 1 - time.time()
+    if 0 < wait <= MAX_WAIT:  # a longer wait is a clock set back: nothing to wait for
+        time.sleep(wait)
 
 
 def _tfevents(directory: Path) -> list[Path]:
@@ -207,53 +228,15 @@ def _tfevents(directory: Path) -> list[Path]:
     return [p for p in directory.iterdir() if "tfevents" in p.name and p.is_file()]
 
 
-def _finish(directory: Path) -> None:
-    """Put a whole :data:`READY` in the place of the event files; drop a partial one."""
-    safe_io.remove_temporary(directory, (READY,))
-    if (directory / READY).is_file():
-        for path in _tfevents(directory):
-            if path.name != REWOUND:  # replaced at once below
-                path.unlink()
-        (directory / READY).replace(directory / REWOUND)
-        safe_io.fsync_dir(directory)
-
-
-def _series(files: Iterable[Path], step: int) -> dict[str, list[Point]]:
-    """The scalars of ``files`` by tag, up to ``step``, as TensorBoard shows them: files
-    in order, and a point at step s replacing the tag's points from s on (a restarted
-    writer's); each tag's steps strictly increasing. A torn last record is left out."""
-    from tensorboard.backend.event_processing.event_file_loader import LegacyEventFileLoader
-
-    series: dict[str, list[Point]] = {}
-    for path in files:
-        for event in LegacyEventFileLoader(str(path)).Load():
-            for value in event.summary.value:
-                if value.WhichOneof("value") != "simple_value":
-                    continue  # the only kind Board writes
-                points = series.setdefault(value.tag, [])
-                while points and points[-1][0] >= event.step:
-                    points.pop()
-                points.append((event.step, event.wall_time, value.simple_value))
-    return {tag: [p for p in points if p[0] <= step] for tag, points in series.items()}
-
-
-def _write_events(handle: IO[bytes], series: dict[str, list[Point]]) -> None:
-    """``series`` as TensorBoard's records: one event per step and wall time (as Board
-    wrote them), in step order, after the file version."""
+def _kept_bytes(path: Path, step: int) -> int:
+    """The length of ``path`` before its first record past ``step``, or before a record
+    TensorBoard's own reader finds torn or damaged (it stops there)."""
+    from tensorboard.backend.event_processing.event_file_loader import RawEventFileLoader
     from tensorboard.compat.proto.event_pb2 import Event
-    from tensorboard.compat.proto.summary_pb2 import Summary
-    from tensorboard.summary.writer.record_writer import RecordWriter
 
-    events: dict[tuple[int, float], list[Summary.Value]] = {}
-    for tag, points in series.items():
-        for step, wall_time, value in points:
-            events.setdefault((step, wall_time), []).append(
-                Summary.Value(tag=tag, simple_value=value)
-            )
-    order = sorted(events)
-    first = order[0][1] if order else 0.0
-    records = RecordWriter(handle)
-    records.write(Event(wall_time=first, file_version=FILE_VERSION).SerializeToString())
-    for step, wall_time in order:
-        summary = Summary(value=events[step, wall_time])
-        records.write(Event(wall_time=wall_time, step=step, summary=summary).SerializeToString())
+    kept = 0
+    for record in RawEventFileLoader(str(path)).Load():
+        if Event.FromString(record).step > step:
+            break
+        kept += RECORD_FRAME + len(record)
+    return kept

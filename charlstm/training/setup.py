@@ -222,6 +222,9 @@ def build_trainer(
     progress = Progress(len(batches))
     if resume is not None:
         progress = _restore(resume, model, optimizer, average, config, world, device, progress)
+    board = None
+    if config.tensorboard and world.main:  # rank 0 alone writes the run's files
+        board = Board(run_dir, None if resume is None else resume.step)
     return Trainer(
         data=data,
         model_config=model_config,
@@ -238,7 +241,7 @@ def build_trainer(
         stop_rules=StopRules(config),
         progress=progress,
         step_log=runs.StepLog(Path(run_dir)),
-        board=Board(run_dir) if config.tensorboard and world.main else None,
+        board=board,
         prefixes=prefixes,
         teacher=teacher,
         mixture=mixture,
