@@ -214,7 +214,8 @@ def _wait_past_newest(directory: Path) -> None:
     """Wait, if need be, until the clock has left the second in which the newest event file
     of ``directory`` was started, so that the new writer's file sorts after it (readers
     take the files in name order; a resume in the same second would otherwise be ordered
-    by process id). Only a resume within a second of its run's start ever waits."""
+    by process id). Only a writer started within a second of the previous one waits: a
+    resume at once after a short run, as in the tests."""
     if not directory.is_dir():
         return
     started = [int(m.group(1)) for p in _tfevents(directory) if (m := STARTED.search(p.name))]
