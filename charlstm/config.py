@@ -417,6 +417,16 @@ class TrainConfig:
         resume=True,
         check=at_least_zero(),
     )
+    # A run started with it keeps writing on --resume; --no-tensorboard stops it there.
+    tensorboard: bool = setting(
+        False,
+        "Also write the curves of metrics.jsonl and steps.jsonl (loss, perplexity, bits per "
+        "character, learning rate, gradient norm, chars/s) to RUN/tensorboard/ for TensorBoard "
+        "(needs: pip install 'charlstm[tensorboard]').",
+        "Output",
+        resume=True,
+        flag=True,
+    )
     # A cosine schedule decays over the minutes or the epochs, whichever end first.
     time_limit: float = setting(
         0.0,

@@ -269,7 +269,7 @@ def test_partial_writes_left_by_a_crash_are_removed(tmp_path):
 def test_rewind_drops_log_rows_after_the_checkpoint_and_torn_lines(tmp_path):
     log = runs.StepLog(tmp_path)
     for step in range(1, 11):
-        log.write(step, 1 + (step - 1) // 5, 1 + (step - 1) % 5, 1.0 / step, 0.002)
+        log.write(step, 1 + (step - 1) // 5, 1 + (step - 1) % 5, 1.0 / step, 0.002, 0.5)
     log.close()
     with open(tmp_path / runs.STEPS_FILE, "a", encoding="utf-8") as handle:
         handle.write('{"step": 11, "epo')  # a crash mid-line

@@ -126,8 +126,10 @@ def test_label_smoothing_trains_on_smoothed_targets_and_reports_the_true_loss(
     F = torch.nn.functional
     F.cross_entropy(logits.flatten(0, 1), y.flatten(), label_smoothing=s).backward()
     true_loss = F.cross_entropy(logits.flatten(0, 1), y.flatten()).item()
-    reported, _ = trainer.train_step(x, y, None, None)
+    reported, grad_norm, _ = trainer.train_step(x, y, None, None)
     assert reported == pytest.approx(true_loss, rel=1e-6)  # the log shows the unsmoothed loss
+    norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in model.parameters()]))
+    assert grad_norm == pytest.approx(norm.item(), rel=1e-5)  # --clip 0: measured, not clipped
     with torch.no_grad():
         for (name, stepped), expected in zip(
             trainer.model.named_parameters(), model.parameters(), strict=True

@@ -1,6 +1,7 @@
 """Run directories: ``runs/<name>/`` holding ``config.json``, ``vocab.json``,
 ``metrics.jsonl`` (one line per epoch), ``steps.jsonl`` (one line per optimizer step),
-``last.pt`` and ``best.pt``, and ``.lock`` (see :mod:`charlstm.storage.locking`).
+``last.pt`` and ``best.pt``, ``tensorboard/`` with ``--tensorboard`` (see
+:mod:`charlstm.storage.board`), and ``.lock`` (see :mod:`charlstm.storage.locking`).
 
 A run directory has one writer: :func:`prepare_run_dir` and :func:`ensure_writable` take
 its lock, held until :func:`release_run_dir` or the end of the process; another trainer is
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import json
 import shlex
+import shutil
 import time
 from contextlib import AbstractContextManager
 from pathlib import Path
@@ -29,6 +31,8 @@ LAST = "last.pt"
 BEST = "best.pt"
 VOCAB_FILE = "vocab.json"
 RUN_FILES = (LAST, BEST, CONFIG_FILE, VOCAB_FILE, METRICS_FILE, STEPS_FILE)
+#: The TensorBoard event files of a run trained with --tensorboard (charlstm.storage.board).
+TENSORBOARD_DIR = "tensorboard"
 WHAT = "run directory"
 
 
@@ -71,6 +75,7 @@ def prepare_run_dir(path: str | Path, overwrite: bool = False) -> Path:
         for name in RUN_FILES:
             (path / name).unlink(missing_ok=True)
         safe_io.remove_temporary(path, RUN_FILES)
+        shutil.rmtree(path / TENSORBOARD_DIR, ignore_errors=True)
     return path
 
 
@@ -208,10 +213,12 @@ def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
 
 
 def read_steps(run_dir: str | Path) -> list[dict[str, Any]]:
-    """Rows of ``steps.jsonl``: ``{"step", "epoch", "batch", "loss", "lr"}`` per optimizer step.
+    """Rows of ``steps.jsonl``: ``{"step", "epoch", "batch", "loss", "lr", "grad_norm"}`` per
+    optimizer step (an older run's rows have no ``grad_norm``).
 
     ``loss`` is the training loss of that step's batch (mean nats per character), written
-    with full float precision, so two runs can be compared step by step exactly. Torn or
+    with full float precision, so two runs can be compared step by step exactly;
+    ``grad_norm`` the global norm of that step's gradient, before clipping. Torn or
     damaged lines, and rows without an integer ``step``, are left out.
     """
     return [r for r in _read_jsonl(Path(run_dir) / STEPS_FILE) if _is_int(r.get("step"))]
@@ -260,10 +267,13 @@ class StepLog:
         self.path = Path(run_dir) / STEPS_FILE
         self._rows: list[str] = []
 
-    def write(self, step: int, epoch: int, batch: int, loss: float, lr: float) -> None:
+    def write(
+        self, step: int, epoch: int, batch: int, loss: float, lr: float, grad_norm: float
+    ) -> None:
         self._rows.append(
             f'{{"step": {step}, "epoch": {epoch}, "batch": {batch}, '
-            f'"loss": {json.dumps(loss)}, "lr": {json.dumps(lr)}}}\n'
+            f'"loss": {json.dumps(loss)}, "lr": {json.dumps(lr)}, '
+            f'"grad_norm": {json.dumps(grad_norm)}}}\n'
         )
         if len(self._rows) >= self.BUFFER:
             self.flush()

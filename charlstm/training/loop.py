@@ -13,8 +13,10 @@ the :class:`Trainer`; :meth:`Trainer.run_loop` reads on one screen::
 
 A checkpoint can also be written every ``checkpoint_every`` optimizer steps, and is always
 written when the run is interrupted (SIGINT / SIGTERM), so a run directory is resumable at
-any step. With ``ema`` the checkpoint's ``model`` is the average (what is scored, sampled and
-used), and its ``training_model`` the trained weights, so that a resume continues exactly.
+any step. Rank 0 logs every step to ``steps.jsonl``, every score to ``metrics.jsonl`` and,
+with ``tensorboard``, both to ``RUN/tensorboard/`` (:mod:`charlstm.storage.board`). With
+``ema`` the checkpoint's ``model`` is the average (what is scored, sampled and used), and its
+``training_model`` the trained weights, so that a resume continues exactly.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import math
 import signal
 import time
 from collections.abc import Callable, Iterator
-from contextlib import closing, contextmanager
+from contextlib import closing, contextmanager, nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -43,6 +45,7 @@ from charlstm.ngram.mixture import NgramMixture
 from charlstm.ngram.teacher import NgramTeacher
 from charlstm.storage import checkpoint as ckpt
 from charlstm.storage import runs
+from charlstm.storage.board import Board
 from charlstm.training import distributed
 from charlstm.training.parts import (
     EpochMetrics,
@@ -52,6 +55,7 @@ from charlstm.training.parts import (
     TrainResult,
     WeightAverage,
     format_epoch,
+    gradient_norm,
     heldout_score,
     scores,
 )
@@ -130,6 +134,7 @@ class Trainer:
     prefixes: list[str]  # training samples continue these
     teacher: NgramTeacher | None = None
     mixture: NgramMixture | None = None
+    board: Board | None = None  # RUN/tensorboard (tensorboard, on rank 0)
     log: Log = print
     progress_bar: bool | None = None
     on_step: Callable[[Trainer], None] | None = None
@@ -187,7 +192,9 @@ class Trainer:
         """Write the current state as each of ``names`` (default ``last.pt``): serialised
         and written once, however many names (the others are hard links to it, see
         :func:`charlstm.storage.checkpoint.save_as`)."""
-        self.step_log.flush()  # the log covers at least the steps the checkpoint holds
+        self.step_log.flush()  # the logs cover at least the steps the checkpoint holds
+        if self.board is not None:
+            self.board.flush()
         ckpt.save_as(self.checkpoint(), [self.run_dir / name for name in names or (runs.LAST,)])
 
     def _save(self, *names: str) -> None:
@@ -227,10 +234,12 @@ class Trainer:
 
     def train_step(
         self, x: torch.Tensor, y: torch.Tensor, state: State | None, positions: torch.Tensor | None
-    ) -> tuple[float, State]:
+    ) -> tuple[float, float, State]:
         """One optimizer step on batch ``(x, y)``; ``positions`` (T, N) locate ``y`` in the
         training text for the n-gram teacher. Returns the batch's true (unsmoothed) loss
-        (under torchrun: this rank's share's; the loop agrees on the global one)."""
+        (under torchrun: this rank's share's; the loop agrees on the global one), the
+        gradient's global norm before clipping (the whole batch's: DDP has averaged the
+        gradients) and the state."""
         # dropout masks: by (seed, step), for the whole global batch; this rank keeps its rows,
         # so any number of processes (and a resume on another) takes one process's steps
         size = self.config.batch_size
@@ -243,9 +252,11 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if self.config.clip > 0:
-            nn.utils.clip_grad_norm_(self.model.parameters(), self.config.clip)
+            norm = nn.utils.clip_grad_norm_(self.model.parameters(), self.config.clip)
+        else:
+            norm = gradient_norm(self.model.parameters())
         self.optimizer.step()
-        return value, state
+        return value, norm.item(), state
 
     def _check_finite(self, value: float) -> None:
         if not math.isfinite(value):
@@ -273,7 +284,8 @@ class Trainer:
             state = (p.carry[0].to(self.device), p.carry[1].to(self.device))
         clock = time.perf_counter() - p.seconds  # the training time since the last score
         self.model.train()
-        with _stop_on_signals(flag), closing(self.step_log), closing(meter):
+        board = closing(self.board) if self.board is not None else nullcontext()
+        with _stop_on_signals(flag), closing(self.step_log), closing(meter), board:
             while True:
                 loss, lr, state = self._step(state, flag, clock)
                 meter.update(p, loss, lr)
@@ -323,7 +335,7 @@ class Trainer:
             group["lr"] = lr
         carry = self.batches.carries_state
         try:
-            loss, state = self.train_step(x, y, state if carry else None, positions)
+            loss, grad_norm, state = self.train_step(x, y, state if carry else None, positions)
         except RuntimeError as err:  # numerical or memory failure inside torch
             if self.world.distributed and distributed.lost_peer(err):
                 raise
@@ -348,7 +360,9 @@ class Trainer:
         p.chars += y.numel() * self.world.size
         p.carry = state if carry and p.batch else None  # none past an epoch's end
         if self.world.main:
-            self.step_log.write(p.step, epoch + 1, batch + 1, loss, lr)
+            self.step_log.write(p.step, epoch + 1, batch + 1, loss, lr, grad_norm)
+            if self.board is not None:
+                self.board.step(p.step, loss, lr, grad_norm)
         return loss, lr, state
 
     def _score_due(self) -> bool:
@@ -395,7 +409,10 @@ class Trainer:
 
     def _record(self, metrics: EpochMetrics) -> None:
         if self.world.main:
-            runs.append_metrics(self.run_dir, asdict(metrics))
+            row = asdict(metrics)
+            runs.append_metrics(self.run_dir, row)
+            if self.board is not None:
+                self.board.score(row)
         self._save(runs.BEST, runs.LAST) if metrics.best else self._save(runs.LAST)
         if not self.world.main:
             return

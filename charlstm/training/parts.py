@@ -6,14 +6,15 @@
 - :class:`WeightAverage`: Polyak averaging of the weights (``ema``).
 - :class:`TrainingLoss` (label smoothing, the n-gram teacher) and :class:`LossStep`, the
   module ``DistributedDataParallel`` wraps (:func:`data_parallel`).
-- :func:`make_optimizer`, :func:`heldout_score`, :func:`default_prefixes`, and the records a
-  run writes and prints: :class:`EpochMetrics`, :class:`TrainResult`, :func:`format_epoch`.
+- :func:`make_optimizer`, :func:`gradient_norm`, :func:`heldout_score`,
+  :func:`default_prefixes`, and the records a run writes and prints: :class:`EpochMetrics`,
+  :class:`TrainResult`, :func:`format_epoch`.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -82,6 +83,13 @@ def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimiz
     return kind[config.optimizer](
         params, lr=config.lr, weight_decay=config.weight_decay, fused=fused
     )
+
+
+def gradient_norm(parameters: Iterable[nn.Parameter]) -> torch.Tensor:
+    """The global L2 norm of the gradients: what :func:`torch.nn.utils.clip_grad_norm_`
+    returns, for a step that does not clip (``clip`` 0)."""
+    norms = [torch.linalg.vector_norm(p.grad) for p in parameters if p.grad is not None]
+    return torch.linalg.vector_norm(torch.stack(norms)) if norms else torch.zeros(())
 
 
 @dataclass

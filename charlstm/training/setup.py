@@ -37,6 +37,7 @@ from charlstm.ngram.mixture import NgramMixture
 from charlstm.ngram.teacher import NgramTeacher
 from charlstm.storage import checkpoint as ckpt
 from charlstm.storage import runs
+from charlstm.storage.board import Board
 from charlstm.training import distributed
 from charlstm.training.distributed import World
 from charlstm.training.loop import Trainer
@@ -217,6 +218,9 @@ def build_trainer(
     progress = Progress(len(batches))
     if resume is not None:
         progress = _restore(resume, model, optimizer, average, config, world, device, progress)
+    board = None
+    if config.tensorboard and world.main:  # rank 0 alone writes the run's files
+        board = Board(run_dir, None if resume is None else resume.step)
     return Trainer(
         data=data,
         model_config=model_config,
@@ -233,6 +237,7 @@ def build_trainer(
         stop_rules=StopRules(config),
         progress=progress,
         step_log=runs.StepLog(Path(run_dir)),
+        board=board,
         prefixes=prefixes,
         teacher=teacher,
         mixture=mixture,

@@ -47,8 +47,8 @@ from charlstm.ngram.kneser_ney import MAX_EMBEDDED_NGRAM_CHARS
 from charlstm.ngram.mixture import NgramMixture
 from charlstm.ngram.teacher import NgramTeacher
 from charlstm.presets import PRESETS
+from charlstm.storage import board, runs
 from charlstm.storage import checkpoint as ckpt
-from charlstm.storage import runs
 from charlstm.storage.export import is_export
 from charlstm.training import distributed
 from charlstm.training.distributed import World
@@ -218,7 +218,7 @@ def new_run(
     chosen = _preset(request.preset)
     source = build(DataConfig, request.given, path=str(_corpus(request)))
     train = build(TrainConfig, {**chosen["train"], **request.given})
-    resolve_device(train.device)  # before any file is read or written
+    _check_machine(train, world)  # before any file is read or written
     default = ModelConfig.__dataclass_fields__["backend"].default
     backend = {**chosen["model"], **request.given}.get("backend", default)
     run_dir = _new_run_dir(request, source, backend, world)
@@ -243,7 +243,7 @@ def fine_tune(
     chosen = _preset(request.preset)
     source = build(DataConfig, request.given, path=str(_corpus(request)))
     train = build(TrainConfig, {**chosen["train"], **request.given})
-    resolve_device(train.device)
+    _check_machine(train, world)
     base = ckpt.load(ckpt.resolve(request.init_from, prefer="best.pt", runs_root=request.runs_root))
     run_dir = _new_run_dir(request, source, base.model_config.backend, world)
     with _removed_on_failure(run_dir, world):
@@ -276,6 +276,14 @@ def fine_tune(
         return _start(
             request, run_dir, world, data, model, train, log, progress_bar, init_weights=weights
         )
+
+
+def _check_machine(train: TrainConfig, world: World) -> None:
+    """What the settings need of this machine: the device, and with ``tensorboard`` its
+    package where the events are written (rank 0)."""
+    resolve_device(train.device)
+    if train.tensorboard and world.main:
+        board.require()
 
 
 def _corpus(request: RunRequest) -> Path:
@@ -337,7 +345,9 @@ def _start(
     return trainer
 
 
-def _resumed_settings(request: RunRequest, checkpoint: ckpt.Checkpoint) -> TrainConfig:
+def _resumed_settings(
+    request: RunRequest, checkpoint: ckpt.Checkpoint, world: World
+) -> TrainConfig:
     """The resumed run's training settings: the checkpoint's, with the resumable ones given;
     any other setting given must equal the checkpoint's."""
     given = request.given
@@ -354,7 +364,7 @@ def _resumed_settings(request: RunRequest, checkpoint: ckpt.Checkpoint) -> Train
         may_change=RESUME_OVERRIDABLE,
     )
     train = build(TrainConfig, {**asdict(checkpoint.train_config), **given})
-    resolve_device(train.device)
+    _check_machine(train, world)
     if checkpoint.epoch >= train.epochs:
         target = f"{{epochs}} {train.epochs}"
     elif train.max_steps and checkpoint.step >= train.max_steps:
@@ -386,7 +396,7 @@ def resume_run(
             "or data position, so it cannot be resumed; fine-tune it with {init_from}"
         )
     checkpoint = ckpt.load(source_file)
-    train = _resumed_settings(request, checkpoint)
+    train = _resumed_settings(request, checkpoint, world)
     source = checkpoint.data_config
     if request.corpus is not None:
         source = replace(source, path=str(Path(request.corpus).resolve()))
@@ -447,6 +457,7 @@ def _continue_run_dir(
         log(f"removed {stray}, a checkpoint write cut short by a crash (the checkpoints are whole)")
     # logs written after the checkpoint we resume from belong to a lost future
     runs.rewind(source_file.parent, directory, checkpoint.epoch, checkpoint.step)
+    board.rewind(source_file.parent, directory, checkpoint.step, log)
     _write_run_files(trainer, source_file)
     log(
         f"resuming {source_file} at epoch {checkpoint.epoch + 1}, batch {checkpoint.batch}, "
