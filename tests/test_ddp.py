@@ -27,10 +27,13 @@ from charlstm.model import build_model
 from charlstm.storage import checkpoint as ckpt
 from charlstm.storage import runs
 
-pytestmark = pytest.mark.skipif(
-    os.name != "posix" or not torch.distributed.is_available(),
-    reason="needs POSIX signals and torch.distributed",
-)
+pytestmark = [
+    pytest.mark.skipif(
+        os.name != "posix" or not torch.distributed.is_available(),
+        reason="needs POSIX signals and torch.distributed",
+    ),
+    pytest.mark.slow,  # every test starts torchrun's processes
+]
 
 STEPS = 20
 SETTINGS = [

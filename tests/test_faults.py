@@ -74,6 +74,7 @@ def reference(small_corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> P
 # -- one writer per run directory ----------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_second_trainer_is_refused_at_once_naming_the_first_ones_pid(
     reference, small_corpus, tmp_path
 ):
@@ -423,6 +424,7 @@ runpy.run_module("charlstm", run_name="__main__", alter_sys=True)
 EVENTS = {"step": 6, "save": 5, "rename": 5, "renamed": 5, "torn-log": 4, "run-files": 2}
 
 
+@pytest.mark.slow
 def test_kill_9_at_random_moments_then_resume_equals_one_uninterrupted_run(
     reference, small_corpus, tmp_path
 ):

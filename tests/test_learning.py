@@ -17,6 +17,7 @@ Letters: T time steps (bits), N batch (pairs), H hidden size.
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
@@ -62,6 +63,7 @@ def logits_of(
     return readout(hs).squeeze(2), hs
 
 
+@pytest.mark.slow
 def test_scratch_lstm_learns_8_bit_binary_addition() -> None:
     with torch.random.fork_rng():  # leave the global RNG as other tests expect it
         torch.manual_seed(SEED)

@@ -441,6 +441,7 @@ def test_init_from_a_big_file_prepares_it_in_the_run(
     assert steps_of(tmp_path / "big") == steps_of(tmp_path / "memory")
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(
     os.name != "posix" or not torch.distributed.is_available(), reason="needs torch.distributed"
 )

@@ -249,6 +249,7 @@ def test_the_page_is_served(server):
     assert "AbortController" in page.text and "/v1/completions" in page.text
 
 
+@pytest.mark.slow
 def test_sigterm_lets_short_streams_finish_ends_long_ones_and_exits_0(tiny_run):
     process = ServerProcess(tiny_run, "--grace", 15, "--max-length", LONG)
     try:

@@ -82,6 +82,7 @@ def test_teacher_changes_training_and_resume_stays_exact(small_corpus, tmp_path)
     assert losses(resumed) == losses(straight)[2:]
 
 
+@pytest.mark.slow
 def test_teacher_improves_held_out_loss_on_jaychou(jaychou, tmp_path) -> None:
     """The reason the option exists: on real lyrics the n-gram's knowledge carries over.
 
