@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fastapi import Request
+from fastapi.responses import StreamingResponse
 
 from charlstm.fields import SettingError, build
 from charlstm.generation.decoding import new_seed
@@ -221,6 +222,13 @@ class Run:
                 yield event
                 return
 
+    async def finish(self) -> Written:
+        """:meth:`result`, then :meth:`close`, whatever happens."""
+        try:
+            return await self.result()
+        finally:
+            self.close()
+
     async def result(self) -> Written:
         """Everything the job writes, once it has ended (its failure as an
         :class:`~charlstm.serve.errors.APIError`)."""
@@ -239,6 +247,12 @@ class Run:
         if error is not None:
             raise error
         return Written(texts, scores, event.reasons)
+
+
+def event_stream(events: AsyncIterator[str]) -> StreamingResponse:
+    """Server-Sent Events from ``events`` (unbuffered by proxies)."""
+    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    return StreamingResponse(events, media_type="text/event-stream", headers=headers)
 
 
 def _merge(first: Chars, then: Chars, rows: int) -> Chars:

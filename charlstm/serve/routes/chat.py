@@ -19,12 +19,11 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import StreamingResponse
 
 from charlstm.serve.bodies import ChatBody
 from charlstm.serve.errors import APIError, error_body
 from charlstm.serve.jobs import Chars, Score
-from charlstm.serve.runs import Run, build_job, check_range, failure
+from charlstm.serve.runs import Run, build_job, check_range, event_stream, failure
 from charlstm.serve.state import ServerState, require_key, server_state
 
 router = APIRouter(dependencies=[Depends(require_key)])
@@ -53,15 +52,8 @@ async def chat(body: ChatBody, request: Request, state: ServerState = Depends(se
     reply = _Reply(state.names[0] if body.model is None else body.model, job.seed)
     run = Run(state, job, request)
     if body.streaming:
-        return StreamingResponse(
-            _stream(run, reply, body.include_usage),
-            media_type="text/event-stream",
-            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-        )
-    try:
-        written = await run.result()
-    finally:
-        run.close()
+        return event_stream(_stream(run, reply, body.include_usage))
+    written = await run.finish()
     choices = [
         {
             "index": row,

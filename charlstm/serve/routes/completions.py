@@ -25,12 +25,11 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import StreamingResponse
 
 from charlstm.serve.bodies import CompletionBody
 from charlstm.serve.errors import APIError, error_body
 from charlstm.serve.jobs import Chars, Job, Score
-from charlstm.serve.runs import Run, Written, build_job, check_range, failure
+from charlstm.serve.runs import Run, Written, build_job, check_range, event_stream, failure
 from charlstm.serve.state import ServerState, require_key, server_state
 
 router = APIRouter(dependencies=[Depends(require_key)])
@@ -68,15 +67,8 @@ async def completions(
     view = _View(job, body, n, state.names[0] if body.model is None else body.model)
     run = Run(state, job, request)
     if body.streaming:
-        return StreamingResponse(
-            _stream(run, view),
-            media_type="text/event-stream",
-            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-        )
-    try:
-        written = await run.result()
-    finally:
-        run.close()
+        return event_stream(_stream(run, view))
+    written = await run.finish()
     return view.response(written)
 
 
