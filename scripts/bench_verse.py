@@ -11,8 +11,9 @@ found in the training text, distinct-2. Then:
 - naturalness: a Kneser-Ney 5-gram fitted on tang_poems' training part (not the generator)
   scores the constrained poems, unconstrained samples of the same length at the same
   temperature (from the same context, a newline), and real held-out poems of the form (the
-  corpus's last 10 %); perplexity per character, punctuation and newlines included, and of
-  the Chinese characters alone (the forced punctuation is easy to predict); the ratio
+  corpus's last 10 %); perplexity per character, punctuation and newlines included, of
+  the Chinese characters alone (the forced punctuation is easy to predict), and of the line
+  breaks alone (，。 and newlines: whether the lines end where text ends them); the ratio
   constrained / unconstrained; and the constrained poems with one candidate a line (the
   masks alone, without the choice among candidates);
 - cost: 32 七言律诗 with ``--candidates`` per line (copy filter on, its line set already
@@ -71,14 +72,21 @@ def as_text(lines: list[str]) -> str:
     return "\n".join(rows) + "\n"
 
 
-def perplexity(ngram: KneserNeyLM, texts: list[str], chinese_only: bool = False) -> float:
-    """Per character over all ``texts`` (each read after a newline); ``chinese_only``: the
-    Chinese characters alone are scored (punctuation and newlines are context only)."""
+#: The characters that end a line: a form's ，and 。, a newline (a row's, or a poem's).
+BREAKS = frozenset("，。\n")
+
+
+def perplexity(ngram: KneserNeyLM, texts: list[str], only: str = "all") -> float:
+    """Per character over all ``texts`` (each read after a newline); ``only``: ``"all"``,
+    ``"chinese"`` (the Chinese characters alone are scored) or ``"breaks"`` (the line
+    breaks alone, :data:`BREAKS`: how natural the lines' ends are); the other characters
+    are context only."""
     nll = count = 0.0
+    keep = {"chinese": is_ideograph, "breaks": BREAKS.__contains__}.get(only)
     for text in texts:
         log_p = ngram.log_probs(text, history="\n")
-        if chinese_only:
-            log_p = log_p[np.array([is_ideograph(ch) for ch in text], dtype=bool)]
+        if keep is not None:
+            log_p = log_p[np.array([keep(ch) for ch in text], dtype=bool)]
         nll, count = nll - float(log_p.sum()), count + len(log_p)
     return math.exp(nll / count)
 
@@ -122,7 +130,7 @@ def classical(
                 seed=args.seed,
                 temperature=args.temperature,
             )[0]
-            for suffix, only in (("", False), ("_chinese", True)):
+            for suffix, only in (("", "all"), ("_chinese", "chinese"), ("_breaks", "breaks")):
                 row["ppl_constrained" + suffix] = perplexity(ngram, texts, only)
                 row["ppl_one_candidate" + suffix] = perplexity(ngram, one, only)
                 row["ppl_unconstrained" + suffix] = perplexity(ngram, free, only)
@@ -191,7 +199,7 @@ def lyrics(model: LanguageModel, args: argparse.Namespace) -> dict[str, object]:
         )[0]
         rows = [line for line in text[cut:].split("\n")[1:] if line]
         real = ["".join(line + "\n" for line in rows[i : i + 4]) for i in range(0, len(rows), 4)]
-        for suffix, only in (("", False), ("_chinese", True)):
+        for suffix, only in (("", "all"), ("_chinese", "chinese"), ("_breaks", "breaks")):
             row["ppl_constrained" + suffix] = perplexity(ngram, texts, only)
             row["ppl_one_candidate" + suffix] = perplexity(ngram, one, only)
             row["ppl_unconstrained" + suffix] = perplexity(ngram, free, only)
