@@ -11,13 +11,18 @@ found in the training text, distinct-2. Then:
 - naturalness: a Kneser-Ney 5-gram fitted on tang_poems' training part (not the generator)
   scores the constrained poems, unconstrained samples of the same length at the same
   temperature (from the same context, a newline), and real held-out poems of the form (the
-  corpus's last 10 %); perplexity per character, punctuation and newlines included, and of
-  the Chinese characters alone (the forced punctuation is easy to predict); the ratio
+  corpus's last 10 %); perplexity per character, punctuation and newlines included, of
+  the Chinese characters alone (the forced punctuation is easy to predict), and of the line
+  breaks alone (，。 and newlines: whether the lines end where text ends them); the ratio
   constrained / unconstrained; and the constrained poems with one candidate a line (the
   masks alone, without the choice among candidates);
 - cost: 32 七言律诗 with ``--candidates`` per line (copy filter on, its line set already
   stored) against 32 unconstrained samples of the same length, wall time and ratio;
-- lyrics: the jaychou model, ``--line-lengths 7,7,7,7 --acrostic`` with 十三辙;
+- lyrics: the jaychou model, ``--line-lengths 7,7,7,7 --acrostic`` with 十三辙: compliance,
+  and naturalness as for the forms, judged by a Kneser-Ney 5-gram fitted on the Jay Chou
+  corpus's training part (``--jaychou-corpus``; the first 90 %, as the run's split): the
+  lyrics against free samples of the same length, with one candidate a line, and real
+  held-out lines (the corpus's last 10 %, in groups of four);
 - the tables: the share of tang_poems' 七言绝句 whose lines 2 and 4 rhyme under charlstm's
   平水韵 classes, and their tone compliance.
 """
@@ -25,6 +30,7 @@ found in the training text, distinct-2. Then:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import sys
@@ -66,14 +72,21 @@ def as_text(lines: list[str]) -> str:
     return "\n".join(rows) + "\n"
 
 
-def perplexity(ngram: KneserNeyLM, texts: list[str], chinese_only: bool = False) -> float:
-    """Per character over all ``texts`` (each read after a newline); ``chinese_only``: the
-    Chinese characters alone are scored (punctuation and newlines are context only)."""
+#: The characters that end a line: a form's ，and 。, a newline (a row's, or a poem's).
+BREAKS = frozenset("，。\n")
+
+
+def perplexity(ngram: KneserNeyLM, texts: list[str], only: str = "all") -> float:
+    """Per character over all ``texts`` (each read after a newline); ``only``: ``"all"``,
+    ``"chinese"`` (the Chinese characters alone are scored) or ``"breaks"`` (the line
+    breaks alone, :data:`BREAKS`: how natural the lines' ends are); the other characters
+    are context only."""
     nll = count = 0.0
+    keep = {"chinese": is_ideograph, "breaks": BREAKS.__contains__}.get(only)
     for text in texts:
         log_p = ngram.log_probs(text, history="\n")
-        if chinese_only:
-            log_p = log_p[np.array([is_ideograph(ch) for ch in text], dtype=bool)]
+        if keep is not None:
+            log_p = log_p[np.array([keep(ch) for ch in text], dtype=bool)]
         nll, count = nll - float(log_p.sum()), count + len(log_p)
     return math.exp(nll / count)
 
@@ -117,7 +130,7 @@ def classical(
                 seed=args.seed,
                 temperature=args.temperature,
             )[0]
-            for suffix, only in (("", False), ("_chinese", True)):
+            for suffix, only in (("", "all"), ("_chinese", "chinese"), ("_breaks", "breaks")):
                 row["ppl_constrained" + suffix] = perplexity(ngram, texts, only)
                 row["ppl_one_candidate" + suffix] = perplexity(ngram, one, only)
                 row["ppl_unconstrained" + suffix] = perplexity(ngram, free, only)
@@ -162,18 +175,38 @@ def lyrics(model: LanguageModel, args: argparse.Namespace) -> dict[str, object]:
         rhyme="shisanzhe",
         candidates=args.candidates,
     )
-    texts, seconds = timed(
-        lambda: model.generate_many(
-            [""],
-            num_samples=args.poems,
-            verse=settings,
-            seed=args.seed,
-            temperature=args.temperature,
+
+    def write(s: VerseSettings) -> list[str]:
+        return model.generate_many(
+            [""], num_samples=args.poems, verse=s, seed=args.seed, temperature=args.temperature
         )[0]
-    )
+
+    texts, seconds = timed(lambda: write(settings))
     poems = [t.split("\n")[:-1] for t in texts]
     contains = training_lines(model.checkpoint).__contains__
     row = {"seconds": round(seconds, 1), **check_poems(poems, settings, contains).summary()}
+    if not args.no_ngram:
+        text = read_text(args.jaychou_corpus)
+        cut = split_point(len(text), 0.1)
+        ngram = KneserNeyLM(5).fit(text[:cut], model.vocab)
+        one = write(dataclasses.replace(settings, candidates=1))
+        free = model.generate_many(
+            ["\n"],
+            len(texts[0]),
+            num_samples=args.poems,
+            seed=args.seed,
+            temperature=args.temperature,
+        )[0]
+        rows = [line for line in text[cut:].split("\n")[1:] if line]
+        real = ["".join(line + "\n" for line in rows[i : i + 4]) for i in range(0, len(rows), 4)]
+        for suffix, only in (("", "all"), ("_chinese", "chinese"), ("_breaks", "breaks")):
+            row["ppl_constrained" + suffix] = perplexity(ngram, texts, only)
+            row["ppl_one_candidate" + suffix] = perplexity(ngram, one, only)
+            row["ppl_unconstrained" + suffix] = perplexity(ngram, free, only)
+            row["ppl_real_heldout" + suffix] = perplexity(ngram, real[: args.poems], only)
+            row["ppl_ratio" + suffix] = (
+                row["ppl_constrained" + suffix] / row["ppl_unconstrained" + suffix]
+            )
     row["example"] = texts[0]
     print(json.dumps(row, ensure_ascii=False), flush=True)
     return row
@@ -193,6 +226,9 @@ def main() -> None:
     parser.add_argument("--tang", type=Path, required=True, help="run trained on tang_poems")
     parser.add_argument("--jaychou", type=Path, default=None, help="run trained on jaychou")
     parser.add_argument("--corpus", type=Path, default=Path("../shared/data/tang_poems.txt.zip"))
+    parser.add_argument(
+        "--jaychou-corpus", type=Path, default=Path("../shared/data/jaychou_lyrics.txt.zip")
+    )
     parser.add_argument("--poems", type=int, default=100)
     parser.add_argument("--candidates", type=int, default=4)
     parser.add_argument("--temperature", type=float, default=0.8)

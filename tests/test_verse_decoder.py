@@ -5,14 +5,24 @@ refused combination as one line."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from pathlib import Path
 
 import pytest
-from conftest import VERSE_CHARS, invoke, one_line_error, save_known_model, save_verse_model
+import torch
+from conftest import (
+    FAST,
+    VERSE_CHARS,
+    invoke,
+    one_line_error,
+    save_known_model,
+    save_verse_model,
+    shared_file,
+)
 
-from charlstm.api import load_model
+from charlstm.api import LanguageModel, load_model
 from charlstm.generation.settings import CacheConfig
 from charlstm.generation.verse.check import check_poems
 from charlstm.generation.verse.forms import PRESETS, VerseSettings, tone_pattern
@@ -241,8 +251,6 @@ def test_unbinding_constraints_write_what_plain_decoding_writes(
 def test_a_snapshot_survives_changes_in_place(tiny_run: Path) -> None:
     """A line drawn again starts from the state at the line's start: the rhymes used, the
     cache's ring and the penalty's window, which the decode changes in place, included."""
-    import torch
-
     from charlstm.generation.decoding import RepetitionPenalty
     from charlstm.generation.settings import SamplingConfig
     from charlstm.generation.streams import open_streams
@@ -268,3 +276,96 @@ def test_a_snapshot_survives_changes_in_place(tiny_run: Path) -> None:
     state.set(before)
     for old, new in zip(expected, state.get(logits), strict=True):
         assert old == new if isinstance(old, list) else torch.equal(old, new)
+
+
+# -- the line-end score (issue 34): a line's break counts ------------------------------------
+
+
+@pytest.fixture(scope="module")
+def poem_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A model trained for seconds on tang_poems' first 6,000 characters (one couplet a
+    row, a blank line between poems): its break probabilities depend on the line."""
+    run = tmp_path_factory.mktemp("poems") / "run"
+    corpus = shared_file("tang_poems.txt.zip")
+    result = invoke(
+        "train", corpus, "--run-dir", run, "--epochs", "1", "--max-chars", "6000", *FAST
+    )
+    assert result.exit_code == 0, result.output
+    return run
+
+
+def scored(model: LanguageModel, lines: list[str], ending: str) -> tuple[list[float], list[float]]:
+    """Each line's log-probability after a newline, and its ``ending``'s after it, under the
+    model's own distribution (its n-gram mix included), read as the decode reads it."""
+    from charlstm.generation.streams import open_streams
+
+    with torch.inference_mode():
+        streams = open_streams(model.model, len(lines), None, None, model.mixture)
+        x = model.vocab.encode("\n").view(-1, 1).repeat(1, len(lines))  # (T, N)
+        logits = streams.read(torch.arange(len(lines)), x)[1]
+        sums = torch.zeros(2, len(lines))
+        texts = [line + ending for line in lines]
+        for pos in range(len(texts[0])):
+            chars = torch.tensor([model.vocab.char_to_idx[t[pos]] for t in texts])
+            log_p = torch.log_softmax(logits.float(), dim=-1)
+            sums[int(pos >= len(lines[0]))] += log_p.gather(1, chars[:, None]).squeeze(1)
+            logits = streams.step(chars)[1]
+    return sums[0].tolist(), sums[1].tolist()
+
+
+@pytest.mark.parametrize(
+    ("which", "settings"),
+    [
+        ("lyrics", VerseSettings(line_lengths=[4], rhyme="none", copy_filter=False)),
+        ("poems", VerseSettings(form="五言绝句", rhyme="none", tone=False, copy_filter=False)),
+    ],
+)
+def test_the_kept_line_is_the_likeliest_with_its_break(
+    tiny_run: Path, poem_run: Path, which: str, settings: VerseSettings
+) -> None:
+    """Each sample keeps, of its candidates, the line whose characters and break (the newline
+    of a free line; the forced ``，`` of a poem's line 1) are likeliest together: the mean
+    log-probability over the line's characters and its break. The candidates are seen
+    through ``--candidates 1``: its rows draw exactly what the candidates draw on line 1.
+    The break changes the choice: some samples keep a line the characters alone rank
+    lower, and the kept lines' breaks are likelier than the characters alone would pick."""
+    model = load_model(tiny_run if which == "lyrics" else poem_run)
+    width, samples, length = 4, 12, settings.template().lines[0].length
+    ending = settings.template().lines[0].ending
+    texts = model.generate_many([""], num_samples=samples, verse=settings, seed=3, temperature=1.5)[
+        0
+    ]
+    one = dataclasses.replace(settings, candidates=1)
+    drawn = model.generate_many(
+        [""], num_samples=samples * width, verse=one, seed=3, temperature=1.5
+    )[0]
+    kept = [t[:length] for t in texts]
+    candidates = [t[:length] for t in drawn]
+    chars, breaks = scored(model, candidates, ending)
+    with_break = [c + b for c, b in zip(chars, breaks, strict=True)]
+    changed, gain = 0, 0.0
+    for sample in range(samples):
+        rows = range(sample * width, (sample + 1) * width)
+        best = max(rows, key=lambda r: with_break[r])
+        assert kept[sample] == candidates[best], (sample, kept, candidates)
+        by_chars = max(rows, key=lambda r: chars[r])
+        changed += candidates[by_chars] != kept[sample]
+        gain += breaks[best] - breaks[by_chars]
+    assert changed > 0 and gain > 0, (changed, gain)
+
+
+def test_the_poem_end_is_what_follows_the_last_line() -> None:
+    """A classical poem ends with a blank line (tang_poems' layout); a free form's last
+    newline ends it; a vocabulary without newlines scores a space, or nothing."""
+    from charlstm.data.corpus import Vocab
+    from charlstm.generation.verse.constraints import FormRule
+
+    cpu = torch.device("cpu")
+    vocab = Vocab(list(VERSE_CHARS))
+    assert FormRule(PRESETS["七言绝句"], vocab, cpu).end == [vocab.char_to_idx["\n"]]
+    free = VerseSettings(line_lengths=[3, 3]).template()
+    assert FormRule(free, vocab, cpu).end == []
+    spaced = Vocab([*VERSE_CHARS.replace("\n", ""), " "])
+    assert FormRule(PRESETS["五言绝句"], spaced, cpu).end == [spaced.char_to_idx[" "]]
+    bare = Vocab(list(VERSE_CHARS.replace("\n", "")))
+    assert FormRule(PRESETS["五言绝句"], bare, cpu).end == []

@@ -52,6 +52,16 @@ def resolve_endings(form: Form, vocab: Vocab) -> list[str]:
     return endings
 
 
+def resolve_end(form: Form, vocab: Vocab) -> str:
+    """What ends the poem after its last line (``form.end``) as this vocabulary can write it:
+    a newline becomes a space as in :func:`resolve_endings`; a character the vocabulary
+    still lacks is left out (the end is only scored, never written, so nothing is refused)."""
+    end = form.end
+    if "\n" not in vocab:
+        end = end.replace("\n", " " if " " in vocab else "")
+    return "".join(ch for ch in end if ch in vocab)
+
+
 class _Stateless:
     """A rule that keeps nothing per row: its mask depends on the position alone."""
 
@@ -66,13 +76,17 @@ class _Stateless:
 
 
 class FormRule(_Stateless):
-    """Inside a line only text characters; at its end, its ending, one character a step."""
+    """Inside a line only text characters; at its end, its ending, one character a step.
+
+    ``end`` is what ends the poem after the last line's ending (:func:`resolve_end`), as
+    indices: it is never drawn, only scored (the decoder's line-end score)."""
 
     name = "form"
 
     def __init__(self, form: Form, vocab: Vocab, device: torch.device) -> None:
         self.lengths = [line.length for line in form.lines]
         self.endings = [vocab.encode(e).tolist() for e in resolve_endings(form, vocab)]
+        self.end: list[int] = vocab.encode(resolve_end(form, vocab)).tolist()
         text = torch.tensor(text_characters(vocab.idx_to_char), dtype=torch.bool, device=device)
         if not text.any():
             raise CharLSTMError("the model's vocabulary has no characters to write lines with")

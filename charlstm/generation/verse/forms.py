@@ -3,7 +3,9 @@
 A :class:`Form` is a sequence of :class:`Line`: each a number of characters and the text that
 ends it. The classical presets follow ``tang_poems``' own layout, one couplet a row
 (``XXXXX，XXXXX。`` and a newline): odd lines end with ``，``, even lines with ``。`` and a
-newline. A free form (``--line-lengths 7,7,5,7``) ends every line with a newline.
+newline; a blank line ends the poem (``Form.end``, one more newline). A free form
+(``--line-lengths 7,7,5,7``) ends every line with a newline, and the last line's newline
+ends the lyric (the Jay Chou corpus has no blank lines between songs).
 
 Which lines rhyme: the even ones (2, 4, ...), and line 1 where the form's custom has it
 (七言: yes, 五言 and free forms: no) or the user asks. The regulated forms (绝句, 律诗) also
@@ -38,6 +40,9 @@ class Form:
     regulated: bool = False  # a classical form with a tone pattern
     rhyme: str = "xinyun"  # the default rhyme system
     first_line_rhymes: bool = False  # the form's custom
+    #: What follows the last line's ending where the poem ends: never written, but the
+    #: decode scores it as part of the last line's break (the line-end score).
+    end: str = ""
 
     def rhyme_lines(self, first_line: bool | None = None) -> tuple[int, ...]:
         """The (0-based) lines that rhyme: every second line, and line 0 if ``first_line``
@@ -48,7 +53,9 @@ class Form:
 
 def classical(name: str, lines: int, length: int) -> Form:
     shape = tuple(Line(length, "，" if i % 2 == 0 else "。\n") for i in range(lines))
-    return Form(name, shape, regulated=True, rhyme="pingshui", first_line_rhymes=length == 7)
+    return Form(
+        name, shape, regulated=True, rhyme="pingshui", first_line_rhymes=length == 7, end="\n"
+    )
 
 
 #: The classical presets, with their pinyin and English aliases.
