@@ -153,6 +153,19 @@ def test_a_disconnected_stream_and_a_disconnected_waiting_request_free_their_row
     assert 'charlstm_requests_finished_total{reason="cancelled"} ' in text
 
 
+def test_a_plain_request_whose_client_goes_away_mid_way_frees_its_row(server):
+    """Not streamed: nothing is sent until the end, so only the closed socket tells; the
+    row is freed at once and counted as cancelled, not left writing to nobody."""
+    before = finished(server, "cancelled")
+    body = json.dumps({"prompt": "分开", "max_tokens": LONG}).encode("utf-8")
+    sock = raw_post(server.url, "/v1/completions", body)
+    assert server.wait_metric("charlstm_rows_running", 1) == 1
+    sock.close()  # the client goes away while its text is being written
+    assert server.wait_metric("charlstm_rows_running", 0) == 0
+    assert server.wait_metric("charlstm_requests_running", 0) == 0
+    assert finished(server, "cancelled") == before + 1
+
+
 def finished(server: ServerProcess, reason: str) -> float:
     text = httpx.get(f"{server.url}/metrics").text
     line = f'charlstm_requests_finished_total{{reason="{reason}"}} '
