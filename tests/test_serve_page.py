@@ -3,13 +3,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
 from pathlib import Path
 
 import pytest
-from conftest import REPO_ROOT, ServerProcess
+from conftest import REPO_ROOT, ServerProcess, generated, invoke
 
 from charlstm.api import load_model
 
@@ -86,6 +87,44 @@ def test_choose_a_form_and_an_acrostic_and_the_page_shows_the_poem(browser, tiny
         lines = page.text_content("#output").split("\n")
         assert [len(line) for line in lines[:4]] == [4, 4, 4, 4], lines
         assert lines[0][0] == "我" and lines[1][0] == "分"
+        page.close()
+    finally:
+        assert server.stop() == 0
+
+
+def test_a_seeded_text_and_a_seeded_poem_on_the_page_are_what_generate_writes(
+    browser, tiny_run: Path
+):
+    """The page's seed, temperature (0.8) and top-p (0.95), as a user leaves them: the text
+    it shows is the one ``charlstm generate`` writes with the same options, for running
+    text and for a poem of set line lengths."""
+    server = ServerProcess(tiny_run)
+    try:
+        page = browser.new_page(viewport={"width": 900, "height": 640})
+        page.goto(server.url + "/")
+        page.wait_for_function("document.querySelector('#model').options.length > 0")
+        page.fill("#prefix", "我们说好")
+        page.fill("#length", "60")
+        page.fill("#seed", "7")
+        page.click("#generate")
+        page.wait_for_function("!document.querySelector('#generate').disabled")
+        shown = page.text_content("#output")
+        options = ["--temperature", "0.8", "--top-p", "0.95"]
+        assert shown == "我们说好" + generated(tiny_run, "我们说好", 60, 7, *options)[0]
+
+        page.fill("#prefix", "")
+        page.select_option("#form", "lines")
+        page.fill("#line-lengths", "4,4,4,4")
+        page.fill("#seed", "3")
+        page.click("#generate")
+        page.wait_for_function("!document.querySelector('#generate').disabled")
+        written = invoke(
+            "generate", "--checkpoint", tiny_run, "--line-lengths", "4,4,4,4", "--seed", "3",
+            *options, "--format", "jsonl",
+        )  # fmt: skip
+        assert written.exit_code == 0, written.output
+        poem = json.loads(written.stdout)["text"]
+        assert page.text_content("#output").strip("\n") == poem.strip("\n")
         page.close()
     finally:
         assert server.stop() == 0
