@@ -69,6 +69,8 @@ class Server:
             "--max-streams", str(max_streams), "--max-queue", "4096",
             "--max-length", str(max(args.length, 2000)), "--device", args.device,
         ]  # fmt: skip
+        if args.stream_interval is not None:
+            command += ["--stream-interval", str(args.stream_interval)]
         if args.server_cores:
             command = ["taskset", "-c", args.server_cores, *command]
         self.process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=env)
@@ -428,6 +430,9 @@ def main() -> None:
     parser.add_argument("--temperature", type=float, default=0.8)
     parser.add_argument("--threads", type=int, default=1, help="torch threads of the server")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--stream-interval", type=float, default=None, help="the server's (default: its own)"
+    )
     parser.add_argument("--server-cores", default=None, help="e.g. 0 (taskset -c)")
     parser.add_argument("--client-cores", default=None, help="e.g. 1")
     parser.add_argument("--repeats", type=int, default=2, help="reference timings (best)")
