@@ -233,3 +233,37 @@ def test_bad_jobs_get_generates_messages_before_they_queue(model):
     with pytest.raises(SettingError, match="length 500 is more than this server writes"):
         scheduler.submit(Job("m", ["分开"], 500, SamplingConfig(), seed=1))
     assert scheduler.counts() == (0, 0, 0)
+
+
+def test_the_handover_to_the_event_loop_keeps_order_and_holds_steps_between_events():
+    """A job's first characters and its end go to the loop at once; the steps between wait
+    for the interval (here longer than the test) or for the end, in order, none lost."""
+    import asyncio
+
+    from charlstm.serve.app import Handover
+
+    async def main() -> list[Chars | End]:
+        got: list[Chars | End] = []
+        job = Job("m", ["分开"], 3, SamplingConfig(), seed=1, on_event=got.append)
+        job.id = 1
+        handover = Handover(asyncio.get_running_loop(), interval=3600.0)
+        handover([(job, Chars(["我"]))])
+        for _ in range(3):
+            await asyncio.sleep(0)
+        handover([(job, Chars(["们"]))])
+        handover([(job, Chars(["说"]))])
+        for _ in range(3):
+            await asyncio.sleep(0)
+        assert [e.texts for e in got] == [["我"]]
+        handover([(job, End(["length"]))])
+        for _ in range(3):
+            await asyncio.sleep(0)
+        return got
+
+    got = asyncio.run(main())
+    assert [e.texts if isinstance(e, Chars) else e.reasons for e in got] == [
+        ["我"],
+        ["们"],
+        ["说"],
+        ["length"],
+    ]

@@ -75,6 +75,7 @@ def serve(
         config.request_timeout,
         config.body_limit,
         api_key=config.key(dict(os.environ)),
+        stream_interval=config.stream_interval,
     )
     if not config.loopback and config.key(dict(os.environ)) is None:
         typer.echo(

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -23,7 +25,7 @@ from charlstm.api import LanguageModel
 from charlstm.errors import CharLSTMError
 from charlstm.serve import errors
 from charlstm.serve.errors import error_response
-from charlstm.serve.jobs import Event, Job
+from charlstm.serve.jobs import End, Event, Job
 from charlstm.serve.routes import ROUTERS
 from charlstm.serve.scheduler import Scheduler
 from charlstm.serve.state import ServerState
@@ -84,18 +86,17 @@ def create_app(
     request_timeout: float = 300.0,
     body_limit: int = 65536,
     api_key: str | None = None,
+    stream_interval: float = 0.02,
 ) -> FastAPI:
     """The app. ``load`` returns the models by name (``names``, the first the default); it
     runs in a thread after the server has started. ``api_key``: what ``Authorization:
-    Bearer`` must carry (None: no key)."""
+    Bearer`` must carry (None: no key). ``stream_interval``: seconds between two hand-overs
+    of written characters to the event loop (:class:`Handover`)."""
     state = ServerState(names, max_length, request_timeout, api_key or None)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        loop = asyncio.get_running_loop()
-
-        def deliver(events: list[tuple[Job, Event]]) -> None:
-            loop.call_soon_threadsafe(_dispatch, events)
+        deliver = Handover(asyncio.get_running_loop(), stream_interval)
 
         async def start() -> None:
             try:
@@ -125,10 +126,58 @@ def create_app(
     return app
 
 
-def _dispatch(events: list[tuple[Job, Event]]) -> None:
-    for job, event in events:
-        if job.on_event is not None:
-            job.on_event(event)
+class Handover:
+    """The scheduler's ``deliver``: hands the events of its steps from the worker thread
+    to the event loop, where each job's ``on_event`` runs.
+
+    One ``call_soon_threadsafe`` carries every job's events of a step, and at most one
+    hand-over is pending at a time: the steps that come before the loop has run it join
+    it (in order). A hand-over runs at least ``interval`` seconds after the one before, so
+    that each stream gets one SSE event for every few steps
+    (:class:`~charlstm.serve.runs.Run` merges a job's steps) and the loop's work per step
+    stays small beside the model's; a job's first characters and its end are handed over
+    at once, so that they wait for no interval."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, interval: float = 0.0) -> None:
+        self.loop, self.interval = loop, interval
+        self.lock = threading.Lock()
+        self.events: list[tuple[Job, Event]] = []
+        self.scheduled = False  # a dispatch is pending
+        self.hurried = False  # ... and will run at once
+        self.last = 0.0  # when the last dispatch ran (time.monotonic)
+        self.started: set[int] = set()  # jobs whose first event has been handed over
+
+    def __call__(self, events: list[tuple[Job, Event]]) -> None:
+        """From the worker: queue ``events`` and see that a dispatch is pending (at once
+        for a job's first characters or its end)."""
+        urgent = False
+        for job, event in events:
+            if isinstance(event, End):
+                self.started.discard(job.id)
+                urgent = True
+            elif job.id not in self.started:
+                self.started.add(job.id)
+                urgent = True
+        with self.lock:
+            self.events.extend(events)
+            if self.hurried or (self.scheduled and not urgent):
+                return
+            wait = 0.0 if urgent else self.last + self.interval - time.monotonic()
+            self.scheduled, self.hurried = True, wait <= 0
+        if wait <= 0:
+            self.loop.call_soon_threadsafe(self.dispatch)
+        else:
+            self.loop.call_soon_threadsafe(self.loop.call_later, wait, self.dispatch)
+
+    def dispatch(self) -> None:
+        """On the loop: every event handed over since the last dispatch, in order."""
+        with self.lock:
+            events, self.events = self.events, []
+            self.scheduled = self.hurried = False
+            self.last = time.monotonic()
+        for job, event in events:
+            if job.on_event is not None:
+                job.on_event(event)
 
 
 def run_server(
@@ -146,8 +195,6 @@ def run_server(
     listened on (with ``port`` 0, the port the system chose)."""
     import signal
     import socket
-    import threading
-    import time
 
     import uvicorn
 

@@ -157,6 +157,7 @@ class Batch:
     ) -> None:
         self.model = model
         self.jobs: list[Job] = []
+        self.plan: tuple[list[tuple[Job, slice]], list[tuple[list[RowGroup], Any]]] | None = None
         self.private = job is not None
         self.dynamic = job is not None and job.dynamic is not None
         with self.mode():
@@ -188,6 +189,7 @@ class Batch:
         """Add ``jobs``' rows after the others and read their prefixes: rows of equal
         prefix length in one pass (shortest first, as ``generate`` reads one job's)."""
         device = self.model.device
+        self.plan = None
         base = self.size
         if not self.private:
             keep = torch.arange(base, device=device)
@@ -235,23 +237,41 @@ class Batch:
         (:func:`~charlstm.generation.sample.choose_together`), each from its own generator."""
         last = torch.cat([job.group.last for job in self.jobs])  # (N,)
         logits = self.streams.step(last)[1]  # (N, V)
+        for job, rows in self._plan()[0]:
+            job.group.choose(logits[rows])
+        for groups, index in self._plan()[1]:
+            choose_together(groups, logits if index is None else logits[index])
+
+    def _plan(self) -> tuple[list[tuple[Job, slice]], list[tuple[list[RowGroup], Any]]]:
+        """Who chooses how, worked out once per set of jobs (not per step): the jobs that
+        choose alone with their rows; the sets of plain jobs that choose together with the
+        index of their rows (None: every row of the batch, in order)."""
+        if self.plan is not None:
+            return self.plan
+        alone: list[tuple[Job, slice]] = []
         together: dict[Any, list[tuple[Job, slice]]] = collections.defaultdict(list)
         for job, rows in self.slices():
             if job.group.plain:
                 together[astuple(job.sampling)].append((job, rows))
             else:
-                job.group.choose(logits[rows])
+                alone.append((job, rows))
+        sets: list[tuple[list[RowGroup], Any]] = []
         for parts in together.values():
             if len(parts) == 1:
-                job, rows = parts[0]
-                job.group.choose(logits[rows])
+                alone.append(parts[0])
                 continue
-            index = torch.cat([torch.arange(r.start, r.stop) for _, r in parts])
-            choose_together([job.group for job, _ in parts], logits[index.to(logits.device)])
+            rows = [r for _, part in parts for r in _range(part)]
+            index = None
+            if rows != list(range(self.size)):
+                index = torch.tensor(rows, dtype=torch.long, device=self.model.device)
+            sets.append(([job.group for job, _ in parts], index))
+        self.plan = (alone, sets)
+        return self.plan
 
     def drop(self, leaving: list[Job]) -> None:
         """Remove the rows of ``leaving`` (between steps)."""
         gone = {id(job) for job in leaving}
+        self.plan = None
         keep = [r for job, rows in self.slices() if id(job) not in gone for r in _range(rows)]
         self.jobs = [job for job in self.jobs if id(job) not in gone]
         if not self.private:

@@ -178,7 +178,13 @@ def failure(end: End) -> APIError | None:
 
 
 class Run:
-    """One job submitted to the scheduler, its events queued for the route.
+    """One job submitted to the scheduler, what it writes kept for the route.
+
+    What the job writes is merged as it arrives (:meth:`_receive`, on the event loop): a
+    route that has not yet taken it finds every step since in one :class:`Chars`, so a
+    slow client (or a busy loop) costs one SSE event, not one per step. Waiting costs one
+    future per wake-up and one keep-alive timer per :data:`KEEP_ALIVE` seconds, not a
+    task and a timer per step.
 
     Submitting raises what :meth:`~charlstm.serve.scheduler.Scheduler.submit` raises (the
     app's handlers answer it); :meth:`close` must follow, and cancels the job if it is
@@ -187,39 +193,71 @@ class Run:
     def __init__(self, state: ServerState, job: Job, request: Request) -> None:
         self.scheduler: Scheduler = state.ready()
         self.job = job
-        self.queue: asyncio.Queue[Event] = asyncio.Queue()
-        job.on_event = self.queue.put_nowait
+        self.loop = asyncio.get_running_loop()
+        self.texts: list[str] | None = None  # written and not yet taken, per row
+        self.scores: list[list[Score]] | None = None
+        self.end: End | None = None
+        self.waiter: asyncio.Future[None] | None = None
+        self.heard = self.loop.time()  # when the route last had something to send
+        job.on_event = self._receive
         self.scheduler.submit(job)
         self.watcher = asyncio.create_task(_watch_disconnect(request, self.scheduler, job))
+
+    def _receive(self, event: Event) -> None:
+        """Keep ``event`` (on the event loop) and wake the route."""
+        if isinstance(event, End):
+            self.end = event
+        elif self.texts is None:
+            self.texts = list(event.texts)
+            self.scores = None if event.scores is None else [list(s) for s in event.scores]
+        else:
+            for row, text in enumerate(event.texts):
+                self.texts[row] += text
+                if self.scores is not None and event.scores is not None:
+                    self.scores[row] += event.scores[row]
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(None)
+
+    def _take(self) -> Chars | None:
+        texts, scores, self.texts, self.scores = self.texts, self.scores, None, None
+        return None if texts is None else Chars(texts, scores)
+
+    async def _wait(self, keep_alive: bool) -> None:
+        """Until something arrives (or, with ``keep_alive``, :data:`KEEP_ALIVE` seconds
+        after the route last had something to send)."""
+        self.waiter = self.loop.create_future()
+        timer = None
+        if keep_alive:
+            timer = self.loop.call_at(self.heard + KEEP_ALIVE, _wake, self.waiter)
+        try:
+            await self.waiter
+        finally:
+            self.waiter = None
+            if timer is not None:
+                timer.cancel()
 
     def close(self) -> None:
         self.watcher.cancel()
         self.scheduler.cancel(self.job)
 
     async def updates(self) -> AsyncIterator[Chars | End | None]:
-        """What the job wrote since the last update (the steps that queued up while the
-        client was slow, merged), then its :class:`End`; ``None`` after
+        """What the job wrote since the last update (the steps that came while the client
+        or the loop was busy, merged), then its :class:`End`; ``None`` after
         :data:`KEEP_ALIVE` seconds with nothing new."""
-        rows = self.job.rows
         while True:
-            if not self.queue.empty():
-                event = self.queue.get_nowait()
-            else:
-                try:
-                    event = await asyncio.wait_for(self.queue.get(), KEEP_ALIVE)
-                except TimeoutError:
-                    yield None
-                    continue
-            merged: Chars | None = None
-            while isinstance(event, Chars):
-                merged = event if merged is None else _merge(merged, event, rows)
-                if self.queue.empty():
-                    break
-                event = self.queue.get_nowait()
+            if self.texts is None and self.end is None:
+                await self._wait(keep_alive=True)
+            merged = self._take()
             if merged is not None:
+                self.heard = self.loop.time()
                 yield merged
-            if isinstance(event, End):
-                yield event
+            elif self.end is None:
+                if self.loop.time() >= self.heard + KEEP_ALIVE:
+                    self.heard = self.loop.time()
+                    yield None
+                continue
+            if self.end is not None and self.texts is None:
+                yield self.end
                 return
 
     async def finish(self) -> Written:
@@ -232,21 +270,16 @@ class Run:
     async def result(self) -> Written:
         """Everything the job writes, once it has ended (its failure as an
         :class:`~charlstm.serve.errors.APIError`)."""
+        while self.end is None:
+            await self._wait(keep_alive=False)
         rows = self.job.rows
-        texts = [""] * rows
-        scores: list[list[Score]] = [[] for _ in range(rows)]
-        while True:
-            event = await self.queue.get()
-            if isinstance(event, End):
-                break
-            for row, text in enumerate(event.texts):
-                texts[row] += text
-                if event.scores is not None:
-                    scores[row] += event.scores[row]
-        error = failure(event)
+        merged = self._take()
+        texts = merged.texts if merged is not None else [""] * rows
+        scores = merged.scores if merged is not None and merged.scores is not None else None
+        error = failure(self.end)
         if error is not None:
             raise error
-        return Written(texts, scores, event.reasons)
+        return Written(texts, scores or [[] for _ in range(rows)], self.end.reasons)
 
 
 def event_stream(events: AsyncIterator[str]) -> StreamingResponse:
@@ -255,11 +288,9 @@ def event_stream(events: AsyncIterator[str]) -> StreamingResponse:
     return StreamingResponse(events, media_type="text/event-stream", headers=headers)
 
 
-def _merge(first: Chars, then: Chars, rows: int) -> Chars:
-    texts = [first.texts[r] + then.texts[r] for r in range(rows)]
-    if first.scores is None or then.scores is None:
-        return Chars(texts)
-    return Chars(texts, [first.scores[r] + then.scores[r] for r in range(rows)])
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 async def _watch_disconnect(request: Request, scheduler: Scheduler, job: Job) -> None:

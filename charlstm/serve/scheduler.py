@@ -348,19 +348,20 @@ class Scheduler:
     ) -> None:
         """Record the characters each job has just chosen; emit them."""
         now = time.monotonic()
+        written = 0
         for job in only if only is not None else batch.jobs:
             group = job.group
             shown = group.accept(True)
             step_scores = group.scores() if group.top_logprobs is not None else None
             texts, scores = self._visible(job, shown, step_scores)
-            written = sum(len(t) for t in texts)
+            written += sum(map(len, texts))
             if job.first_char is None:
                 job.first_char = now
                 self.metrics.first_char(now - job.arrived)
-            self.metrics.wrote(written, now)
             events.append((job, Chars(texts, scores)))
             if group.finished or all(job.rows_done):
                 self._finish(job, events)
+        self.metrics.wrote(written, now)  # once a step, not once a job
 
     def _visible(
         self, job: Job, shown: list[str], step_scores: list[Score] | None

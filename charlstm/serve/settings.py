@@ -87,6 +87,13 @@ class ServeConfig:
     body_limit: int = setting(
         65536, "Largest request body, in bytes (beyond: 413).", "Bounds", check=is_positive
     )
+    stream_interval: float = setting(
+        0.02,
+        "A stream gets at most one event per this many seconds, the steps between merged "
+        "(0: one per step; its first characters and its end never wait).",
+        "Server",
+        check=in_range(0, 1, "[]"),
+    )
 
     def validate(self) -> ServeConfig:
         check_fields(self)
