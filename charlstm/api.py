@@ -28,7 +28,8 @@ from charlstm.data.prepared import PreparedCorpus, is_prepared
 from charlstm.device import resolve_device
 from charlstm.errors import CharLSTMError
 from charlstm.fields import SettingError
-from charlstm.generation.sample import generate
+from charlstm.generation.engine import OnStep, Request, write
+from charlstm.generation.sample import check
 from charlstm.generation.scoring import HISTORY, EvalResult, score, score_heldout
 from charlstm.generation.settings import (
     DEFAULT_PENALTY_WINDOW,
@@ -146,37 +147,41 @@ class LanguageModel:
         sampling = sampling or SamplingConfig()
         if controls:
             sampling = replace(sampling, **controls)
-        if verse is not None and verse.active:
-            from charlstm.generation.verse.decoder import generate_for
-
-            return generate_for(
-                self,
-                prefixes,
-                verse,
-                sampling,
-                num_samples,
-                seed,
-                stop_at=stop_at,
-                lines=lines,
-                on_step=on_step,
-                cache=cache,
-                dynamic=dynamic,
-            )
-        return generate(
-            self.model,
-            self.vocab,
-            list(prefixes),
+        request = Request(
+            tuple(prefixes),
+            num_samples,
             length,
             sampling,
-            num_samples,
             seed,
-            on_step=on_step,
             stop_at=stop_at,
             lines=lines,
             cache=cache,
             dynamic=dynamic,
-            mixture=self.mixture,
+            verse=verse if verse is not None and verse.active else None,
         )
+        return self.write(request, on_step)
+
+    def write(self, request: Request, on_step: OnStep | None = None) -> list[list[str]]:
+        """Write ``request`` (:class:`~charlstm.generation.engine.Request`), checked first:
+        ``texts[prefix][sample]``, each without its prefix."""
+        check(request, self.vocab)
+        return write(
+            self.model,
+            self.vocab,
+            request,
+            on_step,
+            mixture=self.mixture,
+            copies=self.copies(request),
+        )
+
+    def copies(self, request: Request) -> Any:
+        """The training text's lines, for a poem's copy filter (built once and stored
+        beside the checkpoint); ``None`` when the request needs none."""
+        if request.verse is None or not request.verse.copy_filter:
+            return None
+        from charlstm.generation.verse.copies import training_lines
+
+        return training_lines(self.checkpoint)
 
     def score_text(self, text: str, context: str = "") -> EvalResult:
         """Loss of every character of ``text`` after the first (or all, given ``context``)."""

@@ -315,8 +315,11 @@ def test_a_poem_in_a_form_is_what_generate_writes_and_its_mistakes_are_one_messa
     """A verse request (the CLI's form options, by the same names) writes exactly the poem
     ``charlstm generate --form ... --seed`` writes, streamed or not; the combinations the
     CLI refuses get 400 with one message, and the server stays healthy."""
+    # a poem's candidates are rows of the batch: 2 samples x 2 candidates fill its 4 rows
     form = {"line_lengths": [4, 4, 4, 4], "acrostic": "我分", "rhyme": "shisanzhe"}
+    form["candidates"] = 2
     options = ["--line-lengths", "4,4,4,4", "--acrostic", "我分", "--rhyme", "shisanzhe"]
+    options += ["--candidates", "2"]
     result = invoke(
         "generate", "--checkpoint", tiny_run, *options, "--num-samples", 2, "--seed", 3,
         "--format", "jsonl",

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import random
 import threading
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from charlstm.api import LanguageModel, load_model
 from charlstm.fields import SettingError
+from charlstm.generation.engine import Request
 from charlstm.generation.settings import CacheConfig, DynamicConfig, SamplingConfig
 from charlstm.ngram.mixture import NgramMixture
 from charlstm.serve.jobs import Chars, End, Job, QueueFull
@@ -65,6 +67,24 @@ def mixed(model: LanguageModel, small_corpus: Path) -> LanguageModel:
     )
 
 
+def make_job(
+    model: str,
+    prefixes: list[str],
+    length: int,
+    sampling: SamplingConfig,
+    *,
+    seed: int,
+    num_samples: int = 1,
+    stop: list[str] | None = None,
+    timeout: float | None = None,
+    on_event=None,
+    **request,
+) -> Job:
+    """A job writing ``Request(prefixes, num_samples, length, sampling, seed, **request)``."""
+    written = Request(tuple(prefixes), num_samples, length, sampling, seed, **request)
+    return Job(model, written, stop or [], timeout=timeout, on_event=on_event)
+
+
 def random_job(rng: random.Random, key: int, collector: Collector, model: str = "m") -> Job:
     prefixes = [rng.choice(PREFIXES)] if rng.random() < 0.6 else rng.sample(PREFIXES, 3)
     sampling = SamplingConfig(
@@ -73,7 +93,7 @@ def random_job(rng: random.Random, key: int, collector: Collector, model: str = 
         top_p=rng.choice([None, 0.9]),
         repetition_penalty=rng.choice([1.0, 2.0]),
     )
-    return Job(
+    return make_job(
         model,
         prefixes,
         rng.choice([0, 1, 7, 40, 90]),
@@ -88,17 +108,7 @@ def random_job(rng: random.Random, key: int, collector: Collector, model: str = 
 
 
 def reference(model: LanguageModel, job: Job) -> list[str]:
-    texts = model.generate_many(
-        job.prefixes,
-        job.length,
-        job.num_samples,
-        job.sampling,
-        job.seed,
-        stop_at=job.stop_at,
-        lines=job.lines,
-        cache=job.cache,
-        dynamic=job.dynamic,
-    )
+    texts = model.write(replace(job.request, top_logprobs=None))
     return [text for per_prefix in texts for text in per_prefix]
 
 
@@ -130,8 +140,8 @@ def test_adapted_jobs_run_beside_the_batch_and_match_generate(model):
     scheduler = Scheduler({"m": model}).start()
     sampling = SamplingConfig(temperature=0.9)
     jobs = [
-        Job("m", ["分开"], 60, sampling, seed=1, num_samples=2, on_event=collector.on(0)),
-        Job(
+        make_job("m", ["分开"], 60, sampling, seed=1, num_samples=2, on_event=collector.on(0)),
+        make_job(
             "m",
             ["分开"],
             60,
@@ -140,7 +150,7 @@ def test_adapted_jobs_run_beside_the_batch_and_match_generate(model):
             cache=CacheConfig.for_generation(),
             on_event=collector.on(1),
         ),
-        Job(
+        make_job(
             "m",
             ["我们"],
             60,
@@ -165,7 +175,7 @@ def test_a_cancelled_job_ends_and_frees_its_rows(model):
     scheduler = Scheduler({"m": model}, max_streams=2).start()
     try:
         long = scheduler.submit(
-            Job(
+            make_job(
                 "m",
                 ["分开"],
                 10**6,
@@ -176,7 +186,7 @@ def test_a_cancelled_job_ends_and_frees_its_rows(model):
             )
         )
         waiting = scheduler.submit(
-            Job("m", ["分开"], 10, SamplingConfig(), seed=2, on_event=collector.on(1))
+            make_job("m", ["分开"], 10, SamplingConfig(), seed=2, on_event=collector.on(1))
         )
         with collector.done:
             collector.done.wait_for(lambda: 0 in collector.texts, 30)
@@ -195,13 +205,13 @@ def test_a_cancelled_job_ends_and_frees_its_rows(model):
 def test_a_full_queue_refuses_and_a_closed_scheduler_ends_every_job(model):
     collector = Collector()
     scheduler = Scheduler({"m": model}, max_streams=1, max_queue=1).start()
-    job = Job("m", ["分开"], 10**6, SamplingConfig(), seed=1, on_event=collector.on(0))
+    job = make_job("m", ["分开"], 10**6, SamplingConfig(), seed=1, on_event=collector.on(0))
     scheduler.submit(job)
     with collector.done:
         collector.done.wait_for(lambda: 0 in collector.texts, 30)
-    scheduler.submit(Job("m", ["分开"], 5, SamplingConfig(), seed=1, on_event=collector.on(1)))
+    scheduler.submit(make_job("m", ["分开"], 5, SamplingConfig(), seed=1, on_event=collector.on(1)))
     with pytest.raises(QueueFull):
-        scheduler.submit(Job("m", ["分开"], 5, SamplingConfig(), seed=1))
+        scheduler.submit(make_job("m", ["分开"], 5, SamplingConfig(), seed=1))
     scheduler.close()
     assert collector.ends[0].reasons == ["shutdown"]
     assert collector.ends[1].reasons == ["shutdown"]
@@ -210,12 +220,14 @@ def test_a_full_queue_refuses_and_a_closed_scheduler_ends_every_job(model):
 def test_stop_strings_end_a_row_before_them_and_are_never_written(model):
     collector = Collector()
     scheduler = Scheduler({"m": model}).start()
-    plain = Job("m", ["分开"], 200, SamplingConfig(), seed=5, on_event=collector.on(0))
+    plain = make_job("m", ["分开"], 200, SamplingConfig(), seed=5, on_event=collector.on(0))
     full = reference(model, plain)[0]
     stop = full[20:23]  # a string this seed writes (and maybe earlier too)
     try:
         scheduler.submit(
-            Job("m", ["分开"], 200, SamplingConfig(), seed=5, stop=[stop], on_event=collector.on(1))
+            make_job(
+                "m", ["分开"], 200, SamplingConfig(), seed=5, stop=[stop], on_event=collector.on(1)
+            )
         )
         collector.wait(1)
     finally:
@@ -227,11 +239,11 @@ def test_stop_strings_end_a_row_before_them_and_are_never_written(model):
 def test_bad_jobs_get_generates_messages_before_they_queue(model):
     scheduler = Scheduler({"m": model}, max_length=100)
     with pytest.raises(SettingError, match="top_p must be in"):
-        scheduler.submit(Job("m", ["分开"], 10, SamplingConfig(top_p=2.0), seed=1))
+        scheduler.submit(make_job("m", ["分开"], 10, SamplingConfig(top_p=2.0), seed=1))
     with pytest.raises(Exception, match="not in the model's vocabulary: '☃'"):
-        scheduler.submit(Job("m", ["分☃"], 10, SamplingConfig(), seed=1))
+        scheduler.submit(make_job("m", ["分☃"], 10, SamplingConfig(), seed=1))
     with pytest.raises(SettingError, match="length 500 is more than this server writes"):
-        scheduler.submit(Job("m", ["分开"], 500, SamplingConfig(), seed=1))
+        scheduler.submit(make_job("m", ["分开"], 500, SamplingConfig(), seed=1))
     assert scheduler.counts() == (0, 0, 0)
 
 
@@ -244,7 +256,7 @@ def test_the_handover_to_the_event_loop_keeps_order_and_holds_steps_between_even
 
     async def main() -> list[Chars | End]:
         got: list[Chars | End] = []
-        job = Job("m", ["分开"], 3, SamplingConfig(), seed=1, on_event=got.append)
+        job = make_job("m", ["分开"], 3, SamplingConfig(), seed=1, on_event=got.append)
         job.id = 1
         handover = Handover(asyncio.get_running_loop(), interval=3600.0)
         handover([(job, Chars(["我"]))])

@@ -195,7 +195,6 @@ def test_every_candidate_failing_is_one_line(tmp_path: Path) -> None:
         (["--prefix", "春", "--candidates", "2"], "--candidates is a setting of a verse form"),
         (["--line-lengths", "5,0"], "--line-lengths takes characters per line"),
         (["--line-lengths", "5,5", "--tone"], "--tone keeps the pattern of a classical form"),
-        (["--form", "jueju5", "--dynamic"], "--dynamic cannot write verse"),
         (["--form", "jueju5"], "the copy filter reads the run's training text"),
     ],
 )
@@ -250,32 +249,51 @@ def test_unbinding_constraints_write_what_plain_decoding_writes(
 
 def test_a_snapshot_survives_changes_in_place(tiny_run: Path) -> None:
     """A line drawn again starts from the state at the line's start: the rhymes used, the
-    cache's ring and the penalty's window, which the decode changes in place, included."""
-    from charlstm.generation.decoding import RepetitionPenalty
+    cache's ring and the penalty's window, which the decode changes in place, included.
+    Every holder of rows is snapshot with ``take`` and restored with ``select``."""
+    from charlstm.generation.rules import At, RepetitionPenalty, take
     from charlstm.generation.settings import SamplingConfig
     from charlstm.generation.streams import open_streams
     from charlstm.generation.verse.constraints import build_rules
-    from charlstm.generation.verse.decoder import _RowState
 
     model = load_model(tiny_run)
     settings = VerseSettings(line_lengths=[1, 1], rhyme="xinyun", copy_filter=False)
     rules = build_rules(settings, model.vocab, 2, model.device)
     penalty = RepetitionPenalty(SamplingConfig(repetition_penalty=2), 2, len(model.vocab), "cpu")
-    streams = open_streams(model.model, 2, CacheConfig.for_generation())
+    streams = open_streams(model.model, 0, CacheConfig.for_generation())
+    streams.select(torch.tensor([-1, -1]))  # two fresh rows
     x = model.vocab.encode("我们\n").view(-1, 1).repeat(1, 2)
-    logits = streams.read(torch.arange(2), x)[1]
-    state = _RowState(streams, rules, penalty)
-    before = state.get(logits)
-    expected = [list(p) if isinstance(p, list) else p.clone() for p in before]
+    streams.read(torch.arange(2), x)
+    holders = [streams, *rules, penalty]
+
+    def state() -> list[torch.Tensor]:
+        cache = streams.cache
+        return [
+            *streams.streams.state,
+            streams.query,
+            cache.keys,
+            cache.key_next,
+            cache.filled,
+            cache.slot,
+            rules[1].classes,
+            rules[1].used,
+            penalty.recent,
+            torch.tensor(penalty.count),
+        ]
+
+    every = torch.arange(2)
+    snapshots = [take(holder, every) for holder in holders]
+    before = [part.clone() for part in state()]
     chosen = torch.tensor([model.vocab.char_to_idx["开"]] * 2)
     for rule in rules:
-        rule.update(chosen, 1, 0)  # line 2's rhyme
+        rule.push(chosen, At(1, 0))  # line 2's rhyme
     penalty.push(chosen)
     streams.step(chosen)
     assert bool(rules[1].used.any())
-    state.set(before)
-    for old, new in zip(expected, state.get(logits), strict=True):
-        assert old == new if isinstance(old, list) else torch.equal(old, new)
+    for holder, snapshot in zip(holders, snapshots, strict=True):
+        holder.select(every + 2, snapshot)  # rows 2, 3: the snapshot's
+    for old, new in zip(before, state(), strict=True):
+        assert torch.equal(old, new)
 
 
 # -- the line-end score (issue 34): a line's break counts ------------------------------------

@@ -21,6 +21,7 @@ import copy
 import torch
 from torch import nn
 
+from charlstm.generation.rules import pick
 from charlstm.generation.settings import CacheConfig, DynamicConfig
 from charlstm.model import CharLSTM, State
 
@@ -110,6 +111,13 @@ class StreamCache:
         self.key_next[rows, self.slot] = key_next
         self.filled[rows, self.slot] = True
         self.slot = (self.slot + 1) % self.config.window
+
+    def select(self, index: torch.Tensor, source: StreamCache | None = None) -> None:
+        """Keep, reorder or duplicate streams (:mod:`charlstm.generation.rules`); -1: an
+        empty one."""
+        for name in ("keys", "key_next", "filled", "slot"):
+            other = getattr(source, name) if source is not None else None
+            setattr(self, name, pick(getattr(self, name), index, other))
 
     def mix(
         self, log_p: torch.Tensor, queries: torch.Tensor, rows: torch.Tensor | None = None

@@ -15,12 +15,14 @@ step for all rows at once, through one :class:`Streams` object:
 
 from __future__ import annotations
 
-from typing import Protocol
+import copy
+from typing import Any, Protocol
 
 import torch
 from torch import nn
 
 from charlstm.generation.adaptation import DynamicEvaluation, StreamCache, read_log_probs
+from charlstm.generation.rules import pick
 from charlstm.generation.settings import CacheConfig, DynamicConfig
 from charlstm.model import CharLSTM
 from charlstm.ngram.mixture import NgramMixture
@@ -35,6 +37,8 @@ class Streams(Protocol):
     def read(self, rows: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
 
     def step(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+    def select(self, index: torch.Tensor, source: Any = None) -> None: ...
 
 
 #: Every batch the model computes has a multiple of this many rows (padded with idle rows).
@@ -79,16 +83,22 @@ class ModelStreams:
         self.state[0][:, rows], self.state[1][:, rows] = h[:, :count], c[:, :count]
         return features[:, :count], self.model.logits(features[-1])[:count]
 
-    def resize(self, keep: torch.Tensor, new: int) -> None:
-        """Keep the rows ``keep`` (K,), in that order, then ``new`` fresh rows (zero state):
-        sequences join and leave a batch between steps (``charlstm serve``)."""
-        self.rows = len(keep) + new
-        fresh_h, fresh_c = self.model.init_state(_padded(self.rows) - len(keep))
-        h, c = self.state
-        self.state = (  # (L, N', H) each
-            torch.cat([h.index_select(1, keep), fresh_h], dim=1),
-            torch.cat([c.index_select(1, keep), fresh_c], dim=1),
-        )
+    def select(self, index: torch.Tensor, source: ModelStreams | None = None) -> None:
+        """Row i becomes row ``index[i]`` of these rows then ``source``'s; -1: a fresh
+        row (zero state). Sequences join and leave a batch between steps (``charlstm
+        serve``), and a poem keeps its best candidate lines (:mod:`charlstm.generation.rules`)."""
+        states = [part.transpose(0, 1)[: self.rows] for part in self.state]  # (N, L, H)
+        others = [None, None]
+        if source is not None:
+            others = [part.transpose(0, 1)[: source.rows] for part in source.state]
+        self.rows = len(index)
+        extra = _padded(self.rows) - self.rows
+        new = []
+        for part, other in zip(states, others, strict=True):
+            taken = pick(part, index, other)  # (N, L, H)
+            taken = torch.cat([taken, taken.new_zeros(extra, *taken.shape[1:])])
+            new.append(taken.transpose(0, 1).contiguous())
+        self.state = (new[0], new[1])
 
     def step(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.fold and self.table is None:
@@ -159,7 +169,18 @@ class LearningStreams:
     starts from a fresh copy of the weights."""
 
     def __init__(self, model: CharLSTM, batch: int, config: DynamicConfig) -> None:
+        self.model, self.config = model, config
         self.rows = [LearningStream(model, config) for _ in range(batch)]
+
+    def select(self, index: torch.Tensor, source: LearningStreams | None = None) -> None:
+        """As :meth:`ModelStreams.select`; every row taken is a copy (its weights too), so
+        duplicated rows learn apart and a snapshot never changes; -1: a fresh copy of the
+        model."""
+        pool = self.rows + (source.rows if source is not None else [])
+        self.rows = [
+            copy.deepcopy(pool[i]) if i >= 0 else LearningStream(self.model, self.config)
+            for i in index.tolist()
+        ]
 
     def read(self, rows: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         outs = [self.rows[row].read(x[:, i]) for i, row in enumerate(rows.tolist())]
@@ -218,15 +239,23 @@ class MixedStreams:
         self.query[rows] = features[-1].float()
         return features, self.cache.mix(log_p, features[-1], rows)
 
-    def resize(self, keep: torch.Tensor, new: int) -> None:
-        """Keep the rows ``keep`` (K,), in that order, then ``new`` fresh rows, as
-        :meth:`ModelStreams.resize` does; for streams without a cache or dynamic evaluation
-        (a batch that sequences join and leave)."""
-        if self.cache is not None or not hasattr(self.streams, "resize"):
-            raise TypeError("only streams without a cache or dynamic evaluation change size")
-        self.streams.resize(keep, new)
-        self.recent = [self.recent[i] for i in keep.tolist()] + [""] * new
-        self.query = torch.cat([self.query[keep], self.query.new_zeros(new, self.query.shape[1])])
+    def __copy__(self) -> MixedStreams:
+        """A copy whose streams and cache are copies too (so that selecting rows of the
+        copy, :func:`~charlstm.generation.rules.take`, leaves this one alone)."""
+        other = object.__new__(MixedStreams)
+        other.__dict__.update(self.__dict__)
+        other.streams = copy.copy(self.streams)
+        other.cache = copy.copy(self.cache)
+        return other
+
+    def select(self, index: torch.Tensor, source: MixedStreams | None = None) -> None:
+        """As :meth:`ModelStreams.select`, for the streams, the cache and the n-gram's
+        context of each row."""
+        self.streams.select(index, source.streams if source is not None else None)
+        self.recent = pick(self.recent, index, source.recent if source is not None else None, "")
+        self.query = pick(self.query, index, source.query if source is not None else None)
+        if self.cache is not None:
+            self.cache.select(index, source.cache if source is not None else None)
 
     def step(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.cache is not None:

@@ -19,6 +19,7 @@ from fastapi import Request
 from fastapi.responses import StreamingResponse
 
 from charlstm.fields import SettingError, build
+from charlstm.generation import engine
 from charlstm.generation.decoding import new_seed
 from charlstm.generation.settings import LogitRules, SamplingConfig, from_settings
 from charlstm.generation.verse.forms import VerseSettings
@@ -79,38 +80,26 @@ def build_job(
     if len(stop) > 4:
         raise SettingError("stop takes at most 4 strings")
     verse = _verse(body, max_tokens)
-    if verse is not None:  # a poem's lines are drawn as candidates, not step by step
-        used = [
-            f for f in ("frequency_penalty", "presence_penalty", "logit_bias") if getattr(body, f)
-        ]
-        if top_logprobs is not None:
-            used.append("logprobs or best_of")
-        if used:
-            raise SettingError(
-                f"{used[0]} cannot be used with a verse form: a poem is chosen line by line"
-            )
-    length = DEFAULT_MAX_TOKENS if max_tokens is None else max_tokens
-    if verse is not None:
-        form = verse.template()
-        length = sum(line.length + len(line.ending) for line in form.lines)
-    return Job(
-        model=state.names[0] if body.model is None else body.model,
-        prefixes=prompts,
-        length=length,
-        sampling=sampling,
-        seed=new_seed() if body.seed is None else body.seed,
-        num_samples=num_samples,
+    if verse is not None and top_logprobs is not None:  # lines are kept, not characters
+        raise SettingError(
+            "logprobs or best_of cannot be used with a verse form: a poem is chosen line by line"
+        )
+    request = engine.Request(
+        tuple(prompts),
+        num_samples,
+        DEFAULT_MAX_TOKENS if max_tokens is None else max_tokens,
+        sampling,
+        new_seed() if body.seed is None else body.seed,
         stop_at=body.stop_at,
         lines=body.lines,
-        stop=stop,
+        penalties=rules,
+        top_logprobs=top_logprobs,
         cache=cache,
         dynamic=dynamic,
         verse=verse,
-        rules=rules,
-        top_logprobs=top_logprobs,
-        score_prompt=score_prompt,
-        timeout=state.request_timeout,
     )
+    model = state.names[0] if body.model is None else body.model
+    return Job(model, request, stop, score_prompt, state.request_timeout)
 
 
 def logit_rules(body: Sampling) -> LogitRules | None:

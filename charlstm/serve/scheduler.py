@@ -1,28 +1,28 @@
 """Continuous batching: every running request's rows step together, joining and leaving
 between steps.
 
-A :class:`Job` is one request: its prefixes, ``n`` samples each, the sampling settings and
-a seed. Its rows are a :class:`~charlstm.generation.sample.RowGroup`, the same object
-:func:`charlstm.generation.sample.generate` drives, so a job writes exactly what
-``charlstm generate --seed`` writes for the same request: its draws come from its own
-generator, whatever else shares the batch, and its rows' logits are bitwise those
-``generate`` computes (the model always computes a multiple of
-:data:`~charlstm.generation.sample.ROW_MULTIPLE` rows, so a row's results do not depend on
-the batch it is in).
+A :class:`Job` is one request (:class:`~charlstm.generation.engine.Request`). Its rows are a
+group of the generation engine (:mod:`charlstm.generation.engine`), the same object
+``charlstm generate`` drives, so a job writes exactly what ``charlstm generate --seed``
+writes for the same request: its draws come from its own generator, whatever else shares
+the batch, and its rows' logits are bitwise those ``generate`` computes (the model always
+computes a multiple of :data:`~charlstm.generation.streams.ROW_MULTIPLE` rows, so a row's
+results do not depend on the batch it is in). A poem is a group like any other: its
+candidate lines step with every other row, and it can be cancelled between two steps.
+
+The scheduler itself keeps only admission, timeouts and draining; the engines step.
 
 One worker thread does all the torch work, in a loop:
 
 1. jobs that finished, were cancelled or ran out of time leave, and their rows are
-   dropped from the batch;
-2. waiting jobs join while rows are free (``max_streams``): their prefixes are read, those
-   of equal length in one pass whatever job they belong to, and each job chooses its
-   first characters;
-3. one step for every row of each batch, and each job chooses its next characters from
-   its own rows' logits.
+   dropped from their engine;
+2. waiting jobs join while rows are free (``max_streams``; a poem takes a row per
+   candidate): :meth:`Engine.admit <charlstm.generation.engine.Engine.admit>`;
+3. one :meth:`Engine.step <charlstm.generation.engine.Engine.step>` of every engine.
 
-Jobs that need a model of their own (``cache`` / ``dynamic`` adaptation) run in a batch
+Jobs that need a model of their own (``cache`` / ``dynamic`` adaptation) run in an engine
 of their own, as in ``generate``. Rows of jobs whose steps ``generate`` would fold
-(:func:`~charlstm.generation.sample.folds`) share one batch per model, the others another;
+(:func:`~charlstm.generation.engine.folds`) share one engine per model, the others another;
 the scratch backend's steps are the same either way, so its jobs all share the folded one
 (see :func:`_folds`).
 
@@ -44,18 +44,17 @@ import torch
 from charlstm.api import LanguageModel
 from charlstm.errors import CharLSTMError
 from charlstm.fields import SettingError
-from charlstm.generation.sample import folds
+from charlstm.generation.engine import Engine, Score, TextGroup, folds, open_group, steps_of
+from charlstm.generation.streams import ModelStreams, open_streams
 from charlstm.serve.jobs import (
-    Batch,
     Chars,
     Draining,
     End,
     Event,
     Job,
     QueueFull,
-    Score,
     UnknownModel,
-    validate_job,
+    check_job,
 )
 from charlstm.serve.metrics import Metrics
 
@@ -85,7 +84,8 @@ class Scheduler:
         self.deliver = deliver or _call_each
         self.metrics = Metrics()
         self.waiting: collections.deque[Job] = collections.deque()
-        self.batches: dict[Any, Batch] = {}
+        self.batches: dict[Any, Engine] = {}
+        self.members: dict[Any, list[Job]] = {}  # each engine's jobs, in its groups' order
         self.tables: dict[str, torch.Tensor] = {}  # each model's step table, once built
         self.lock = threading.Condition()
         self.ids = itertools.count(1)
@@ -109,9 +109,10 @@ class Scheduler:
         if model is None:
             names = ", ".join(self.models)
             raise UnknownModel(f"unknown model {job.model!r}; this server has {names}")
-        if self.max_length is not None and job.length > self.max_length:
+        length = steps_of(job.request)
+        if self.max_length is not None and length > self.max_length:
             raise SettingError(
-                f"{{length}} {job.length} is more than this server writes ({self.max_length})"
+                f"{{length}} {length} is more than this server writes ({self.max_length})"
             )
         longest = max((len(p) for p in job.prefixes), default=0)
         if self.max_prompt is not None and longest > self.max_prompt:
@@ -119,11 +120,12 @@ class Scheduler:
                 f"{{prefixes}} of {longest} characters is longer than this server reads "
                 f"({self.max_prompt})"
             )
-        validate_job(job, model)
-        if job.rows > self.max_streams:
+        check_job(job, model)
+        if job.request.rows > self.max_streams:
+            times = " times the candidates" if job.request.verse is not None else ""
             raise SettingError(
-                f"{{num_samples}} times the prompts is {job.rows} rows; this server steps at most "
-                f"{self.max_streams}"
+                f"{{num_samples}} times the prompts{times} is {job.request.rows} rows; this "
+                f"server steps at most {self.max_streams}"
             )
         with self.lock:
             if self.draining or self.closing:
@@ -143,8 +145,8 @@ class Scheduler:
         free = self.max_streams - self.running[1]
         queued = 0
         for waiting in [*self.waiting, job]:
-            if queued == 0 and waiting.rows <= free:
-                free -= waiting.rows
+            if queued == 0 and waiting.request.rows <= free:
+                free -= waiting.request.rows
             else:
                 queued += 1
         return queued - (1 if queued else 0)  # the jobs ahead of ``job`` in the queue
@@ -197,13 +199,13 @@ class Scheduler:
                 self._leave(events)
                 self._join(joining, events)
                 self._leave(events)
-                for batch in list(self.batches.values()):
-                    with batch.mode():
-                        batch.step()
-                        self._accept(batch, events)
+                for key, engine in list(self.batches.items()):
+                    with engine.mode():
+                        engine.step()
+                        self._accept(self.members[key], events)
                 self._leave(events)  # counted out before their End goes out
-                batches = list(self.batches.values())
-                self.running = (sum(len(b.jobs) for b in batches), sum(b.size for b in batches))
+                engines = list(self.batches.values())
+                self.running = (sum(len(e.groups) for e in engines), sum(e.size for e in engines))
                 if events:
                     self.deliver(events)
                     events = []
@@ -229,16 +231,16 @@ class Scheduler:
     def _admissible(self) -> bool:
         if any(j.cancelled for j in self.waiting):
             return True
-        free = self.max_streams - sum(b.size for b in self.batches.values())
-        return bool(self.waiting) and self.waiting[0].rows <= free
+        free = self.max_streams - sum(e.size for e in self.batches.values())
+        return bool(self.waiting) and self.waiting[0].request.rows <= free
 
     def _take_waiting(self) -> list[Job]:
         """The waiting jobs that fit, in arrival order (a job never overtakes another)."""
-        free = self.max_streams - sum(b.size for b in self.batches.values())
+        free = self.max_streams - sum(e.size for e in self.batches.values())
         taken = []
-        while self.waiting and self.waiting[0].rows <= free:
+        while self.waiting and self.waiting[0].request.rows <= free:
             job = self.waiting.popleft()
-            free -= job.rows
+            free -= job.request.rows
             taken.append(job)
         return taken
 
@@ -252,45 +254,64 @@ class Scheduler:
                 self._end(job, reason, events)
 
     def _join(self, jobs: list[Job], events: list[tuple[Job, Event]]) -> None:
-        by_batch: dict[Any, list[Job]] = collections.defaultdict(list)
+        by_engine: dict[Any, list[Job]] = collections.defaultdict(list)
         for job in jobs:
             if job.score_prompt:
                 self._score_prompts(job)
-            if job.verse is not None:
-                self._write_verse(job, events)
-                continue
-            if job.length == 0:  # nothing to write: generate reads no prefix either
+            request = job.request
+            if request.verse is None and request.length == 0:  # nothing to write or read
                 job.ended = True
                 self.metrics.finished["length"] += 1
                 events.append((job, End(["length"] * job.rows)))
                 continue
             model = self.models[job.model]
-            fold = _folds(model, job)
-            if job.private:
-                key: Any = ("private", job.id)
-                self.batches[key] = Batch(model, fold, job)
-            else:
-                key = (job.model, fold)
-                if key not in self.batches:
-                    table = None
-                    if fold:
-                        if job.model not in self.tables:
-                            with torch.inference_mode():
-                                self.tables[job.model] = model.model.step_table()
-                        table = self.tables[job.model]
-                    self.batches[key] = Batch(model, fold, table=table)
-            by_batch[key].append(job)
-        for key, joining in by_batch.items():
-            batch = self.batches[key]
-            with batch.mode():
+            try:
+                job.group = open_group(request, model.vocab, model.device, model.copies(request))
+            except (CharLSTMError, RuntimeError, MemoryError) as err:
+                self._end(job, "error", events, str(err))
+                continue
+            job.rows_done = [False] * job.rows
+            job.pending = [""] * job.rows
+            job.pending_scores = [[] for _ in range(job.rows)]
+            by_engine[self._engine_for(job)].append(job)
+        for key, joining in by_engine.items():
+            engine = self.batches[key]
+            with engine.mode():
                 try:
-                    batch.admit(joining)
+                    engine.admit([job.group for job in joining])
                 except (CharLSTMError, RuntimeError, MemoryError) as err:
-                    batch.drop(joining)
+                    engine.drop([job.group for job in joining if job.group in engine.groups])
                     for job in joining:
                         self._end(job, "error", events, str(err))
                     continue
-                self._accept(batch, events, joining)
+            self.members[key] += joining
+            self._accept(joining, events)
+
+    def _engine_for(self, job: Job) -> Any:
+        """The key of the engine ``job``'s rows join (made when missing): its own for a
+        request that adapts to its text, else its model's (folded or not)."""
+        model = self.models[job.model]
+        request = job.request
+        fold = _folds(model, job)
+        if request.private:
+            key: Any = ("private", job.id)
+            streams = open_streams(
+                model.model, 0, request.cache, request.dynamic, model.mixture, fold
+            )
+        else:
+            key = (job.model, fold)
+            if key in self.batches:
+                return key
+            streams = open_streams(model.model, 0, mixture=model.mixture, fold=fold)
+            inner = getattr(streams, "streams", streams)
+            if fold and isinstance(inner, ModelStreams):
+                if job.model not in self.tables:
+                    with torch.inference_mode():
+                        self.tables[job.model] = model.model.step_table()
+                inner.table = self.tables[job.model]  # built once per model
+        self.batches[key] = Engine(streams, model.device, request.dynamic is not None)
+        self.members[key] = []
+        return key
 
     def _score_prompts(self, job: Job) -> None:
         """Each prefix's characters with their scores under the model (with its n-gram),
@@ -317,48 +338,20 @@ class Scheduler:
                 ]
             )
 
-    def _write_verse(self, job: Job, events: list[tuple[Job, Event]]) -> None:
-        """A poem is written whole, here, between two steps of the batch: its lines are
-        drawn as candidates side by side and chosen line by line
-        (:mod:`charlstm.generation.verse.decoder`), which does not step with other rows.
-        The running streams wait for it (a 七言绝句 with 4 candidates: about 0.1-0.3 s)."""
-        from charlstm.generation.verse.decoder import generate_for
-
-        model = self.models[job.model]
-        try:
-            with torch.inference_mode():
-                texts = generate_for(
-                    model, job.prefixes, job.verse, job.sampling, job.num_samples, job.seed
-                )
-        except (CharLSTMError, RuntimeError, MemoryError) as err:
-            self._end(job, "error", events, str(err))
-            return
-        rows = [text for per_prefix in texts for text in per_prefix]
-        now = time.monotonic()
-        job.first_char = now
-        self.metrics.first_char(now - job.arrived)
-        self.metrics.wrote(sum(len(t) for t in rows), now)
-        events.append((job, Chars(rows)))
-        job.ended = True
-        self.metrics.finished["stop"] += 1
-        events.append((job, End(["stop"] * job.rows)))
-
-    def _accept(
-        self, batch: Batch, events: list[tuple[Job, Event]], only: list[Job] | None = None
-    ) -> None:
-        """Record the characters each job has just chosen; emit them."""
+    def _accept(self, jobs: list[Job], events: list[tuple[Job, Event]]) -> None:
+        """Emit what each job's rows have just shown; finish the jobs that are done."""
         now = time.monotonic()
         written = 0
-        for job in only if only is not None else batch.jobs:
+        for job in jobs:
             group = job.group
-            shown = group.accept(True)
-            step_scores = group.scores() if group.top_logprobs is not None else None
-            texts, scores = self._visible(job, shown, step_scores)
-            written += sum(map(len, texts))
-            if job.first_char is None:
-                job.first_char = now
-                self.metrics.first_char(now - job.arrived)
-            events.append((job, Chars(texts, scores)))
+            for shown in group.shown():
+                step_scores = group.scores() if job.top_logprobs is not None else None
+                texts, scores = self._visible(job, shown, step_scores)
+                written += sum(map(len, texts))
+                if job.first_char is None:
+                    job.first_char = now
+                    self.metrics.first_char(now - job.arrived)
+                events.append((job, Chars(texts, scores)))
             if group.finished or all(job.rows_done):
                 self._finish(job, events)
         self.metrics.wrote(written, now)  # once a step, not once a job
@@ -402,10 +395,9 @@ class Scheduler:
     def _finish(self, job: Job, events: list[tuple[Job, Event]]) -> None:
         """A job that ended by itself: each row's reason; what stop strings held back."""
         group = job.group
-        ended = group.stop.done.tolist() if group.stop is not None else [False] * job.rows
+        ended = group.reasons() if isinstance(group, TextGroup) else ["stop"] * job.rows
         reasons = [
-            "stop" if done or hit else "length"
-            for done, hit in zip(ended, job.rows_done, strict=True)
+            "stop" if hit else reason for reason, hit in zip(ended, job.rows_done, strict=True)
         ]
         if any(job.pending):
             scores = job.pending_scores if job.top_logprobs is not None else None
@@ -418,9 +410,9 @@ class Scheduler:
         """Drop the rows of jobs that ended, were cancelled or ran out of time."""
         now = time.monotonic()
         shutdown = self.closing or (self.drain_deadline is not None and now >= self.drain_deadline)
-        for key, batch in list(self.batches.items()):
+        for key, engine in list(self.batches.items()):
             leaving = []
-            for job in batch.jobs:
+            for job in self.members[key]:
                 if job.ended:
                     leaving.append(job)  # its End has gone out
                     continue
@@ -429,9 +421,11 @@ class Scheduler:
                     leaving.append(job)
                     self._end(job, reason, events)
             if leaving:
-                batch.drop(leaving)
-            if not batch.jobs:
+                engine.drop([job.group for job in leaving])
+                self.members[key] = [job for job in self.members[key] if job not in leaving]
+            if not engine.groups:
                 del self.batches[key]
+                del self.members[key]
 
     def _end(
         self, job: Job, reason: str, events: list[tuple[Job, Event]], message: str | None = None
@@ -448,11 +442,12 @@ class Scheduler:
             waiting, self.waiting = list(self.waiting), collections.deque()
         for job in waiting:
             self._end(job, reason, events, message)
-        for batch in self.batches.values():
-            for job in batch.jobs:
+        for members in self.members.values():
+            for job in members:
                 if not job.ended:
                     self._end(job, reason, events, message)
         self.batches.clear()
+        self.members.clear()
         self.running = (0, 0)
         if events:
             self.deliver(events)
@@ -462,7 +457,7 @@ class Scheduler:
 def _folds(model: LanguageModel, job: Job) -> bool:
     """Whether the job's rows step with the model's step table.
 
-    As ``generate`` would for this request (:func:`~charlstm.generation.sample.folds`),
+    As ``generate`` would for this request (:func:`~charlstm.generation.engine.folds`),
     except for the scratch backend, where the table changes no bit: its row for ``x`` is
     ``input_term(x)``, the very product (``x W_x + b``) the unfolded step computes before
     adding ``h W_h`` (``torch.lstm_cell`` and :func:`~charlstm.lstm_function.lstm_step`
@@ -470,7 +465,7 @@ def _folds(model: LanguageModel, job: Job) -> bool:
     which the table sums first: there the table changes the last bits."""
     if model.model.config.backend == "scratch":
         return True
-    return folds(job.rows, job.length, len(model.vocab))
+    return folds(job.request.rows, steps_of(job.request), len(model.vocab))
 
 
 def _over(job: Job, now: float, shutdown: bool) -> str | None:

@@ -1,15 +1,16 @@
-"""One small rule per constraint, each masking the distribution of every row (N, V).
+"""One small rule per constraint of a verse form, each an entry of the one list of logits
+rules (:mod:`charlstm.generation.rules`), after the temperature and before top-k / top-p.
 
-Every rule has the same three methods, like Hugging Face's logits processors:
+Every rule has the list's interface, like Hugging Face's logits processors:
 
-- ``mask(allowed, line, pos)``: narrow ``allowed`` (N, V) (True: may be drawn) for the
-  character at position ``pos`` of line ``line`` (0-based; positions past the line's
-  length are its ending). All rows of a decode are at the same position of the same form;
-  what differs between rows (the rhyme class, the tone pattern, the rhyme characters used)
-  is each row's own state, held in tensors.
-- ``update(chosen, line, pos)``: account for the characters (N,) just drawn.
-- ``rows()`` / ``set_rows(values)``: the per-row state, as tensors with rows first, so that
-  the decoder can copy rows (the chosen candidate of each line).
+- ``rule(logits, at)``: mask (``-inf``) the characters that may not stand at position
+  ``at.pos`` of line ``at.line`` (0-based; positions past the line's length are its
+  ending); ``logits`` itself back when the rule says nothing there. All rows of a poem are
+  at the same position of the same form; what differs between rows (the rhyme class, the
+  tone pattern, the rhyme characters used) is each row's own state, held in tensors.
+- ``push(chosen, at)``: account for the characters (N,) just drawn.
+- ``select(index, source)``: keep, reorder or duplicate rows (the poem keeps the best
+  candidate of each line and copies it to every candidate).
 
 :func:`build_rules` composes them in this order: form, acrostic, rhyme, tone.
 """
@@ -24,6 +25,7 @@ import torch
 from charlstm.data.corpus import Vocab
 from charlstm.errors import CharLSTMError
 from charlstm.fields import SettingError
+from charlstm.generation.rules import At, pick
 from charlstm.generation.verse.forms import (
     Form,
     VerseSettings,
@@ -62,16 +64,20 @@ def resolve_end(form: Form, vocab: Vocab) -> str:
     return "".join(ch for ch in end if ch in vocab)
 
 
+def masked(logits: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+    """``logits`` (N, V) with the characters not ``allowed`` ((V,) or (N, V)) at -inf."""
+    return logits.masked_fill(~allowed, float("-inf"))
+
+
 class _Stateless:
     """A rule that keeps nothing per row: its mask depends on the position alone."""
 
-    def update(self, chosen: torch.Tensor, line: int, pos: int) -> None:
+    constrains = True
+
+    def push(self, chosen: torch.Tensor, at: At | None) -> None:
         pass
 
-    def rows(self) -> list[torch.Tensor]:
-        return []
-
-    def set_rows(self, values: Sequence[torch.Tensor]) -> None:
+    def select(self, index: torch.Tensor, source: object = None) -> None:
         pass
 
 
@@ -96,13 +102,14 @@ class FormRule(_Stateless):
         """Characters line ``line`` takes with its ending."""
         return self.lengths[line] + len(self.endings[line])
 
-    def mask(self, allowed: torch.Tensor, line: int, pos: int) -> torch.Tensor:
-        length = self.lengths[line]
-        if pos < length:
-            return allowed & self.text
+    def __call__(self, logits: torch.Tensor, at: At | None) -> torch.Tensor:
+        assert at is not None
+        length = self.lengths[at.line]
+        if at.pos < length:
+            return masked(logits, self.text)
         forced = torch.zeros_like(self.text)
-        forced[self.endings[line][pos - length]] = True
-        return allowed & forced
+        forced[self.endings[at.line][at.pos - length]] = True
+        return masked(logits, forced)
 
 
 class AcrosticRule(_Stateless):
@@ -125,12 +132,13 @@ class AcrosticRule(_Stateless):
         self.vocab_size = len(vocab)
         self.device = device
 
-    def mask(self, allowed: torch.Tensor, line: int, pos: int) -> torch.Tensor:
-        if pos != 0 or line >= len(self.heads):
-            return allowed
+    def __call__(self, logits: torch.Tensor, at: At | None) -> torch.Tensor:
+        assert at is not None
+        if at.pos != 0 or at.line >= len(self.heads):
+            return logits
         only = torch.zeros(self.vocab_size, dtype=torch.bool, device=self.device)
-        only[self.heads[line]] = True
-        return allowed & only
+        only[self.heads[at.line]] = True
+        return masked(logits, only)
 
 
 @lru_cache(maxsize=4)
@@ -161,6 +169,7 @@ class RhymeRule:
     """
 
     name = "rhyme"
+    constrains = True
 
     def __init__(
         self,
@@ -201,16 +210,18 @@ class RhymeRule:
         self.classes = open_classes.expand(batch, -1).clone()  # (N, K)
         self.used = torch.zeros((batch, len(vocab)), dtype=torch.bool, device=device)  # (N, V)
 
-    def mask(self, allowed: torch.Tensor, line: int, pos: int) -> torch.Tensor:
-        if self.lines.get(line) != pos:
-            return allowed
+    def __call__(self, logits: torch.Tensor, at: At | None) -> torch.Tensor:
+        assert at is not None
+        if self.lines.get(at.line) != at.pos:
+            return logits
         rhymes = (self.classes.float() @ self.member.T) > 0  # (N, V)
         if self.in_context:  # no reading outside the row's classes
             rhymes &= ((~self.classes).float() @ self.member.T) == 0
-        return allowed & rhymes & ~self.used
+        return masked(logits, rhymes & ~self.used)
 
-    def update(self, chosen: torch.Tensor, line: int, pos: int) -> None:
-        if self.lines.get(line) != pos:
+    def push(self, chosen: torch.Tensor, at: At | None) -> None:
+        assert at is not None
+        if self.lines.get(at.line) != at.pos:
             return
         self.classes &= self.member[chosen] > 0
         self.used[torch.arange(len(chosen), device=chosen.device), chosen] = True
@@ -232,11 +243,10 @@ class RhymeRule:
                 self.classes[row] = narrowed
         return ok
 
-    def rows(self) -> list[torch.Tensor]:
-        return [self.classes, self.used]
-
-    def set_rows(self, values: Sequence[torch.Tensor]) -> None:
-        self.classes, self.used = values
+    def select(self, index: torch.Tensor, source: RhymeRule | None = None) -> None:
+        for name in ("classes", "used"):
+            other = getattr(source, name) if source is not None else None
+            setattr(self, name, pick(getattr(self, name), index, other))
 
 
 class ToneRule:
@@ -249,6 +259,7 @@ class ToneRule:
     """
 
     name = "tone"
+    constrains = True
 
     def __init__(
         self,
@@ -273,15 +284,17 @@ class ToneRule:
         ]
         self.start = torch.zeros(batch, dtype=torch.long, device=device)  # (N,) 0 平起, 1 仄起
 
-    def mask(self, allowed: torch.Tensor, line: int, pos: int) -> torch.Tensor:
+    def __call__(self, logits: torch.Tensor, at: At | None) -> torch.Tensor:
+        assert at is not None
+        line, pos = at.line, at.pos
         if line == 0 and pos == 1:
-            return allowed & (self.ping_only | self.ze_only)
+            return masked(logits, self.ping_only | self.ze_only)
         level = self.required[0][line].get(pos, 0)
         oblique = self.required[1][line].get(pos, 0)
         if level == 0 and oblique == 0:
-            return allowed
+            return logits
         by_start = torch.stack([self._ok(level), self._ok(oblique)])  # (2, V)
-        return allowed & by_start[self.start]
+        return masked(logits, by_start[self.start])
 
     def _ok(self, required: int) -> torch.Tensor:
         if required == 1:
@@ -290,15 +303,13 @@ class ToneRule:
             return ~self.ping_only
         return torch.ones_like(self.ze_only)
 
-    def update(self, chosen: torch.Tensor, line: int, pos: int) -> None:
-        if line == 0 and pos == 1:
+    def push(self, chosen: torch.Tensor, at: At | None) -> None:
+        assert at is not None
+        if at.line == 0 and at.pos == 1:
             self.start = self.ze_only[chosen].long()
 
-    def rows(self) -> list[torch.Tensor]:
-        return [self.start]
-
-    def set_rows(self, values: Sequence[torch.Tensor]) -> None:
-        (self.start,) = values
+    def select(self, index: torch.Tensor, source: ToneRule | None = None) -> None:
+        self.start = pick(self.start, index, source.start if source is not None else None)
 
 
 Rule = FormRule | AcrosticRule | RhymeRule | ToneRule

@@ -1,16 +1,13 @@
-"""Writing verse: the model writes line by line, its distribution masked by the rules.
+"""Writing verse: a poem is a group of rows in the generation engine
+(:mod:`charlstm.generation.engine`), its distribution masked by the form's rules.
 
-:func:`generate_verse` is the one entry point (the CLI and the Python API call it through
-:meth:`charlstm.api.LanguageModel.generate_many`; a server can call it directly).
-
-Every sample is a row; each row runs ``candidates`` copies (C) side by side, N = R * C rows
-in all. All rows stand at the same position of the same form, so that one step advances all
-of them (:meth:`~charlstm.model.CharLSTM.step` for the batch); what differs between rows
+Every sample runs ``candidates`` copies (C) side by side, N = R * C rows in all, stepped
+with every other row of the engine's batch (in ``charlstm serve``, beside running text).
+All rows of a poem stand at the same position of the same form; what differs between rows
 (the rhyme class, the tone pattern, the rhymes used) is the rules' per-row state in tensors
-(:mod:`~charlstm.generation.verse.constraints`). A character is drawn from the model's
-distribution (after the n-gram mix or cache), then the repetition penalty and the
-temperature, then the rules' mask, then top-k / top-p
-(:func:`~charlstm.generation.decoding.next_chars`).
+(:mod:`~charlstm.generation.verse.constraints`). A character is drawn through the one list
+of logits rules (:mod:`charlstm.generation.rules`): the penalties, the temperature, the
+form's rules, then top-k / top-p.
 
 At the end of each line, each sample keeps the candidate the model scores best (the
 line-end score, :func:`line_scores`): the mean log-probability, under the model's own
@@ -34,23 +31,18 @@ the sample), and a newline alone when there is no prefix.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 import torch
 
-from charlstm.data.corpus import Vocab, show_chars
+from charlstm.data.corpus import Vocab
 from charlstm.errors import CharLSTMError
 from charlstm.fields import SettingError
-from charlstm.generation.decoding import RepetitionPenalty, next_chars
-from charlstm.generation.sample import check_request
-from charlstm.generation.settings import CacheConfig, DynamicConfig, SamplingConfig
-from charlstm.generation.streams import MixedStreams, ModelStreams, open_streams
-from charlstm.generation.verse.constraints import FormRule, RhymeRule, Rule, build_rules
+from charlstm.generation.engine import Engine, Request, prefix_reads
+from charlstm.generation.rules import At, apply, choose, logits_rules, take
+from charlstm.generation.verse.constraints import FormRule, build_rules
 from charlstm.generation.verse.copies import LineSet
 from charlstm.generation.verse.forms import VerseSettings
-from charlstm.model import CharLSTM
-from charlstm.ngram.mixture import NgramMixture
 
 #: How many times a line is drawn again (all C candidates each time) before giving up.
 MAX_ROUNDS = 8
@@ -80,90 +72,6 @@ def line_scores(chars: torch.Tensor, breaks: torch.Tensor, length: int) -> torch
     ("我想就想没有孤").
     """
     return (chars + breaks.clamp(min=MIN_BREAK_LOG_PROB)) / (length + 1)
-
-
-Part = torch.Tensor | list[Any]
-
-
-def _take(part: Part, index: torch.Tensor) -> Part:
-    if isinstance(part, list):
-        return [part[i] for i in index.tolist()]
-    return part[index].clone()
-
-
-def _put(part: Part, rows: torch.Tensor, values: Part) -> Part:
-    if isinstance(part, list):
-        out = list(part)
-        for row, value in zip(rows.tolist(), values, strict=True):
-            out[row] = value
-        return out
-    part = part.clone()
-    part[rows] = values
-    return part
-
-
-def _copy(part: Part) -> Part:
-    return list(part) if isinstance(part, list) else part.clone()
-
-
-class _RowState:
-    """Every per-row piece of a decode (the streams', the rules', the penalty's, the next
-    distribution), rows first, to copy rows between candidates. :meth:`get` and :meth:`set`
-    copy, so that a snapshot never changes when the decode changes its state in place (the
-    cache's ring, the rhymes used, the penalty's window)."""
-
-    def __init__(
-        self,
-        streams: ModelStreams | MixedStreams,
-        rules: Sequence[Rule],
-        penalty: RepetitionPenalty | None,
-    ) -> None:
-        self.streams, self.rules, self.penalty = streams, rules, penalty
-
-    def _model_streams(self) -> ModelStreams:
-        inner = self.streams.streams if isinstance(self.streams, MixedStreams) else self.streams
-        assert isinstance(inner, ModelStreams)
-        return inner
-
-    def get(self, logits: torch.Tensor) -> list[Part]:
-        h, c = self._model_streams().state  # (L, N, H) each
-        parts: list[Part] = [logits, h.transpose(0, 1), c.transpose(0, 1)]
-        if isinstance(self.streams, MixedStreams):
-            parts += [self.streams.query, list(self.streams.recent)]
-            cache = self.streams.cache
-            if cache is not None:
-                parts += [cache.keys, cache.key_next, cache.filled, cache.slot]
-        for rule in self.rules:
-            parts += rule.rows()
-        if self.penalty is not None:
-            parts.append(self.penalty.recent)
-        return [_copy(part) for part in parts]
-
-    def set(self, parts: list[Part]) -> torch.Tensor:
-        """Make (copies of) ``parts`` the state; returns the next distribution's logits (N, V)."""
-        values = iter([_copy(part) for part in parts])
-        logits = next(values)
-        h, c = next(values), next(values)
-        self._model_streams().state = (
-            h.transpose(0, 1).contiguous(),
-            c.transpose(0, 1).contiguous(),
-        )
-        if isinstance(self.streams, MixedStreams):
-            self.streams.query = next(values)
-            self.streams.recent = list(next(values))
-            cache = self.streams.cache
-            if cache is not None:
-                cache.keys, cache.key_next, cache.filled, cache.slot = (
-                    next(values),
-                    next(values),
-                    next(values),
-                    next(values),
-                )
-        for rule in self.rules:
-            rule.set_rows([next(values) for _ in rule.rows()])
-        if self.penalty is not None:
-            self.penalty.recent = next(values)
-        return logits
 
 
 def _contexts(prefixes: Sequence[str], vocab: Vocab) -> list[tuple[str, str]]:
@@ -206,260 +114,226 @@ def _failure(
     return CharLSTMError(f"could not write {where} ({tries}): {reason}: {what}")
 
 
-def generate_verse(
-    model: CharLSTM,
-    vocab: Vocab,
-    prefixes: Sequence[str],
-    settings: VerseSettings,
-    config: SamplingConfig | None = None,
-    num_samples: int = 1,
-    seed: int | None = None,
-    on_step: Callable[[list[str]], None] | None = None,
-    *,
-    cache: CacheConfig | None = None,
-    dynamic: DynamicConfig | None = None,
-    mixture: NgramMixture | None = None,
-    copies: LineSet | None = None,
-) -> list[list[str]]:
-    """Write a poem in the form of ``settings`` after each prefix, ``num_samples`` times.
+def poem_steps(settings: VerseSettings) -> int:
+    """The characters a poem of ``settings`` writes, endings included."""
+    return sum(line.length + len(line.ending) for line in settings.template().lines)
 
-    Returns ``texts[p][s]`` as :func:`charlstm.generation.sample.generate` does: the sample
-    without its prefix (a newline, then the poem, when the prefix is a title). ``copies``
-    is the training text's lines (:func:`~charlstm.generation.verse.copies.training_lines`),
-    needed while ``settings.copy_filter`` is on. ``on_step`` receives each line as it is
-    settled (one string per sample), then ``""`` for every sample once all have ended.
-    ``seed``: the same seed gives the same poems (same settings, backend and device).
+
+class VerseGroup:
+    """One poem request's rows in the engine: R samples times C candidates.
+
+    A state machine over the engine's steps: each step's logits draw the next character of
+    every candidate (phase ``line``); after a line's last character one more step gives the
+    logits after it (``close``), or, on the last line, the poem's end is scored (``end``);
+    then :meth:`_line_end` keeps each sample's best candidate and copies it to all C rows,
+    or draws the line again from its start (the rows restored from a snapshot).
     """
-    settings = settings.validate()
-    if not settings.active:
-        raise SettingError("no verse form: give {form} or {line_lengths}")
-    config = config or SamplingConfig()
-    config.check_vocab(len(vocab))
-    if dynamic is not None:
-        raise SettingError(
-            "{dynamic} cannot write verse: each line's candidates would need weights of "
-            "their own (use {cache})"
-        )
-    check_request(0, num_samples, seed)
-    if settings.copy_filter and copies is None:
-        raise SettingError(
-            "the copy filter needs the training text's lines; or turn {copy_filter} off"
-        )
-    prefixes = list(prefixes)
-    if not prefixes:
-        prefixes = [""]
-    unknown = list(dict.fromkeys(ch for p in prefixes for ch in vocab.missing(p)))
-    if unknown:
-        raise CharLSTMError(
-            f"prefix has characters not in the model's vocabulary: {show_chars(unknown)}"
-        )
-    contexts = _contexts(prefixes, vocab)
-    samples = len(prefixes) * num_samples
-    width = settings.candidates
-    batch = samples * width
-    device = model.device
-    rules = build_rules(settings, vocab, batch, device)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode():
-            total = sum(line.length + len(line.ending) for line in settings.template().lines)
-            fold = batch * total >= len(vocab)  # as generate(): the fold pays for itself
-            streams = open_streams(model, batch, cache, None, mixture, fold)
-            lines = _write(
-                streams,
-                vocab,
-                contexts,
-                num_samples,
-                settings,
-                rules,
-                config,
-                seed,
-                on_step,
-                copies,
-            )
-    finally:
-        model.train(was_training)
-    texts = [contexts[row // num_samples][1] + "".join(poem) for row, poem in enumerate(lines)]
-    return [texts[p * num_samples : (p + 1) * num_samples] for p in range(len(prefixes))]
 
-
-def _write(
-    streams: ModelStreams | MixedStreams,
-    vocab: Vocab,
-    contexts: list[tuple[str, str]],
-    num_samples: int,
-    settings: VerseSettings,
-    rules: list[Rule],
-    config: SamplingConfig,
-    seed: int | None,
-    on_step: Callable[[list[str]], None] | None,
-    copies: LineSet | None,
-) -> list[list[str]]:
-    """The decode; returns every sample's lines (each with its ending)."""
-    device = streams.device
-    generator = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
-    width = settings.candidates
-    samples = len(contexts) * num_samples
-    batch = samples * width
-    size = len(vocab)
-    penalty = None
-    if config.repetition_penalty != 1.0:
-        penalty = RepetitionPenalty(config, batch, size, device)
-    # Read every row's context, rows of one length together.
-    sequences = [contexts[row // (num_samples * width)][0] for row in range(batch)]
-    logits = torch.empty((batch, size), device=device)
-    for length in sorted({len(s) for s in sequences}):
-        rows = [i for i, s in enumerate(sequences) if len(s) == length]
-        x = torch.stack([vocab.encode(sequences[i]) for i in rows], dim=1).to(device)  # (T, N')
-        index = torch.tensor(rows, device=device)
-        logits[index] = streams.read(index, x)[1].float()
-    form = rules[0]
-    assert isinstance(form, FormRule)  # build_rules puts the form first
-    state = _RowState(streams, rules, penalty)
-    names = ["none"] + [rule.name for rule in rules] + ["copy"]
-    first = torch.arange(samples, device=device) * width  # each sample's first candidate
-    poems: list[list[str]] = [[] for _ in range(samples)]
-    n_lines = len(settings.template().lines)
-    choose = width > 1  # one candidate is plain sampling under the masks: nothing to score
-    for line in range(n_lines):
-        length, steps = form.lengths[line], form.steps(line)
-        # the poem's end is scored after the last line: one model step more, once a poem
-        poem_end = choose and line == n_lines - 1 and bool(form.end)
-        start = state.get(logits)
-        count = penalty.count if penalty is not None else 0
-        kept = [_take(part, first) for part in start]  # (R, ...) each
-        found = torch.zeros(samples, dtype=torch.bool, device=device)
-        chosen = torch.zeros((samples, steps), dtype=torch.long, device=device)
-        reasons: list[Counter[str]] = [Counter() for _ in range(samples)]
-        for round_ in range(MAX_ROUNDS):
-            if round_:
-                logits = state.set(start)
-                if penalty is not None:
-                    penalty.count = count
-            chars = torch.empty((batch, steps), dtype=torch.long, device=device)
-            score = torch.zeros(batch, device=device)  # the characters' log-probabilities
-            breaks = torch.zeros(batch, device=device)  # the break's (the ending, the end)
-            failed = torch.zeros(batch, dtype=torch.long, device=device)  # 0: none, k: rule k
-            for pos in range(steps):
-                allowed = torch.ones((batch, size), dtype=torch.bool, device=device)
-                for k, rule in enumerate(rules, start=1):
-                    narrowed = rule.mask(allowed, line, pos)
-                    if narrowed is allowed:
-                        continue  # the rule says nothing here
-                    empty = ~narrowed.any(dim=1)
-                    if bool(empty.any()):  # keep the row going; it is not kept
-                        failed = torch.where(empty & (failed == 0), k, failed)
-                        narrowed = torch.where(empty[:, None], allowed, narrowed)
-                    allowed = narrowed
-                drawn = logits if penalty is None else penalty(logits)
-                nxt = next_chars(drawn, config, generator, allowed)  # (N,)
-                if pos < length or choose:
-                    log_p = torch.log_softmax(logits.float(), dim=-1)
-                    taken = log_p.gather(1, nxt[:, None]).squeeze(1)
-                    if pos < length:
-                        score += taken
-                    else:
-                        breaks += taken
-                for rule in rules:
-                    rule.update(nxt, line, pos)
-                chars[:, pos] = nxt
-                last = line == n_lines - 1 and pos == steps - 1
-                if not last or poem_end:
-                    logits = streams.step(nxt)[1].float()
-                    if penalty is not None and not last:
-                        penalty.push(nxt)
-            if poem_end:  # the poem's end, after the last line
-                for i, end in enumerate(form.end):
-                    log_p = torch.log_softmax(logits.float(), dim=-1)
-                    breaks += log_p[:, end]
-                    if i + 1 < len(form.end):
-                        logits = streams.step(torch.full_like(nxt, end))[1].float()
-            texts = [vocab.decode(row) for row in chars[:, :length].tolist()]
-            for k, rule in enumerate(rules, start=1):
-                if isinstance(rule, RhymeRule):  # the line read whole, in context
-                    wrong = ~rule.accept(texts, line)
-                    failed = torch.where(wrong & (failed == 0), k, failed)
-            if copies is not None:
-                copied = torch.tensor([t in copies for t in texts], device=device)
-                failed = torch.where(copied & (failed == 0), len(names) - 1, failed)
-            mean = line_scores(score, breaks, length) if choose else score
-            mean = torch.where(failed == 0, mean, float("-inf"))
-            best_score, best = mean.view(samples, width).max(dim=1)  # (R,)
-            newly = (best_score > float("-inf")) & ~found
-            if bool(newly.any()):
-                rows = newly.nonzero().squeeze(1)
-                source = rows * width + best[rows]
-                now = state.get(logits)
-                kept = [_put(k, rows, _take(p, source)) for k, p in zip(kept, now, strict=True)]
-                chosen[rows] = chars[source]
-                found |= newly
-            for row in (~found).nonzero().squeeze(1).tolist():
-                codes = failed[row * width : (row + 1) * width].tolist()
-                reasons[row].update(names[c] for c in codes if c)
-            if bool(found.all()):
-                break
-        if not bool(found.all()):
-            row = int((~found).nonzero()[0])
-            raise _failure(reasons[row], line, row, settings)
-        spread = torch.arange(samples, device=device).repeat_interleave(width)
-        logits = state.set([_take(part, spread) for part in kept])
-        if penalty is not None:
-            penalty.count = count + steps - (1 if line == n_lines - 1 else 0)
-        written = [vocab.decode(row) for row in chosen.tolist()]
-        for poem, text in zip(poems, written, strict=True):
-            poem.append(text)
-        if on_step is not None:
-            on_step(
-                [
-                    (contexts[r // num_samples][1] if line == 0 else "") + t
-                    for r, t in enumerate(written)
-                ]
-            )
-    if on_step is not None:
-        on_step([""] * samples)
-    return poems
-
-
-def generate_for(
-    language_model: Any,
-    prefixes: Sequence[str],
-    settings: VerseSettings,
-    config: SamplingConfig | None = None,
-    num_samples: int = 1,
-    seed: int | None = None,
-    *,
-    stop_at: str | None = None,
-    lines: int | None = None,
-    on_step: Callable[[list[str]], None] | None = None,
-    cache: CacheConfig | None = None,
-    dynamic: DynamicConfig | None = None,
-) -> list[list[str]]:
-    """:func:`generate_verse` for a loaded model (:class:`charlstm.api.LanguageModel`): its
-    n-gram mixture, and its training text's lines for the copy filter (built once and
-    stored beside the checkpoint)."""
-    from charlstm.generation.verse.copies import training_lines
-
-    settings = settings.validate()
-    for name, value in (("stop_at", stop_at), ("lines", lines)):
-        if value is not None:
+    def __init__(
+        self, request: Request, vocab: Vocab, device: torch.device, copies: LineSet | None
+    ) -> None:
+        settings: VerseSettings = request.verse
+        if settings.copy_filter and copies is None:
             raise SettingError(
-                f"{{{name}}} cannot end a poem: the form ({{form}} / {{line_lengths}}) sets "
-                "where it ends"
+                "the copy filter needs the training text's lines; or turn {copy_filter} off"
             )
-    build_rules(settings, language_model.vocab, 1, language_model.model.device)  # errors first
-    copies = training_lines(language_model.checkpoint) if settings.copy_filter else None
-    return generate_verse(
-        language_model.model,
-        language_model.vocab,
-        prefixes,
-        settings,
-        config,
-        num_samples,
-        seed,
-        on_step,
-        cache=cache,
-        dynamic=dynamic,
-        mixture=language_model.mixture,
-        copies=copies,
-    )
+        self.request, self.vocab, self.device, self.copies = request, vocab, device, copies
+        self.contexts = _contexts(request.prefixes or ("",), vocab)
+        self.n = request.n
+        self.samples = len(self.contexts) * self.n
+        self.width = settings.candidates
+        self.size = self.samples * self.width
+        self.settings = settings
+        self.generator = None
+        if request.seed is not None:
+            self.generator = torch.Generator(device=device).manual_seed(request.seed)
+        form_rules = build_rules(settings, vocab, self.size, device)
+        form = form_rules[0]
+        assert isinstance(form, FormRule)  # build_rules puts the form first
+        self.form = form
+        self.rules = logits_rules(
+            request.sampling, request.penalties, self.size, len(vocab), device, form_rules
+        )
+        self.names = ["none"] + [rule.name for rule in self.rules] + ["copy"]
+        self.greedy = request.sampling.greedy
+        self.ranks = self.width > 1  # one candidate is plain sampling under the masks
+        self.n_lines = len(form.lengths)
+        self.line = self.pos = self.round = 0
+        self.phase = "line"
+        self.logits = torch.empty((self.size, len(vocab)), device=device)
+        self.last = torch.empty(self.size, dtype=torch.long, device=device)
+        self.poems: list[list[str]] = [[] for _ in range(self.samples)]
+        self.pending: list[list[str]] = []
+        self.finished = False
+
+    # -- the engine's interface ------------------------------------------------------------
+
+    def reads(self) -> list[tuple[list[int], torch.Tensor]]:
+        per_sample = self.n * self.width
+        sequences = [self.contexts[row // per_sample][0] for row in range(self.size)]
+        return prefix_reads(self.vocab, sequences)
+
+    def read(self, rows: list[int], logits: torch.Tensor) -> None:
+        self.logits[torch.tensor(rows, device=self.device)] = logits.float()
+
+    def start(self, engine: Engine) -> None:
+        self._begin_line(self.logits, engine)
+
+    def choose(self, logits: torch.Tensor, engine: Engine) -> None:
+        logits = logits.float()
+        if self.phase == "line":
+            self._draw(logits, engine)
+        elif self.phase == "close":
+            self._line_end(logits, engine)
+        else:  # the poem's end, scored after the last line
+            end = self.form.end
+            self.breaks += torch.log_softmax(logits, dim=-1)[:, end[self.end_at]]
+            self.end_at += 1
+            if self.end_at < len(end):
+                self.last = torch.full_like(self.last, end[self.end_at - 1])
+            else:
+                self._line_end(logits, engine)
+
+    def shown(self) -> list[list[str]]:
+        """Each line once settled (one string per sample), then ``""`` for every sample."""
+        shown, self.pending = self.pending, []
+        return shown
+
+    def texts(self) -> list[str]:
+        return [self.contexts[r // self.n][1] + "".join(p) for r, p in enumerate(self.poems)]
+
+    # -- one line ----------------------------------------------------------------------------
+
+    def _begin_line(self, logits: torch.Tensor, engine: Engine) -> None:
+        """Keep the line's start (to draw it again), then draw its first character."""
+        every = torch.arange(self.size, device=self.device)
+        first = every[:: self.width]  # each sample's first candidate
+        self.start_logits, self.start_streams = logits, engine.snapshot(self)
+        self.start_rules = [take(rule, every) for rule in self.rules]
+        self.kept_logits = logits[first].clone()
+        self.kept_streams = engine.snapshot(self, first)
+        self.kept_rules = [take(rule, first) for rule in self.rules]
+        self.found = torch.zeros(self.samples, dtype=torch.bool, device=self.device)
+        self.chosen = torch.zeros((self.samples, self.steps), dtype=torch.long, device=self.device)
+        self.reasons: list[Counter[str]] = [Counter() for _ in range(self.samples)]
+        self.round = 0
+        self._begin_round(logits, engine)
+
+    @property
+    def steps(self) -> int:
+        return self.form.steps(self.line)
+
+    def _begin_round(self, logits: torch.Tensor, engine: Engine) -> None:
+        self.pos = 0
+        self.phase = "line"
+        self.chars = torch.empty((self.size, self.steps), dtype=torch.long, device=self.device)
+        self.score = torch.zeros(self.size, device=self.device)  # the characters' log-probs
+        self.breaks = torch.zeros(self.size, device=self.device)  # the break's
+        self.failed = torch.zeros(self.size, dtype=torch.long, device=self.device)
+        self._draw(logits, engine)
+
+    def _draw(self, logits: torch.Tensor, engine: Engine) -> None:
+        """Draw every candidate's character at this position; what to read next."""
+        at = At(self.line, self.pos)
+        nxt = choose(apply(self.rules, logits, at, self.failed), self.greedy, self.generator)
+        length = self.form.lengths[self.line]
+        if self.pos < length or self.ranks:
+            taken = torch.log_softmax(logits, dim=-1).gather(1, nxt[:, None]).squeeze(1)
+            if self.pos < length:
+                self.score += taken
+            else:
+                self.breaks += taken
+        for rule in self.rules:
+            rule.push(nxt, at)
+        self.chars[:, self.pos] = nxt
+        self.pos += 1
+        self.last = nxt
+        if self.pos < self.steps:
+            return
+        if self.line < self.n_lines - 1:
+            self.phase = "close"
+        elif self.ranks and self.form.end:
+            self.phase, self.end_at = "end", 0
+        else:
+            self._line_end(logits, engine)
+
+    def _line_failures(self) -> list[str]:
+        """Mark the candidates the rules refuse once the line is read whole (a pinyin
+        rhyme in context), or that copy the training text; returns the line's texts."""
+        length = self.form.lengths[self.line]
+        texts = [self.vocab.decode(row) for row in self.chars[:, :length].tolist()]
+        for k, rule in enumerate(self.rules, start=1):
+            accept = getattr(rule, "accept", None)
+            if accept is not None:
+                wrong = ~accept(texts, self.line)
+                self.failed = torch.where(wrong & (self.failed == 0), k, self.failed)
+        if self.copies is not None:
+            copied = torch.tensor([t in self.copies for t in texts], device=self.device)
+            copy_code = len(self.names) - 1
+            self.failed = torch.where(copied & (self.failed == 0), copy_code, self.failed)
+        return texts
+
+    def _line_end(self, logits: torch.Tensor, engine: Engine) -> None:
+        """Keep each sample's best candidate; when every sample has one, copy it to all C
+        rows and begin the next line; otherwise draw the line again."""
+        self._line_failures()
+        length = self.form.lengths[self.line]
+        mean = line_scores(self.score, self.breaks, length) if self.ranks else self.score
+        mean = torch.where(self.failed == 0, mean, float("-inf"))
+        best_score, best = mean.view(self.samples, self.width).max(dim=1)  # (R,)
+        newly = (best_score > float("-inf")) & ~self.found
+        if bool(newly.any()):
+            self._keep(newly, best, logits, engine)
+        for row in (~self.found).nonzero().squeeze(1).tolist():
+            codes = self.failed[row * self.width : (row + 1) * self.width].tolist()
+            self.reasons[row].update(self.names[c] for c in codes if c)
+        if not bool(self.found.all()):
+            self._redraw(engine)
+            return
+        spread = torch.arange(self.samples, device=self.device).repeat_interleave(self.width)
+        engine.select(self, spread, self.kept_streams)
+        for rule, kept in zip(self.rules, self.kept_rules, strict=True):
+            rule.select(spread + self.size, kept)
+        self._settle()
+        if not self.finished:
+            self._begin_line(self.kept_logits[spread], engine)
+
+    def _keep(
+        self, newly: torch.Tensor, best: torch.Tensor, logits: torch.Tensor, engine: Engine
+    ) -> None:
+        """The samples ``newly`` found keep their best candidate ``best``."""
+        rows = newly.nonzero().squeeze(1)
+        source = rows * self.width + best[rows]
+        index = torch.arange(self.samples, device=self.device)
+        index[rows] = self.samples + source  # into (kept rows, then this line's rows)
+        self.kept_streams.select(index, engine.snapshot(self))
+        for kept, rule in zip(self.kept_rules, self.rules, strict=True):
+            kept.select(index, rule)
+        self.kept_logits[rows] = logits[source]
+        self.chosen[rows] = self.chars[source]
+        self.found |= newly
+
+    def _redraw(self, engine: Engine) -> None:
+        """Every candidate draws the line again from its start."""
+        self.round += 1
+        if self.round == MAX_ROUNDS:
+            sample = int((~self.found).nonzero()[0])
+            raise _failure(self.reasons[sample], self.line, sample, self.settings)
+        every = torch.arange(self.size, device=self.device)
+        engine.select(self, every, self.start_streams)
+        for rule, start in zip(self.rules, self.start_rules, strict=True):
+            rule.select(every + self.size, start)
+        self._begin_round(self.start_logits, engine)
+
+    def _settle(self) -> None:
+        """The line is written: show it; after the last line the poem is done."""
+        written = [self.vocab.decode(row) for row in self.chosen.tolist()]
+        shown = []
+        for r, (poem, text) in enumerate(zip(self.poems, written, strict=True)):
+            poem.append(text)
+            shown.append((self.contexts[r // self.n][1] if self.line == 0 else "") + text)
+        self.pending.append(shown)
+        self.line += 1
+        if self.line == self.n_lines:
+            self.finished = True
+            self.pending.append([""] * self.samples)
