@@ -37,7 +37,7 @@ import torch
 
 from charlstm.data.corpus import Vocab
 from charlstm.generation.decoding import uniforms
-from charlstm.generation.rules import apply, choose, logits_rules, pick
+from charlstm.generation.rules import Temperature, TopK, TopP, apply, choose, logits_rules, pick
 from charlstm.generation.settings import CacheConfig, DynamicConfig, LogitRules, SamplingConfig
 from charlstm.generation.streams import MixedStreams, ModelStreams, open_streams
 from charlstm.model import CharLSTM
@@ -160,7 +160,7 @@ class TextGroup:
     def plain(self) -> bool:
         """Whether its rows choose by the sampling settings alone (no state per row,
         nothing kept): then :class:`Engine` may choose for it beside other plain groups."""
-        return self.top_logprobs is None and not any(r.name in _PER_ROW for r in self.rules)
+        return self.top_logprobs is None and all(isinstance(r, _SHARED) for r in self.rules)
 
     def reads(self) -> list[tuple[list[int], torch.Tensor]]:
         return [] if self.finished else prefix_reads(self.vocab, self.sequences)
@@ -244,8 +244,9 @@ class TextGroup:
         return [self.vocab.decode(row) for row in rows]
 
 
-#: Rules that keep state per row: a group with one chooses alone.
-_PER_ROW = {"repetition_penalty", "frequency_penalty", "logit_bias"}
+#: The rules that are the same for every row of the same sampling settings: groups with
+#: only these choose together (:func:`_choose_together`).
+_SHARED = (Temperature, TopK, TopP)
 
 
 class Stop:
