@@ -19,10 +19,10 @@ from charlstm.api import load_model
 from charlstm.config import DataConfig, ModelConfig, TrainConfig
 from charlstm.data.corpus import Vocab, read_text
 from charlstm.errors import CharLSTMError
+from charlstm.eval.scoring import score, score_adaptive, score_heldout
 from charlstm.fields import SettingError
 from charlstm.generation.adaptation import DynamicEvaluation, read_log_probs
 from charlstm.generation.sample import generate
-from charlstm.generation.scoring import score, score_adaptive, score_heldout
 from charlstm.generation.settings import CacheConfig, DynamicConfig, SamplingConfig
 from charlstm.generation.streams import open_streams
 from charlstm.model import (

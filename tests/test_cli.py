@@ -17,7 +17,7 @@ from conftest import FAST, REPO_ROOT, copy_run, invoke, write_zip
 
 from charlstm.api import load_model
 from charlstm.data.corpus import read_text, split_point
-from charlstm.generation.scoring import score_adaptive
+from charlstm.eval.scoring import score_adaptive
 from charlstm.generation.settings import CacheConfig, DynamicConfig
 from charlstm.storage import checkpoint as ckpt
 

@@ -13,8 +13,8 @@ from charlstm.api import load_model
 from charlstm.config import ModelConfig, TrainConfig
 from charlstm.data.corpus import Vocab, read_text, split_point
 from charlstm.errors import CharLSTMError
+from charlstm.eval.scoring import score, score_adaptive
 from charlstm.generation.sample import generate
-from charlstm.generation.scoring import score, score_adaptive
 from charlstm.generation.settings import CacheConfig, DynamicConfig, SamplingConfig
 from charlstm.model import build_model
 from charlstm.ngram.kneser_ney import KneserNeyLM

@@ -13,10 +13,10 @@ from conftest import shown
 from charlstm.config import ModelConfig
 from charlstm.data.corpus import Vocab
 from charlstm.errors import CharLSTMError
+from charlstm.eval.scoring import score_adaptive
 from charlstm.fields import SettingError
 from charlstm.generation.decoding import draw
 from charlstm.generation.sample import generate
-from charlstm.generation.scoring import score_adaptive
 from charlstm.generation.settings import CacheConfig, DynamicConfig, SamplingConfig, parse_char
 from charlstm.generation.streams import open_streams
 from charlstm.model import CharLSTM, build_model

@@ -1,4 +1,4 @@
-"""charlstm.generation.scoring: held-out scoring, continuous cache and dynamic evaluation."""
+"""charlstm.eval.scoring: held-out scoring, continuous cache and dynamic evaluation."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from conftest import shown
 
 from charlstm.config import ModelConfig
 from charlstm.errors import CharLSTMError
+from charlstm.eval.scoring import score, score_adaptive, score_heldout
 from charlstm.fields import SettingError
 from charlstm.generation.adaptation import StreamCache
-from charlstm.generation.scoring import score, score_adaptive, score_heldout
 from charlstm.generation.settings import CacheConfig, DynamicConfig
 from charlstm.model import build_model
 
@@ -63,7 +63,7 @@ def test_scoring_in_small_chunks_changes_nothing(softmax, monkeypatch):
     targets = torch.randint(0, V, (400,))
     context = torch.randint(0, V, (20,))
     whole = score(model, targets, context, columns=5)
-    monkeypatch.setattr("charlstm.generation.scoring.CHUNK_VALUES", 3 * 5 * V)
+    monkeypatch.setattr("charlstm.eval.scoring.CHUNK_VALUES", 3 * 5 * V)
     chunked = score(model, targets, context, columns=5)
     assert chunked.chars == whole.chars == 400
     torch.testing.assert_close(chunked.per_char, whole.per_char, rtol=1e-5, atol=1e-6)
