@@ -6,16 +6,16 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import conftest
 import pytest
 import torch
-from conftest import shown
 
 from charlstm import load_model
 from charlstm.api import LanguageModel, read_prefix_file
 from charlstm.errors import CharLSTMError
 from charlstm.fields import SettingError
 from charlstm.generation.settings import CacheConfig, DynamicConfig, SamplingConfig
+from tests import conftest
+from tests.conftest import shown
 
 PROBS = {"\n": 0.1, "a": 0.4, "b": 0.3, "c": 0.2}
 
