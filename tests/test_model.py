@@ -178,7 +178,7 @@ def test_convert_command_gives_same_logits_and_text(small_corpus, tmp_path, regu
 
     DropConnect only acts in training, so a model trained with it converts too."""
     from charlstm.api import load_model
-    from tests.conftest import invoke
+    from tests.helpers import invoke
 
     run = tmp_path / "run"
     size = ["--hidden", "24", "--layers", "2", "--batch-size", "8", "--num-steps", "10"]

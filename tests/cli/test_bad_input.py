@@ -29,7 +29,7 @@ import torch
 from typer.testing import CliRunner
 
 from charlstm.cli.app import app
-from tests.conftest import REPO_ROOT, copy_run
+from tests.helpers import REPO_ROOT, copy_run
 
 NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA GPU")
 NOT_ROOT = pytest.mark.skipif(

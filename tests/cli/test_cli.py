@@ -19,7 +19,7 @@ from charlstm.data.corpus import read_text, split_point
 from charlstm.eval.scoring import score_adaptive
 from charlstm.generation.settings import CacheConfig, DynamicConfig
 from charlstm.storage import checkpoint as ckpt
-from tests.conftest import FAST, REPO_ROOT, copy_run, invoke, write_zip
+from tests.helpers import FAST, REPO_ROOT, copy_run, invoke, write_zip
 
 
 def test_resume_prints_perplexities_and_samples(tiny_run: Path, small_corpus: Path, tmp_path):

@@ -18,8 +18,7 @@ from charlstm.config import DataConfig, ModelConfig, TrainConfig
 from charlstm.generation.settings import CacheConfig, DynamicConfig
 from charlstm.model import build_model
 from charlstm.storage import runs
-from tests import conftest
-from tests.conftest import invoke
+from tests.helpers import invoke, save_known_model
 
 PROBS = {"\n": 0.15, "分": 0.3, "开": 0.25, "我": 0.2, "们": 0.1}
 
@@ -28,7 +27,7 @@ PROBS = {"\n": 0.15, "分": 0.3, "开": 0.25, "我": 0.2, "们": 0.1}
 def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A run whose model predicts PROBS after any text, with four epochs of metrics."""
     run = tmp_path_factory.mktemp("cli") / "run"
-    conftest.save_known_model(
+    save_known_model(
         run / "best.pt",
         PROBS,
         train_config=TrainConfig(epochs=4),

@@ -13,7 +13,7 @@ from charlstm.config import TrainConfig
 from charlstm.data.corpus import Corpus, Vocab, read_text, split_point
 from charlstm.errors import CharLSTMError
 from charlstm.fields import SettingError, build
-from tests.conftest import write_zip
+from tests.helpers import write_zip
 
 LYRICS = "我们说好不分开\n分开以后的雨天\r\n窗外的风吹过\n"
 

@@ -20,8 +20,8 @@ from charlstm.data.prepared import PreparedCorpus, is_prepared, prepare
 from charlstm.errors import CharLSTMError
 from charlstm.storage import checkpoint as ckpt
 from charlstm.storage import runs
-from tests.conftest import ENV, FAST, copy_run, invoke, one_line_error, write_zip
-from tests.conftest import command as ddp_command
+from tests.helpers import ENV, FAST, copy_run, invoke, one_line_error, write_zip
+from tests.helpers import command as ddp_command
 
 LYRICS = "\ufeff我们说好不分开\r\n分开以后的雨天\r窗外的风吹过 😀\n\r\n你说的话还在耳边\r"
 

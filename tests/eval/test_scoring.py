@@ -14,7 +14,7 @@ from charlstm.fields import SettingError
 from charlstm.generation.adaptation import StreamCache
 from charlstm.generation.settings import CacheConfig, DynamicConfig
 from charlstm.model import build_model
-from tests.conftest import shown
+from tests.helpers import shown
 
 V = 30
 

@@ -37,7 +37,7 @@ from charlstm.ngram.mixture import NgramMixture
 from charlstm.storage import checkpoint as ckpt
 from charlstm.storage import runs
 from charlstm.training.start import prepare_training
-from tests.conftest import FAST, ServerProcess, invoke, one_line_error, shared_file, write_zip
+from tests.helpers import FAST, ServerProcess, invoke, one_line_error, shared_file, write_zip
 
 TEXT = "我们说好不分开\n分开以后的雨天\n窗外的风吹过\n你说的话还在耳边\n不分开的夜晚\n" * 4
 VOCAB = Vocab.from_text(TEXT)

@@ -19,7 +19,7 @@ from charlstm.generation.sample import generate
 from charlstm.generation.settings import CacheConfig, DynamicConfig, SamplingConfig, parse_char
 from charlstm.generation.streams import open_streams
 from charlstm.model import CharLSTM, build_model
-from tests.conftest import shown
+from tests.helpers import shown
 
 LYRICS = "我们说好不分开\n分开以后的雨天\n窗外的风吹过\n你说的话还在耳边\n"
 

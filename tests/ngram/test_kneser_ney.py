@@ -20,7 +20,7 @@ from charlstm.ngram.kneser_ney import (
     cross_fitted_loss,
     evaluate_ngram,
 )
-from tests.conftest import DEMO_CORPUS, REPO_ROOT, shared_file
+from tests.helpers import DEMO_CORPUS, REPO_ROOT, shared_file
 
 TEXT = "abracadabra, cadabra! abra kadabra.\nabracadabra arbaca.\n" * 3
 VOCAB = Vocab.from_text(TEXT + "xyz")  # x, y, z are in the vocabulary but never in TEXT

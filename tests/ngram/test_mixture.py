@@ -20,7 +20,7 @@ from charlstm.ngram.kneser_ney import KneserNeyLM
 from charlstm.ngram.mixture import DISCOUNT, NgramMixture
 from charlstm.storage import checkpoint as ckpt
 from charlstm.training.start import prepare_training
-from tests import conftest
+from tests.helpers import save_known_model
 
 TEXT = "我们说好不分开\n分开以后的雨天\n我们说好的雨天\n不分开的夜晚\n" * 3
 VOCAB = Vocab.from_text(TEXT + "星")  # one character the n-gram never saw
@@ -141,7 +141,7 @@ def test_a_run_keeps_its_ngram_and_scores_with_it(tmp_path, small_corpus):
 
 
 def test_a_checkpoint_without_its_ngram_text_is_malformed(tmp_path):
-    path = conftest.save_known_model(
+    path = save_known_model(
         tmp_path / "best.pt", {"a": 0.5, "b": 0.5}, train_config=TrainConfig(ngram_mix=2)
     )
     with pytest.raises(CharLSTMError, match="n-gram's text is missing"):

@@ -14,7 +14,7 @@ from charlstm.errors import CharLSTMError
 from charlstm.ngram.kneser_ney import KneserNeyLM
 from charlstm.ngram.teacher import NgramTeacher
 from charlstm.training.start import prepare_training
-from tests.conftest import SMALL_MODEL, SMALL_TRAIN, losses, train
+from tests.helpers import SMALL_MODEL, SMALL_TRAIN, losses, train
 
 LINE = "我们说好不分开 分开以后的雨天 窗外的风吹过\n"
 # A phrase that occurs once, in the third of five folds: a teacher that had seen it would

@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import ServerProcess, generated, invoke, one_line_error, raw_post, sse_events
+from tests.helpers import ServerProcess, generated, invoke, one_line_error, raw_post, sse_events
 
 LONG = 10**6  # characters: a request that runs until it is ended
 

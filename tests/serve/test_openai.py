@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from charlstm.api import load_model
-from tests.conftest import ServerProcess, generated, invoke, save_known_model
+from tests.helpers import ServerProcess, generated, invoke, save_known_model
 
 
 @pytest.fixture(scope="module")

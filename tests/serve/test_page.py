@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from charlstm.api import load_model
-from tests.conftest import REPO_ROOT, ServerProcess, generated, invoke
+from tests.helpers import REPO_ROOT, ServerProcess, generated, invoke
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 LONG = 10**6

@@ -19,7 +19,7 @@ import torch
 from charlstm.errors import CharLSTMError
 from charlstm.storage import checkpoint as ckpt
 from charlstm.storage import runs
-from tests.conftest import FAST, invoke, one_line_error
+from tests.helpers import FAST, invoke, one_line_error
 
 
 def raw(run: Path) -> dict[str, Any]:

@@ -22,7 +22,7 @@ from safetensors.torch import load_file, save_file
 from charlstm.api import load_model
 from charlstm.cli.options import training_command
 from charlstm.storage import checkpoint as ckpt
-from tests.conftest import (
+from tests.helpers import (
     ENV,
     FAST,
     ServerProcess,

@@ -29,7 +29,7 @@ from charlstm.data.prepared import PreparedCorpus
 from charlstm.errors import CharLSTMError, Locked, WriteFailed
 from charlstm.storage import checkpoint as ckpt
 from charlstm.storage import locking, runs, safe_io
-from tests.conftest import ENV, PACED, invoke, run_charlstm, same_weights
+from tests.helpers import ENV, PACED, invoke, run_charlstm, same_weights
 
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="needs POSIX signals and rlimits")
 

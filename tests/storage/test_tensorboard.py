@@ -23,7 +23,7 @@ import torch
 
 from charlstm.storage import board, runs
 from charlstm.storage import checkpoint as ckpt
-from tests.conftest import ENV, FAST, PACED, command, invoke
+from tests.helpers import ENV, FAST, PACED, command, invoke
 
 pytest.importorskip("tensorboard", reason="tensorboard (the [tensorboard] extra) is not installed")
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402

@@ -25,7 +25,7 @@ from charlstm.config import ModelConfig
 from charlstm.model import build_model
 from charlstm.storage import checkpoint as ckpt
 from charlstm.storage import runs
-from tests.conftest import ENV, TORCHRUN, command
+from tests.helpers import ENV, TORCHRUN, command
 
 pytestmark = [
     pytest.mark.skipif(

@@ -26,7 +26,7 @@ from charlstm.errors import CharLSTMError
 from charlstm.storage import checkpoint as ckpt
 from charlstm.storage import runs
 from charlstm.training.start import prepare_training
-from tests.conftest import ENV, FAST, PACED, copy_run, invoke, same_weights
+from tests.helpers import ENV, FAST, PACED, copy_run, invoke, same_weights
 
 POSIX = pytest.mark.skipif(os.name != "posix", reason="needs POSIX signals")
 EVERY = 7  # --checkpoint-every: checkpoints land in the middle of 30-batch epochs

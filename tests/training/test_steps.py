@@ -11,7 +11,7 @@ from charlstm.errors import CharLSTMError
 from charlstm.storage import checkpoint as ckpt
 from charlstm.storage import runs
 from charlstm.training.loop import heldout_score
-from tests.conftest import FAST, invoke, make_trainer, train
+from tests.helpers import FAST, invoke, make_trainer, train
 
 
 def step_losses(run_dir) -> list[tuple[int, float]]:

@@ -18,7 +18,7 @@ from charlstm.presets import PRESETS
 from charlstm.storage import checkpoint as ckpt
 from charlstm.training.loop import TrainingInterrupted, heldout_score
 from charlstm.training.start import prepare_training
-from tests.conftest import losses, make_trainer, train, write_zip
+from tests.helpers import losses, make_trainer, train, write_zip
 
 
 def test_run_directory_holds_config_vocab_metrics_and_checkpoints(small_corpus, tmp_path):

@@ -19,7 +19,7 @@ from charlstm.generation.verse.check import (
 )
 from charlstm.generation.verse.copies import FILE_NAME, LineSet, split_lines
 from charlstm.generation.verse.forms import PRESETS, VerseSettings
-from tests.conftest import copy_run, invoke, one_line_error, save_verse_model, shared_file
+from tests.helpers import copy_run, invoke, one_line_error, save_verse_model, shared_file
 
 #: Three 七言绝句 from tang_poems as the corpus has them (title row, then the poem), and
 #: one that 王昌齡 did not write: its line 3 is a character short and nothing rhymes.

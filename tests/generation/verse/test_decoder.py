@@ -18,7 +18,7 @@ from charlstm.generation.settings import CacheConfig
 from charlstm.generation.verse.check import check_poems
 from charlstm.generation.verse.forms import PRESETS, VerseSettings, tone_pattern
 from charlstm.generation.verse.rhyme import PING, ZE, rhyme_table
-from tests.conftest import (
+from tests.helpers import (
     FAST,
     VERSE_CHARS,
     invoke,

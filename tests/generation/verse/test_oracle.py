@@ -21,8 +21,8 @@ from charlstm.api import load_model
 from charlstm.generation.verse.check import adjacent_rhyme, check_poems
 from charlstm.generation.verse.forms import VerseSettings
 from charlstm.generation.verse.rhyme import rhyme_table
-from tests.conftest import FAST, invoke, shared_file, write_zip
 from tests.generation.verse import oracle
+from tests.helpers import FAST, invoke, shared_file, write_zip
 
 #: The regulated forms: (characters a line, lines).
 FORMS = {"五言绝句": (5, 4), "七言绝句": (7, 4), "五言律诗": (5, 8), "七言律诗": (7, 8)}

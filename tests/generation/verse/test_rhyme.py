@@ -12,7 +12,7 @@ import pytest
 
 from charlstm.generation.verse.forms import PRESETS, tone_pattern
 from charlstm.generation.verse.rhyme import PING, ZE, rhyme_table
-from tests.conftest import shared_file
+from tests.helpers import shared_file
 
 
 def read_member(path: Path) -> str:
