@@ -27,10 +27,10 @@ from charlstm.data.corpus import Vocab, read_text, show_chars, split_point
 from charlstm.data.prepared import PreparedCorpus, is_prepared
 from charlstm.device import resolve_device
 from charlstm.errors import CharLSTMError
+from charlstm.eval.scoring import HISTORY, EvalResult, score, score_heldout
 from charlstm.fields import SettingError
 from charlstm.generation.engine import OnStep, Request, write
 from charlstm.generation.sample import check
-from charlstm.generation.scoring import HISTORY, EvalResult, score, score_heldout
 from charlstm.generation.settings import (
     DEFAULT_PENALTY_WINDOW,
     CacheConfig,
@@ -213,8 +213,8 @@ class LanguageModel:
         and, unless ``val_fraction`` is given, only its held-out part is scored (after the
         end of the training text, as during training). Any other text is read whole.
         ``cache`` / ``dynamic`` adapt causally to the scored text as it is read (see
-        :func:`charlstm.generation.scoring.score_adaptive`); the model itself is not changed.
-        The held-out part is scored by :func:`charlstm.generation.scoring.score_heldout`, as
+        :func:`charlstm.eval.scoring.score_adaptive`); the model itself is not changed.
+        The held-out part is scored by :func:`charlstm.eval.scoring.score_heldout`, as
         in training.
         """
         data = self.checkpoint.data_config

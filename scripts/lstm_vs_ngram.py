@@ -23,8 +23,8 @@ import torch
 from charlstm.api import load_model
 from charlstm.data.corpus import read_text, split_point
 from charlstm.errors import CharLSTMError
+from charlstm.eval.scoring import score_heldout
 from charlstm.fields import SettingError, option_name
-from charlstm.generation.scoring import score_heldout
 from charlstm.ngram.kneser_ney import KneserNeyLM
 
 

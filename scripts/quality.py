@@ -1,7 +1,7 @@
 """Held-out quality table: charlstm presets against the Kneser-Ney n-gram, one command.
 
 For each corpus: train the preset (or reuse a finished run with --reuse), score the held-out
-split with ``charlstm.generation.scoring`` (plain, continuous cache, dynamic evaluation, both),
+split with ``charlstm.eval.scoring`` (plain, continuous cache, dynamic evaluation, both),
 score
 the n-gram baseline on the same split with the same vocabulary, and write a markdown table
 with samples for 分开 to ``--out``.
@@ -22,7 +22,7 @@ from pathlib import Path
 from charlstm.api import load_model
 from charlstm.data.corpus import read_text, split_point
 from charlstm.errors import CharLSTMError
-from charlstm.generation.scoring import score, score_heldout
+from charlstm.eval.scoring import score, score_heldout
 from charlstm.generation.settings import CacheConfig, DynamicConfig
 from charlstm.ngram.kneser_ney import evaluate_ngram
 from charlstm.storage.runs import read_metrics

@@ -21,7 +21,7 @@ import time
 from charlstm.api import load_model
 from charlstm.data.corpus import Corpus, split_point
 from charlstm.errors import CharLSTMError
-from charlstm.generation.scoring import score_heldout
+from charlstm.eval.scoring import score_heldout
 from charlstm.generation.settings import CacheConfig, DynamicConfig
 
 

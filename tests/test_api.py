@@ -6,23 +6,23 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import conftest
 import pytest
 import torch
-from conftest import shown
 
 from charlstm import load_model
 from charlstm.api import LanguageModel, read_prefix_file
 from charlstm.errors import CharLSTMError
 from charlstm.fields import SettingError
 from charlstm.generation.settings import CacheConfig, DynamicConfig, SamplingConfig
+from tests.helpers import save_known_model as save_known_checkpoint
+from tests.helpers import shown
 
 PROBS = {"\n": 0.1, "a": 0.4, "b": 0.3, "c": 0.2}
 
 
 def save_known_model(path: Path, probs: dict[str, float] = PROBS) -> Path:
     """A run directory whose ``best.pt`` predicts ``probs`` after any text."""
-    return conftest.save_known_model(path / "best.pt", probs)
+    return save_known_checkpoint(path / "best.pt", probs)
 
 
 @pytest.fixture(scope="module")

@@ -177,9 +177,8 @@ def test_convert_command_gives_same_logits_and_text(small_corpus, tmp_path, regu
     """``charlstm convert`` both ways: same logits (1e-5) and, with a seed, the same text.
 
     DropConnect only acts in training, so a model trained with it converts too."""
-    from conftest import invoke
-
     from charlstm.api import load_model
+    from tests.helpers import invoke
 
     run = tmp_path / "run"
     size = ["--hidden", "24", "--layers", "2", "--batch-size", "8", "--num-steps", "10"]

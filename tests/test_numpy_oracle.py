@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import numpy as np
-import numpy_oracle as reference
 import pytest
 import torch
 import torch.nn.functional as F
 
 from charlstm.lstm_function import lstm_recurrence, lstm_recurrence_autograd
+from tests import numpy_oracle as reference
 
 V, D, H, L = 11, 6, 5, 2  # vocabulary, embedding, hidden, layers
 T, N = 7, 3

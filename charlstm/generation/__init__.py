@@ -1,4 +1,4 @@
-"""Using a trained model: its settings, decoding rules, streams, sampling, adaptation, scoring.
+"""Using a trained model: its settings, decoding rules, streams, sampling, adaptation.
 
 - :mod:`~charlstm.generation.settings`: what ``charlstm generate`` and ``eval`` take (no
   torch: the CLI builds its options from it).
@@ -8,10 +8,11 @@
 - :mod:`~charlstm.generation.sample`: warm the state on the prefixes, then write one
   character at a time.
 - :mod:`~charlstm.generation.adaptation`: the continuous cache and dynamic evaluation.
-- :mod:`~charlstm.generation.scoring`: per-character loss and perplexity of a text.
+
+Scoring a text (per-character loss and perplexity) is :mod:`charlstm.eval`, which imports
+this package; this package does not import it.
 
 May import: the core modules, :mod:`charlstm.data`, :mod:`charlstm.ngram` and
-:mod:`charlstm.storage`. Never :mod:`charlstm.training` or :mod:`charlstm.cli`: generating text
-does not load the training stack (scoring across torchrun processes takes the training
-side's world as a protocol, :class:`~charlstm.generation.scoring.Ranks`).
+:mod:`charlstm.storage`. Never :mod:`charlstm.eval`, :mod:`charlstm.training` or
+:mod:`charlstm.cli`: generating text does not load the training stack.
 """

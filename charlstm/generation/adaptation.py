@@ -1,7 +1,7 @@
 """Evaluation-time adaptation: the continuous cache and dynamic evaluation, both causal.
 
 Both make the model's distribution depend on the text it has read so far, for scoring
-(:func:`charlstm.generation.scoring.score_adaptive`) and for writing
+(:func:`charlstm.eval.scoring.score_adaptive`) and for writing
 (:mod:`charlstm.generation.streams`):
 
 * the continuous cache (:class:`~charlstm.generation.settings.CacheConfig`): recent hidden
@@ -80,7 +80,7 @@ class StreamCache:
     Each stream keeps a ring of its last ``window`` pairs (hidden state, the character that
     followed it): ``keys`` (N, W, H), ``key_next`` (N, W), ``filled`` (N, W); ``slot`` (N,)
     is where a stream writes next, its oldest pair once the ring is full. A query sees
-    exactly the pairs :func:`~charlstm.generation.scoring.score_adaptive` would let it see: the
+    exactly the pairs :func:`~charlstm.eval.scoring.score_adaptive` would let it see: the
     ``window`` latest ones before it, each pair added only once its next character is known.
     """
 

@@ -115,7 +115,7 @@ class LearningStream:
 
     The text (prefix, then each character generated) is cut into segments of
     ``config.segment`` characters, each predicted from the ones before it, exactly as
-    :func:`~charlstm.generation.scoring.score_adaptive` cuts it: once a segment's last character is
+    :func:`~charlstm.eval.scoring.score_adaptive` cuts it: once a segment's last character is
     known, one SGD step on the segment's loss (from the state at its start) updates the
     copy, which reads everything after it. ``segment`` holds the inputs read since the
     current segment began, ``start_state`` the state before them.

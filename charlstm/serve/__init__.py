@@ -16,7 +16,8 @@
   share (the API key check included); :mod:`~charlstm.serve.errors`: OpenAI's error
   shape and the handlers.
 
-May import: the core modules, :mod:`charlstm.api`, :mod:`charlstm.generation` and
-:mod:`charlstm.data`. Never :mod:`charlstm.training` (models load through
-:func:`charlstm.api.load_model`) or :mod:`charlstm.cli`.
+May import: the core modules, :mod:`charlstm.api`, :mod:`charlstm.generation`,
+:mod:`charlstm.eval` (a prompt's log-probabilities) and :mod:`charlstm.data`. Never
+:mod:`charlstm.training` (models load through :func:`charlstm.api.load_model`) or
+:mod:`charlstm.cli`.
 """

@@ -316,7 +316,7 @@ class Scheduler:
     def _score_prompts(self, job: Job) -> None:
         """Each prefix's characters with their scores under the model (with its n-gram),
         as ``charlstm eval`` scores a text of its own: the first character has none."""
-        from charlstm.generation.scoring import prompt_log_probs
+        from charlstm.eval.scoring import prompt_log_probs
 
         model = self.models[job.model]
         k = job.top_logprobs or 0

@@ -27,7 +27,7 @@ from torch import nn
 from charlstm.config import TrainConfig
 from charlstm.data.corpus import Vocab
 from charlstm.data.training_data import TrainingData
-from charlstm.generation.scoring import HISTORY, EvalResult, score_heldout
+from charlstm.eval.scoring import HISTORY, EvalResult, score_heldout
 from charlstm.model import CharLSTM, State
 from charlstm.ngram.mixture import NgramMixture
 from charlstm.ngram.teacher import NgramTeacher
