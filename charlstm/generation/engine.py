@@ -494,13 +494,17 @@ def write(
 
 
 def run(engine: Engine, groups: list[Any], on_step: OnStep | None = None) -> None:
-    """Admit ``groups`` and step until every one has finished."""
+    """Admit ``groups`` and step until every one has finished (a finished group leaves
+    the batch; the others' rows are computed as before)."""
     engine.admit(groups)
     while True:
         if on_step is not None:
             for group in groups:
                 for shown in group.shown():
                     on_step(shown)
-        if all(group.finished for group in groups):
+        finished = [group for group in engine.groups if group.finished]
+        if finished:
+            engine.drop(finished)
+        if not engine.groups:
             return
         engine.step()

@@ -194,11 +194,39 @@ def run_server(
     The socket is bound here, before uvicorn starts, so that the URL printed is the one
     listened on (with ``port`` 0, the port the system chose)."""
     import signal
-    import socket
 
     import uvicorn
 
     state: ServerState = app.state.server
+    sock = _listen(host, port)
+    bound = sock.getsockname()[1]
+    shown = f"[{host}]" if ":" in host else host
+    config = uvicorn.Config(
+        app,
+        log_level="warning",
+        access_log=False,
+        timeout_graceful_shutdown=int(grace) + 5,  # the scheduler ends streams at grace
+        timeout_keep_alive=5,
+    )
+    server = _draining_server(config, state, grace, log)
+    state.on_load_error = lambda message: setattr(server, "should_exit", True)
+    log(f"charlstm serve: http://{shown}:{bound} (models: {', '.join(state.names)})")
+    # uvicorn raises the signal it caught again once it has shut down; with these
+    # handlers in place beforehand, that ends nothing and the process exits 0.
+    previous = {sig: signal.signal(sig, lambda *_: None) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        server.run(sockets=[sock])
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if state.load_error is not None:
+        raise CharLSTMError(state.load_error)
+
+
+def _listen(host: str, port: int) -> Any:
+    """A socket bound to ``host:port`` and listening (``port`` 0: one the system chooses)."""
+    import socket
+
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -208,8 +236,14 @@ def run_server(
         sock.close()
         raise CharLSTMError(f"cannot listen on {host}:{port}: {err.strerror}") from None
     sock.listen(2048)  # connections made once the URL is printed wait in the backlog
-    bound = sock.getsockname()[1]
-    shown = f"[{host}]" if ":" in host else host
+    return sock
+
+
+def _draining_server(
+    config: Any, state: ServerState, grace: float, log: Callable[[str], None]
+) -> Any:
+    """A uvicorn server whose first signal drains (uvicorn is imported here, not at start)."""
+    import uvicorn
 
     class Server(uvicorn.Server):
         def handle_exit(self, sig: int, frame: Any) -> None:
@@ -236,23 +270,4 @@ def run_server(
                 time.sleep(0.02)
             self.should_exit = True
 
-    config = uvicorn.Config(
-        app,
-        log_level="warning",
-        access_log=False,
-        timeout_graceful_shutdown=int(grace) + 5,  # the scheduler ends streams at grace
-        timeout_keep_alive=5,
-    )
-    server = Server(config)
-    state.on_load_error = lambda message: setattr(server, "should_exit", True)
-    log(f"charlstm serve: http://{shown}:{bound} (models: {', '.join(state.names)})")
-    # uvicorn raises the signal it caught again once it has shut down; with these
-    # handlers in place beforehand, that ends nothing and the process exits 0.
-    previous = {sig: signal.signal(sig, lambda *_: None) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        server.run(sockets=[sock])
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-    if state.load_error is not None:
-        raise CharLSTMError(state.load_error)
+    return Server(config)
