@@ -84,7 +84,7 @@ def verse_check(
     """
     from charlstm.generation.verse.check import check_text, read_blocks
 
-    settings = build(VerseSettings, given or {}).validate()
+    settings = build(VerseSettings, given or {})
     if checkpoint is not None and corpus is not None:
         raise SettingError("give --checkpoint or --corpus, not both")
     if (checkpoint is not None or corpus is not None) and not settings.active:

@@ -133,7 +133,7 @@ def validate_job(job: Job, model: LanguageModel) -> None:
     if job.verse is not None:  # a poem: the prompt is its title, and may be empty
         from charlstm.generation.verse.constraints import build_rules
 
-        build_rules(job.verse.validate(), vocab, 1, model.model.device)  # its errors first
+        build_rules(job.verse, vocab, 1, model.model.device)  # its errors first
         titles = [p for p in job.prefixes if p]
         if titles:
             check_prefixes(vocab, titles)

@@ -137,7 +137,7 @@ def _verse(body: Sampling, max_tokens: int | None) -> VerseSettings | None:
     given = {k: getattr(body, k) for k in VERSE_FIELDS if getattr(body, k) is not None}
     if not given:
         return None
-    verse = build(VerseSettings, given).validate()
+    verse = build(VerseSettings, given)
     if not verse.active:
         raise SettingError(
             f"{{{next(iter(given))}}} is a setting of a verse form; add {{form}} or "

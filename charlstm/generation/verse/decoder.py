@@ -230,7 +230,6 @@ def generate_verse(
     settled (one string per sample), then ``""`` for every sample once all have ended.
     ``seed``: the same seed gives the same poems (same settings, backend and device).
     """
-    settings = settings.validate()
     if not settings.active:
         raise SettingError("no verse form: give {form} or {line_lengths}")
     config = config or SamplingConfig()
@@ -440,7 +439,6 @@ def generate_for(
     stored beside the checkpoint)."""
     from charlstm.generation.verse.copies import training_lines
 
-    settings = settings.validate()
     for name, value in (("stop_at", stop_at), ("lines", lines)):
         if value is not None:
             raise SettingError(

@@ -181,7 +181,7 @@ class VerseSettings:
         """Whether a form was asked for (the other settings refine one)."""
         return self.form is not None or self.line_lengths is not None
 
-    def validate(self) -> VerseSettings:
+    def __post_init__(self) -> None:
         check_fields(self)
         if self.form is not None and self.line_lengths is not None:
             raise SettingError("give {form} or {line_lengths}, not both")
@@ -201,7 +201,7 @@ class VerseSettings:
                     f"{{{refining[0]}}} is a setting of a verse form; add {{form}} or "
                     "{line_lengths}"
                 )
-            return self
+            return
         form = self.template()
         if self.acrostic is not None:
             if self.acrostic == "":
@@ -218,7 +218,6 @@ class VerseSettings:
             )
         if self.tone and self.rhyme_system() == "none":
             raise SettingError("{tone} needs a rhyme system for its tones; drop {rhyme} none")
-        return self
 
     def template(self) -> Form:
         """The form asked for (``form`` or ``line_lengths``)."""
