@@ -38,7 +38,7 @@ from charlstm.generation.settings import (
     SamplingConfig,
     read_prefix_file,
 )
-from charlstm.generation.verse.forms import VerseSettings
+from charlstm.generation.verse.forms import VerseSettings, refuse_poem_ends
 from charlstm.model import CharLSTM
 from charlstm.ngram.mixture import NgramMixture
 from charlstm.storage import checkpoint as ckpt
@@ -147,8 +147,12 @@ class LanguageModel:
         if controls:
             sampling = replace(sampling, **controls)
         if verse is not None and verse.active:
+            from charlstm.generation.verse.constraints import build_rules
             from charlstm.generation.verse.decoder import generate_for
 
+            refuse_poem_ends(stop_at=stop_at, lines=lines)
+            # what the form needs of the vocabulary, before the copy filter reads the corpus
+            build_rules(verse, self.vocab, 1, self.model.device)
             return generate_for(
                 self,
                 prefixes,
@@ -156,8 +160,6 @@ class LanguageModel:
                 sampling,
                 num_samples,
                 seed,
-                stop_at=stop_at,
-                lines=lines,
                 on_step=on_step,
                 cache=cache,
                 dynamic=dynamic,

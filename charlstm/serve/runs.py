@@ -18,10 +18,10 @@ from typing import Any
 from fastapi import Request
 from fastapi.responses import StreamingResponse
 
-from charlstm.fields import SettingError, build
+from charlstm.fields import SettingError
 from charlstm.generation.decoding import new_seed
 from charlstm.generation.settings import LogitRules, SamplingConfig, from_settings
-from charlstm.generation.verse.forms import VerseSettings
+from charlstm.generation.verse.forms import VerseSettings, refuse_poem_ends, verse_from
 from charlstm.serve.bodies import DEFAULT_MAX_TOKENS, Sampling
 from charlstm.serve.errors import APIError, body_name
 from charlstm.serve.jobs import Chars, End, Event, Job, Score
@@ -135,22 +135,10 @@ def _verse(body: Sampling, max_tokens: int | None) -> VerseSettings | None:
     """The poem ``body`` asks for (None: running text), refused as ``charlstm generate``
     refuses it: the form sets the length and where the poem ends."""
     given = {k: getattr(body, k) for k in VERSE_FIELDS if getattr(body, k) is not None}
-    if not given:
-        return None
-    verse = build(VerseSettings, given)
+    verse = verse_from(given)
     if not verse.active:
-        raise SettingError(
-            f"{{{next(iter(given))}}} is a setting of a verse form; add {{form}} or "
-            "{line_lengths}"
-        )
-    used = {"max_tokens": max_tokens, "stop": body.stop, "stop_at": body.stop_at}
-    used["lines"] = body.lines
-    for key, value in used.items():
-        if value is not None:
-            raise SettingError(
-                f"{key} cannot be used with a verse form: the form sets the length and where "
-                "the poem ends"
-            )
+        return None
+    refuse_poem_ends(length=max_tokens, stop=body.stop, stop_at=body.stop_at, lines=body.lines)
     return verse
 
 

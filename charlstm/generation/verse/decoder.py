@@ -428,8 +428,6 @@ def generate_for(
     num_samples: int = 1,
     seed: int | None = None,
     *,
-    stop_at: str | None = None,
-    lines: int | None = None,
     on_step: Callable[[list[str]], None] | None = None,
     cache: CacheConfig | None = None,
     dynamic: DynamicConfig | None = None,
@@ -439,13 +437,6 @@ def generate_for(
     stored beside the checkpoint)."""
     from charlstm.generation.verse.copies import training_lines
 
-    for name, value in (("stop_at", stop_at), ("lines", lines)):
-        if value is not None:
-            raise SettingError(
-                f"{{{name}}} cannot end a poem: the form ({{form}} / {{line_lengths}}) sets "
-                "where it ends"
-            )
-    build_rules(settings, language_model.vocab, 1, language_model.model.device)  # errors first
     copies = training_lines(language_model.checkpoint) if settings.copy_filter else None
     return generate_verse(
         language_model.model,
