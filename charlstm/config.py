@@ -14,7 +14,7 @@ stored in ``config.json`` and in every checkpoint.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from charlstm.fields import (
@@ -97,9 +97,8 @@ class DataConfig:
         default_text="all",
     )
 
-    def validate(self) -> DataConfig:
+    def __post_init__(self) -> None:
         check_fields(self)
-        return self
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DataConfig:
@@ -197,29 +196,42 @@ class ModelConfig:
             return self.vocab_size
         return self.embedding_size or self.hidden_size
 
-    def validate(self) -> ModelConfig:
-        """Check the settings; ``softmax`` "auto" becomes "full" or "adaptive" here, by
-        ``vocab_size``, so that a validated config names the output layer it builds."""
+    @property
+    def chosen_softmax(self) -> str:
+        """The output layer this config builds: ``softmax``, with "auto" decided by
+        ``vocab_size`` (adaptive above :data:`AUTO_ADAPTIVE_VOCAB` characters, else full)."""
+        if self.softmax != "auto":
+            return self.softmax
+        return "adaptive" if self.vocab_size > AUTO_ADAPTIVE_VOCAB else "full"
+
+    def resolved(self) -> ModelConfig:
+        """This config with ``softmax`` "auto" replaced by the output layer it chooses
+        (:attr:`chosen_softmax`), so that a run records the layer it builds; a new config,
+        the same one when there is nothing to decide."""
+        return self if self.softmax != "auto" else replace(self, softmax=self.chosen_softmax)
+
+    def __post_init__(self) -> None:
+        """Check the settings (with "auto" read as the softmax it chooses); nothing is
+        changed here (see :meth:`resolved`)."""
         check_fields(self)
-        if self.softmax == "auto":
-            self.softmax = "adaptive" if self.vocab_size > AUTO_ADAPTIVE_VOCAB else "full"
-            if self.softmax == "full" and self.cutoffs is not None:
-                raise SettingError(
-                    f"{{cutoffs}} is a setting of the adaptive softmax, and {{softmax}} auto "
-                    f"chose the full one for this vocabulary of {self.vocab_size:,} characters "
-                    f"(adaptive above {AUTO_ADAPTIVE_VOCAB:,}); give {{softmax}} adaptive"
-                )
+        softmax = self.chosen_softmax
+        if self.softmax == "auto" and softmax == "full" and self.cutoffs is not None:
+            raise SettingError(
+                f"{{cutoffs}} is a setting of the adaptive softmax, and {{softmax}} auto "
+                f"chose the full one for this vocabulary of {self.vocab_size:,} characters "
+                f"(adaptive above {AUTO_ADAPTIVE_VOCAB:,}); give {{softmax}} adaptive"
+            )
         if self.backend == "torch" and self.peephole:
             raise SettingError("{peephole} needs {backend} scratch (nn.LSTM has no peepholes)")
         if self.backend == "torch" and self.weight_drop > 0:
             raise SettingError("{weight_drop} needs {backend} scratch")
-        if self.softmax == "adaptive" and self.tie_weights:
+        if softmax == "adaptive" and self.tie_weights:
             raise SettingError(
                 "{tie_weights} needs {softmax} full (the adaptive softmax has no single output "
                 "matrix to share)"
             )
         if self.cutoffs is not None:
-            if self.softmax != "adaptive":
+            if softmax != "adaptive":
                 raise SettingError("{cutoffs} is a setting of {softmax} adaptive; add it")
             cutoffs = list(self.cutoffs)
             if (
@@ -238,7 +250,6 @@ class ModelConfig:
                 "{tie_weights} needs {embedding_size} equal to {hidden_size} "
                 f"({self.input_size} != {self.hidden_size})"
             )
-        return self
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
@@ -438,9 +449,8 @@ class TrainConfig:
         default_text="none",
     )
 
-    def validate(self) -> TrainConfig:
+    def __post_init__(self) -> None:
         check_fields(self)
-        return self
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:

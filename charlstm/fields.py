@@ -241,9 +241,6 @@ def setting_values(config: Any) -> dict[str, Any]:
 
 def build(cls: type[C], given: dict[str, Any], **fixed: Any) -> C:
     """``cls`` from its defaults, the settings of it in ``given`` (by key) and ``fixed``;
-    validated: by its ``validate()`` (a run's configs, :mod:`charlstm.config`, which a
-    checkpoint also rebuilds) or, for a class without one, when it was made."""
+    checked when it is made (its ``__post_init__``)."""
     values = {f.name: given[key] for key, f, _ in keyed_settings(cls) if key in given}
-    config = cls(**{**values, **fixed})
-    validate = getattr(config, "validate", None)
-    return validate() if validate is not None else config
+    return cls(**{**values, **fixed})

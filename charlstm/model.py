@@ -279,7 +279,7 @@ class CharLSTM(nn.Module):
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
-        config.validate()
+        config = config.resolved()  # the output layer "auto" chooses, recorded as built
         self.config = config
         V, D, H = config.vocab_size, config.input_size, config.hidden_size
         self.masks = Masks()  # every random mask of training: see seed_masks
@@ -538,7 +538,7 @@ def grown_config(config: ModelConfig, vocab_size: int) -> ModelConfig:
     cutoffs = config.cutoffs
     if config.softmax == "adaptive" and cutoffs is None:
         cutoffs = default_cutoffs(config.vocab_size)
-    return replace(config, vocab_size=vocab_size, cutoffs=cutoffs).validate()
+    return replace(config, vocab_size=vocab_size, cutoffs=cutoffs)
 
 
 def grow_vocab_weights(

@@ -15,27 +15,18 @@ from charlstm.cli.common import AsJson, app, handle_errors
 from charlstm.cli.display import table
 from charlstm.cli.options import Given, settings_options
 from charlstm.fields import SettingError, build
-from charlstm.generation.verse.forms import VerseSettings
+from charlstm.generation.verse.forms import VerseSettings, refuse_poem_ends, verse_from
 
 
 def verse_request(given: dict[str, Any]) -> tuple[VerseSettings, dict[str, Any]]:
     """``generate``'s verse settings, and its settings for a poem: the form sets the length
-    (``--length``, ``--stop-at`` and ``--lines`` are refused), and with no prefix the poem
-    starts from nothing. The verse options without a form are refused."""
-    verse = build(VerseSettings, given)
+    (``--length`` is refused here; ``--stop-at`` and ``--lines`` by
+    :meth:`~charlstm.api.LanguageModel.generate_many`, as for every caller), and with no
+    prefix the poem starts from nothing. The verse options without a form are refused."""
+    verse = verse_from(given)
     if not verse.active:
-        for key in ("candidates", "copy_filter"):
-            if key in given:
-                raise SettingError(
-                    f"{{{key}}} is a setting of a verse form; add {{form}} or {{line_lengths}}"
-                )
         return verse, given
-    for key in ("length", "stop_at", "lines"):
-        if key in given:
-            raise SettingError(
-                f"{{{key}}} cannot be used with a verse form: the form ({{form}} / "
-                "{line_lengths}) sets the length and where the poem ends"
-            )
+    refuse_poem_ends(length=given.get("length"))  # its default cannot tell the library
     if not given.get("prefixes") and given.get("prefix_file") is None:
         return verse, {**given, "prefixes": [""]}
     return verse, given
@@ -84,7 +75,7 @@ def verse_check(
     """
     from charlstm.generation.verse.check import check_text, read_blocks
 
-    settings = build(VerseSettings, given or {}).validate()
+    settings = build(VerseSettings, given or {})
     if checkpoint is not None and corpus is not None:
         raise SettingError("give --checkpoint or --corpus, not both")
     if (checkpoint is not None or corpus is not None) and not settings.active:

@@ -34,7 +34,7 @@ def read_text(
 
     Several text members of a zip are joined, in name order, with a newline.
     """
-    data = DataConfig(str(path), member, encoding, newlines, max_chars).validate()
+    data = DataConfig(str(path), member, encoding, newlines, max_chars)
     return read_corpus_text(data)
 
 

@@ -96,15 +96,11 @@ def check(request: Request, vocab: Vocab) -> None:
 
 def _check_verse(request: Request, vocab: Vocab) -> None:
     from charlstm.generation.verse.constraints import build_rules
+    from charlstm.generation.verse.forms import refuse_poem_ends
 
     if not request.verse.active:
         raise SettingError("no verse form: give {form} or {line_lengths}")
-    for name, value in (("stop_at", request.stop_at), ("lines", request.lines)):
-        if value is not None:
-            raise SettingError(
-                f"{{{name}}} cannot end a poem: the form ({{form}} / {{line_lengths}}) sets "
-                "where it ends"
-            )
+    refuse_poem_ends(stop_at=request.stop_at, lines=request.lines)
     build_rules(request.verse, vocab, 1, "cpu")  # the form's own errors
     titles = [p for p in request.prefixes if p]  # a poem's prefix is its title, maybe empty
     if titles:

@@ -2,7 +2,10 @@
 controls beside OpenAI's fields (``charlstm generate``'s options, with underscores).
 
 :class:`Sampling` holds what both requests share; :class:`CompletionBody` and
-:class:`ChatBody` add their own. A character is a token here. Every field of OpenAI's
+:class:`ChatBody` add their own. charlstm's controls are not written here: they are
+generated from the same setting fields as ``charlstm generate``'s options
+(:data:`OWN_SETTINGS`, as :mod:`charlstm.cli.options` builds the command line), each under
+its key with underscores (:func:`body_name`). A character is a token here. Every field of OpenAI's
 schemas is accepted with OpenAI's meaning, except those a character model cannot honour,
 which are refused with one message (``suffix``, ``tools``...); ``user`` is accepted and
 ignored. A field of neither schema is ignored and logged once per name
@@ -12,11 +15,20 @@ OpenAI field.
 
 from __future__ import annotations
 
+import typing
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, create_model
 
-from charlstm.generation.settings import DEFAULT_PENALTY_WINDOW
+from charlstm.fields import keyed_settings
+from charlstm.generation.settings import (
+    Adaptation,
+    CacheConfig,
+    DynamicConfig,
+    GenerateRequest,
+    SamplingConfig,
+)
+from charlstm.generation.verse.forms import VerseSettings
 
 #: ``max_tokens`` when a request gives none (OpenAI's is 16; charlstm's generate writes 100).
 DEFAULT_MAX_TOKENS = 100
@@ -26,8 +38,56 @@ class StreamOptions(BaseModel):
     include_usage: bool | None = None
 
 
-class Sampling(BaseModel):
-    """The fields both requests share: OpenAI's, then charlstm's."""
+#: How the library's setting names read in a request body (OpenAI's names where OpenAI has
+#: the setting).
+BODY_NAMES = {"prefixes": "prompt", "length": "max_tokens", "num_samples": "n"}
+
+
+def body_name(key: str) -> str:
+    """The body field of a library setting: ``length`` -> ``max_tokens``, ``cache.mix`` ->
+    ``cache_mix``."""
+    return BODY_NAMES.get(key, key.replace(".", "_"))
+
+
+#: charlstm's own controls: ``charlstm generate``'s settings that a body gives beside
+#: OpenAI's fields (which hold the rest: ``temperature``, ``top_p``, ``seed``, ``max_tokens``,
+#: ``n``, ``stop``). Each: the class, the settings taken (None: every option it offers), and
+#: whether a field left out is the setting's default (``True``: the value is used as it is)
+#: or null, "not given" (``False``: the class is built from what was given, and a setting
+#: given without its switch or form is refused).
+OWN_SETTINGS: tuple[tuple[type, tuple[str, ...] | None, bool], ...] = (
+    (SamplingConfig, ("top_k", "greedy", "repetition_penalty", "penalty_window"), True),
+    (GenerateRequest, ("stop_at", "lines"), True),
+    (Adaptation, None, True),
+    (CacheConfig, None, False),
+    (DynamicConfig, None, False),
+    (VerseSettings, None, False),  # a poem in a form: the prompt is its title, may be ""
+)
+
+
+def _own_fields() -> dict[str, tuple[Any, Any]]:
+    """The body fields of :data:`OWN_SETTINGS`: name -> (type, default)."""
+    fields: dict[str, tuple[Any, Any]] = {}
+    for cls, only, defaults in OWN_SETTINGS:
+        hints = typing.get_type_hints(cls)
+        for key, f, meta in keyed_settings(cls):
+            if meta.cli and (only is None or f.name in only):
+                hint = hints[f.name]
+                fields[body_name(key)] = (hint, f.default) if defaults else (hint | None, None)
+    return fields
+
+
+#: Body field -> setting key of charlstm's own controls.
+OWN_KEYS = {
+    body_name(key): key
+    for cls, only, _ in OWN_SETTINGS
+    for key, f, meta in keyed_settings(cls)
+    if meta.cli and (only is None or f.name in only)
+}
+
+
+class OpenAISampling(BaseModel):
+    """The fields of OpenAI's that both requests share (:class:`Sampling` adds charlstm's)."""
 
     model_config = ConfigDict(extra="allow")
 
@@ -44,29 +104,12 @@ class Sampling(BaseModel):
     presence_penalty: float | None = None
     logit_bias: dict[str, float] | None = None
     user: str | None = None  # accepted and ignored
-    # charlstm's own controls
-    top_k: int | None = None
-    greedy: bool = False
-    repetition_penalty: float = 1.0
-    penalty_window: int = DEFAULT_PENALTY_WINDOW
-    stop_at: str | None = None
-    lines: int | None = None
-    cache: bool = False
-    cache_window: int | None = None
-    cache_flatness: float | None = None
-    cache_mix: float | None = None
-    dynamic: bool = False
-    dynamic_lr: float | None = None
-    dynamic_segment: int | None = None
-    # a poem in a form (charlstm generate --form ...): the prompt is its title, may be ""
-    form: str | None = None
-    line_lengths: list[int] | None = None
-    acrostic: str | None = None
-    rhyme: str | None = None
-    first_line_rhyme: bool | None = None
-    tone: bool | None = None
-    candidates: int | None = None
-    copy_filter: bool | None = None
+
+    def settings(self) -> dict[str, Any]:
+        """charlstm's own controls that this body gives, by setting key (``cache.mix``),
+        as ``charlstm generate``'s ``given``: a field left null is not given."""
+        values = {key: getattr(self, name) for name, key in OWN_KEYS.items()}
+        return {key: value for key, value in values.items() if value is not None}
 
     def unknown(self) -> list[str]:
         """The fields of the body that no schema here knows."""
@@ -79,6 +122,15 @@ class Sampling(BaseModel):
     @property
     def include_usage(self) -> bool:
         return bool(self.stream_options and self.stream_options.include_usage)
+
+
+#: The fields both requests share: OpenAI's, then charlstm's (:data:`OWN_SETTINGS`).
+Sampling = create_model(  # type: ignore[call-overload]
+    "Sampling",
+    __base__=OpenAISampling,
+    __module__=__name__,
+    **_own_fields(),
+)
 
 
 class CompletionBody(Sampling):

@@ -20,16 +20,8 @@ from fastapi.responses import JSONResponse
 
 from charlstm.errors import CharLSTMError
 from charlstm.fields import SettingError
+from charlstm.serve.bodies import body_name
 from charlstm.serve.jobs import Draining, QueueFull, UnknownModel
-
-#: How the library's setting names read in a request body.
-BODY_NAMES = {"prefixes": "prompt", "length": "max_tokens", "num_samples": "n"}
-
-
-def body_name(key: str) -> str:
-    """The body field of a library setting: ``length`` -> ``max_tokens``, ``cache.mix`` ->
-    ``cache_mix``."""
-    return BODY_NAMES.get(key, key.replace(".", "_"))
 
 
 def error_body(

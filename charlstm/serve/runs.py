@@ -22,26 +22,15 @@ from charlstm.fields import SettingError, build
 from charlstm.generation import engine
 from charlstm.generation.decoding import new_seed
 from charlstm.generation.settings import LogitRules, SamplingConfig, from_settings
-from charlstm.generation.verse.forms import VerseSettings
+from charlstm.generation.verse.forms import VerseSettings, refuse_poem_ends, verse_from
 from charlstm.serve.bodies import DEFAULT_MAX_TOKENS, Sampling
-from charlstm.serve.errors import APIError, body_name
+from charlstm.serve.errors import APIError
 from charlstm.serve.jobs import Chars, End, Event, Job, Score
 from charlstm.serve.scheduler import Scheduler
 from charlstm.serve.state import ServerState
 
 #: Seconds between keep-alive comments on a stream with nothing new to send.
 KEEP_ALIVE = 5.0
-
-VERSE_FIELDS = (
-    "form",
-    "line_lengths",
-    "acrostic",
-    "rhyme",
-    "first_line_rhyme",
-    "tone",
-    "candidates",
-    "copy_filter",
-)
 
 
 def build_job(
@@ -58,28 +47,21 @@ def build_job(
     ``charlstm generate`` checks them). ``top_logprobs``: keep each character's score;
     ``score_prompt``: score the prompts' characters too."""
     state.ignore(body.unknown())
+    given = body.settings()  # charlstm's own controls, as charlstm generate's options
     temperature = 1.0 if body.temperature is None else body.temperature
-    greedy = body.greedy or temperature == 0
-    top_p = None if body.top_p == 1 else body.top_p  # 1 keeps every character
-    sampling = SamplingConfig(
+    sampling = build(  # OpenAI's temperature 0 is greedy, its top_p 1 keeps every character
+        SamplingConfig,
+        given,
         temperature=1.0 if temperature == 0 else temperature,
-        top_k=body.top_k,
-        top_p=top_p,
-        greedy=greedy,
-        repetition_penalty=body.repetition_penalty,
-        penalty_window=body.penalty_window,
+        top_p=None if body.top_p == 1 else body.top_p,
+        greedy=body.greedy or temperature == 0,
     )
     rules = logit_rules(body)
-    given: dict[str, Any] = {"cache": body.cache, "dynamic": body.dynamic}
-    for key in ("cache.window", "cache.flatness", "cache.mix", "dynamic.lr", "dynamic.segment"):
-        value = getattr(body, body_name(key))
-        if value is not None:
-            given[key] = value
     cache, dynamic = from_settings(given, generating=True)
     stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
     if len(stop) > 4:
         raise SettingError("stop takes at most 4 strings")
-    verse = _verse(body, max_tokens)
+    verse = _verse(body, given, max_tokens)
     if verse is not None and top_logprobs is not None:  # lines are kept, not characters
         raise SettingError(
             "logprobs or best_of cannot be used with a verse form: a poem is chosen line by line"
@@ -120,26 +102,14 @@ def logit_rules(body: Sampling) -> LogitRules | None:
     return rules if rules.active else None
 
 
-def _verse(body: Sampling, max_tokens: int | None) -> VerseSettings | None:
-    """The poem ``body`` asks for (None: running text), refused as ``charlstm generate``
-    refuses it: the form sets the length and where the poem ends."""
-    given = {k: getattr(body, k) for k in VERSE_FIELDS if getattr(body, k) is not None}
-    if not given:
-        return None
-    verse = build(VerseSettings, given).validate()
+def _verse(body: Sampling, given: dict[str, Any], max_tokens: int | None) -> VerseSettings | None:
+    """The poem ``body`` asks for (None: running text; ``given``: its settings by key),
+    refused as ``charlstm generate`` refuses it: the form sets the length and where the
+    poem ends."""
+    verse = verse_from(given)
     if not verse.active:
-        raise SettingError(
-            f"{{{next(iter(given))}}} is a setting of a verse form; add {{form}} or "
-            "{line_lengths}"
-        )
-    used = {"max_tokens": max_tokens, "stop": body.stop, "stop_at": body.stop_at}
-    used["lines"] = body.lines
-    for key, value in used.items():
-        if value is not None:
-            raise SettingError(
-                f"{key} cannot be used with a verse form: the form sets the length and where "
-                "the poem ends"
-            )
+        return None
+    refuse_poem_ends(length=max_tokens, stop=body.stop, stop_at=body.stop_at, lines=body.lines)
     return verse
 
 

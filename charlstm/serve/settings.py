@@ -95,7 +95,7 @@ class ServeConfig:
         check=in_range(0, 1, "[]"),
     )
 
-    def validate(self) -> ServeConfig:
+    def __post_init__(self) -> None:
         check_fields(self)
         if not 0 <= self.port <= 65535:
             raise SettingError(f"{{port}} must be in [0, 65535], not {self.port}")
@@ -103,7 +103,6 @@ class ServeConfig:
         repeated = sorted({name for name in names if names.count(name) > 1})
         if repeated:
             raise SettingError(f"{{models}} names {repeated[0]!r} twice")
-        return self
 
     def key(self, environ: dict[str, str]) -> str | None:
         """The API key: ``--api-key``, else ``CHARLSTM_API_KEY`` (empty: none)."""

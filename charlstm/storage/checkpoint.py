@@ -374,7 +374,7 @@ def load_with_model(path: str | Path) -> tuple[Checkpoint, CharLSTM]:
         model_config = ModelConfig.from_dict(data["model_config"])
         vocab = Vocab(data["idx_to_char"])
         with torch.random.fork_rng(devices=[]):  # leave the caller's random state alone
-            model = build_model(model_config)  # validates model_config (CharLSTM does)
+            model = build_model(model_config)  # model_config was checked when made
         _check_weights(data, model, vocab, path)
         model.load_state_dict(data["model"])
         checkpoint = Checkpoint(

@@ -7,7 +7,7 @@
   settings marked ``resume`` may differ; the run continues its exact trajectory.
 
 Settings arrive as one flat dict by field name (``given``: only what the user typed); each
-config is built from its layers by :func:`charlstm.config.build`, which validates it once.
+config is built from its layers by :func:`charlstm.fields.build` and checks itself when made.
 Every mode reads its data through :func:`charlstm.training.setup.training_data`. Everything
 that can be wrong with the input is found before the run directory is created or touched.
 """
@@ -227,10 +227,12 @@ def new_run(
             source, train.val_fraction, world, given=request.given, run_dir=run_dir, log=log
         )
         train = replace(train, val_fraction=data.val_fraction)
-        model = build(ModelConfig, {**chosen["model"], **request.given}, vocab_size=len(data.vocab))
+        model = build(
+            ModelConfig, {**chosen["model"], **request.given}, vocab_size=len(data.vocab)
+        ).resolved()  # the run records the softmax "auto" chose
         check_given(request.given, model, train)
         if model.softmax == "adaptive" and model.cutoffs is None:  # recorded in the run's config
-            model = replace(model, cutoffs=default_cutoffs(data.counts())).validate()
+            model = replace(model, cutoffs=default_cutoffs(data.counts()))
         return _start(request, run_dir, world, data, model, train, log, progress_bar)
 
 

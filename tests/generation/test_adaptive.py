@@ -120,7 +120,7 @@ def test_default_cutoffs_cover_85_and_99_9_percent_of_the_text(counts, expected)
     cutoffs = default_cutoffs(counts)
     assert cutoffs == expected
     size = counts if isinstance(counts, int) else len(counts)
-    ModelConfig(vocab_size=size, softmax="adaptive", cutoffs=cutoffs).validate()
+    ModelConfig(vocab_size=size, softmax="adaptive", cutoffs=cutoffs)  # checked when made
     if isinstance(counts, int):  # a config without cutoffs builds Zipf's default
         model = build_model(ModelConfig(vocab_size=size, hidden_size=8, softmax="adaptive"))
         assert model.head.cutoffs == [*expected, size]
@@ -321,13 +321,13 @@ def test_the_class_order_survives_a_state_dict_and_a_checkpoint(tmp_path):
     ("vocab_size", "chosen"), [(65, "full"), (4_000, "full"), (4_001, "adaptive")]
 )
 def test_softmax_auto_is_adaptive_only_for_thousands_of_characters(vocab_size, chosen):
-    config = ModelConfig(vocab_size=vocab_size, hidden_size=8, softmax="auto").validate()
+    config = ModelConfig(vocab_size=vocab_size, hidden_size=8, softmax="auto").resolved()
     assert config.softmax == chosen == build_model(config).config.softmax
 
 
 def test_softmax_auto_with_cutoffs_for_a_small_alphabet_is_refused():
     with pytest.raises(SettingError, match="auto chose the full one for this vocabulary of 65"):
-        ModelConfig(vocab_size=65, softmax="auto", cutoffs=[10]).validate()
+        ModelConfig(vocab_size=65, softmax="auto", cutoffs=[10])
 
 
 def test_the_large_corpus_preset_chooses_by_the_vocabulary(small_corpus, tmp_path):

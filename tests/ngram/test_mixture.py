@@ -109,10 +109,10 @@ def test_generation_draws_from_the_interpolated_distribution(model, mixture):
 
 def test_bad_mixture_settings_are_refused():
     with pytest.raises(CharLSTMError, match="ngram_mix must be an n-gram order"):
-        TrainConfig(ngram_mix=1).validate()
+        TrainConfig(ngram_mix=1)
     for weight in (0.0, 1.0, float("nan")):
         with pytest.raises(CharLSTMError, match="mix_weight must be in"):
-            TrainConfig(ngram_mix=3, mix_weight=weight).validate()
+            TrainConfig(ngram_mix=3, mix_weight=weight)
 
 
 def test_a_run_keeps_its_ngram_and_scores_with_it(tmp_path, small_corpus):

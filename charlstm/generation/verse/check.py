@@ -246,7 +246,6 @@ def check_poems(
     contains: Callable[[str], bool] | None = None,
 ) -> VerseReport:
     """Check every poem (its lines) against ``settings``'s form and constraints."""
-    settings = settings.validate()
     if not settings.active:
         raise SettingError("verse-check needs a form: give {form} or {line_lengths}")
     checks = [check_poem(lines, settings, contains) for lines in poems]
@@ -263,7 +262,7 @@ def check_text(
     """``verse-check`` on text split into ``blocks`` (:func:`read_blocks`): the poems against
     ``settings``'s form when one is asked for (:func:`check_poems`), and always the
     adjacent-line rhyme share under each of :data:`ADJACENT_SYSTEMS`."""
-    if settings is not None and settings.validate().active:
+    if settings is not None and settings.active:
         form = settings.template()
         report = check_poems([poem_lines(block, form) for block in blocks], settings, contains)
     else:

@@ -19,8 +19,17 @@ from __future__ import annotations
 
 import unicodedata
 from dataclasses import dataclass
+from typing import Any
 
-from charlstm.fields import SettingError, check_fields, is_positive, optional, register, setting
+from charlstm.fields import (
+    SettingError,
+    build,
+    check_fields,
+    is_positive,
+    optional,
+    register,
+    setting,
+)
 from charlstm.generation.verse.rhyme import PING, SYSTEMS, ZE
 
 
@@ -181,7 +190,7 @@ class VerseSettings:
         """Whether a form was asked for (the other settings refine one)."""
         return self.form is not None or self.line_lengths is not None
 
-    def validate(self) -> VerseSettings:
+    def __post_init__(self) -> None:
         check_fields(self)
         if self.form is not None and self.line_lengths is not None:
             raise SettingError("give {form} or {line_lengths}, not both")
@@ -201,7 +210,7 @@ class VerseSettings:
                     f"{{{refining[0]}}} is a setting of a verse form; add {{form}} or "
                     "{line_lengths}"
                 )
-            return self
+            return
         form = self.template()
         if self.acrostic is not None:
             if self.acrostic == "":
@@ -218,7 +227,6 @@ class VerseSettings:
             )
         if self.tone and self.rhyme_system() == "none":
             raise SettingError("{tone} needs a rhyme system for its tones; drop {rhyme} none")
-        return self
 
     def template(self) -> Form:
         """The form asked for (``form`` or ``line_lengths``)."""
@@ -256,6 +264,34 @@ class VerseSettings:
             "candidates": self.candidates,
             "copy_filter": self.copy_filter,
         }
+
+
+def verse_from(given: dict[str, Any]) -> VerseSettings:
+    """The verse settings ``given`` by key (``charlstm generate``'s options, a request body's
+    fields); ``active`` False when they ask for no form. The settings that only refine a form
+    are refused without one: those whose default cannot tell given from not given
+    (``candidates``, ``copy_filter``) here, the others by :class:`VerseSettings` itself."""
+    verse = build(VerseSettings, given)
+    if not verse.active:
+        for key in ("candidates", "copy_filter"):
+            if key in given:
+                raise SettingError(
+                    f"{{{key}}} is a setting of a verse form; add {{form}} or {{line_lengths}}"
+                )
+    return verse
+
+
+def refuse_poem_ends(**used: object) -> None:
+    """The form sets a poem's length and where it ends: each setting in ``used`` that was
+    given (not None), by key (``length``, ``stop_at``, ``lines``; a body's ``stop``), is
+    refused. The one place of this rule, for the command line, the API and the server."""
+    for key, value in used.items():
+        if value is not None:
+            raise SettingError(
+                f"{{{key}}} cannot be used with a verse form: the form ({{form}} / "
+                "{line_lengths}) sets the length and where the poem ends",
+                arguments=(key,),
+            )
 
 
 def tone_pattern(form: Form, rhyme_lines: tuple[int, ...], start: str) -> list[dict[int, str]]:
