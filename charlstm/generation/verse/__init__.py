@@ -5,11 +5,10 @@
   (:class:`~charlstm.generation.verse.forms.VerseSettings`; no torch);
 - :mod:`~charlstm.generation.verse.rhyme`: rhyme classes and tones under 平水韵, 中华新韵, 十三辙;
 - :mod:`~charlstm.generation.verse.constraints`: one rule per constraint (form, acrostic, rhyme,
-  tone), each masking the rows' distributions (N, V);
-- :mod:`~charlstm.generation.verse.decoder`: the line-candidates decoder,
-  :func:`~charlstm.generation.verse.decoder.generate_verse` (a model and its vocabulary) and
-  :func:`~charlstm.generation.verse.decoder.generate_for` (a loaded
-  :class:`~charlstm.api.LanguageModel`, with its copy filter);
+  tone), each an entry of the engine's list of logits rules;
+- :mod:`~charlstm.generation.verse.decoder`: a poem as a group of the generation engine
+  (:class:`~charlstm.generation.verse.decoder.VerseGroup`: each line's candidates, the best
+  kept at its end; a request with ``verse`` set is written by it);
 - :mod:`~charlstm.generation.verse.copies`: the training text's lines, for the copy filter;
 - :mod:`~charlstm.generation.verse.check`: the checker (``charlstm verse-check``), on any text.
 

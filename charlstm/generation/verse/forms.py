@@ -130,7 +130,7 @@ def _rhyme(value: str) -> str | None:
 @dataclass
 class VerseSettings:
     """A poem or lyric in a fixed form (``charlstm generate --form``/``--line-lengths``):
-    what :func:`charlstm.generation.verse.decoder.generate_verse` keeps."""
+    what :class:`charlstm.generation.verse.decoder.VerseGroup` keeps."""
 
     form: str | None = setting(
         None,
