@@ -313,8 +313,7 @@ class Engine:
         self.plan: list[tuple[list[Any], slice | torch.Tensor | None]] | None = None
 
     def mode(self) -> contextlib.AbstractContextManager[Any]:
-        """Dynamic evaluation needs gradients; otherwise nothing here does."""
-        return torch.no_grad() if self.dynamic else torch.inference_mode()
+        return grad_mode(self.dynamic)
 
     @property
     def size(self) -> int:
@@ -456,6 +455,11 @@ def steps_of(request: Request) -> int:
     from charlstm.generation.verse.decoder import poem_steps
 
     return poem_steps(request.verse)
+
+
+def grad_mode(dynamic: bool) -> contextlib.AbstractContextManager[Any]:
+    """Dynamic evaluation needs gradients; otherwise nothing in generation does."""
+    return torch.no_grad() if dynamic else torch.inference_mode()
 
 
 def folds(batch: int, length: int, vocab_size: int) -> bool:
