@@ -127,6 +127,7 @@ class LanguageModel:
         *,
         stop_at: str | None = None,
         lines: int | None = None,
+        stop: Sequence[str] = (),
         on_step: Callable[[list[str]], None] | None = None,
         cache: CacheConfig | None = None,
         dynamic: DynamicConfig | None = None,
@@ -136,7 +137,8 @@ class LanguageModel:
         """Continuations (without the prefix) ``[prefix][sample]``, all in one batch.
 
         Sampling controls come as a :class:`SamplingConfig` or as its fields by keyword
-        (``temperature=0.8, top_p=0.9``); keywords override ``sampling``. ``on_step``
+        (``temperature=0.8, top_p=0.9``); keywords override ``sampling``. ``stop``: strings
+        that end a sample before them (OpenAI's ``stop``). ``on_step``
         streams: it gets one string per sequence and step (see :func:`generate`).
         ``cache`` / ``dynamic`` adapt every sample to its own text (dynamic evaluation:
         each from a fresh copy of the weights). ``verse`` writes a poem in a form instead
@@ -155,6 +157,7 @@ class LanguageModel:
             seed,
             stop_at=stop_at,
             lines=lines,
+            stop=tuple(stop),
             cache=cache,
             dynamic=dynamic,
             verse=verse if verse is not None and verse.active else None,

@@ -54,7 +54,8 @@ Score = tuple[float, list[tuple[str, float]]]
 class Request:
     """What to write. ``prefixes`` each continued ``n`` times (rows ``p * n + s``) by up to
     ``length`` characters, ending early with (and including) the first ``stop_at``
-    character or the ``lines``-th newline. ``penalties``: OpenAI's frequency and presence
+    character or the ``lines``-th newline, or before (and without) the first of the
+    ``stop`` strings (OpenAI's ``stop``). ``penalties``: OpenAI's frequency and presence
     penalties and ``logit_bias``; ``top_logprobs``: keep every character's score with its
     k likeliest alternatives. ``verse``: a poem in a form instead (the form sets the
     length). ``seed`` seeds the request's own generator (``None``: torch's global one)."""
@@ -66,6 +67,7 @@ class Request:
     seed: int | None = None
     stop_at: str | None = None
     lines: int | None = None
+    stop: tuple[str, ...] = ()
     penalties: LogitRules | None = None
     top_logprobs: int | None = None
     cache: CacheConfig | None = None
@@ -146,6 +148,7 @@ class TextGroup:
         self.stop = None
         if request.stop_at is not None or request.lines is not None:
             self.stop = Stop(vocab, request.stop_at, request.lines, self.size, self.length, device)
+        self.strings = StopStrings(request.stop, self.size) if request.stop else None
         self.out = torch.empty((self.size, self.length), dtype=torch.long, device=device)
         self.last = torch.empty(self.size, dtype=torch.long, device=device)
         self.top_logprobs = request.top_logprobs
@@ -209,16 +212,46 @@ class TextGroup:
         self.steps = t + 1
         ended = self.stop is not None and self.stop.update(self.last, t)
         self.finished = ended or self.steps == self.length
+        self.shown_now: tuple[list[str], list[list[Score]] | None] | None = None
+        if self.strings is not None:  # a row's end depends on its text
+            self.visible()
 
-    def shown(self) -> list[list[str]]:
-        """What the last step wrote: each row's character, ``""`` for a row that had
-        already ended (none before the first step)."""
-        if self.steps == 0:
-            return []
+    def visible(self) -> tuple[list[str], list[list[Score]] | None]:
+        """What each row shows of the last step (and, with ``top_logprobs``, the scores of
+        the characters shown): its character, ``""`` once it has ended; with stop strings,
+        text that may be the start of one waits until it is known not to be."""
+        if self.shown_now is not None:
+            return self.shown_now
         chars, last = self.vocab.idx_to_char, self.out[:, self.steps - 1]
         if self.stop is not None:
-            return [self.stop.shown(last, chars)]
-        return [[chars[i] for i in last.tolist()]]
+            texts = self.stop.shown(last, chars)
+        else:
+            texts = [chars[i] for i in last.tolist()]
+        scores = None
+        if self.top_logprobs is not None:
+            scores = [[s] if c else [] for c, s in zip(texts, self.scores(), strict=True)]
+        if self.strings is not None:
+            texts, scores = self.strings.hold(texts, scores)
+            self.finished = self.finished or self.strings.all_done
+        self.shown_now = (texts, scores)
+        return self.shown_now
+
+    def held(self) -> tuple[list[str], list[list[Score]] | None] | None:
+        """Once finished: the text stop strings still hold back (rows that ended by length
+        while it could have begun one), or ``None``."""
+        if self.strings is None or not any(self.strings.pending):
+            return None
+        scores = self.strings.pending_scores if self.top_logprobs is not None else None
+        return list(self.strings.pending), scores
+
+    def shown(self) -> list[list[str]]:
+        """What the last step wrote, one string per row (none before the first step;
+        once finished, what stop strings held back)."""
+        if self.steps == 0:
+            return []
+        shown = [self.visible()[0]]
+        held = self.held() if self.finished else None
+        return shown + ([held[0]] if held is not None else [])
 
     def scores(self) -> list[Score]:
         """Per row, the last choice's log-probability and the ``top_logprobs`` likeliest
@@ -232,21 +265,76 @@ class TextGroup:
         ]
 
     def reasons(self) -> list[str]:
-        """Why each row ended: ``stop`` or ``length``."""
+        """Why each row ended: ``stop`` (a stop character, ``lines`` or a stop string) or
+        ``length``."""
         done = self.stop.done.tolist() if self.stop is not None else [False] * self.size
+        if self.strings is not None:
+            done = [d or hit for d, hit in zip(done, self.strings.done, strict=True)]
         return ["stop" if d else "length" for d in done]
 
     def texts(self) -> list[str]:
-        """What each row wrote (cut where it stopped)."""
+        """What each row wrote (cut where it stopped; before a stop string)."""
         rows = self.out[:, : self.steps].tolist()
         if self.stop is not None:
             rows = self.stop.cut(rows)
-        return [self.vocab.decode(row) for row in rows]
+        texts = [self.vocab.decode(row) for row in rows]
+        if self.strings is not None:
+            cuts = self.strings.cuts
+            texts = [t if cut is None else t[:cut] for t, cut in zip(texts, cuts, strict=True)]
+        return texts
 
 
 #: The rules that are the same for every row of the same sampling settings: groups with
 #: only these choose together (:func:`_choose_together`).
 _SHARED = (Temperature, TopK, TopP)
+
+
+class StopStrings:
+    """OpenAI's ``stop``: a row ends before the first of ``strings`` it writes (the string
+    is not written). What a row writes is shown once it cannot be the start of a stop
+    string; ``pending`` holds the rest (and ``pending_scores`` its scores)."""
+
+    def __init__(self, strings: Sequence[str], rows: int) -> None:
+        self.strings = list(strings)
+        self.done = [False] * rows
+        self.pending = [""] * rows
+        self.pending_scores: list[list[Score]] = [[] for _ in range(rows)]
+        self.written = [0] * rows  # characters shown per row
+        self.cuts: list[int | None] = [None] * rows  # where a row's text ends, once hit
+
+    @property
+    def all_done(self) -> bool:
+        return all(self.done)
+
+    def hold(
+        self, chars: list[str], scores: list[list[Score]] | None
+    ) -> tuple[list[str], list[list[Score]] | None]:
+        """Each row's text to show now (and its scores), given the step's characters."""
+        texts: list[str] = []
+        shown_scores: list[list[Score]] = []
+        for row, char in enumerate(chars):
+            if self.done[row]:
+                texts.append("")
+                shown_scores.append([])
+                continue
+            pending = self.pending[row] + char
+            held = self.pending_scores[row] + (scores[row] if scores is not None else [])
+            hits = [pending.find(s) for s in self.strings if s in pending]
+            if hits:
+                cut = min(hits)
+                self.done[row] = True
+                self.cuts[row] = self.written[row] + cut
+            else:
+                cut = len(pending) - max(
+                    (k for s in self.strings for k in range(1, len(s)) if pending.endswith(s[:k])),
+                    default=0,
+                )
+            self.pending[row] = "" if hits else pending[cut:]
+            self.pending_scores[row] = [] if hits else held[cut:]
+            self.written[row] += cut
+            texts.append(pending[:cut])
+            shown_scores.append(held[:cut])
+        return texts, (shown_scores if scores is not None else None)
 
 
 class Stop:

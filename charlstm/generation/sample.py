@@ -92,6 +92,8 @@ def check(request: Request, vocab: Vocab) -> None:
     check_value(GenerateRequest, "length", request.length)
     check_prefixes(vocab, request.prefixes)
     _check_stop(vocab, request.stop_at, request.lines)
+    if any(s == "" for s in request.stop):
+        raise SettingError("a stop string is empty")
 
 
 def _check_verse(request: Request, vocab: Vocab) -> None:
@@ -100,7 +102,7 @@ def _check_verse(request: Request, vocab: Vocab) -> None:
 
     if not request.verse.active:
         raise SettingError("no verse form: give {form} or {line_lengths}")
-    refuse_poem_ends(stop_at=request.stop_at, lines=request.lines)
+    refuse_poem_ends(stop_at=request.stop_at, lines=request.lines, stop=request.stop or None)
     build_rules(request.verse, vocab, 1, "cpu")  # the form's own errors
     titles = [p for p in request.prefixes if p]  # a poem's prefix is its title, maybe empty
     if titles:

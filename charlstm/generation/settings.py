@@ -329,6 +329,14 @@ class GenerateRequest:
         check=optional(is_positive),
         metavar="N",
     )
+    stop: list[str] = setting(
+        [],
+        "End each sample before the first STRING it writes, which is left out (repeatable; "
+        "OpenAI's stop).",
+        "Length",
+        repeat=True,
+        metavar="STRING",
+    )
     num_samples: int = setting(
         1, "Samples per prefix (all generated as one batch).", "Sampling", check=is_positive
     )

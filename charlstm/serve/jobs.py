@@ -9,12 +9,11 @@ object ``charlstm generate`` drives, so a job writes exactly what ``charlstm gen
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from charlstm.api import LanguageModel
 from charlstm.errors import CharLSTMError
-from charlstm.fields import SettingError
 from charlstm.generation.engine import Request, Score
 from charlstm.generation.sample import check
 
@@ -56,14 +55,12 @@ Event = Chars | End
 @dataclass
 class Job:
     """One request to the server: the :class:`~charlstm.generation.engine.Request` it
-    writes, on model ``model``; ``stop`` strings end a row before them (OpenAI's ``stop``:
-    the string is not written); ``score_prompt``: before anything is written,
+    writes, on model ``model``; ``score_prompt``: before anything is written,
     ``prompt_scores`` holds each prefix's characters' scores (the first character has
     none), as ``charlstm eval`` scores a text."""
 
     model: str
     request: Request
-    stop: list[str] = field(default_factory=list)
     score_prompt: bool = False
     timeout: float | None = None
     on_event: Callable[[Event], None] | None = None
@@ -74,9 +71,6 @@ class Job:
     cancelled: bool = False
     ended: bool = False
     group: Any = None  # the request's rows in the engine (charlstm.generation.engine)
-    rows_done: list[bool] = field(default_factory=list)
-    pending: list[str] = field(default_factory=list)
-    pending_scores: list[list[Score]] = field(default_factory=list)
     prompt_scores: list[list[Score]] | None = None  # per prefix, set before the first event
 
     @property
@@ -104,5 +98,3 @@ class Job:
 def check_job(job: Job, model: LanguageModel) -> None:
     """The checks ``generate`` makes, before any work: the same errors, the same messages."""
     check(job.request, model.vocab)
-    if any(s == "" for s in job.stop):
-        raise SettingError("a stop string is empty")

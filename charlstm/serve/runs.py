@@ -74,6 +74,7 @@ def build_job(
         new_seed() if body.seed is None else body.seed,
         stop_at=body.stop_at,
         lines=body.lines,
+        stop=tuple(stop),
         penalties=rules,
         top_logprobs=top_logprobs,
         cache=cache,
@@ -81,7 +82,7 @@ def build_job(
         verse=verse,
     )
     model = state.names[0] if body.model is None else body.model
-    return Job(model, request, stop, score_prompt, state.request_timeout)
+    return Job(model, request, score_prompt, state.request_timeout)
 
 
 def logit_rules(body: Sampling) -> LogitRules | None:

@@ -44,7 +44,7 @@ import torch
 from charlstm.api import LanguageModel
 from charlstm.errors import CharLSTMError
 from charlstm.fields import SettingError
-from charlstm.generation.engine import Engine, Score, TextGroup, folds, open_group, steps_of
+from charlstm.generation.engine import Engine, TextGroup, folds, open_group, steps_of
 from charlstm.generation.streams import ModelStreams, open_streams
 from charlstm.serve.jobs import (
     Chars,
@@ -270,9 +270,6 @@ class Scheduler:
             except (CharLSTMError, RuntimeError, MemoryError) as err:
                 self._end(job, "error", events, str(err))
                 continue
-            job.rows_done = [False] * job.rows
-            job.pending = [""] * job.rows
-            job.pending_scores = [[] for _ in range(job.rows)]
             by_engine[self._engine_for(job)].append(job)
         for key, joining in by_engine.items():
             engine = self.batches[key]
@@ -344,64 +341,27 @@ class Scheduler:
         written = 0
         for job in jobs:
             group = job.group
-            for shown in group.shown():
-                step_scores = group.scores() if job.top_logprobs is not None else None
-                texts, scores = self._visible(job, shown, step_scores)
+            if isinstance(group, TextGroup):
+                shown = [group.visible()]
+            else:  # a poem shows its lines as they are kept
+                shown = [(texts, None) for texts in group.shown()]
+            for texts, scores in shown:
                 written += sum(map(len, texts))
                 if job.first_char is None:
                     job.first_char = now
                     self.metrics.first_char(now - job.arrived)
                 events.append((job, Chars(texts, scores)))
-            if group.finished or all(job.rows_done):
+            if group.finished:
                 self._finish(job, events)
         self.metrics.wrote(written, now)  # once a step, not once a job
-
-    def _visible(
-        self, job: Job, shown: list[str], step_scores: list[Score] | None
-    ) -> tuple[list[str], list[list[Score]] | None]:
-        """What each row may show of its new character (and its score, one per character
-        shown): nothing once it has ended; with stop strings, text that cannot yet be the
-        start of one waits in ``pending``."""
-        if not job.stop:
-            if step_scores is None:
-                return shown, None
-            return shown, [[s] if c else [] for c, s in zip(shown, step_scores, strict=True)]
-        texts: list[str] = []
-        scores: list[list[Score]] = []
-        for row, char in enumerate(shown):
-            if job.rows_done[row]:
-                texts.append("")
-                scores.append([])
-                continue
-            pending = job.pending[row] + char
-            held = job.pending_scores[row] + ([step_scores[row]] if step_scores and char else [])
-            hits = [pending.find(s) for s in job.stop if s in pending]
-            if hits:
-                job.rows_done[row] = True
-                job.pending[row], job.pending_scores[row] = "", []
-                texts.append(pending[: min(hits)])
-                scores.append(held[: min(hits)])
-                continue
-            hold = max(
-                (k for s in job.stop for k in range(1, len(s)) if pending.endswith(s[:k])),
-                default=0,
-            )
-            cut = len(pending) - hold
-            job.pending[row], job.pending_scores[row] = pending[cut:], held[cut:]
-            texts.append(pending[:cut])
-            scores.append(held[:cut])
-        return texts, (scores if step_scores is not None else None)
 
     def _finish(self, job: Job, events: list[tuple[Job, Event]]) -> None:
         """A job that ended by itself: each row's reason; what stop strings held back."""
         group = job.group
-        ended = group.reasons() if isinstance(group, TextGroup) else ["stop"] * job.rows
-        reasons = [
-            "stop" if hit else reason for reason, hit in zip(ended, job.rows_done, strict=True)
-        ]
-        if any(job.pending):
-            scores = job.pending_scores if job.top_logprobs is not None else None
-            events.append((job, Chars(job.pending, scores)))
+        reasons = group.reasons() if isinstance(group, TextGroup) else ["stop"] * job.rows
+        held = group.held() if isinstance(group, TextGroup) else None
+        if held is not None:
+            events.append((job, Chars(*held)))
         job.ended = True  # leaves at the next _leave
         self.metrics.finished["stop" if all(r == "stop" for r in reasons) else "length"] += 1
         events.append((job, End(reasons)))

@@ -156,3 +156,38 @@ def test_dynamic_rows_learn_apart(model: LanguageModel) -> None:
     name = next(iter(weights[0]))
     assert not torch.equal(weights[0][name], weights[1][name])
     assert CacheConfig.for_generation().window > 0
+
+
+def test_a_stop_string_ends_a_sample_before_it_in_generate_and_the_server(
+    tiny_run: Path, model: LanguageModel
+) -> None:
+    """``charlstm generate --stop`` (OpenAI's ``stop``) ends each sample before the first
+    stop string it writes, as the server's ``stop`` does for the same seed."""
+    args = ["generate", "--checkpoint", tiny_run, "--prefix", "我", "--length", 80]
+    args += ["--num-samples", 6, "--seed", 9, "--format", "jsonl"]
+    free = [json.loads(line)["text"] for line in invoke(*args).stdout.splitlines()]
+    stopped = invoke(*args, "--stop", "分开", "--stop", "雨")
+    assert stopped.exit_code == 0, stopped.output
+    texts = [json.loads(line)["text"] for line in stopped.stdout.splitlines()]
+    cuts = [min((t.find(s) for s in ("分开", "雨") if s in t), default=len(t)) for t in free]
+    assert texts == [t[:cut] for t, cut in zip(free, cuts, strict=True)]
+    assert any(cut < len(t) for t, cut in zip(free, cuts, strict=True))  # some did stop
+    events: list[object] = []
+    finished = threading.Event()
+
+    def on_event(event: object) -> None:
+        events.append(event)
+        if isinstance(event, End):
+            finished.set()
+
+    scheduler = Scheduler({"m": model}).start()
+    try:
+        request = Request(("我",), 6, 80, SamplingConfig(), seed=9, stop=("分开", "雨"))
+        scheduler.submit(Job("m", request, on_event=on_event))
+        assert finished.wait(60)
+    finally:
+        scheduler.close()
+    served = [""] * 6
+    for event in events[:-1]:
+        served = [a + b for a, b in zip(served, event.texts, strict=True)]  # type: ignore[attr-defined]
+    assert ["我" + s for s in served] == texts  # (jsonl texts begin with the prefix)

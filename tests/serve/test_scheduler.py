@@ -81,8 +81,9 @@ def make_job(
     **request,
 ) -> Job:
     """A job writing ``Request(prefixes, num_samples, length, sampling, seed, **request)``."""
-    written = Request(tuple(prefixes), num_samples, length, sampling, seed, **request)
-    return Job(model, written, stop or [], timeout=timeout, on_event=on_event)
+    stops = tuple(stop or ())
+    written = Request(tuple(prefixes), num_samples, length, sampling, seed, stop=stops, **request)
+    return Job(model, written, timeout=timeout, on_event=on_event)
 
 
 def random_job(rng: random.Random, key: int, collector: Collector, model: str = "m") -> Job:
