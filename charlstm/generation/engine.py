@@ -204,9 +204,11 @@ class TextGroup:
         self.logprob = log_p.gather(1, chosen[:, None])[:, 0]
         self.top = log_p.topk(self.top_logprobs or 0, dim=-1)
 
-    def _accept(self) -> None:
-        """Record ``last`` as every row's next character; :attr:`finished` once every row
-        has ended or has ``length`` characters."""
+    def _accept(self, chosen: list[int] | None = None) -> None:
+        """Record ``last`` as every row's next character (``chosen``: the same as a list,
+        when the caller has it); :attr:`finished` once every row has ended or has
+        ``length`` characters."""
+        self.last_list = chosen
         t = self.steps
         self.out[:, t] = self.last
         self.steps = t + 1
@@ -222,11 +224,13 @@ class TextGroup:
         text that may be the start of one waits until it is known not to be."""
         if self.shown_now is not None:
             return self.shown_now
-        chars, last = self.vocab.idx_to_char, self.out[:, self.steps - 1]
+        chars, last = self.vocab.idx_to_char, self.last_list
+        if last is None:
+            last = self.out[:, self.steps - 1].tolist()
         if self.stop is not None:
             texts = self.stop.shown(last, chars)
         else:
-            texts = [chars[i] for i in last.tolist()]
+            texts = [chars[i] for i in last]
         scores = None
         if self.top_logprobs is not None:
             scores = [[s] if c else [] for c, s in zip(texts, self.scores(), strict=True)]
@@ -358,10 +362,10 @@ class Stop:
         self.ends = torch.full((batch,), length, dtype=torch.long, device=device)
         self.was_done = self.done.clone()
 
-    def shown(self, last: torch.Tensor, chars: list[str]) -> list[str]:
+    def shown(self, last: list[int], chars: list[str]) -> list[str]:
         """Each row's character of this step, ``""`` for a row that had ended before it."""
         ended = self.was_done.tolist()
-        return ["" if end else chars[i] for i, end in zip(last.tolist(), ended, strict=True)]
+        return ["" if end else chars[i] for i, end in zip(last, ended, strict=True)]
 
     def update(self, last: torch.Tensor, t: int) -> bool:
         """Account for step ``t``'s characters (N,); whether every row has now ended."""
@@ -518,10 +522,11 @@ def _choose_together(groups: list[TextGroup], logits: torch.Tensor) -> None:
     if not first.greedy:
         u = torch.cat([uniforms(g.size, g.generator, logits.device) for g in groups])
     chosen = choose(filtered, first.greedy, None, u)
+    as_list = chosen.tolist()  # once for all groups, not once a group
     start = 0
     for group in groups:
         group.last = chosen[start : start + group.size]
-        group._accept()
+        group._accept(as_list[start : start + group.size])
         start += group.size
 
 
