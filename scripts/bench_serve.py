@@ -20,6 +20,11 @@ malformed bodies. It checks that every request that ran to its end wrote exactly
 healthy at the end, and that its RSS grew less than 10 % (from after one request of each
 kind: what the server allocates once is not growth).
 
+``--poem-beside N`` measures instead what one poem (``--poem-form``, ``--poem-candidates``)
+costs N running streams: each repeat streams them alone, then again with the poem sent
+``--poem-delay`` s after they start; the p99 of their gaps that overlap the poem, with and
+without it, and the poem's wall time beside them and alone (:func:`poem_beside`).
+
 Example:
     python scripts/bench_serve.py --checkpoint /work/models/jaychou --length 200 \\
         --server-cores 0 --client-cores 1 --soak 2000
