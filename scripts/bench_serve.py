@@ -20,6 +20,11 @@ malformed bodies. It checks that every request that ran to its end wrote exactly
 healthy at the end, and that its RSS grew less than 10 % (from after one request of each
 kind: what the server allocates once is not growth).
 
+``--poem-beside N`` measures instead what one poem (``--poem-form``, ``--poem-candidates``)
+costs N running streams: each repeat streams them alone, then again with the poem sent
+``--poem-delay`` s after they start; the p99 of their gaps that overlap the poem, with and
+without it, and the poem's wall time beside them and alone (:func:`poem_beside`).
+
 Example:
     python scripts/bench_serve.py --checkpoint /work/models/jaychou --length 200 \\
         --server-cores 0 --client-cores 1 --soak 2000
@@ -63,7 +68,8 @@ def cores(text: str | None) -> set[int] | None:
 
 class Server:
     def __init__(self, args: argparse.Namespace, max_streams: int) -> None:
-        env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": str(args.threads)}
+        repo = args.server_repo or str(REPO)
+        env = {**os.environ, "PYTHONPATH": repo, "OMP_NUM_THREADS": str(args.threads)}
         command = [
             sys.executable, "-m", "charlstm", "serve", args.checkpoint, "--port", "0",
             "--max-streams", str(max_streams), "--max-queue", "4096",
@@ -98,6 +104,7 @@ async def one_stream(client: httpx.AsyncClient, url: str, body: dict) -> dict:
     first = None
     previous = None
     gaps: list[float] = []
+    events: list[tuple[float, int]] = []  # (arrival, characters) of every event with text
     text = ""
     async with client.stream("POST", f"{url}/v1/completions", json={**body, "stream": True}) as r:
         if r.status_code != 200:
@@ -117,8 +124,10 @@ async def one_stream(client: httpx.AsyncClient, url: str, body: dict) -> dict:
             elif previous is not None:
                 gaps.extend([(now - previous) / len(written)] * len(written))
             previous = now
+            events.append((now, len(written)))
             text += written
-    return {"status": 200, "text": text, "ttfc": first, "gaps": gaps, "end": time.perf_counter()}
+    end = time.perf_counter()
+    return {"status": 200, "text": text, "ttfc": first, "gaps": gaps, "events": events, "end": end}
 
 
 async def concurrent_streams(url: str, bodies: list[dict]) -> tuple[list[dict], float]:
@@ -208,6 +217,137 @@ def table(args: argparse.Namespace) -> list[dict]:
             )
         if args.soak:
             soak(args, server, model)
+    finally:
+        code = server.stop()
+        print(f"server exit status after SIGTERM: {code}")
+    return rows
+
+
+def poem_body(args: argparse.Namespace, seed: int) -> dict:
+    """The poem of ``--poem-beside``: ``--poem-form`` with ``--poem-candidates`` a line."""
+    body = {
+        "prompt": "",
+        "form": args.poem_form,
+        "candidates": args.poem_candidates,
+        "seed": seed,
+        "temperature": args.temperature,
+    }
+    if args.no_copy_filter:
+        body["copy_filter"] = False
+    return body
+
+
+def gaps_in(results: list[dict], start: float, end: float) -> list[float]:
+    """Per-character gaps of every stream whose interval between two events overlaps
+    ``[start, end]`` (``time.perf_counter`` seconds)."""
+    gaps = []
+    for r in results:
+        events = r["events"]
+        for (before, _), (now, n) in zip(events, events[1:], strict=False):
+            if before < end and now > start:
+                gaps.extend([(now - before) / n] * n)
+    return gaps
+
+
+async def streams_and_poem(
+    url: str, bodies: list[dict], poem: dict | None, delay: float
+) -> tuple[float, list[dict], dict | None]:
+    """``bodies`` streamed at once and, ``delay`` seconds after they start, one poem (not
+    streamed); the start time, the streams' results, and the poem's (its start and end
+    relative to the start)."""
+    limits = httpx.Limits(max_connections=len(bodies) + 4, max_keepalive_connections=len(bodies))
+    async with httpx.AsyncClient(timeout=600, limits=limits) as client:
+        t0 = time.perf_counter()
+        streams = [asyncio.ensure_future(one_stream(client, url, b)) for b in bodies]
+        written = None
+        if poem is not None:
+            await asyncio.sleep(delay)
+            start = time.perf_counter()
+            r = await client.post(f"{url}/v1/completions", json=poem)
+            end = time.perf_counter()
+            text = r.json()["choices"][0]["text"] if r.status_code == 200 else r.text
+            written = {"status": r.status_code, "text": text, "start": start - t0, "end": end - t0}
+        results = await asyncio.gather(*streams)
+    return t0, results, written
+
+
+def poem_beside(args: argparse.Namespace) -> list[dict]:
+    """Issue 32's target: while one poem is written through the server, ``--poem-beside``
+    running streams keep their pace. Each repeat streams them alone, then again (same
+    seeds) with one poem sent ``--poem-delay`` s after they start; the gaps between their
+    characters that overlap the poem's time (the same span after the start in the run
+    without it) give p99 with and without the poem. Also the poem's wall time, beside the
+    streams and alone."""
+    n = args.poem_beside
+    server = Server(args, max(64, n + args.poem_candidates))
+    rows = []
+    print(
+        f"{n} streams of {args.length} characters (prompt {args.prompt!r}) beside one "
+        f"{args.poem_form} with {args.poem_candidates} candidates; server {server.url} from "
+        f"{args.server_repo or REPO}"
+    )
+    try:
+        asyncio.run(concurrent_streams(server.url, [body(args, 0)] * 2))
+        alone = []
+        for i in range(args.poem_repeats + 1):  # the first one warms up the verse tables
+            _, _, poem = asyncio.run(streams_and_poem(server.url, [], poem_body(args, i), 0))
+            if poem["status"] != 200:
+                raise SystemExit(f"the poem failed: {poem}")
+            alone.append(poem["end"] - poem["start"])
+        alone = alone[1:]
+        print(f"poem alone: {' '.join(f'{1000 * s:.0f}' for s in alone)} ms; {poem['text']!r}")
+        print(
+            f"{'rep':>3} {'poem ms':>8} {'gap p99 with':>12} {'without':>8} {'ratio':>6} "
+            f"{'max with':>9} {'without':>8} {'whole p99 with':>14} {'without':>8} {'gaps':>5}"
+        )
+        for rep in range(args.poem_repeats):
+            bodies = [body(args, 100 * rep + i) for i in range(n)]
+            t_plain, plain, _ = asyncio.run(streams_and_poem(server.url, bodies, None, 0))
+            t_poem, beside, poem = asyncio.run(
+                streams_and_poem(server.url, bodies, poem_body(args, rep), args.poem_delay)
+            )
+            bad = [r for r in plain + beside if r["status"] != 200]
+            if bad or poem["status"] != 200:
+                raise SystemExit(f"failed: {bad[:2]} {poem}")
+            ends = min(r["end"] for r in beside) - t_poem
+            if ends < poem["end"]:
+                print(f"  warning: a stream ended {poem['end'] - ends:.2f} s before the poem")
+            with_poem = gaps_in(beside, t_poem + poem["start"], t_poem + poem["end"])
+            without = gaps_in(plain, t_plain + poem["start"], t_plain + poem["end"])
+            row = {
+                "rep": rep,
+                "poem_ms": 1000 * (poem["end"] - poem["start"]),
+                "gap_p99_with_ms": 1000 * percentile(with_poem, 99),
+                "gap_p99_without_ms": 1000 * percentile(without, 99),
+                "gap_p50_with_ms": 1000 * percentile(with_poem, 50),
+                "gap_p50_without_ms": 1000 * percentile(without, 50),
+                "gap_max_with_ms": 1000 * max(with_poem),
+                "gap_max_without_ms": 1000 * max(without),
+                "whole_p99_with_ms": 1000 * percentile([g for r in beside for g in r["gaps"]], 99),
+                "whole_p99_without_ms": 1000
+                * percentile([g for r in plain for g in r["gaps"]], 99),
+                "gaps_during_poem": len(with_poem),
+                "poem_alone_ms": 1000 * alone[rep],
+            }
+            row["ratio"] = row["gap_p99_with_ms"] / row["gap_p99_without_ms"]
+            rows.append(row)
+            print(
+                f"{rep:>3} {row['poem_ms']:>8.0f} {row['gap_p99_with_ms']:>10.1f}ms "
+                f"{row['gap_p99_without_ms']:>6.1f}ms {row['ratio']:>6.2f} "
+                f"{row['gap_max_with_ms']:>7.0f}ms {row['gap_max_without_ms']:>6.0f}ms "
+                f"{row['whole_p99_with_ms']:>12.1f}ms {row['whole_p99_without_ms']:>6.1f}ms "
+                f"{len(with_poem):>5}",
+                flush=True,
+            )
+        median = {k: percentile([r[k] for r in rows], 50) for k in rows[0] if k != "rep"}
+        print(
+            f"medians: poem {median['poem_ms']:.0f} ms beside {n} streams "
+            f"({median['poem_alone_ms']:.0f} ms alone); gap p99 during the poem "
+            f"{median['gap_p99_with_ms']:.1f} ms, without it {median['gap_p99_without_ms']:.1f} "
+            f"ms: ratio {median['ratio']:.2f} (target <= 2); max gap "
+            f"{median['gap_max_with_ms']:.0f} vs {median['gap_max_without_ms']:.0f} ms"
+        )
+        print(json.dumps({"poem_beside": rows}))
     finally:
         code = server.stop()
         print(f"server exit status after SIGTERM: {code}")
@@ -439,10 +579,24 @@ def main() -> None:
     parser.add_argument("--soak", type=int, default=0, help="requests in the soak (0: none)")
     parser.add_argument("--soak-concurrency", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--server-repo", default=None, help="PYTHONPATH of the server (default: this checkout)"
+    )
+    parser.add_argument(
+        "--poem-beside", type=int, default=0, help="streams beside one poem (0: the table)"
+    )
+    parser.add_argument("--poem-form", default="jueju7")
+    parser.add_argument("--poem-candidates", type=int, default=4)
+    parser.add_argument("--poem-delay", type=float, default=1.0, help="s after the streams")
+    parser.add_argument("--poem-repeats", type=int, default=5)
+    parser.add_argument("--no-copy-filter", action="store_true", help="the poem's")
     args = parser.parse_args()
     if args.client_cores:
         os.sched_setaffinity(0, cores(args.client_cores))
-    table(args)
+    if args.poem_beside:
+        poem_beside(args)
+    else:
+        table(args)
 
 
 if __name__ == "__main__":
