@@ -208,8 +208,8 @@ class LyricGroup(TextGroup):
         self.log_probs[:, self.steps] = taken
         return chosen
 
-    def _accept(self) -> None:
-        super()._accept()
+    def _accept(self, chosen: list[int] | None = None) -> None:
+        super()._accept(chosen)
         if self.width > 1 and self.finished:
             self.pending += [self.texts(), [""] * self.samples]
 
@@ -225,18 +225,14 @@ class LyricGroup(TextGroup):
             shown = [[self.contexts[r // n][1] + ch for r, ch in enumerate(shown[0])]]
         return shown
 
-    def _kept(self) -> list[list[int]]:
-        """Each row's characters, cut where it stopped."""
-        rows = self.out[:, : self.steps].tolist()
-        return self.stop.cut(rows) if self.stop is not None else rows
-
     def choices(self) -> list[int]:
-        """Each sample's kept row: the candidate with the highest mean log-probability."""
+        """Each sample's kept row: the candidate with the highest mean log-probability of
+        what it kept (cut where it stopped)."""
         if self.best is None:
-            kept = self._kept()
+            lengths = [len(text) for text in super().texts()]
             means = [
-                float(self.log_probs[r, : len(row)].mean()) if row else float("-inf")
-                for r, row in enumerate(kept)
+                float(self.log_probs[r, :n].mean()) if n else float("-inf")
+                for r, n in enumerate(lengths)
             ]
             self.best = [
                 max(range(s * self.width, (s + 1) * self.width), key=means.__getitem__)
@@ -245,12 +241,8 @@ class LyricGroup(TextGroup):
         return self.best
 
     def texts(self) -> list[str]:
-        kept = self._kept()
-        n = self.request.n
-        return [
-            self.contexts[s // n][1] + self.vocab.decode(kept[row])
-            for s, row in enumerate(self.choices())
-        ]
+        texts, n = super().texts(), self.request.n
+        return [self.contexts[s // n][1] + texts[row] for s, row in enumerate(self.choices())]
 
     def reasons(self) -> list[str]:
         ended = super().reasons()
