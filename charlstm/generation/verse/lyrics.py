@@ -198,6 +198,7 @@ class LyricGroup(TextGroup):
         self.log_probs = torch.zeros((self.size, self.length), device=device)  # (N, T)
         self.pending: list[list[str]] = []
         self.best: list[int] | None = None
+        self.sent = False  # the server has been shown the kept lyrics (several candidates)
 
     def reads(self) -> list[tuple[list[int], torch.Tensor]]:
         return [] if self.finished else prefix_reads(self.vocab, self.sequences)
@@ -219,11 +220,25 @@ class LyricGroup(TextGroup):
         if self.width > 1:
             shown, self.pending = self.pending, []
             return shown
-        shown = super().shown()
-        if self.steps == 1 and shown:
+        return super().shown()
+
+    def visible(self) -> tuple[list[str], Any]:
+        """What each sample shows of the last step (the server reads this): one candidate,
+        its character (the start before the first); several, nothing until the kept
+        lyrics, all at once at the end."""
+        if self.width > 1:
+            if self.finished and not self.sent:
+                self.sent = True
+                return self.texts(), None
+            return [""] * self.samples, None
+        texts, scores = super().visible()
+        if self.steps == 1:
             n = self.request.n
-            shown = [[self.contexts[r // n][1] + ch for r, ch in enumerate(shown[0])]]
-        return shown
+            texts = [self.contexts[r // n][1] + text for r, text in enumerate(texts)]
+        return texts, scores
+
+    def held(self) -> Any:
+        return super().held() if self.width == 1 else None  # the kept texts are cut already
 
     def choices(self) -> list[int]:
         """Each sample's kept row: the candidate with the highest mean log-probability of
