@@ -160,13 +160,14 @@ class LanguageModel:
             stop=tuple(stop),
             cache=cache,
             dynamic=dynamic,
-            verse=verse if verse is not None and verse.active else None,
+            verse=verse if verse is not None and (verse.active or verse.free_rhyme) else None,
         )
         return self.write(request, on_step)
 
     def write(self, request: Request, on_step: OnStep | None = None) -> list[list[str]]:
         """Write ``request`` (:class:`~charlstm.generation.engine.Request`), checked first:
         ``texts[prefix][sample]``, each without its prefix."""
+        request = self.resolve(request)
         check(request, self.vocab)
         return write(
             self.model,
@@ -177,10 +178,20 @@ class LanguageModel:
             copies=self.copies(request),
         )
 
+    def resolve(self, request: Request) -> Request:
+        """``request`` with its defaults taken from this run: free-length lyrics' line
+        bounds (``--min-line`` / ``--max-line``) from its training text's line lengths."""
+        verse = request.verse
+        if verse is None or not verse.free_rhyme:
+            return request
+        from charlstm.generation.verse.lyrics import resolve_bounds
+
+        return replace(request, verse=resolve_bounds(verse, self.checkpoint))
+
     def copies(self, request: Request) -> Any:
         """The training text's lines, for a poem's copy filter (built once and stored
         beside the checkpoint); ``None`` when the request needs none."""
-        if request.verse is None or not request.verse.copy_filter:
+        if request.verse is None or not request.verse.copy_filter or request.verse.free_rhyme:
             return None
         from charlstm.generation.verse.copies import training_lines
 

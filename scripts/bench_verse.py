@@ -23,6 +23,13 @@ found in the training text, distinct-2. Then:
   corpus's training part (``--jaychou-corpus``; the first 90 %, as the run's split): the
   lyrics against free samples of the same length, with one candidate a line, and real
   held-out lines (the corpus's last 10 %, in groups of four);
+- free-length rhymed lyrics (``--free-lyrics``, the jaychou model alone): ``--rhyme
+  shisanzhe`` with no form, ``--lyric-lines`` lines each: the share of lines in their
+  stanza's class, the KN ratio against free samples of as many lines, the median line
+  length against the corpus's:
+
+      OMP_NUM_THREADS=1 python scripts/bench_verse.py --free-lyrics \\
+          --jaychou /work/models/jaychou-lyrics --json docs/lyrics-bench.json
 - the tables: the share of tang_poems' 七言绝句 whose lines 2 and 4 rhyme under charlstm's
   平水韵 classes, and their tone compliance.
 """
@@ -33,6 +40,7 @@ import argparse
 import dataclasses
 import json
 import math
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -212,6 +220,66 @@ def lyrics(model: LanguageModel, args: argparse.Namespace) -> dict[str, object]:
     return row
 
 
+def free_lyrics(model: LanguageModel, args: argparse.Namespace) -> dict[str, object]:
+    """Free-length rhymed lyrics (``--rhyme shisanzhe``, no form, ``--lines``
+    ``args.lyric_lines``, the bounds' defaults from the run): the share of rhyming lines in
+    their stanza's class (read in context, as verse-check reads a line), the KN-judged
+    perplexity against free samples of the same number of lines, and the median line length
+    against the corpus's."""
+    from charlstm.generation.verse.rhyme import rhyme_table
+
+    settings = VerseSettings(rhyme="shisanzhe", candidates=args.candidates)
+    lines = args.lyric_lines
+
+    def write(s: VerseSettings) -> list[str]:
+        return model.generate_many(
+            [""], 400, args.poems, verse=s, lines=lines, seed=args.seed,
+            temperature=args.temperature,
+        )[0]  # fmt: skip
+
+    texts, seconds = timed(lambda: write(settings))
+    table = rhyme_table("shisanzhe")
+    in_class = rhyming = 0
+    lengths = []
+    for text in texts:
+        stanza_class: frozenset[int] | None = None
+        for line in text.split("\n"):
+            if not line:
+                stanza_class = None  # a blank line starts a stanza
+                continue
+            lengths.append(len(line))
+            read = table.line_classes(line)
+            stanza_class = read if stanza_class is None else stanza_class
+            rhyming += 1
+            in_class += bool(read & stanza_class)
+    corpus = read_text(args.jaychou_corpus)
+    cut = split_point(len(corpus), 0.1)
+    real = [len(line.strip()) for line in corpus[:cut].split("\n") if line.strip()]
+    row: dict[str, object] = {
+        "samples": len(texts),
+        "candidates": args.candidates,
+        "seconds": round(seconds, 1),
+        "rhyming_lines": rhyming,
+        "in_stanza_class": in_class / rhyming,
+        "median_line": statistics.median(lengths),
+        "median_line_corpus": statistics.median(real),
+    }
+    free = model.generate_many(
+        ["\n"], 400, args.poems, lines=lines, seed=args.seed, temperature=args.temperature
+    )[0]
+    free_lengths = [len(x) for t in free for x in t.split("\n") if x]
+    row["median_line_free"] = statistics.median(free_lengths)
+    if not args.no_ngram:
+        ngram = KneserNeyLM(5).fit(corpus[:cut], model.vocab)
+        for suffix, only in (("", "all"), ("_chinese", "chinese"), ("_breaks", "breaks")):
+            row["ppl_rhymed" + suffix] = perplexity(ngram, texts, only)
+            row["ppl_free" + suffix] = perplexity(ngram, free, only)
+            row["ppl_ratio" + suffix] = row["ppl_rhymed" + suffix] / row["ppl_free" + suffix]
+    row["example"] = texts[0]
+    print(json.dumps(row, ensure_ascii=False), flush=True)
+    return row
+
+
 def tables(text: str) -> dict[str, object]:
     settings = VerseSettings(form="七言绝句", first_line_rhyme=False)
     poems = real_poems(text, "七言绝句")
@@ -223,7 +291,7 @@ def tables(text: str) -> dict[str, object]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--tang", type=Path, required=True, help="run trained on tang_poems")
+    parser.add_argument("--tang", type=Path, default=None, help="run trained on tang_poems")
     parser.add_argument("--jaychou", type=Path, default=None, help="run trained on jaychou")
     parser.add_argument("--corpus", type=Path, default=Path("../shared/data/tang_poems.txt.zip"))
     parser.add_argument(
@@ -235,8 +303,17 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--no-ngram", action="store_true", help="skip the 5-gram (3.5 GB)")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    parser.add_argument(
+        "--free-lyrics", action="store_true", help="only free-length rhymed lyrics (--jaychou)"
+    )
+    parser.add_argument("--lyric-lines", type=int, default=8, help="lines of a free lyric")
     args = parser.parse_args()
     torch.set_num_threads(1)
+    if args.free_lyrics:
+        row = free_lyrics(load_model(args.jaychou), args)
+        if args.json is not None:
+            args.json.write_text(json.dumps(row, ensure_ascii=False, indent=1) + "\n")
+        return
     text = read_text(args.corpus)
     cut = split_point(len(text), 0.1)
     results: dict[str, object] = {"settings": {k: str(v) for k, v in vars(args).items()}}

@@ -82,6 +82,10 @@ def generate(runs_root: RunsRoot = Path("runs"), given: Given | None = None) -> 
     sampling = build(SamplingConfig, given)
     cache, dynamic = from_settings(given, generating=True)
     model = load_choice(given, runs_root)
+    if verse.free_rhyme:  # the line bounds' defaults are the run's own
+        from charlstm.generation.verse.lyrics import resolve_bounds
+
+        verse = resolve_bounds(verse, model.checkpoint)
     seed = new_seed() if request.seed is None else request.seed
     stream = None
     if request.out is None and request.output_format == "text":
@@ -110,7 +114,7 @@ def generate(runs_root: RunsRoot = Path("runs"), given: Given | None = None) -> 
         stream.close()
         return
     settings = _generation_record(model, request, sampling, cache, dynamic)
-    if verse.active:
+    if verse.active or verse.free_rhyme:
         settings["verse"] = verse.describe()
     checkpoint = str(model.checkpoint.path)
     body = render_samples(prefixes, texts, request.output_format, settings, checkpoint, seed)

@@ -24,6 +24,10 @@ def verse_request(given: dict[str, Any]) -> tuple[VerseSettings, dict[str, Any]]
     :meth:`~charlstm.api.LanguageModel.generate_many`, as for every caller), and with no
     prefix the poem starts from nothing. The verse options without a form are refused."""
     verse = verse_from(given)
+    if verse.free_rhyme:  # free-length lyrics: running text, ended by --length or --lines
+        if not given.get("prefixes") and given.get("prefix_file") is None:
+            return verse, {**given, "prefixes": [""]}
+        return verse, given
     if not verse.active:
         return verse, given
     refuse_poem_ends(length=given.get("length"))  # its default cannot tell the library

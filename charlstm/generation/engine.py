@@ -72,7 +72,7 @@ class Request:
     top_logprobs: int | None = None
     cache: CacheConfig | None = None
     dynamic: DynamicConfig | None = None
-    verse: Any = None  # a VerseSettings with a form (charlstm.generation.verse.forms)
+    verse: Any = None  # a VerseSettings with a form or free rhyme (generation.verse.forms)
 
     @property
     def sequences(self) -> list[str]:
@@ -133,7 +133,13 @@ class TextGroup:
     exactly as when no row has ended. With ``top_logprobs`` every choice also keeps each
     row's score (:meth:`scores`); keeping them changes no character."""
 
-    def __init__(self, request: Request, vocab: Vocab, device: torch.device) -> None:
+    def __init__(
+        self,
+        request: Request,
+        vocab: Vocab,
+        device: torch.device,
+        constraints: list[Any] | None = None,
+    ) -> None:
         self.request, self.vocab, self.device = request, vocab, device
         self.sequences = request.sequences
         self.size = len(self.sequences)
@@ -143,7 +149,7 @@ class TextGroup:
             self.generator = torch.Generator(device=device).manual_seed(request.seed)
         self.greedy = request.sampling.greedy
         self.rules = logits_rules(
-            request.sampling, request.penalties, self.size, len(vocab), device
+            request.sampling, request.penalties, self.size, len(vocab), device, constraints
         )
         self.stop = None
         if request.stop_at is not None or request.lines is not None:
@@ -533,7 +539,12 @@ def _choose_together(groups: list[TextGroup], logits: torch.Tensor) -> None:
 def open_group(
     request: Request, vocab: Vocab, device: torch.device, copies: Any = None
 ) -> TextGroup | Any:
-    """The group that writes ``request``: running text, or a poem."""
+    """The group that writes ``request``: running text, free-length rhymed lyrics (running
+    text with their rule), or a poem."""
+    if request.verse is not None and request.verse.free_rhyme:
+        from charlstm.generation.verse.lyrics import LyricGroup
+
+        return LyricGroup(request, vocab, device)
     if request.verse is not None:
         from charlstm.generation.verse.decoder import VerseGroup
 
@@ -545,6 +556,10 @@ def steps_of(request: Request) -> int:
     """How many characters a row of ``request`` reads at most."""
     if request.verse is None:
         return request.length
+    if request.verse.free_rhyme:
+        from charlstm.generation.verse.lyrics import lyric_steps
+
+        return lyric_steps(request)
     from charlstm.generation.verse.decoder import poem_steps
 
     return poem_steps(request.verse)

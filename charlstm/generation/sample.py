@@ -86,6 +86,9 @@ def check(request: Request, vocab: Vocab) -> None:
         request.penalties.check_vocab(len(vocab))
     for name, value in (("num_samples", request.n), ("seed", request.seed)):
         check_value(GenerateRequest, name, value)
+    if request.verse is not None and request.verse.free_rhyme:
+        _check_lyrics(request, vocab)
+        return
     if request.verse is not None:
         _check_verse(request, vocab)
         return
@@ -105,6 +108,22 @@ def _check_verse(request: Request, vocab: Vocab) -> None:
     refuse_poem_ends(stop_at=request.stop_at, lines=request.lines, stop=request.stop or None)
     build_rules(request.verse, vocab, 1, "cpu")  # the form's own errors
     titles = [p for p in request.prefixes if p]  # a poem's prefix is its title, maybe empty
+    if titles:
+        check_prefixes(vocab, titles)
+
+
+def _check_lyrics(request: Request, vocab: Vocab) -> None:
+    """Free-length rhymed lyrics: running text's checks, and the rule's own errors."""
+    from charlstm.generation.verse.lyrics import FreeRhyme
+
+    check_value(GenerateRequest, "length", request.length)
+    _check_stop(vocab, request.stop_at, request.lines)
+    if request.verse.min_line is None or request.verse.max_line is None:
+        raise SettingError("free-length lyrics need {min_line} and {max_line} resolved")
+    if any(s == "" for s in request.stop):
+        raise SettingError("a stop string is empty")
+    FreeRhyme(request.verse, vocab, 1, "cpu")  # type: ignore[arg-type]
+    titles = [p for p in request.prefixes if p]  # the lyric starts on a new line
     if titles:
         check_prefixes(vocab, titles)
 

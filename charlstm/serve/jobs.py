@@ -96,5 +96,7 @@ class Job:
 
 
 def check_job(job: Job, model: LanguageModel) -> None:
-    """The checks ``generate`` makes, before any work: the same errors, the same messages."""
+    """The checks ``generate`` makes, before any work: the same errors, the same messages
+    (the request's defaults taken from the run first, as ``generate`` takes them)."""
+    job.request = model.resolve(job.request)
     check(job.request, model.vocab)

@@ -106,8 +106,10 @@ def logit_rules(body: Sampling) -> LogitRules | None:
 def _verse(body: Sampling, given: dict[str, Any], max_tokens: int | None) -> VerseSettings | None:
     """The poem ``body`` asks for (None: running text; ``given``: its settings by key),
     refused as ``charlstm generate`` refuses it: the form sets the length and where the
-    poem ends."""
+    poem ends. A rhyme without a form is free-length rhymed lyrics, running text."""
     verse = verse_from(given)
+    if verse.free_rhyme:  # free-length lyrics: running text, max_tokens and stops as any
+        return verse
     if not verse.active:
         return None
     refuse_poem_ends(length=max_tokens, stop=body.stop, stop_at=body.stop_at, lines=body.lines)

@@ -348,3 +348,30 @@ def test_a_poem_in_a_form_is_what_generate_writes_and_its_mistakes_are_one_messa
         message = reply.json()["error"]["message"]
         assert says in message and "\n" not in message, message
     assert httpx.get(f"{server.url}/health").status_code == 200
+
+
+def test_free_length_rhymed_lyrics_are_what_generate_writes(server, tiny_run):
+    """A rhyme and no form over HTTP (the CLI's options, by the same names) writes exactly
+    the lyrics ``charlstm generate --rhyme ... --seed`` writes, streamed or not."""
+    lyric = {"rhyme": "shisanzhe", "min_line": 3, "max_line": 7, "lines": 4, "candidates": 2}
+    lyric["max_tokens"] = 40  # what --length is, as for any text
+    options = ["--rhyme", "shisanzhe", "--min-line", 3, "--max-line", 7, "--lines", 4]
+    options += ["--length", 40]
+    options += ["--candidates", 2]
+    result = invoke(
+        "generate", "--checkpoint", tiny_run, *options, "--num-samples", 2, "--seed", 3,
+        "--format", "jsonl",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    lyrics = [json.loads(line)["text"] for line in result.stdout.splitlines()]
+    assert all(text.count("\n") == 4 for text in lyrics), lyrics
+    body = {"prompt": "", "n": 2, "seed": 3, **lyric}
+    reply = post(server, body).json()
+    assert [c["text"] for c in reply["choices"]] == lyrics
+    texts = ["", ""]
+    for event in stream(server, body)[:-1]:
+        for choice in event["choices"]:
+            texts[choice["index"]] += choice["text"]
+    assert texts == lyrics
+    reply = post(server, {"prompt": "", "min_line": 3})
+    assert reply.status_code == 400 and "add rhyme" in reply.json()["error"]["message"]

@@ -25,6 +25,7 @@ from charlstm.fields import (
     SettingError,
     build,
     check_fields,
+    in_range,
     is_positive,
     optional,
     register,
@@ -184,16 +185,50 @@ class VerseSettings:
         "Verse",
         flag=True,
     )
+    # free-length rhymed lyrics (--rhyme without a form): charlstm.generation.verse.lyrics
+    min_line: int | None = setting(
+        None,
+        "Free-length lyrics (--rhyme without a form): no line shorter than this.",
+        "Verse",
+        check=optional(in_range(1, MAX_LINE_LENGTH, "[]")),
+        default_text="the run's corpus's 5th percentile",
+    )
+    max_line: int | None = setting(
+        None,
+        "Free-length lyrics: no line longer than this (its last character rhymes).",
+        "Verse",
+        check=optional(in_range(1, MAX_LINE_LENGTH, "[]")),
+        default_text="the run's corpus's 95th percentile",
+    )
+    rhyme_every: int | None = setting(
+        None,
+        "Free-length lyrics: every N-th line of a stanza rhymes (2: lines 2, 4, ...).",
+        "Verse",
+        check=optional(in_range(1, 8, "[]")),
+        default_text="1",
+    )
 
     @property
     def active(self) -> bool:
         """Whether a form was asked for (the other settings refine one)."""
         return self.form is not None or self.line_lengths is not None
 
+    @property
+    def free_rhyme(self) -> bool:
+        """Free-length rhymed lyrics: a rhyme system and no form (the model ends the lines)."""
+        return not self.active and self.rhyme not in (None, "none")
+
     def __post_init__(self) -> None:
         check_fields(self)
         if self.form is not None and self.line_lengths is not None:
             raise SettingError("give {form} or {line_lengths}, not both")
+        lyric = [k for k in ("min_line", "max_line", "rhyme_every") if getattr(self, k) is not None]
+        if lyric and not self.free_rhyme:
+            where = "drop {form} / {line_lengths}" if self.active else "add {rhyme}"
+            raise SettingError(f"{{{lyric[0]}}} is a setting of free-length rhymed lyrics; {where}")
+        if self.free_rhyme:
+            check_lyrics(self)
+            return
         if not self.active:
             refining = [
                 name
@@ -253,6 +288,8 @@ class VerseSettings:
 
     def describe(self) -> dict[str, object]:
         """What ``--format jsonl`` records: the form and every constraint kept."""
+        if self.free_rhyme:
+            return describe_lyrics(self)
         form = self.template()
         return {
             "form": form.name,
@@ -268,11 +305,16 @@ class VerseSettings:
 
 def verse_from(given: dict[str, Any]) -> VerseSettings:
     """The verse settings ``given`` by key (``charlstm generate``'s options, a request body's
-    fields); ``active`` False when they ask for no form. The settings that only refine a form
+    fields); ``active`` False when they ask for no form (``free_rhyme``: lyrics). The settings
+    that only refine a form
     are refused without one: those whose default cannot tell given from not given
     (``candidates``, ``copy_filter``) here, the others by :class:`VerseSettings` itself."""
     verse = build(VerseSettings, given)
-    if not verse.active:
+    if verse.free_rhyme and "copy_filter" in given:  # lyrics: candidates, but no copy filter
+        raise SettingError(
+            "{copy_filter} is a setting of a verse form; add {form} or {line_lengths}"
+        )
+    if not verse.active and not verse.free_rhyme:
         for key in ("candidates", "copy_filter"):
             if key in given:
                 raise SettingError(
@@ -292,6 +334,40 @@ def refuse_poem_ends(**used: object) -> None:
                 "{line_lengths}) sets the length and where the poem ends",
                 arguments=(key,),
             )
+
+
+def check_lyrics(settings: VerseSettings) -> None:
+    """The checks of free-length rhymed lyrics that need no model: what a form alone
+    refines is refused, and the bounds must leave room for a line (the vocabulary's own
+    checks are :class:`~charlstm.generation.verse.lyrics.FreeRhyme`'s)."""
+    for name in ("first_line_rhyme", "tone"):
+        if getattr(settings, name) is not None:
+            raise SettingError(
+                f"{{{name}}} is a setting of a verse form; add {{form}} or {{line_lengths}}"
+            )
+    if settings.acrostic == "":
+        raise SettingError("{acrostic} is empty")
+    low, high = settings.min_line, settings.max_line
+    if low is not None and high is not None and low > high:
+        raise SettingError(f"{{min_line}} {low} is over {{max_line}} {high}")
+    if settings.acrostic and high is not None and high < 2:
+        raise SettingError(
+            f"{{max_line}} {high} cannot hold an acrostic line: its first character is the "
+            "acrostic's and its last one rhymes (give at least 2)"
+        )
+
+
+def describe_lyrics(settings: VerseSettings) -> dict[str, object]:
+    """What ``--format jsonl`` records for free-length rhymed lyrics."""
+    return {
+        "form": "free",
+        "acrostic": settings.acrostic,
+        "rhyme": settings.rhyme,
+        "rhyme_every": settings.rhyme_every or 1,
+        "min_line": settings.min_line,
+        "max_line": settings.max_line,
+        "candidates": settings.candidates,
+    }
 
 
 def tone_pattern(form: Form, rhyme_lines: tuple[int, ...], start: str) -> list[dict[int, str]]:
