@@ -102,6 +102,11 @@ class FreeRhyme:
         self.rhymes_here = torch.zeros(batch, dtype=torch.bool, device=device)  # (N,)
         self.after_text = torch.zeros(batch, dtype=torch.bool, device=device)  # (N,)
         self.last = torch.zeros(batch, dtype=torch.long, device=device)  # (N,)
+        # (N,): the rhyme just drawn took a break's place, so the newline comes next
+        self.closing = torch.zeros(batch, dtype=torch.bool, device=device)
+        self.ends_next = torch.zeros(batch, dtype=torch.bool, device=device)
+        self.only_newline = torch.zeros(len(vocab), dtype=torch.bool, device=device)
+        self.only_newline[self.newline] = True
 
     def rhymes(self) -> torch.Tensor:
         """(N, V): the characters that end each row's rhyming line in its stanza's class."""
@@ -121,13 +126,34 @@ class FreeRhyme:
         breaks = (pos[:, 0] >= self.min) & (pos[:, 0] <= self.max) & self.rhymes_here
         blank = (pos[:, 0] == 0) & (self.line > 0)
         allowed[:, self.newline] = breaks | blank
+        allowed = torch.where(self.closing[:, None], self.only_newline, allowed)
         if len(self.heads):
             head = (self.pos == 0) & (self.lines < len(self.heads))  # (N,)
             only = torch.zeros_like(allowed)
             index = self.heads[self.lines.clamp(max=len(self.heads) - 1)]
             only[torch.arange(len(only), device=only.device), index] = True
             allowed = torch.where(head[:, None], only, allowed)
-        return masked(logits, allowed)
+        return self._end_on_a_rhyme(logits, allowed)
+
+    def _end_on_a_rhyme(self, logits: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+        """``logits`` masked to ``allowed``; on a rhyming line whose last character does not
+        rhyme, where the model would break the line (bounds permitting), the newline's
+        probability goes to the rhymes instead (in proportion to theirs): the line ends one
+        character later, on a rhyme, rather than running on to ``max_line``."""
+        pos = self.pos
+        self.ends_next = torch.zeros_like(pos, dtype=torch.bool)
+        wants = (pos >= self.min) & (pos <= self.max - 2) & self.rhyming() & ~self.rhymes_here
+        out = masked(logits, allowed)
+        if not bool(wants.any()):
+            return out
+        probs = torch.softmax(logits.float(), dim=-1)  # the distribution before the mask
+        targets = allowed & self.rhymes()  # (N, V)
+        mass = (probs * targets).sum(dim=1)  # (N,)
+        moved = torch.log1p(probs[:, self.newline] / mass.clamp(min=1e-30))
+        moved = torch.where(wants & (mass > 0), moved, 0.0)
+        # where breaking outweighs rhyming on here, the rhyme drawn is the line's last
+        self.ends_next = wants & (mass > 0) & (probs[:, self.newline] >= mass)
+        return torch.where(targets, out + moved[:, None], out)
 
     def push(self, chosen: torch.Tensor, at: At | None = None) -> None:
         newline = chosen == self.newline
@@ -144,10 +170,12 @@ class FreeRhyme:
         rows = torch.arange(len(chosen), device=chosen.device)
         self.after_text = self.text[chosen]
         self.rhymes_here = self.after_text & (~self.rhyming() | self.rhymes()[rows, chosen])
+        self.closing = self.ends_next & self.rhymes_here & ~newline
         self.last = chosen
 
     def select(self, index: torch.Tensor, source: FreeRhyme | None = None) -> None:
         names = ("pos", "classes", "line", "lines", "rhymes_here", "after_text", "last")
+        names += ("closing", "ends_next")
         for name in names:
             other = getattr(source, name) if source is not None else None
             setattr(self, name, pick(getattr(self, name), index, other))
