@@ -17,7 +17,7 @@ n-gram; ``model.lstm_only()`` is the LSTM alone (``--lstm-only``).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +57,8 @@ class LanguageModel:
     vocab: Vocab
     checkpoint: ckpt.Checkpoint
     mixture: NgramMixture | None = None
+    #: The training text's lines once read (:meth:`copies`): a server reads them once.
+    _lines: Any = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def device(self) -> torch.device:
@@ -195,7 +197,9 @@ class LanguageModel:
             return None
         from charlstm.generation.verse.copies import training_lines
 
-        return training_lines(self.checkpoint)
+        if self._lines is None:
+            self._lines = training_lines(self.checkpoint)
+        return self._lines
 
     def score_text(self, text: str, context: str = "") -> EvalResult:
         """Loss of every character of ``text`` after the first (or all, given ``context``)."""

@@ -64,6 +64,30 @@ def resolve_end(form: Form, vocab: Vocab) -> str:
     return "".join(ch for ch in end if ch in vocab)
 
 
+@lru_cache(maxsize=4)
+def _text_table(chars: tuple[str, ...]) -> torch.Tensor:
+    return torch.tensor(text_characters(list(chars)), dtype=torch.bool)
+
+
+def text_mask(vocab: Vocab, device: torch.device) -> torch.Tensor:
+    """(V,) True for the characters that may stand inside a line; built once per vocabulary
+    (a served poem builds its rules in the worker thread, between two steps of every
+    stream: for 9,700 characters, Python's per-character work took about 15 ms a poem)."""
+    return _text_table(tuple(vocab.idx_to_char)).to(device)
+
+
+@lru_cache(maxsize=8)
+def _tone_table(system: str, chars: tuple[str, ...]) -> torch.Tensor:
+    table = rhyme_table(system)
+    tones = [table.tones(ch) for ch in chars]
+    return torch.tensor([[t == {PING}, t == {ZE}] for t in tones], dtype=torch.bool)
+
+
+def tone_masks(table: RhymeTable, vocab: Vocab, device: torch.device) -> torch.Tensor:
+    """(V, 2): whether each character is only 平, only 仄 (built once per vocabulary)."""
+    return _tone_table(table.system, tuple(vocab.idx_to_char)).to(device)
+
+
 def masked(logits: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
     """``logits`` (N, V) with the characters not ``allowed`` ((V,) or (N, V)) at -inf."""
     return logits.masked_fill(~allowed, float("-inf"))
@@ -93,7 +117,7 @@ class FormRule(_Stateless):
         self.lengths = [line.length for line in form.lines]
         self.endings = [vocab.encode(e).tolist() for e in resolve_endings(form, vocab)]
         self.end: list[int] = vocab.encode(resolve_end(form, vocab)).tolist()
-        text = torch.tensor(text_characters(vocab.idx_to_char), dtype=torch.bool, device=device)
+        text = text_mask(vocab, device)
         if not text.any():
             raise CharLSTMError("the model's vocabulary has no characters to write lines with")
         self.text = text  # (V,)
@@ -112,23 +136,28 @@ class FormRule(_Stateless):
         return masked(logits, forced)
 
 
+def acrostic_heads(heads: str, vocab: Vocab) -> list[int]:
+    """The vocabulary indices of an acrostic's characters, each able to begin a line."""
+    unknown = [ch for ch in heads if ch not in vocab]
+    if unknown:
+        raise SettingError(
+            f"{{acrostic}} character {unknown[0]!r} is not in the model's vocabulary, "
+            "so no line can begin with it"
+        )
+    text = text_mask(vocab, torch.device("cpu"))
+    bad = [ch for ch in heads if not bool(text[vocab.char_to_idx[ch]])]
+    if bad:
+        raise SettingError(f"{{acrostic}} character {bad[0]!r} cannot begin a line")
+    return [vocab.char_to_idx[ch] for ch in heads]
+
+
 class AcrosticRule(_Stateless):
     """藏头: line i begins with the i-th character of ``heads``."""
 
     name = "acrostic"
 
     def __init__(self, heads: str, vocab: Vocab, device: torch.device) -> None:
-        unknown = [ch for ch in heads if ch not in vocab]
-        if unknown:
-            raise SettingError(
-                f"{{acrostic}} character {unknown[0]!r} is not in the model's vocabulary, "
-                "so no line can begin with it"
-            )
-        text = text_characters(vocab.idx_to_char)
-        bad = [ch for ch in heads if not text[vocab.char_to_idx[ch]]]
-        if bad:
-            raise SettingError(f"{{acrostic}} character {bad[0]!r} cannot begin a line")
-        self.heads = [vocab.char_to_idx[ch] for ch in heads]
+        self.heads = acrostic_heads(heads, vocab)
         self.vocab_size = len(vocab)
         self.device = device
 
@@ -181,11 +210,10 @@ class RhymeRule:
         device: torch.device,
         level_only: bool = False,
     ) -> None:
-        text = torch.tensor(text_characters(vocab.idx_to_char), dtype=torch.bool, device=device)
+        text = text_mask(vocab, device)
         member = _membership(table, vocab, device) & text[:, None]  # (V, K)
         if level_only and not table.ping_classes:  # pinyin's classes hold both tones
-            level = [table.tones(ch) != {ZE} for ch in vocab.idx_to_char]
-            member &= torch.tensor(level, dtype=torch.bool, device=device)[:, None]
+            member &= ~tone_masks(table, vocab, device)[:, 1:]  # not only 仄
         # a pinyin system reads a finished line in context (:meth:`accept`), which may pick
         # any one of a character's readings: a class is open only with enough characters of
         # that class alone, and a rhyme may only be a character none of whose readings falls
@@ -270,9 +298,8 @@ class ToneRule:
         batch: int,
         device: torch.device,
     ) -> None:
-        tones = [table.tones(ch) for ch in vocab.idx_to_char]
-        self.ping_only = torch.tensor([t == {PING} for t in tones], device=device)  # (V,)
-        self.ze_only = torch.tensor([t == {ZE} for t in tones], device=device)  # (V,)
+        tones = tone_masks(table, vocab, device)
+        self.ping_only, self.ze_only = tones[:, 0], tones[:, 1]  # (V,) each
         # required[s][line][pos]: 0 any, 1 平, 2 仄, for start s (0: 平起, 1: 仄起)
         code = {PING: 1, ZE: 2}
         self.required = [

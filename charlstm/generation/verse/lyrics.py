@@ -52,8 +52,13 @@ from charlstm.errors import CharLSTMError
 from charlstm.fields import SettingError
 from charlstm.generation.engine import Request, TextGroup, prefix_reads
 from charlstm.generation.rules import At, pick
-from charlstm.generation.verse.constraints import _membership, masked
-from charlstm.generation.verse.forms import VerseSettings, text_characters
+from charlstm.generation.verse.constraints import (
+    _membership,
+    acrostic_heads,
+    masked,
+    text_mask,
+)
+from charlstm.generation.verse.forms import VerseSettings
 from charlstm.generation.verse.rhyme import rhyme_table
 
 FILE_NAME = "lyric-lines.json"
@@ -78,7 +83,7 @@ class FreeRhyme:
         assert settings.min_line is not None and settings.max_line is not None  # resolved
         self.min, self.max = settings.min_line, settings.max_line
         self.every = settings.rhyme_every or 1
-        text = torch.tensor(text_characters(vocab.idx_to_char), dtype=torch.bool, device=device)
+        text = text_mask(vocab, device)
         table = rhyme_table(str(settings.rhyme))
         member = _membership(table, vocab, device) & text[:, None]  # (V, K)
         if table.system != "pingshui":  # one class whatever the reading in context
@@ -183,19 +188,7 @@ class FreeRhyme:
 
 def _heads(acrostic: str | None, vocab: Vocab) -> list[int]:
     """The acrostic's characters as indices, each one that can begin a line."""
-    if not acrostic:
-        return []
-    unknown = [ch for ch in acrostic if ch not in vocab]
-    if unknown:
-        raise SettingError(
-            f"{{acrostic}} character {unknown[0]!r} is not in the model's vocabulary, "
-            "so no line can begin with it"
-        )
-    text = text_characters(vocab.idx_to_char)
-    bad = [ch for ch in acrostic if not text[vocab.char_to_idx[ch]]]
-    if bad:
-        raise SettingError(f"{{acrostic}} character {bad[0]!r} cannot begin a line")
-    return [vocab.char_to_idx[ch] for ch in acrostic]
+    return acrostic_heads(acrostic, vocab) if acrostic else []
 
 
 class LyricGroup(TextGroup):
