@@ -186,6 +186,34 @@ def _membership(table: RhymeTable, vocab: Vocab, device: torch.device) -> torch.
     return _member_table(table.system, tuple(vocab.idx_to_char)).to(device)
 
 
+@lru_cache(maxsize=8)
+def _rhyme_classes(
+    system: str, chars: tuple[str, ...], count: int, level_only: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """For :class:`RhymeRule` (built once per vocabulary and form, not once a poem): the
+    (V, K) rhyme characters of each class (as floats) and the (K,) classes open to a poem
+    of ``count`` rhyming lines."""
+    table = rhyme_table(system)
+    vocab = Vocab(list(chars))
+    cpu = torch.device("cpu")
+    member = _membership(table, vocab, cpu) & text_mask(vocab, cpu)[:, None]  # (V, K)
+    if level_only and not table.ping_classes:  # pinyin's classes hold both tones
+        member &= ~tone_masks(table, vocab, cpu)[:, 1:]  # not only 仄
+    # a pinyin system reads a finished line in context (:meth:`RhymeRule.accept`), which may
+    # pick any one of a character's readings: a class is open only with enough characters
+    # of that class alone, and a rhyme may only be a character none of whose readings falls
+    # outside the row's classes, so that no row is left without a rhyme that reads true
+    counted = member
+    if system != "pingshui":
+        counted = member & (member.sum(dim=1, keepdim=True) == 1)
+    open_classes = counted.sum(dim=0) >= count  # (K,)
+    if level_only and table.ping_classes:  # 平水韵's classes have a tone of their own
+        ping = torch.zeros_like(open_classes)
+        ping[list(table.ping_classes)] = True
+        open_classes &= ping
+    return member.float(), open_classes
+
+
 class RhymeRule:
     """The rhyming lines end in characters of one class, each used once.
 
@@ -210,30 +238,18 @@ class RhymeRule:
         device: torch.device,
         level_only: bool = False,
     ) -> None:
-        text = text_mask(vocab, device)
-        member = _membership(table, vocab, device) & text[:, None]  # (V, K)
-        if level_only and not table.ping_classes:  # pinyin's classes hold both tones
-            member &= ~tone_masks(table, vocab, device)[:, 1:]  # not only 仄
-        # a pinyin system reads a finished line in context (:meth:`accept`), which may pick
-        # any one of a character's readings: a class is open only with enough characters of
-        # that class alone, and a rhyme may only be a character none of whose readings falls
-        # outside the row's classes, so that no row is left without a rhyme that reads true
+        member, open_classes = _rhyme_classes(
+            table.system, tuple(vocab.idx_to_char), len(rhyme_lines), level_only
+        )
+        member, open_classes = member.to(device), open_classes.to(device)
         self.in_context = table.system != "pingshui"
-        counted = member
-        if self.in_context:
-            counted = member & (member.sum(dim=1, keepdim=True) == 1)
-        open_classes = counted.sum(dim=0) >= len(rhyme_lines)  # (K,)
-        if level_only and table.ping_classes:  # 平水韵's classes have a tone of their own
-            ping = torch.zeros_like(open_classes)
-            ping[list(table.ping_classes)] = True
-            open_classes &= ping
         if not open_classes.any():
             raise CharLSTMError(
                 f"the model's vocabulary has no {len(rhyme_lines)} characters of one "
                 f"{table.system} rhyme class to rhyme with"
             )
         self.table = table
-        self.member = member.float()  # (V, K)
+        self.member = member  # (V, K) float
         self.lines = {line: form.lines[line].length - 1 for line in rhyme_lines}
         self.classes = open_classes.expand(batch, -1).clone()  # (N, K)
         self.used = torch.zeros((batch, len(vocab)), dtype=torch.bool, device=device)  # (N, V)
