@@ -39,6 +39,7 @@ import os
 import random
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -158,7 +159,10 @@ def table(args: argparse.Namespace) -> list[dict]:
 
     torch.set_num_threads(args.threads)
     clients = [int(n) for n in args.clients.split(",")]
-    server = Server(args, max(clients))
+    # the soak sends --soak-concurrency requests at a time, best_of 3 among them (3 rows
+    # each), whatever --clients the table measured
+    soak_rows = max(args.soak_concurrency, 3) if args.soak else 1
+    server = Server(args, max(*clients, soak_rows))
     model = load_model(args.checkpoint, args.device)
     rows = []
     print(f"model {args.checkpoint}: {len(model.vocab)} characters, {model.describe()}")
@@ -528,10 +532,18 @@ def soak(args: argparse.Namespace, server: Server, model) -> None:
     warm = list({item["kind"]: item for item in plan}.values())
     asyncio.run(soak_requests(server.url, warm, args.soak_concurrency))
     rss_before = server.rss()
+    # the server's RSS sampled through the soak: growth that levels off (the allocator
+    # settling at 32 requests of every kind) reads apart from a leak, which keeps climbing
+    trace, done = [], threading.Event()
+    sampler = threading.Thread(target=sample_rss, args=(server, trace, done), daemon=True)
+    sampler.start()
     start = time.perf_counter()
     results = asyncio.run(soak_requests(server.url, plan, args.soak_concurrency))
     wall = time.perf_counter() - start
+    done.set()
+    sampler.join()
     rss_after = server.rss()
+    trace = trace or [rss_after]
 
     def expected(body: dict, n: int) -> list[str]:
         prompt = body["messages"][0]["content"] if "messages" in body else body["prompt"]
@@ -557,8 +569,18 @@ def soak(args: argparse.Namespace, server: Server, model) -> None:
         f"{rss_before:.0f} -> {rss_after:.0f} MiB ({growth:+.1f} %); {running[0]}; "
         f"/health {health}; {'PASS' if not wrong and growth < 10 and health == 200 else 'FAIL'}"
     )
+    quarters = [trace[min(len(trace) - 1, q * len(trace) // 4)] for q in (1, 2, 3)]
+    print(
+        f"soak: RSS at a quarter, half, three quarters, end of its time: "
+        f"{', '.join(f'{mib:.0f}' for mib in [*quarters, rss_after])} MiB (peak {max(trace):.0f})"
+    )
     for problem, result in wrong[:5]:
         print(f"  {problem}: {result}")
+
+
+def sample_rss(server: Server, trace: list[float], done: threading.Event) -> None:
+    while not done.wait(0.5):
+        trace.append(server.rss())
 
 
 def main() -> None:

@@ -14,8 +14,9 @@ from typing import Any
 
 from charlstm.api import LanguageModel
 from charlstm.errors import CharLSTMError
-from charlstm.generation.engine import Request, Score
+from charlstm.generation.engine import Request
 from charlstm.generation.sample import check
+from charlstm.generation.text import Score
 
 
 class QueueFull(CharLSTMError):

@@ -44,8 +44,9 @@ import torch
 from charlstm.api import LanguageModel
 from charlstm.errors import CharLSTMError
 from charlstm.fields import SettingError
-from charlstm.generation.engine import Engine, TextGroup, folds, open_group, steps_of
+from charlstm.generation.engine import Engine, folds, open_group, steps_of
 from charlstm.generation.streams import ModelStreams, open_streams
+from charlstm.generation.text import TextGroup
 from charlstm.serve.jobs import (
     Chars,
     Draining,

@@ -182,11 +182,6 @@ def read_blocks(path: Path) -> list[str]:
     return split_blocks(text)
 
 
-def read_poems(path: Path, form: Form) -> list[list[str]]:
-    """The poems of ``path`` (:func:`read_blocks`) as their lines."""
-    return [poem_lines(block, form) for block in read_blocks(path)]
-
-
 def _tone(
     lines: list[str], form: Form, system: str, rhyme_lines: tuple[int, ...]
 ) -> tuple[int, int]:

@@ -38,8 +38,9 @@ import torch
 from charlstm.data.corpus import Vocab
 from charlstm.errors import CharLSTMError
 from charlstm.fields import SettingError
-from charlstm.generation.engine import Engine, Request, prefix_reads
+from charlstm.generation.engine import Engine, Request
 from charlstm.generation.rules import At, apply, choose, logits_rules, take
+from charlstm.generation.text import prefix_reads
 from charlstm.generation.verse.constraints import FormRule, build_rules
 from charlstm.generation.verse.copies import LineSet
 from charlstm.generation.verse.forms import VerseSettings

@@ -25,7 +25,7 @@ constraints.RhymeRule`). Under a pinyin system (中华新韵, 十三辙) a line 
 a character all of whose readings are of one class: whatever reading the context picks,
 the line rhymes.
 
-:class:`LyricGroup` is the engine's :class:`~charlstm.generation.engine.TextGroup` with
+:class:`LyricGroup` is the engine's :class:`~charlstm.generation.text.TextGroup` with
 this rule in its list: C candidates per sample (``--candidates``), of which it keeps the
 one with the highest mean log-probability of its characters under the model's own
 distribution (OpenAI's ``best_of``). The lyric starts on a new line (after the prefix, as a
@@ -50,8 +50,9 @@ import torch
 from charlstm.data.corpus import Vocab
 from charlstm.errors import CharLSTMError
 from charlstm.fields import SettingError
-from charlstm.generation.engine import Request, TextGroup, prefix_reads
+from charlstm.generation.engine import Request
 from charlstm.generation.rules import At, pick
+from charlstm.generation.text import TextGroup, prefix_reads
 from charlstm.generation.verse.constraints import (
     _membership,
     acrostic_heads,
