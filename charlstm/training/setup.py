@@ -149,7 +149,7 @@ def grown_vocab(base: Vocab, extend: bool) -> VocabRule:
     """A fine-tuned run keeps the checkpoint's vocabulary; characters it lacks are appended
     (in sorted order) with ``extend``, and refused without it. The same rule for both
     output layers: the adaptive softmax gives the new characters its last ranks, in the
-    order of their indices (:func:`~charlstm.model.grow_vocab_weights`)."""
+    order of their indices (:func:`~charlstm.training.vocab_growth.grow_vocab_weights`)."""
 
     def rule(own: Vocab) -> Vocab:
         missing = [ch for ch in own.idx_to_char if ch not in base]

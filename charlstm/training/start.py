@@ -42,7 +42,7 @@ from charlstm.data.training_data import TrainingData
 from charlstm.device import resolve_device
 from charlstm.errors import CharLSTMError, NothingToDo
 from charlstm.fields import SettingError, build, register, setting, setting_values, settings_of
-from charlstm.model import build_model, default_cutoffs, grow_vocab_weights, grown_config
+from charlstm.model import build_model, default_cutoffs
 from charlstm.ngram.kneser_ney import MAX_EMBEDDED_NGRAM_CHARS
 from charlstm.ngram.mixture import NgramMixture
 from charlstm.ngram.teacher import NgramTeacher
@@ -59,6 +59,7 @@ from charlstm.training.setup import (
     same_vocab,
     training_data,
 )
+from charlstm.training.vocab_growth import grow_vocab_weights, grown_config
 
 
 @register
@@ -101,8 +102,8 @@ def extend_vocab_weights(
     weights: dict[str, torch.Tensor], config: ModelConfig, grown: ModelConfig, seed: int
 ) -> dict[str, torch.Tensor]:
     """Weights of ``config``'s model for the vocabulary of ``grown`` (:func:`grown_config`):
-    old rows kept exactly, new rows as :func:`~charlstm.model.grow_vocab_weights` says
-    (fresh ones drawn with ``seed``)."""
+    old rows kept exactly, new rows as :func:`~charlstm.training.vocab_growth.grow_vocab_weights`
+    says (fresh ones drawn with ``seed``)."""
     torch.manual_seed(seed)
     return grow_vocab_weights(weights, config, build_model(grown).state_dict())
 

@@ -30,13 +30,12 @@ from charlstm.model import (
     build_model,
     convert_state_dict,
     default_cutoffs,
-    grow_vocab_weights,
-    grown_config,
 )
 from charlstm.ngram.mixture import NgramMixture
 from charlstm.storage import checkpoint as ckpt
 from charlstm.storage import runs
 from charlstm.training.start import prepare_training
+from charlstm.training.vocab_growth import grow_vocab_weights, grown_config
 from tests.helpers import FAST, ServerProcess, invoke, one_line_error, shared_file, write_zip
 
 TEXT = "我们说好不分开\n分开以后的雨天\n窗外的风吹过\n你说的话还在耳边\n不分开的夜晚\n" * 4
