@@ -236,6 +236,52 @@ BAD = [
 ]
 
 
+def test_while_the_models_load_health_and_requests_get_503_then_it_serves(tiny_run):
+    """The models load in a thread after uvicorn listens: until they are in, ``/health``
+    says "loading" and a completion is 503 with Retry-After (a load balancer waits, a
+    client retries); then both answer. The load here is the real one, held until the test
+    has asked, behind a real uvicorn on 127.0.0.1."""
+    import socket
+
+    import uvicorn
+
+    from charlstm.api import load_model
+    from charlstm.serve.app import create_app
+
+    release = threading.Event()
+
+    def load():
+        release.wait(60)
+        return {"tiny": load_model(tiny_run)}
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    server = uvicorn.Server(uvicorn.Config(create_app(load, ["tiny"]), log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not server.started and time.monotonic() < deadline:
+            time.sleep(0.01)
+        health = httpx.get(f"{url}/health")
+        assert health.status_code == 503 and health.json() == {"status": "loading"}
+        body = {"prompt": "分开", "max_tokens": 5, "seed": 1}
+        refused = httpx.post(f"{url}/v1/completions", json=body)
+        assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
+        assert "loading" in refused.json()["error"]["message"]
+        release.set()
+        while httpx.get(f"{url}/health").status_code != 200 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        served = httpx.post(f"{url}/v1/completions", json=body)
+        assert served.status_code == 200
+        assert served.json()["choices"][0]["text"] == generated(tiny_run, "分开", 5, 1)[0]
+    finally:
+        release.set()
+        server.should_exit = True
+        thread.join(30)
+
+
 def test_each_bad_request_gets_one_message_and_the_running_stream_is_untouched(server, tiny_run):
     body = {"prompt": "分开", "max_tokens": 400, "seed": 11}
     result: list[str] = []
